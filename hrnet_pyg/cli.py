@@ -1,0 +1,195 @@
+"""``hrnet-pyg`` (also ``python -m hrnet_pyg``): train, eval, extract, demo, visualize, datasets.
+
+Run ``hrnet-pyg VERB --help`` for the options of one verb.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+_DESCRIPTION = """\
+Hybrid Relationship Network (AAAI 2021) for person re-identification, on PyTorch Geometric.
+
+verbs:
+  train      train one experiment (a YAML file of experiments/) and evaluate it
+  eval       evaluate a checkpoint with the paper's test protocol (CNN vs relational re-ranking)
+  extract    write CNN features of a dataset split or an image folder to an .npz file
+  demo       generate a synthetic dataset, train CNN and HRNet on it, compare, draw Figure 5
+  visualize  Figure 5 heat maps (A∘C and the summed G^n) and ranked-list image grids
+  datasets   print the statistics table of a dataset (ids / images / cameras per split)
+"""
+
+
+def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="experiment YAML file (e.g. experiments/market1501/hrnet.yaml)")
+    p.add_argument("--data-root", help="folder holding the dataset folder (overrides data.root)")
+    p.add_argument("--output-dir", help="where checkpoints and logs go (overrides run.output_dir)")
+    p.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda or cuda:N (overrides run.device)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override any config value, e.g. --set model.k=8 --set run.num_workers=2 (repeatable)",
+    )
+
+
+def _experiment(args: argparse.Namespace):  # -> Experiment
+    from hrnet_pyg.experiment import load_experiment, parse_overrides
+
+    over = parse_overrides(args.overrides)
+    if args.data_root:
+        over.setdefault("data", {})["root"] = args.data_root
+    if args.output_dir:
+        over.setdefault("run", {})["output_dir"] = args.output_dir
+    if args.device:
+        over.setdefault("run", {})["device"] = args.device
+    if getattr(args, "epochs", None) is not None:
+        over.setdefault("model", {})["epochs"] = args.epochs
+    if getattr(args, "resume", None):
+        over.setdefault("run", {})["resume"] = str(args.resume)
+    return load_experiment(args.config, over)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hrnet_pyg.experiment import run_experiment
+
+    result = run_experiment(_experiment(args), progress=not args.no_progress)
+    print(result["report"].table())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from hrnet_pyg.engine import evaluate, load_model
+    from hrnet_pyg.experiment import build_loaders
+
+    exp = _experiment(args)
+    model = load_model(args.checkpoint)
+    exp.model = model.config
+    _, _, query_loader, gallery_loader = build_loaders(exp)
+    report = evaluate(
+        model, query_loader, gallery_loader, rerank=not args.no_rerank, k_reciprocal=args.k_reciprocal,
+        top_k=args.top_k, device=exp.run.device, progress=not args.no_progress,
+    )
+    print(report.table())
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hrnet_pyg.engine import extract, load_model
+    from hrnet_pyg.experiment import build_loaders
+
+    exp = _experiment(args)
+    model = load_model(args.checkpoint)
+    exp.model = model.config
+    dataset, _, query_loader, gallery_loader = build_loaders(exp)
+    loader, records = {"query": (query_loader, dataset.query), "gallery": (gallery_loader, dataset.gallery)}[args.split]
+    feats, pids, camids = extract(model, loader, device=exp.run.device, progress=not args.no_progress)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        args.out, features=feats.numpy(), pids=pids.numpy(), camids=camids.numpy(),
+        paths=np.array([r[0] for r in records]),
+    )
+    print(f"wrote {len(feats)} features of dimension {feats.size(1)} to {args.out}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from hrnet_pyg.data import dataset_statistics
+
+    print(dataset_statistics(args.name, args.root))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hrnet_pyg.demo import run_demo
+
+    run_demo(args.output_dir, quick=args.quick, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from hrnet_pyg.engine import load_model
+    from hrnet_pyg.experiment import build_loaders
+    from hrnet_pyg.visualize import visualize_batch
+
+    exp = _experiment(args)
+    model = load_model(args.checkpoint)
+    exp.model = model.config
+    dataset, _, _, _ = build_loaders(exp)
+    paths = visualize_batch(model, dataset, args.out_dir, num_queries=args.num_queries, device=exp.run.device)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hrnet-pyg", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = sub.add_parser("train", help="train and evaluate one experiment", description=cmd_train.__doc__)
+    _add_experiment_args(p)
+    p.add_argument("--epochs", type=int, help="total epochs (overrides model.epochs; the paper: 200)")
+    p.add_argument("--resume", type=Path, help="continue from a last.pth written by an earlier run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch jobs)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    _add_experiment_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
+    p.add_argument("--no-rerank", action="store_true", help="skip the relational re-ranking (CNN cosine only)")
+    p.add_argument("--k-reciprocal", action="store_true", help="also report k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    p.add_argument("--top-k", type=int, help="shortlist length of the re-ranking (default: model.top_k_rerank = 120)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("extract", help="write CNN features of a split to .npz")
+    _add_experiment_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
+    p.add_argument("--split", choices=("query", "gallery"), default="gallery", help="which split (default: gallery)")
+    p.add_argument("--out", type=Path, required=True, help="output .npz (features, pids, camids, paths)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("demo", help="end-to-end demo on generated data (CPU, about 10 minutes)")
+    p.add_argument("--output-dir", type=Path, default=Path("demo_output"), help="where data, runs and PNGs go (default: demo_output)")
+    p.add_argument("--quick", action="store_true", help="a much smaller run (about a minute) that exercises every step")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("visualize", help="Figure 5 heat maps and ranked-list grids")
+    _add_experiment_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
+    p.add_argument("--out-dir", type=Path, default=Path("figures"), help="where the PNGs go (default: figures)")
+    p.add_argument("--num-queries", type=int, default=4, help="queries shown in the ranked-list grid (default: 4)")
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("datasets", help="statistics table of a dataset")
+    p.add_argument("--name", required=True, help="market1501, dukemtmcreid, cuhk03, msmt17, synthetic, custom or folder")
+    p.add_argument("--root", required=True, help="folder holding the dataset folder")
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, FloatingPointError) as exc:
+        # Bad input: one clear line, no traceback (use -v for the traceback).
+        if args.verbose:
+            raise
+        print(f"hrnet-pyg {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,493 @@
+"""Training, feature extraction, evaluation and checkpoints (paper Sec. 4.2).
+
+``fit`` is the one training loop: end-to-end on images, or on pre-extracted features when the
+model has no backbone (fast ablations on a CPU) -- the same code path either way.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from hrnet_pyg.config import HRNetConfig
+
+log = logging.getLogger("hrnet_pyg")
+
+CHECKPOINT_FORMAT_VERSION = 1
+_CHECKPOINT_KIND = "hrnet_pyg.checkpoint"
+
+
+# ---------------------------------------------------------------------------- small helpers
+def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
+    """``None``/"auto": the first CUDA GPU when there is one, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} was requested but CUDA is not available on this machine")
+    return device
+
+
+def autocast_context(device: torch.device, amp: Union[bool, str]) -> Any:
+    """bf16 autocast on GPUs that support it, fp16 otherwise; off on the CPU unless asked."""
+    if amp is False or amp == "off":
+        return nullcontext()
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    if amp == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def lr_at_epoch(cfg: HRNetConfig, epoch: int) -> float:
+    """Learning rate of a (0-based) epoch: Sec. 4.2's step schedule, plus optional warm-up.
+
+    The warm-up (BoT, Luo et al. 2019: linear from lr/10 over ``warmup_epochs``) is not in the
+    paper and off by default.
+    """
+    lr = cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
+        lr *= 0.1 + 0.9 * epoch / cfg.warmup_epochs
+    return lr
+
+
+def is_main_process() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(inner, "_orig_mod", inner)  # torch.compile
+
+
+def _split_batch(batch: Any) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(inputs, pids, camids) from a loader item: a tuple/list ``(x, pid[, camid, ...])`` or a dict."""
+    if isinstance(batch, dict):
+        return batch["inputs"], batch["pids"], batch.get("camids")
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        camids = batch[2] if len(batch) >= 3 and isinstance(batch[2], Tensor) else None
+        return batch[0], batch[1], camids
+    raise TypeError(
+        "a data loader item must be (inputs, pids[, camids, ...]) or a dict with 'inputs' and "
+        f"'pids'; got {type(batch).__name__}"
+    )
+
+
+def _batch_sampler_of(loader: Any) -> Any:
+    for candidate in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if candidate is not None and hasattr(candidate, "set_epoch"):
+            return candidate
+    return None
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def atomic_save(obj: Any, path: Union[str, Path]) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` and check its format version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # unpickling errors carry torch internals; name the file instead
+        raise ValueError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != _CHECKPOINT_KIND:
+        raise ValueError(
+            f"{path} is not an hrnet_pyg checkpoint (no 'kind': '{_CHECKPOINT_KIND}' entry); "
+            "for backbone weights pass it as HRNetConfig(pretrained=path) instead"
+        )
+    version = ckpt.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has format version {version}, this hrnet_pyg reads version "
+            f"{CHECKPOINT_FORMAT_VERSION}; re-save it with the hrnet_pyg release that wrote it"
+        )
+    return ckpt
+
+
+def _model_payload(model: nn.Module) -> Dict[str, Any]:
+    inner = _unwrap(model)
+    return {
+        "kind": _CHECKPOINT_KIND,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "config": inner.config.to_dict(),
+        "num_classes": inner.num_classes,
+        "model": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+    }
+
+
+def save_model(model: nn.Module, path: Union[str, Path]) -> None:
+    """Write the whole HRNet (config, graph modules included) atomically."""
+    atomic_save(_model_payload(model), path)
+
+
+def model_from_checkpoint(ckpt: Dict[str, Any]) -> nn.Module:
+    from hrnet_pyg.model import HRNet
+
+    values = dict(ckpt["config"])
+    values["pretrained"] = False  # the checkpoint carries the weights: never download
+    model = HRNet(HRNetConfig.from_dict(values), num_classes=int(ckpt["num_classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The HRNet saved by :func:`save_model` or by :func:`fit`'s checkpoints."""
+    return model_from_checkpoint(load_checkpoint(path, map_location=map_location))
+
+
+def _rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ---------------------------------------------------------------------------- training
+@dataclass
+class FitResult:
+    history: List[Dict[str, float]] = field(default_factory=list)  # one row per epoch
+    checkpoint: Optional[Path] = None  # last checkpoint written
+
+
+class _CsvLog:
+    def __init__(self, path: Optional[Path]) -> None:
+        self.path = path
+        self.fields: Optional[List[str]] = None
+
+    def write(self, row: Dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        new = not self.path.exists()
+        if self.fields is None:
+            self.fields = list(row)
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _tensorboard(log_dir: Optional[Path]) -> Any:
+    if log_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is an optional extra
+        return None
+    return SummaryWriter(str(log_dir / "tensorboard"))
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    epochs: Optional[int] = None,
+    *,
+    device: Union[str, torch.device, None] = None,
+    amp: Union[bool, str] = "auto",
+    channels_last: bool = False,
+    compile: bool = False,
+    output_dir: Union[str, Path, None] = None,
+    resume: Union[str, Path, None] = None,
+    max_steps_per_epoch: Optional[int] = None,
+    progress: bool = True,
+    on_epoch_end: Optional[Any] = None,
+) -> FitResult:
+    """Train ``model`` as in Sec. 4.2 and return the per-epoch history.
+
+    Args:
+        model: an :class:`~hrnet_pyg.model.HRNet` (with or without backbone).
+        train_loader: yields ``(inputs, pids, ...)``; use :class:`~hrnet_pyg.data.PKSampler`
+            as its ``batch_sampler`` for the paper's P x K batches.
+        epochs: total epochs (default ``config.epochs`` = 200). With ``resume`` it is the total,
+            not the number still to run.
+        device: ``"auto"`` (default): CUDA when present, else CPU.
+        amp: ``"auto"``: bf16 (or fp16 with loss scaling) autocast on CUDA, off on CPU;
+            ``False`` off; ``"bf16"`` also on CPU.
+        channels_last: NHWC memory format for the backbone (faster on recent GPUs).
+        compile: wrap the model in ``torch.compile``.
+        output_dir: where ``last.pth`` (every epoch, written atomically), ``metrics.csv`` and
+            TensorBoard logs go; ``None`` keeps nothing on disk.
+        resume: a checkpoint written by ``fit``: continues with the same optimiser, learning
+            rate, sampler position and RNG state.
+        max_steps_per_epoch: cut epochs short (smoke tests, demos).
+        progress: tqdm progress bars.
+        on_epoch_end: ``callable(epoch, row)`` called after each epoch's checkpoint.
+    """
+    inner = _unwrap(model)
+    cfg: HRNetConfig = inner.config
+    total_epochs = int(epochs if epochs is not None else cfg.epochs)
+    dev = resolve_device(device)
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    use_amp = amp if amp != "auto" else (dev.type == "cuda")
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=dev.type == "cuda" and bool(use_amp) and not torch.cuda.is_bf16_supported()
+    )
+    out_dir = Path(output_dir) if output_dir is not None else None
+    if out_dir is not None and is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+    result = FitResult()
+    start_epoch = 0
+    if resume is not None:
+        ckpt = load_checkpoint(resume, map_location="cpu")
+        if "optimizer" not in ckpt:
+            raise ValueError(f"{resume} holds a model but no training state (saved with save(), not fit())")
+        inner.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        result.history = list(ckpt.get("history", []))
+        _set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at epoch %d", resume, start_epoch)
+    run_model = torch.compile(model) if compile else model
+    csv_log = _CsvLog(out_dir / "metrics.csv" if out_dir is not None and is_main_process() else None)
+    tb = _tensorboard(out_dir) if is_main_process() else None
+    sampler = _batch_sampler_of(train_loader)
+    show = progress and is_main_process()
+    global_step = start_epoch * (max_steps_per_epoch or 0)
+    for epoch in range(start_epoch, total_epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        lr = lr_at_epoch(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        sums: Dict[str, float] = {}
+        steps, images, t0 = 0, 0, time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not show, leave=False)
+        for step, batch in enumerate(bar):
+            if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
+                break
+            inputs, pids, _ = _split_batch(batch)
+            inputs = inputs.to(dev, non_blocking=True)
+            if channels_last and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            pids = pids.to(dev, non_blocking=True)
+            with autocast_context(dev, use_amp):
+                try:
+                    out = run_model(inputs, pids)
+                except ValueError as exc:
+                    if "non-finite loss term" in str(exc):
+                        raise FloatingPointError(f"{exc} at epoch {epoch + 1}, step {step + 1}") from exc
+                    raise
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out.loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            steps += 1
+            images += inputs.size(0)
+            global_step += 1
+            for name, value in out.losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            sums["total"] = sums.get("total", 0.0) + float(out.loss.detach())
+            if show:
+                rate = images / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()} | {"img/s": f"{rate:.1f}"})
+            if tb is not None:
+                for name, value in out.losses.items():
+                    tb.add_scalar(f"loss/{name}", float(value.detach()), global_step)
+        if steps == 0:
+            raise ValueError(
+                "the training loader yielded no batch: with a PKSampler it needs at least P "
+                f"identities (P = {cfg.num_identities}) with images"
+            )
+        elapsed = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "lr": lr, "steps": steps, "images_per_s": images / elapsed}
+        row.update({f"loss_{k}": v / steps for k, v in sums.items()})
+        result.history.append(row)
+        csv_log.write(row)
+        if show:
+            tqdm.write(
+                f"epoch {epoch + 1}/{total_epochs}: "
+                + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss_"))
+                + f" lr={lr:.2e} {row['images_per_s']:.1f} img/s"
+            )
+        if out_dir is not None and is_main_process():
+            payload = _model_payload(model)
+            payload.update(
+                optimizer=optimizer.state_dict(),
+                scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                epoch=epoch,
+                history=result.history,
+                rng=_rng_state(),
+            )
+            result.checkpoint = out_dir / "last.pth"
+            atomic_save(payload, result.checkpoint)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+    if tb is not None:
+        tb.close()
+    return result
+
+
+# ---------------------------------------------------------------------------- inference
+@torch.no_grad()
+def extract(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: Union[str, torch.device, None] = None,
+    amp: Union[bool, str] = "auto",
+    progress: bool = True,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """CNN features F (before BNNeck), pids and camids of every item of ``loader`` (on the CPU)."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    use_amp = amp if amp != "auto" else (dev.type == "cuda")
+    feats, pids, camids = [], [], []
+    for batch in tqdm(loader, desc="extract", disable=not (progress and is_main_process()), leave=False):
+        inputs, pid, camid = _split_batch(batch)
+        with autocast_context(dev, use_amp):
+            f = _unwrap(model).extract_features(inputs.to(dev, non_blocking=True))
+        feats.append(f.float().cpu())
+        pids.append(torch.as_tensor(pid))
+        camids.append(torch.as_tensor(camid) if camid is not None else torch.zeros_like(torch.as_tensor(pid)))
+    if not feats:
+        raise ValueError("the loader given to extract() yielded no batch")
+    return torch.cat(feats), torch.cat(pids), torch.cat(camids)
+
+
+@dataclass
+class EvalReport:
+    cnn: Any  # RankResult of the CNN features (cosine on BN(F))
+    hrnet: Any  # RankResult after the relational re-ranking (None if skipped)
+    kreciprocal: Any = None  # RankResult of k-reciprocal re-ranking, when asked
+
+    def table(self) -> str:
+        rows = [("CNN (cosine)", self.cnn), ("relational re-ranking", self.hrnet), ("k-reciprocal", self.kreciprocal)]
+        lines = ["| method | mAP | rank-1 | rank-5 | rank-10 | mINP |", "|---|---|---|---|---|---|"]
+        for name, r in rows:
+            if r is None:
+                continue
+            cmc = r.cmc
+            lines.append(
+                f"| {name} | {100 * r.mAP:.1f} | {100 * cmc[0]:.1f} | {100 * cmc[min(4, len(cmc) - 1)]:.1f} "
+                f"| {100 * cmc[min(9, len(cmc) - 1)]:.1f} | {100 * r.mINP:.1f} |"
+            )
+        return "\n".join(lines)
+
+
+def evaluate_features(
+    model: nn.Module,
+    qf: Tensor,
+    q_pids: Tensor,
+    q_camids: Tensor,
+    gf: Tensor,
+    g_pids: Tensor,
+    g_camids: Tensor,
+    *,
+    rerank: bool = True,
+    k_reciprocal: bool = False,
+    top_k: Optional[int] = None,
+    device: Union[str, torch.device, None] = None,
+    progress: bool = True,
+) -> EvalReport:
+    """Metrics of the CNN features and of the paper's relational re-ranking, side by side."""
+    from hrnet_pyg.evaluation import cosine_distance, evaluate_rank
+    from hrnet_pyg.rerank import relational_rerank
+
+    inner = _unwrap(model)
+    dev = resolve_device(device)
+    inner.to(dev).eval()
+    qb = inner.retrieval_features(qf.to(dev)).cpu()
+    gb = inner.retrieval_features(gf.to(dev)).cpu()
+    args = (q_pids.numpy(), g_pids.numpy(), q_camids.numpy(), g_camids.numpy())
+    cnn = evaluate_rank(cosine_distance(qb, gb), *args)
+    hr = None
+    if rerank:
+        dist = relational_rerank(inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress)
+        hr = evaluate_rank(dist, *args)
+    kr = None
+    if k_reciprocal:
+        from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
+
+        kr = evaluate_rank(k_reciprocal_rerank_features(qb, gb), *args)
+    return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr)
+
+
+def evaluate(
+    model: nn.Module,
+    query_loader: Iterable,
+    gallery_loader: Iterable,
+    *,
+    rerank: bool = True,
+    k_reciprocal: bool = False,
+    top_k: Optional[int] = None,
+    device: Union[str, torch.device, None] = None,
+    progress: bool = True,
+) -> EvalReport:
+    """Extract query and gallery features, then :func:`evaluate_features`."""
+    qf, qp, qc = extract(model, query_loader, device=device, progress=progress)
+    gf, gp, gc = extract(model, gallery_loader, device=device, progress=progress)
+    return evaluate_features(
+        model, qf, qp, qc, gf, gp, gc, rerank=rerank, k_reciprocal=k_reciprocal, top_k=top_k,
+        device=device, progress=progress,
+    )
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "EvalReport",
+    "FitResult",
+    "atomic_save",
+    "evaluate",
+    "evaluate_features",
+    "extract",
+    "fit",
+    "load_checkpoint",
+    "load_model",
+    "lr_at_epoch",
+    "resolve_device",
+    "save_model",
+]

@@ -1,0 +1,462 @@
+"""Graph construction for the two relationship modules (Sec. 3.2): plain functions, nothing learnable.
+
+* :func:`knn_edges` -- the locally-connected graph :math:`C` of Eq. 1 (k nearest neighbours in
+  Euclidean distance), with a pure-torch backend and the compiled PyG / torch-cluster ones.
+* :func:`full_edges` -- the fully-connected graph (the IR* ablation row of Table 1).
+* :func:`individual_graph` -- a :class:`~torch_geometric.data.Data` for the individual module.
+* :func:`pair_graph` / :func:`pair_mask` -- the N complete graphs over difference nodes
+  :math:`u_{n,i} = f_n - f_i` of Eq. 6 as a :class:`~torch_geometric.data.HeteroData`, and the
+  (N, N) neighbour mask used by the dense path when a graph is not complete (Fig. 4 sweep).
+
+Every ``edge_index`` follows PyG's ``source_to_target`` flow: ``edge_index[0]`` is the neighbour
+:math:`j` (source), ``edge_index[1]`` the centre :math:`i` (target) whose update aggregates it.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data, HeteroData
+
+# Entries of the dense distance block computed at once by the pure-torch path (2**24 floats = 64 MiB
+# in fp32). A re-ID batch (66^2) and a re-ranking graph (121^2) are far below it.
+DEFAULT_DENSE_BUDGET = 1 << 24
+
+_BACKENDS = ("auto", "torch", "pyg", "cluster")
+
+
+def _has_torch_cluster() -> bool:
+    return importlib.util.find_spec("torch_cluster") is not None
+
+
+def _pyg_has_knn() -> bool:
+    import torch_geometric.typing
+
+    return bool(getattr(torch_geometric.typing, "WITH_KNN", False))
+
+
+def _check_batch(batch: Optional[Tensor], num_nodes: int, where: str) -> Optional[Tensor]:
+    if batch is None:
+        return None
+    if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != num_nodes:
+        shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise ValueError(
+            f"{where}: batch must be a 1-D LongTensor with one entry per node "
+            f"({num_nodes}), got {shape}"
+        )
+    if batch.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{where}: batch must hold integer graph ids, got dtype {batch.dtype}")
+    if num_nodes > 0 and int(batch.min()) < 0:
+        raise ValueError(f"{where}: batch holds negative graph ids")
+    return batch.long()
+
+
+def _group(batch: Optional[Tensor], num_nodes: int, device) -> Tuple[Optional[Tensor], Tensor, Tensor]:
+    """Nodes grouped by graph: (perm or None if already sorted, counts per graph, ptr).
+
+    ``perm`` lists node ids so that ``batch[perm]`` is sorted (stable); graphs are then contiguous.
+    """
+    if batch is None:
+        counts = torch.tensor([num_nodes], device=device)
+        return None, counts, torch.tensor([0, num_nodes], device=device)
+    perm: Optional[Tensor] = None
+    if num_nodes > 1 and bool((batch[1:] < batch[:-1]).any()):
+        perm = torch.argsort(batch, stable=True)
+    counts = torch.bincount(batch) if num_nodes > 0 else batch.new_zeros(0)
+    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return perm, counts, ptr
+
+
+def _select_k_smallest(dist: Tensor, kk: Tensor) -> Tensor:
+    """Boolean mask of the ``kk[r]`` smallest entries of each row ``dist[r]`` (any leading dims).
+
+    Ties are broken by column index (lower index first), so the result is deterministic, unlike
+    :func:`torch.topk` whose choice among equal values is unspecified: everything strictly below the
+    ``kk``-th smallest value is taken, then the lowest-index entries equal to it fill up the row.
+    """
+    kmax = int(kk.max()) if kk.numel() > 0 else 0
+    if kmax == 0:
+        return torch.zeros_like(dist, dtype=torch.bool)
+    vals = torch.topk(dist, kmax, dim=-1, largest=False, sorted=True).values
+    thr = vals.gather(-1, (kk - 1).clamp(min=0).unsqueeze(-1))  # (..., 1): kk-th smallest
+    below = dist < thr
+    equal = dist == thr
+    need = (kk - below.sum(-1)).unsqueeze(-1)  # >= 1 wherever kk >= 1
+    sel = below | (equal & (equal.cumsum(-1) <= need))
+    return sel & (kk > 0).unsqueeze(-1)
+
+
+def _rank_scores(xq: Tensor, xk: Tensor, sq_k: Tensor) -> Tensor:
+    """||x_j||^2 - 2 x_i.x_j: the squared distance minus ||x_i||^2, which is constant per row i
+    and therefore irrelevant to the ranking of row i (saves one broadcast add, avoids sqrt)."""
+    return sq_k.unsqueeze(-2) - 2.0 * (xq @ xk.transpose(-1, -2))
+
+
+def _knn_torch(
+    x: Tensor,
+    kk_graph: Tensor,
+    perm: Optional[Tensor],
+    counts: Tensor,
+    ptr: Tensor,
+    loop: bool,
+    budget: int,
+) -> Tensor:
+    """Pure-torch kNN on graph-contiguous nodes; returns edge_index in the caller's node ids."""
+    xs = x if perm is None else x[perm]
+    device = x.device
+    num_graphs = counts.numel()
+    nmax = int(counts.max()) if num_graphs > 0 else 0
+    self_fill = float("-inf") if loop else float("inf")  # loop: self always chosen; else never
+    srcs: List[Tensor] = []
+    dsts: List[Tensor] = []
+    if nmax * nmax <= budget:
+        # Padded (B, nmax, nmax) blocks, a group of graphs at a time.
+        batch_sorted = torch.repeat_interleave(torch.arange(num_graphs, device=device), counts)
+        slot = torch.arange(xs.size(0), device=device) - ptr[batch_sorted]
+        per_group = max(1, budget // max(1, nmax * nmax))
+        ar = torch.arange(nmax, device=device)
+        for g0 in range(0, num_graphs, per_group):
+            g1 = min(num_graphs, g0 + per_group)
+            sel_nodes = (batch_sorted >= g0) & (batch_sorted < g1)
+            dense = xs.new_zeros(g1 - g0, nmax, xs.size(1))
+            dense[batch_sorted[sel_nodes] - g0, slot[sel_nodes]] = xs[sel_nodes]
+            valid = ar.unsqueeze(0) < counts[g0:g1].unsqueeze(1)  # (G, nmax)
+            score = _rank_scores(dense, dense, (dense * dense).sum(-1))  # (G, nmax, nmax)
+            score = score.masked_fill(~valid.unsqueeze(1), float("inf"))
+            score.diagonal(dim1=-2, dim2=-1).fill_(self_fill)
+            kk = kk_graph[g0:g1].unsqueeze(1).expand(-1, nmax) * valid  # padding rows: k = 0
+            g, i, j = _select_k_smallest(score, kk).nonzero(as_tuple=True)
+            base = ptr[g0:g1][g]
+            dsts.append(base + i)
+            srcs.append(base + j)
+    else:
+        # A graph too large for one dense block: chunks of target rows against its whole node set.
+        for g in range(num_graphs):
+            start, n = int(ptr[g]), int(counts[g])
+            if n == 0 or int(kk_graph[g]) == 0:
+                continue
+            xg = xs[start : start + n]
+            sq = (xg * xg).sum(-1)
+            rows = max(1, budget // n)
+            for r0 in range(0, n, rows):
+                r1 = min(n, r0 + rows)
+                score = _rank_scores(xg[r0:r1], xg, sq)  # (r, n)
+                r_ar = torch.arange(r1 - r0, device=device)
+                score[r_ar, r_ar + r0] = self_fill
+                kk = kk_graph[g].expand(r1 - r0)
+                i, j = _select_k_smallest(score, kk).nonzero(as_tuple=True)
+                dsts.append(start + r0 + i)
+                srcs.append(start + j)
+    if not srcs:
+        return torch.empty(2, 0, dtype=torch.long, device=device)
+    src, dst = torch.cat(srcs), torch.cat(dsts)
+    if perm is not None:
+        src, dst = perm[src], perm[dst]
+    return torch.stack([src, dst])
+
+
+def knn_edges(
+    x: Tensor,
+    k: int,
+    batch: Optional[Tensor] = None,
+    loop: bool = False,
+    backend: str = "auto",
+    clamp: bool = False,
+    dense_budget: int = DEFAULT_DENSE_BUDGET,
+) -> Tensor:
+    r"""Edges of the k-nearest-neighbour graph of Eq. 1 (Euclidean distance).
+
+    .. math::
+        c_{i,j} = 1 \iff r(m(v_i, v_j)) \le k
+
+    For every node :math:`i` (target) the :math:`k` nearest nodes :math:`j` of the same graph
+    (source) are returned as edges :math:`j \rightarrow i`. With ``loop=False`` (the default, and the
+    project's reading of Eq. 1 because Eq. 3 adds the node itself through :math:`+I`) a node is never
+    its own neighbour, even when another node sits at distance 0; with ``loop=True`` the node itself
+    always counts as one of its :math:`k` neighbours. Ties are broken towards the lower node index
+    (the pure-torch path; the compiled backends use their own order).
+
+    Args:
+        x (torch.Tensor): Node features :math:`(N, d)`.
+        k (int): Number of neighbours per node (:math:`k \ge 1`).
+        batch (torch.Tensor, optional): Graph id of every node :math:`(N,)`; neighbours are searched
+            within each graph only. Need not be sorted. (default: :obj:`None`, one graph)
+        loop (bool, optional): Count each node among its own neighbours. (default: :obj:`False`)
+        backend (str, optional): ``"torch"`` (dense blocks of squared distances + a deterministic
+            top-k, chunked for large graphs), ``"pyg"`` (:func:`torch_geometric.nn.knn_graph`, needs
+            pyg-lib), ``"cluster"`` (:func:`torch_cluster.knn_graph`), or ``"auto"``: ``"torch"``
+            when every graph's :math:`n^2` distance block fits ``dense_budget`` (re-ID batches and
+            re-ranking graphs always do, and there it is ~15x faster than torch-cluster), otherwise
+            torch-cluster or pyg-lib when installed, otherwise the chunked ``"torch"`` path.
+            (default: :obj:`"auto"`)
+        clamp (bool, optional): A graph with :math:`n < k + 1` nodes (:math:`n < k` with ``loop``)
+            raises a :class:`ValueError` unless ``clamp=True``, which gives each of its nodes
+            :math:`\min(k, n - 1)` (resp. :math:`\min(k, n)`) neighbours instead. (default: :obj:`False`)
+        dense_budget (int, optional): Largest number of distance entries the pure-torch path
+            computes at once. (default: :obj:`2**24`)
+
+    Returns:
+        torch.Tensor: ``edge_index`` :math:`(2, E)`, ``edge_index[0]`` = neighbour :math:`j`,
+        ``edge_index[1]`` = centre :math:`i`. The pure-torch path orders edges by target, then source
+        index; compare edge *sets* across backends, not orders.
+    """
+    where = "knn_edges"
+    if backend not in _BACKENDS:
+        raise ValueError(f"{where}: unknown backend {backend!r}; valid: {', '.join(_BACKENDS)}")
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{where}: x must be a 2-D tensor (num_nodes, channels), got {shape}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{where}: k must be a positive integer, got k={k!r}")
+    num_nodes = x.size(0)
+    batch = _check_batch(batch, num_nodes, where)
+    if num_nodes == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+    if not x.is_floating_point():
+        x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{where}: x holds NaN or infinite values; distances are undefined")
+
+    perm, counts, ptr = _group(batch, num_nodes, x.device)
+    # Neighbours available per graph: n - 1 without self loops, n with them.
+    avail = counts if loop else (counts - 1).clamp(min=0)
+    nonempty = counts > 0
+    short = nonempty & (avail < k)
+    if bool(short.any()):
+        if not clamp:
+            g = int(short.nonzero()[0])
+            n = int(counts[g])
+            need = f"k={k}" if loop else f"k+1={k + 1} (k={k} neighbours plus the node itself)"
+            graph = "the graph" if batch is None else f"graph {g} of the batch"
+            raise ValueError(
+                f"{where}: {graph} has N={n} nodes, fewer than {need}; use a smaller k, "
+                f"or pass clamp=True to give each node min(k, N{'' if loop else ' - 1'}) neighbours"
+            )
+    kk_graph = torch.minimum(avail, avail.new_full((), k))
+
+    nmax = int(counts.max())
+    if backend == "auto":
+        if nmax * nmax <= dense_budget:
+            backend = "torch"
+        elif _has_torch_cluster():
+            backend = "cluster"
+        elif _pyg_has_knn():
+            backend = "pyg"
+        else:
+            backend = "torch"
+
+    with torch.no_grad():  # the graph is discrete: no gradient flows through it
+        if backend == "torch":
+            return _knn_torch(x.detach(), kk_graph, perm, counts, ptr, loop, dense_budget)
+        xs = x.detach() if perm is None else x.detach()[perm]
+        bs = None
+        if batch is not None:
+            bs = torch.repeat_interleave(torch.arange(counts.numel(), device=x.device), counts)
+        if backend == "pyg":
+            if not _pyg_has_knn():
+                raise ImportError(
+                    f"{where}: backend='pyg' needs pyg-lib>=0.6 (torch_geometric.nn.knn_graph); "
+                    f"install it or use backend='torch'"
+                )
+            from torch_geometric.nn import knn_graph
+
+            edge_index = knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
+        else:  # cluster
+            if not _has_torch_cluster():
+                raise ImportError(
+                    f"{where}: backend='cluster' needs torch-cluster "
+                    f"(pip install torch-cluster); or use backend='torch'"
+                )
+            import torch_cluster
+
+            edge_index = torch_cluster.knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
+        if perm is not None:
+            edge_index = perm[edge_index]
+        return edge_index
+
+
+def full_edges(
+    num_nodes: int,
+    batch: Optional[Tensor] = None,
+    loop: bool = False,
+    device: Optional[Union[torch.device, str]] = None,
+) -> Tensor:
+    r"""Edges of the fully-connected graph (the IR* row of Table 1): every :math:`j \rightarrow i`
+    with :math:`i, j` in the same graph, :math:`j \ne i` unless ``loop=True``.
+
+    Args:
+        num_nodes (int): Number of nodes :math:`N`.
+        batch (torch.Tensor, optional): Graph id of every node :math:`(N,)`; each graph is complete
+            on its own, no edge crosses graphs. (default: :obj:`None`, one graph)
+        loop (bool, optional): Include the self loops :math:`i \rightarrow i`. (default: :obj:`False`)
+        device (torch.device, optional): Device of the result (default: that of ``batch``, else CPU).
+
+    Returns:
+        torch.Tensor: ``edge_index`` :math:`(2, \sum_g n_g^2)` (minus :math:`N` without loops),
+        ordered by target, then source.
+    """
+    where = "full_edges"
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+        raise ValueError(f"{where}: num_nodes must be a non-negative integer, got {num_nodes!r}")
+    if device is None:
+        device = batch.device if isinstance(batch, Tensor) else torch.device("cpu")
+    batch = _check_batch(batch, num_nodes, where)
+    if batch is not None:
+        batch = batch.to(device)
+    perm, counts, ptr = _group(batch, num_nodes, device)
+    if num_nodes == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=device)
+    graph = (
+        torch.zeros(num_nodes, dtype=torch.long, device=device)
+        if batch is None
+        else torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
+    )
+    deg = counts[graph]  # sources per target = size of its graph
+    dst = torch.repeat_interleave(torch.arange(num_nodes, device=device), deg)
+    first_edge = torch.repeat_interleave(deg.cumsum(0) - deg, deg)
+    src = ptr[graph][dst] + (torch.arange(dst.numel(), device=device) - first_edge)
+    if not loop:
+        keep = src != dst
+        src, dst = src[keep], dst[keep]
+    if perm is not None:
+        src, dst = perm[src], perm[dst]
+    return torch.stack([src, dst])
+
+
+def individual_graph(
+    x: Tensor,
+    k: int,
+    batch: Optional[Tensor] = None,
+    full: bool = False,
+    y: Optional[Tensor] = None,
+    loop: bool = False,
+    clamp: bool = False,
+    backend: str = "auto",
+) -> Data:
+    r"""The graph of the individual relationship module (Eq. 1) as a :class:`~torch_geometric.data.Data`.
+
+    Args:
+        x (torch.Tensor): Image features :math:`(N, d)`, the nodes :math:`v_n`.
+        k (int): Neighbours per node of the locally-connected graph.
+        batch (torch.Tensor, optional): Graph id per node. (default: :obj:`None`)
+        full (bool, optional): Fully-connected instead of kNN (IR*). (default: :obj:`False`)
+        y (torch.Tensor, optional): Node labels, stored as ``data.y``. (default: :obj:`None`)
+        loop, clamp, backend: As in :func:`knn_edges` (``loop`` also applies to ``full``).
+
+    Returns:
+        Data: ``x``, ``edge_index`` (and ``y``, ``batch`` when given).
+    """
+    if full:
+        edge_index = full_edges(x.size(0), batch=batch, loop=loop, device=x.device)
+    else:
+        edge_index = knn_edges(x, k, batch=batch, loop=loop, backend=backend, clamp=clamp)
+    data = Data(x=x, edge_index=edge_index)
+    if y is not None:
+        data.y = y
+    if batch is not None:
+        data.batch = batch
+    return data
+
+
+def pair_mask(f: Tensor, num_edges: Optional[int]) -> Optional[Tensor]:
+    r"""Which difference nodes feed which in the pair graphs when they are not complete (Fig. 4).
+
+    ``mask[i, j]`` is ``True`` when :math:`j` is among the ``num_edges`` nearest images of
+    :math:`i` (Euclidean, :math:`i` itself included and counted). Because
+    :math:`\lVert u_{n,i} - u_{n,j} \rVert = \lVert f_i - f_j \rVert`, nearest difference nodes are
+    the same in every graph :math:`n`, so one :math:`(N, N)` mask serves all :math:`N` graphs.
+
+    Args:
+        f (torch.Tensor): Image features :math:`(N, d)` or a batch :math:`(B, N, d)`.
+        num_edges (int, optional): Incoming edges per difference node, self loop included.
+            :obj:`None` or :math:`\ge N` means the complete graph (the paper's setting).
+
+    Returns:
+        torch.BoolTensor or None: :math:`(N, N)` (or :math:`(B, N, N)`); :obj:`None` for complete.
+    """
+    where = "pair_mask"
+    if not isinstance(f, Tensor) or f.dim() not in (2, 3):
+        shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+        raise ValueError(f"{where}: f must be (N, d) or (B, N, d), got {shape}")
+    if num_edges is None:
+        return None
+    if isinstance(num_edges, bool) or not isinstance(num_edges, int) or num_edges < 1:
+        raise ValueError(f"{where}: num_edges must be a positive integer or None, got {num_edges!r}")
+    n = f.size(-2)
+    if num_edges >= n:
+        return None
+    batched = f.dim() == 3
+    ff = f.reshape(-1, f.size(-1))
+    bvec = None
+    if batched:
+        bvec = torch.arange(f.size(0), device=f.device).repeat_interleave(n)
+    src, dst = knn_edges(ff, num_edges, batch=bvec, loop=True)
+    mask = torch.zeros(ff.size(0), n, dtype=torch.bool, device=f.device)
+    mask[dst, src % n] = True
+    return mask.view(f.size(0), n, n) if batched else mask
+
+
+def pair_graph(
+    f: Tensor,
+    v: Optional[Tensor] = None,
+    num_edges: Optional[int] = None,
+) -> HeteroData:
+    r"""The N pair graphs of Eq. 6-9 for one batch of N images, as a :class:`~torch_geometric.data.HeteroData`.
+
+    Node types:
+
+    * ``"image"``: ``x`` = :math:`f_n` :math:`(N, d)`; ``v`` = the individual-module outputs
+      :math:`v_n` used by the inter-graph propagation (``f`` when ``v`` is not given, as for the
+      CNN+PR+IGP row of Table 1).
+    * ``"pair"``: :math:`N^2` difference nodes; node :math:`n N + i` is
+      :math:`u_{n,i} = f_n - f_i` (``x``, :math:`(N^2, d)`), with ``n`` and ``i`` index vectors.
+
+    Edge types (source -> target):
+
+    * ``("pair", "intra", "pair")``: inside graph :math:`n`, :math:`u_{n,j} \rightarrow u_{n,i}` for
+      all :math:`i, j` including :math:`j = i` (:math:`N^3` edges), or only the ``num_edges``
+      nearest :math:`j` of each :math:`i` (:func:`pair_mask`).
+    * ``("image", "left", "pair")``: :math:`v_n \rightarrow u_{n,i}` (the :math:`q^n_{i,n}` edge).
+    * ``("image", "right", "pair")``: :math:`v_i \rightarrow u_{n,i}` (the :math:`q^n_{i,i}` edge).
+
+    This materialises :math:`N^2 d` pair features and :math:`N^3` edges; it is the general
+    message-passing representation. The HRNet model uses the dense factorised path
+    (:meth:`hrnet_pyg.layers.PairwiseRelationConv.forward_dense`) instead.
+    """
+    where = "pair_graph"
+    if not isinstance(f, Tensor) or f.dim() != 2:
+        shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+        raise ValueError(f"{where}: f must be a 2-D tensor (N, d), got {shape}")
+    if v is not None and (not isinstance(v, Tensor) or v.shape != f.shape):
+        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+        raise ValueError(f"{where}: v must have the shape of f {tuple(f.shape)}, got {shape}")
+    n, device = f.size(0), f.device
+    ar = torch.arange(n, device=device)
+    pn = ar.repeat_interleave(n)  # graph n of pair node n*N + i
+    pi = ar.repeat(n)  # image i of pair node n*N + i
+    data = HeteroData()
+    data["image"].x = f
+    data["image"].v = f if v is None else v
+    data["pair"].x = (f.unsqueeze(1) - f.unsqueeze(0)).reshape(n * n, f.size(1))  # (N^2, d)
+    data["pair"].n = pn
+    data["pair"].i = pi
+
+    mask = pair_mask(f, num_edges)
+    if mask is None:
+        tgt_i = ar.repeat_interleave(n)  # (N^2,) base pairs (i, j) of one graph
+        src_j = ar.repeat(n)
+    else:
+        tgt_i, src_j = mask.nonzero(as_tuple=True)
+    offset = (ar * n).repeat_interleave(tgt_i.numel())  # the same pattern in each graph n
+    src = src_j.repeat(n) + offset
+    dst = tgt_i.repeat(n) + offset
+    data["pair", "intra", "pair"].edge_index = torch.stack([src, dst])
+    pair_ids = torch.arange(n * n, device=device)
+    data["image", "left", "pair"].edge_index = torch.stack([pn, pair_ids])
+    data["image", "right", "pair"].edge_index = torch.stack([pi, pair_ids])
+    return data
+
+
+__all__ = ["knn_edges", "full_edges", "individual_graph", "pair_graph", "pair_mask"]

@@ -1,0 +1,695 @@
+"""The graph layers of the Hybrid Relationship Network (Xu et al., AAAI 2021, Sec. 3.2) for PyG.
+
+* :class:`IndividualRelationConv` -- Eq. 2-3, attention over a (kNN) graph of image features.
+* :class:`PairwiseRelationConv` -- Eq. 6-9, attention over complete graphs of feature differences
+  plus the inter-graph propagation (IGP), with a message-passing path and a dense factorised path.
+* :class:`VerificationHead` -- the same-identity probability :math:`\\hat{t}(n, i)` of Eq. 13.
+
+Only torch and torch_geometric are imported: nothing here is re-ID specific, so the layers can be
+used in any PyG model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import BatchNorm1d, Parameter
+
+from torch_geometric.data import HeteroData
+from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.nn.dense.linear import Linear
+from torch_geometric.utils import softmax
+
+# Scalars of the (targets x graph nodes) logit block evaluated at once for the all-node denominator
+# of Eq. 2 (4M floats = 16 MiB in fp32).
+_LSE_BUDGET = 1 << 22
+
+
+def _reset_att(att: Tensor) -> None:
+    """Glorot-uniform init of an attention vector, read as a (1, d) matrix (as GATConv's att_*)."""
+    bound = math.sqrt(6.0 / (1 + att.numel()))
+    with torch.no_grad():
+        att.uniform_(-bound, bound)
+
+
+def _check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, where: str, name: str) -> None:
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        shape = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index).__name__
+        raise ValueError(f"{where}: {name} must be a LongTensor of shape (2, E), got {shape}")
+    if edge_index.dtype != torch.long:
+        raise ValueError(f"{where}: {name} must have dtype torch.long, got {edge_index.dtype}")
+    if edge_index.numel() > 0:
+        if int(edge_index.min()) < 0:
+            raise ValueError(f"{where}: {name} holds negative node indices")
+        if int(edge_index[0].max()) >= num_src or int(edge_index[1].max()) >= num_dst:
+            raise ValueError(
+                f"{where}: {name} refers to node {int(edge_index.max())} but there are only "
+                f"{num_src} source / {num_dst} target nodes"
+            )
+
+
+def _check_features(x: Tensor, channels: int, where: str, name: str, dims=(2,)) -> None:
+    if not isinstance(x, Tensor) or x.dim() not in dims or x.size(-1) != channels:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        want = " or ".join(f"{d}-D" for d in dims)
+        raise ValueError(f"{where}: {name} must be a {want} tensor with {channels} channels, got {shape}")
+
+
+def all_node_logsumexp(
+    s_dst: Tensor,
+    s_src: Tensor,
+    batch: Optional[Tensor] = None,
+    negative_slope: float = 0.2,
+    budget: int = _LSE_BUDGET,
+) -> Tensor:
+    r"""Per-target log of the Eq. 2 denominator, :math:`\log \sum_{n} \exp \mu(s^{dst}_i + s^{src}_n)`,
+    the sum running over **all** nodes :math:`n` of :math:`i`'s graph (not only its neighbours).
+
+    Evaluated in chunks of targets against the (padded) node set of their graph, so at most
+    ``budget`` scalars are alive at once and no :math:`N^2 \times d` tensor ever exists: the logits
+    only need the two per-node scores.
+
+    Args:
+        s_dst (torch.Tensor): :math:`(N,)` target scores :math:`v_i^\top H[:d]`.
+        s_src (torch.Tensor): :math:`(N,)` source scores :math:`v_n^\top H[d:]`.
+        batch (torch.Tensor, optional): Graph id per node (need not be sorted). (default: one graph)
+        negative_slope (float): LeakyReLU slope of :math:`\mu`. (default: :obj:`0.2`)
+        budget (int): Scalars per chunk. (default: :obj:`2**22`)
+
+    Returns:
+        torch.Tensor: :math:`(N,)`.
+    """
+    num_nodes = s_dst.numel()
+    if num_nodes == 0:
+        return s_dst.new_empty(0)
+    if batch is None:
+        src = s_src.unsqueeze(0)  # (1, N): every target sees every node
+        graph = torch.zeros(num_nodes, dtype=torch.long, device=s_dst.device)
+    else:
+        # (B, nmax) per-graph source scores, padded with -inf (exp(-inf) = 0 in the sum).
+        counts = torch.bincount(batch)
+        perm = torch.argsort(batch, stable=True)
+        ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        slot = torch.empty_like(batch)
+        slot[perm] = torch.arange(num_nodes, device=batch.device) - ptr[batch[perm]]
+        src = s_src.new_full((counts.numel(), int(counts.max())), float("-inf"))
+        src = src.index_put((batch, slot), s_src)
+        graph = batch
+    chunk = max(1, budget // src.size(1))
+    out = []
+    for c0 in range(0, num_nodes, chunk):
+        c1 = min(num_nodes, c0 + chunk)
+        z = F.leaky_relu(s_dst[c0:c1].unsqueeze(1) + src[graph[c0:c1]], negative_slope)
+        out.append(torch.logsumexp(z, dim=1))
+    return torch.cat(out)
+
+
+class _InterGraphTerm(torch.autograd.Function):
+    r"""In place: ``pre[..., r, i, :] += ql[..., r, i] * wl[..., r, :] + qr[..., r, i] * wr[..., i, :]``,
+    the IGP term of Eq. 7 (:math:`q^n_{i,n} v_n W_l + q^n_{i,i} v_i W_r`, graph :math:`n` = row
+    :math:`r`). Autograd's own backward of these broadcast products would build four (R, N, d)
+    temporaries; here every gradient is a (batched) matmul against the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, pre, ql, wl, qr, wr):  # (B?,R,N,d), (B?,R,N), (B?,R,d), (B?,R,N), (B?,N,d)
+        ctx.mark_dirty(pre)
+        ctx.save_for_backward(ql, wl, qr, wr)
+        pre.addcmul_(ql.unsqueeze(-1), wl.unsqueeze(-2))
+        return pre.addcmul_(qr.unsqueeze(-1), wr.unsqueeze(-3))
+
+    @staticmethod
+    def backward(ctx, grad):
+        ql, wl, qr, wr = ctx.saved_tensors
+        r, n, d = grad.shape[-3:]
+        g3 = grad.reshape(-1, n, d)  # (B R, N, d)
+        g4 = grad.reshape(-1, r, n, d)  # (B, R, N, d)
+        out = [grad, None, None, None, None]
+        if ctx.needs_input_grad[1]:  # sum_k grad[r, i, k] wl[r, k]
+            out[1] = torch.bmm(g3, wl.reshape(-1, d, 1)).view(ql.shape)
+        if ctx.needs_input_grad[2]:  # sum_i ql[r, i] grad[r, i, k]
+            out[2] = torch.bmm(ql.reshape(-1, 1, n), g3).view(wl.shape)
+        # The r-sums below run per batch element over (i, R, d)-strided views, which bmm reads
+        # without copying.
+        if ctx.needs_input_grad[3]:  # sum_k grad[r, i, k] wr[i, k]
+            out[3] = torch.stack([torch.bmm(gb.transpose(0, 1), wb.unsqueeze(-1)).squeeze(-1).t()
+                                  for gb, wb in zip(g4, wr.reshape(-1, n, d))]).view(qr.shape)
+        if ctx.needs_input_grad[4]:  # sum_r qr[r, i] grad[r, i, k]
+            out[4] = torch.stack([torch.bmm(sb.t().unsqueeze(1), gb.transpose(0, 1)).squeeze(1)
+                                  for sb, gb in zip(qr.reshape(-1, r, n), g4)]).view(wr.shape)
+        return tuple(out)
+
+
+class IndividualRelationConv(MessagePassing):
+    r"""The individual relationship layer of the `"Hybrid Relationship Network for Person
+    Re-identification" <https://ojs.aaai.org/index.php/AAAI/article/view/16406>`_ paper (Eq. 2-3).
+
+    .. math::
+        \mathbf{X}^{\prime} = \sigma\left((\mathbf{A} \circ \mathbf{C} + \mathbf{I})
+        \mathbf{X} \mathbf{W}_s\right),
+        \qquad
+        \mathbf{x}^{\prime}_i = \sigma\Big(\mathbf{x}_i \mathbf{W}_s +
+        \sum_{j \in \mathcal{N}(i)} a_{i,j}\, \mathbf{x}_j \mathbf{W}_s\Big),
+
+    where :math:`\mathcal{N}(i)` are the sources of the edges into :math:`i` (the kNN graph
+    :math:`\mathbf{C}` of Eq. 1) and the attention coefficients are
+
+    .. math::
+        a_{i,j} = \frac{\exp \mu\left([\mathbf{x}_i \,\Vert\, \mathbf{x}_j]^{\top} \mathbf{H}_s\right)}
+        {\sum_{n=1}^{N} \exp \mu\left([\mathbf{x}_i \,\Vert\, \mathbf{x}_n]^{\top} \mathbf{H}_s\right)},
+        \qquad \mu = \mathrm{LeakyReLU}.
+
+    As in the paper (and unlike GAT) the denominator runs over **all** :math:`N` nodes of the
+    graph, and only then is :math:`\mathbf{A}` masked by :math:`\mathbf{C}`; the kept weights of a
+    row therefore sum to at most 1. ``normalize="neighbors"`` instead normalises over the incoming
+    edges only (GAT style). The concatenation is never built:
+    :math:`[\mathbf{x}_i \Vert \mathbf{x}_j]^\top \mathbf{H}_s = \mathbf{x}_i^\top \mathbf{h}^{dst}
+    + \mathbf{x}_j^\top \mathbf{h}^{src}` with :math:`\mathbf{h}^{dst} = \mathbf{H}_s[:d]`
+    (``att_dst``) and :math:`\mathbf{h}^{src} = \mathbf{H}_s[d:]` (``att_src``), two per-node dot
+    products. Attention is computed on the layer's input, as Eq. 2 states (GAT uses
+    :math:`\mathbf{x}\mathbf{W}`).
+
+    Self loops in ``edge_index`` are ordinary edges: node :math:`i` then receives
+    :math:`(a_{i,i} + 1)\,\mathbf{x}_i \mathbf{W}_s` (attention plus the identity :math:`\mathbf{I}`).
+    HRNet's kNN graph has none (see :func:`hrnet_pyg.graphs.knn_edges`).
+
+    Args:
+        in_channels (int): Size :math:`d` of each input sample.
+        out_channels (int): Size :math:`d'` of each output sample.
+        negative_slope (float, optional): LeakyReLU slope of :math:`\mu`. (default: :obj:`0.2`)
+        normalize (str, optional): ``"all"`` (Eq. 2: denominator over all nodes of the graph) or
+            ``"neighbors"`` (softmax over incoming edges). (default: :obj:`"all"`)
+        add_identity (bool, optional): Add :math:`\mathbf{I}` (the node's own
+            :math:`\mathbf{x}_i \mathbf{W}_s`), which Eq. 3 uses against over-smoothing.
+            (default: :obj:`True`)
+        act (bool, optional): Apply :math:`\sigma = \mathrm{ReLU}`. (default: :obj:`True`)
+        **kwargs (optional): Additional arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing`.
+
+    Shapes:
+        - **input:** node features :math:`(|\mathcal{V}|, d)`, edge indices
+          :math:`(2, |\mathcal{E}|)`, batch vector :math:`(|\mathcal{V}|)` *(optional)*
+        - **output:** node features :math:`(|\mathcal{V}|, d')`; with
+          ``return_attention_weights=True`` also :math:`((2, |\mathcal{E}|), (|\mathcal{E}|))`
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        negative_slope: float = 0.2,
+        normalize: str = "all",
+        add_identity: bool = True,
+        act: bool = True,
+        **kwargs,
+    ):
+        kwargs.setdefault("aggr", "add")
+        super().__init__(node_dim=0, **kwargs)
+        if normalize not in ("all", "neighbors"):
+            raise ValueError(
+                f"IndividualRelationConv: normalize must be 'all' (Eq. 2) or 'neighbors' (GAT), "
+                f"got {normalize!r}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.negative_slope = negative_slope
+        self.normalize = normalize
+        self.add_identity = add_identity
+        self.act = act
+
+        self.lin = Linear(in_channels, out_channels, bias=False, weight_initializer="glorot")  # W_s
+        self.att_dst = Parameter(torch.empty(in_channels))  # H_s[:d], multiplies x_i (target)
+        self.att_src = Parameter(torch.empty(in_channels))  # H_s[d:], multiplies x_j (source)
+
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        self.lin.reset_parameters()
+        _reset_att(self.att_dst)
+        _reset_att(self.att_src)
+
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        batch: Optional[Tensor] = None,
+        return_attention_weights: Optional[bool] = None,
+    ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+        r"""Runs the forward pass of the module.
+
+        Args:
+            x (torch.Tensor): Node features :math:`(N, d)`.
+            edge_index (torch.Tensor): Edges :math:`j \rightarrow i`, shape :math:`(2, E)`.
+            batch (torch.Tensor, optional): Graph id per node; with ``normalize="all"`` the
+                denominator of Eq. 2 then runs over the nodes of :math:`i`'s own graph. Without it
+                all :math:`N` nodes count as one graph. (default: :obj:`None`)
+            return_attention_weights (bool, optional): If true, also return
+                ``(edge_index, attention_weights)``. (default: :obj:`None`)
+        """
+        where = type(self).__name__
+        _check_features(x, self.in_channels, where, "x")
+        _check_edge_index(edge_index, x.size(0), x.size(0), where, "edge_index")
+        if batch is not None and (batch.dim() != 1 or batch.numel() != x.size(0)):
+            raise ValueError(f"{where}: batch must have one entry per node ({x.size(0)}), "
+                             f"got shape {tuple(batch.shape)}")
+
+        s_dst = x @ self.att_dst  # (N,)
+        s_src = x @ self.att_src  # (N,)
+        lse = None
+        if self.normalize == "all":
+            lse = all_node_logsumexp(s_dst, s_src, batch, self.negative_slope)
+        alpha = self.edge_updater(edge_index, s=(s_src, s_dst), lse=lse)
+
+        h = self.lin(x)  # (N, d'): X W_s
+        out = self.propagate(edge_index, x=h, alpha=alpha)
+        if self.add_identity:
+            out = out + h
+        if self.act:
+            out = F.relu(out)
+        if return_attention_weights:
+            return out, (edge_index, alpha)
+        return out
+
+    def edge_update(self, s_j: Tensor, s_i: Tensor, lse_i: Optional[Tensor], index: Tensor,
+                    ptr: Optional[Tensor], dim_size: Optional[int]) -> Tensor:
+        e = F.leaky_relu(s_i + s_j, self.negative_slope)  # mu([x_i || x_j]^T H_s)
+        if lse_i is not None:
+            return torch.exp(e - lse_i)  # Eq. 2: all-node denominator, then masked by C
+        if index.numel() == 0:
+            return e
+        return softmax(e, index, ptr, dim_size)
+
+    def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
+        return alpha.unsqueeze(-1) * x_j
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+                f"normalize={self.normalize!r})")
+
+
+class PairwiseRelationConv(MessagePassing):
+    r"""The pairwise relationship layer with inter-graph propagation of the `"Hybrid Relationship
+    Network for Person Re-identification" <https://ojs.aaai.org/index.php/AAAI/article/view/16406>`_
+    paper (Eq. 6-9).
+
+    For every image :math:`n` a graph over the difference nodes :math:`u_{n,i} = f_n - f_i`
+    (:math:`i = 1..N`, complete with self loops) is updated as
+
+    .. math::
+        \mathbf{u}^{\prime}_{n,i} = \alpha\, \mathbf{u}_{n,i} + (1 - \alpha)\, \sigma\Big(
+        \beta \sum_{j} g^n_{i,j}\, \mathbf{u}_{n,j} \mathbf{W}_p
+        + (1 - \beta)\big(q^n_{i,n}\, \mathbf{v}_n \mathbf{W}_l
+        + q^n_{i,i}\, \mathbf{v}_i \mathbf{W}_r\big)\Big)
+
+    with the intra-graph attention (softmax over the sources :math:`j` of :math:`u_{n,i}`)
+
+    .. math::
+        g^n_{i,j} = \operatorname{softmax}_j\, \mu\big(\mathbf{u}_{n,i}^\top \mathbf{H}_p[:d] +
+        \mathbf{u}_{n,j}^\top \mathbf{H}_p[d:]\big)
+
+    and the two-way inter-graph attention of Eq. 8-9
+
+    .. math::
+        (q^n_{i,n}, q^n_{i,i}) = \operatorname{softmax}\Big(
+        \mu\big(\mathbf{u}_{n,i}^\top \mathbf{H}_l[:d] + \mathbf{v}_n^\top \mathbf{H}_l[d:]\big),\;
+        \mu\big(\mathbf{u}_{n,i}^\top \mathbf{H}_r[:d] + \mathbf{v}_i^\top \mathbf{H}_r[d:]\big)\Big).
+
+    :math:`\mathbf{v}` are the image nodes of the individual graph (the outputs of
+    :class:`IndividualRelationConv`, or :math:`\mathbf{f}` itself without it). With ``igp=False``
+    the inter-graph term is absent and :math:`\beta` is taken as 1 (the message is not shrunk):
+    :math:`\mathbf{u}' = \alpha \mathbf{u} + (1-\alpha)\sigma(\sum_j g\, \mathbf{u}_j \mathbf{W}_p)`.
+    :math:`\sigma = \mathrm{ReLU}`, :math:`\mu = \mathrm{LeakyReLU}`; the residual
+    :math:`\alpha \mathbf{u}` forces :math:`d' = d`.
+
+    Two execution paths give identical results:
+
+    * :meth:`forward` / :meth:`forward_hetero`: message passing over any pair graph (e.g. from
+      :func:`hrnet_pyg.graphs.pair_graph`); :math:`O(N^3 d)` memory on complete graphs.
+    * :meth:`forward_dense`: the factorised form for pair graphs built from differences, which never
+      materialises anything larger than the :math:`(N, N, d)` output.
+
+    Args:
+        channels (int): Size :math:`d` of each difference node (input and output).
+        alpha (float, optional): Share of the original node :math:`\alpha`. (default: :obj:`0.9`)
+        beta (float, optional): Share of the intra-graph message :math:`\beta`. (default: :obj:`0.8`)
+        negative_slope (float, optional): LeakyReLU slope of :math:`\mu`. (default: :obj:`0.2`)
+        igp (bool, optional): Use the inter-graph propagation (Eq. 7-9). (default: :obj:`True`)
+        **kwargs (optional): Additional arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing`.
+
+    Shapes:
+        - **input** (:meth:`forward`): pair features :math:`(P, d)`, pair edges :math:`(2, E)`,
+          image features :math:`(M, d)`, left/right edges :math:`(2, P)` *(IGP only)*
+        - **output:** :math:`(P, d)`
+        - **input** (:meth:`forward_dense`): :math:`\mathbf{F}, \mathbf{V}` of :math:`(N, d)` or
+          :math:`(B, N, d)`, mask :math:`(N, N)` or :math:`(B, N, N)` *(optional)*, rows :math:`(R,)`
+          *(optional)*
+        - **output:** :math:`(R, N, d)` or :math:`(B, R, N, d)`
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        alpha: float = 0.9,
+        beta: float = 0.8,
+        negative_slope: float = 0.2,
+        igp: bool = True,
+        **kwargs,
+    ):
+        kwargs.setdefault("aggr", "add")
+        super().__init__(node_dim=0, **kwargs)
+        if not 0.0 <= alpha <= 1.0 or not 0.0 <= beta <= 1.0:
+            raise ValueError(f"PairwiseRelationConv: alpha and beta must lie in [0, 1], "
+                             f"got alpha={alpha}, beta={beta}")
+        self.channels = channels
+        self.alpha = alpha
+        self.beta = beta
+        self.negative_slope = negative_slope
+        self.igp = igp
+
+        self.lin_p = Linear(channels, channels, bias=False, weight_initializer="glorot")  # W_p
+        self.att_p_dst = Parameter(torch.empty(channels))  # H_p[:d], with u_{n,i} (target)
+        self.att_p_src = Parameter(torch.empty(channels))  # H_p[d:], with u_{n,j} (source)
+        if igp:
+            self.lin_l = Linear(channels, channels, bias=False, weight_initializer="glorot")  # W_l
+            self.lin_r = Linear(channels, channels, bias=False, weight_initializer="glorot")  # W_r
+            self.att_l_pair = Parameter(torch.empty(channels))  # H_l[:d], with u_{n,i}
+            self.att_l_image = Parameter(torch.empty(channels))  # H_l[d:], with v_n
+            self.att_r_pair = Parameter(torch.empty(channels))  # H_r[:d], with u_{n,i}
+            self.att_r_image = Parameter(torch.empty(channels))  # H_r[d:], with v_i
+        else:
+            self.lin_l = self.lin_r = None
+            for name in ("att_l_pair", "att_l_image", "att_r_pair", "att_r_image"):
+                self.register_parameter(name, None)
+
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        self.lin_p.reset_parameters()
+        _reset_att(self.att_p_dst)
+        _reset_att(self.att_p_src)
+        if self.igp:
+            self.lin_l.reset_parameters()
+            self.lin_r.reset_parameters()
+            for att in (self.att_l_pair, self.att_l_image, self.att_r_pair, self.att_r_image):
+                _reset_att(att)
+
+    # ----------------------------------------------------------------------------------------
+    # Message-passing path (any pair graph)
+    # ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        x_pair: Tensor,
+        edge_index: Tensor,
+        x_image: Optional[Tensor] = None,
+        left_index: Optional[Tensor] = None,
+        right_index: Optional[Tensor] = None,
+        return_attention_weights: Optional[bool] = None,
+    ):
+        r"""Message-passing forward over pair nodes.
+
+        Args:
+            x_pair (torch.Tensor): Pair (difference) node features :math:`(P, d)`.
+            edge_index (torch.Tensor): Intra-graph edges :math:`u_{n,j} \rightarrow u_{n,i}`
+                :math:`(2, E)`; the softmax of Eq. 6 runs over the incoming edges of each target.
+            x_image (torch.Tensor, optional): Image nodes :math:`\mathbf{v}` :math:`(M, d)`
+                (required with IGP).
+            left_index (torch.Tensor, optional): Edges image :math:`n` -> pair :math:`(n, i)`,
+                :math:`(2, P)` (row 0: image index, row 1: pair index).
+            right_index (torch.Tensor, optional): Edges image :math:`i` -> pair :math:`(n, i)`.
+                Eq. 8-9 assume exactly one left and one right edge per pair node; more are accepted,
+                the two-way softmax then runs over all inter-graph edges into the pair node.
+            return_attention_weights (bool, optional): If true, also return
+                ``(edge_index, g)`` and, with IGP, ``(q_left, q_right)`` aligned with the columns of
+                ``left_index`` / ``right_index``.
+
+        Returns:
+            ``u'`` :math:`(P, d)`; or ``(u', (edge_index, g))``; or
+            ``(u', (edge_index, g), (q_left, q_right))`` with IGP.
+        """
+        where = f"{type(self).__name__}.forward"
+        _check_features(x_pair, self.channels, where, "x_pair")
+        num_pairs = x_pair.size(0)
+        _check_edge_index(edge_index, num_pairs, num_pairs, where, "edge_index")
+
+        # Eq. 6: logits from two per-node dot products, softmax over the sources of each target.
+        s_dst = x_pair @ self.att_p_dst
+        s_src = x_pair @ self.att_p_src
+        g = self.edge_updater(edge_index, s=(s_src, s_dst))
+        agg = self.propagate(edge_index, x=self.lin_p(x_pair), alpha=g)  # sum_j g u_j W_p
+
+        q_pair = None
+        if self.igp:
+            if x_image is None or left_index is None or right_index is None:
+                raise ValueError(f"{where}: with igp=True, x_image, left_index and right_index "
+                                 f"are required (build them with hrnet_pyg.graphs.pair_graph)")
+            _check_features(x_image, self.channels, where, "x_image")
+            num_images = x_image.size(0)
+            _check_edge_index(left_index, num_images, num_pairs, where, "left_index")
+            _check_edge_index(right_index, num_images, num_pairs, where, "right_index")
+            # Eq. 8-9: one logit per inter-graph edge, softmax over the edges into each pair node.
+            zl = F.leaky_relu((x_pair @ self.att_l_pair)[left_index[1]]
+                              + (x_image @ self.att_l_image)[left_index[0]], self.negative_slope)
+            zr = F.leaky_relu((x_pair @ self.att_r_pair)[right_index[1]]
+                              + (x_image @ self.att_r_image)[right_index[0]], self.negative_slope)
+            tgt = torch.cat([left_index[1], right_index[1]])
+            q = softmax(torch.cat([zl, zr]), tgt, num_nodes=num_pairs)
+            # Both edge types share one propagate over a stacked source set [v W_l ; v W_r].
+            src = torch.cat([left_index[0], right_index[0] + num_images])
+            x_src = torch.cat([self.lin_l(x_image), self.lin_r(x_image)])  # (2M, d)
+            inter = self.propagate(torch.stack([src, tgt]), x=(x_src, None), alpha=q,
+                                   size=(2 * num_images, num_pairs))
+            msg = self.beta * agg + (1.0 - self.beta) * inter
+            q_pair = (q[: left_index.size(1)], q[left_index.size(1):])
+        else:
+            msg = agg  # no IGP: beta = 1, the term is absent
+        out = self.alpha * x_pair + (1.0 - self.alpha) * F.relu(msg)
+
+        if return_attention_weights:
+            if q_pair is not None:
+                return out, (edge_index, g), q_pair
+            return out, (edge_index, g)
+        return out
+
+    def forward_hetero(self, data: HeteroData, return_attention_weights: Optional[bool] = None):
+        r"""Message-passing forward on the output of :func:`hrnet_pyg.graphs.pair_graph`.
+
+        Reads ``data["pair"].x``, the ``("pair", "intra", "pair")`` edges and, with IGP,
+        ``data["image"].v`` with the ``("image", "left"/"right", "pair")`` edges. Returns the updated
+        pair features :math:`(N^2, d)` (row :math:`nN + i` is :math:`u'_{n,i}`), plus attention
+        weights as in :meth:`forward`.
+        """
+        where = f"{type(self).__name__}.forward_hetero"
+        needed = [("pair", "x"), (("pair", "intra", "pair"), "edge_index")]
+        if self.igp:
+            needed += [("image", "v"), (("image", "left", "pair"), "edge_index"),
+                       (("image", "right", "pair"), "edge_index")]
+        for key, attr in needed:
+            if key not in (data.node_types if isinstance(key, str) else data.edge_types) \
+                    or attr not in data[key]:
+                raise ValueError(f"{where}: data lacks {key}.{attr}; build it with "
+                                 f"hrnet_pyg.graphs.pair_graph")
+        kwargs = {}
+        if self.igp:
+            kwargs = dict(x_image=data["image"].v,
+                          left_index=data["image", "left", "pair"].edge_index,
+                          right_index=data["image", "right", "pair"].edge_index)
+        return self.forward(data["pair"].x, data["pair", "intra", "pair"].edge_index,
+                            return_attention_weights=return_attention_weights, **kwargs)
+
+    def edge_update(self, s_j: Tensor, s_i: Tensor, index: Tensor, ptr: Optional[Tensor],
+                    dim_size: Optional[int]) -> Tensor:
+        e = F.leaky_relu(s_i + s_j, self.negative_slope)  # mu([u_{n,i} || u_{n,j}]^T H_p)
+        if index.numel() == 0:
+            return e
+        return softmax(e, index, ptr, dim_size)  # Eq. 6
+
+    def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
+        return alpha.unsqueeze(-1) * x_j
+
+    # ----------------------------------------------------------------------------------------
+    # Dense factorised path (pair graphs over differences u_{n,i} = f_n - f_i)
+    # ----------------------------------------------------------------------------------------
+    def forward_dense(
+        self,
+        f: Tensor,
+        v: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+        rows: Optional[Tensor] = None,
+        return_attention: bool = False,
+    ):
+        r"""The layer on the :math:`N` pair graphs of Eq. 6 built from :math:`\mathbf{F}`, factorised.
+
+        Exact re-statement of :meth:`forward` on ``pair_graph(f, v)`` using
+        :math:`\mathbf{u}_{n,i}^\top \mathbf{a} = \mathbf{f}_n^\top \mathbf{a} - \mathbf{f}_i^\top
+        \mathbf{a}` for every attention vector :math:`\mathbf{a}`, and, because the rows of
+        :math:`\mathbf{G}^n` sum to 1,
+
+        .. math::
+            \sum_j g^n_{i,j} \mathbf{u}_{n,j} \mathbf{W}_p = \mathbf{f}_n \mathbf{W}_p -
+            (\mathbf{G}^n \mathbf{F} \mathbf{W}_p)_i .
+
+        Cost: :math:`O(N d d')` for the three weight matrices applied to :math:`N` images (not
+        :math:`N^2` differences), :math:`O(N d)` for the attention dot products,
+        :math:`O(R N^2)` scalars of attention and :math:`O(R N^2 d')` for :math:`\mathbf{G}\mathbf{P}`.
+        The largest tensors with a feature axis have the output's size :math:`(R, N, d)`;
+        nothing of size :math:`N^3 d` (or :math:`R N^2 d`) is ever formed, by construction: the only
+        contraction over :math:`j` is the batched matmul ``G @ P``.
+
+        Args:
+            f (torch.Tensor): Image features :math:`(N, d)` or :math:`(B, N, d)`.
+            v (torch.Tensor, optional): Image nodes for IGP, same shape (default: ``f``).
+            mask (torch.BoolTensor, optional): :math:`(N, N)` or :math:`(B, N, N)`;
+                ``mask[i, j]``: :math:`u_{n,j}` feeds :math:`u_{n,i}` (the same in every graph
+                :math:`n`, see :func:`hrnet_pyg.graphs.pair_mask`); every row needs a ``True``.
+                (default: :obj:`None`, complete graphs)
+            rows (torch.LongTensor, optional): Graphs :math:`n` to compute :math:`(R,)`; the
+                others are not evaluated. (default: all :math:`N`)
+            return_attention (bool, optional): Also return :math:`\mathbf{G}` :math:`(B?, R, N, N)`
+                and :math:`q` :math:`(B?, R, N, 2)` = :math:`(q^n_{i,n}, q^n_{i,i})` (``None``
+                without IGP). (default: :obj:`False`)
+
+        Returns:
+            :math:`\mathbf{U}'` of shape :math:`(B?, R, N, d)` with ``U'[..., r, i]`` =
+            :math:`\mathbf{u}'_{rows[r], i}`; or ``(U', G, q)``.
+        """
+        where = f"{type(self).__name__}.forward_dense"
+        _check_features(f, self.channels, where, "f", dims=(2, 3))
+        n = f.size(-2)
+        if v is None or not self.igp:
+            v = f
+        elif v.shape != f.shape:
+            raise ValueError(f"{where}: v must have the shape of f {tuple(f.shape)}, "
+                             f"got {tuple(v.shape)}")
+        if mask is not None:
+            if mask.dtype != torch.bool or mask.shape[-2:] != (n, n) or mask.dim() > f.dim() \
+                    or (mask.dim() == 3 and mask.size(0) != f.size(0)):
+                raise ValueError(f"{where}: mask must be a bool tensor of shape (N, N) or "
+                                 f"(B, N, N) with N={n}, got {mask.dtype} {tuple(mask.shape)}")
+            if not bool(mask.any(-1).all()):
+                raise ValueError(f"{where}: every row of mask needs at least one True "
+                                 f"(a difference node with no source has an undefined softmax)")
+        if rows is None:
+            rows = torch.arange(n, device=f.device)
+        elif (not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.long
+              or (rows.numel() > 0 and (int(rows.min()) < 0 or int(rows.max()) >= n))):
+            raise ValueError(f"{where}: rows must be a 1-D LongTensor of graph indices in "
+                             f"[0, {n}), got {rows!r}")
+
+        def pick(t: Tensor) -> Tensor:  # select graphs n = rows[r] along the image axis
+            return t.index_select(-2 if t.dim() == f.dim() else -1, rows)
+
+        slope = self.negative_slope
+        # Eq. 6, logits e[r, i, j] = mu(u_{n,i}.a_dst + u_{n,j}.a_src), n = rows[r]
+        #   = mu((f_n.a_dst + f_n.a_src) - f_i.a_dst - f_j.a_src): per-image dot products only.
+        pd = f @ self.att_p_dst  # (B?, N)
+        ps = f @ self.att_p_src  # (B?, N)
+        c = pick(pd + ps)  # (B?, R)
+        e = F.leaky_relu(c[..., :, None, None] - pd[..., None, :, None] - ps[..., None, None, :],
+                         slope)  # (B?, R, N, N) scalars
+        if mask is not None:
+            e = e.masked_fill(~mask.unsqueeze(-3), float("-inf"))
+        g = torch.softmax(e, dim=-1)  # G^n, rows sum to 1
+
+        # Memory traffic, not FLOPs, dominates this path on CPU: every fresh (R, N, d) tensor
+        # costs a full pass (and page faults). So the scalars of Eq. 7 are folded into (N, d)
+        # factors first (relu(c x) = c relu(x) for c = 1 - alpha >= 0), and the forward allocates
+        # only two full-size tensors: the matmul output `pre`, updated in place by the IGP terms and
+        # the ReLU, and alpha * u, which receives the result in place. In-place is safe for autograd
+        # here: neither the matmul, the addcmul/baddbmm updates, nor the add saves its output.
+        c_p = (1.0 - self.alpha) * (self.beta if self.igp else 1.0)  # no IGP: beta = 1
+        c_q = (1.0 - self.alpha) * (1.0 - self.beta)
+        p = self.lin_p(f) * c_p  # (B?, N, d): W_p applied to N images, not N^2 differences
+
+        # sum_j g^n_ij u_{n,j} W_p = (f_n W_p) - (G^n F W_p)_i = ((e_n 1^T - G^n) F W_p)_i, since
+        # the rows of G^n sum to 1: one (R, N, N) @ (N, d) matmul, the only contraction over j.
+        onehot = F.one_hot(rows, n).to(g.dtype)  # (R, N): e_n for n = rows[r]
+        pre = (onehot.unsqueeze(-2) - g) @ p.unsqueeze(-3)  # (B?, R, N, d)
+
+        q = None
+        if self.igp:
+            # Eq. 8-9 with u_{n,i}.a = f_n.a - f_i.a: two (R, N) logit maps.
+            fl, fr = f @ self.att_l_pair, f @ self.att_r_pair  # (B?, N)
+            zl = F.leaky_relu(pick(fl + v @ self.att_l_image).unsqueeze(-1) - fl.unsqueeze(-2),
+                              slope)  # (B?, R, N): mu(u_{n,i}.H_l[:d] + v_n.H_l[d:])
+            zr = F.leaky_relu(pick(fr).unsqueeze(-1) - fr.unsqueeze(-2)
+                              + (v @ self.att_r_image).unsqueeze(-2), slope)  # with v_i
+            q = torch.softmax(torch.stack([zl, zr], dim=-1), dim=-1)  # (B?, R, N, 2)
+            # q_{i,n} v_n W_l + q_{i,i} v_i W_r, added to `pre` in place.
+            pre = _InterGraphTerm.apply(pre, q[..., 0], pick(self.lin_l(v) * c_q), q[..., 1],
+                                        self.lin_r(v) * c_q)
+        pre = F.relu(pre, inplace=True)
+
+        fa = f * self.alpha
+        # alpha u_{n,i} = alpha f_n - alpha f_i, written as a sum so its backward needs no negation
+        # of a full-size gradient.
+        out = (pick(fa).unsqueeze(-2) + (-fa).unsqueeze(-3)).add_(pre)  # Eq. 7, (B?, R, N, d)
+        if return_attention:
+            return out, g, q
+        return out
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.channels}, alpha={self.alpha}, "
+                f"beta={self.beta}, igp={self.igp})")
+
+
+class VerificationHead(torch.nn.Module):
+    r"""Same-identity probability of a pair node (Eq. 13):
+
+    .. math::
+        \hat{t}(n, i) = \operatorname{sigmoid}\big(\mathbf{w}^\top
+        \mathrm{BN}(\mathbf{u}'_{n,i} \odot \mathbf{u}'_{n,i}) + b\big).
+
+    The paper does not specify the head. A linear head on :math:`\mathbf{u}` cannot work: before
+    propagation :math:`\mathbf{u}_{n,i} = -\mathbf{u}_{i,n}`, so
+    :math:`\mathbf{w}^\top \mathbf{u}_{n,i} = -\mathbf{w}^\top \mathbf{u}_{i,n}` and the two
+    orderings of the same pair would get opposite scores. The element-wise square removes the
+    sign, making the head invariant to :math:`\mathbf{u} \rightarrow -\mathbf{u}`, and
+    :math:`\mathbf{w}^\top (\mathbf{u} \odot \mathbf{u})` is a learned (diagonal-metric) squared
+    distance, which a negative weight turns into a similarity. After the PR layer
+    :math:`\mathbf{u}'_{n,i}` and :math:`-\mathbf{u}'_{i,n}` are no longer exactly equal (the ReLU
+    message is not odd), so :math:`\hat{t}(n, i) \ne \hat{t}(i, n)` in general.
+
+    The module returns **logits** (use :func:`torch.nn.functional.binary_cross_entropy_with_logits`
+    for Eq. 13, stable where :math:`\hat{t}` saturates); ``torch.sigmoid`` gives :math:`\hat{t}`.
+
+    Args:
+        in_channels (int): Size :math:`d` of the pair features.
+
+    Shapes:
+        - **input:** :math:`(*, d)` (e.g. :math:`(N, N, d)`); BatchNorm statistics are taken over
+          all leading dimensions flattened
+        - **output:** :math:`(*)` logits
+    """
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.bn = BatchNorm1d(in_channels)
+        self.lin = Linear(in_channels, 1, bias=True, weight_initializer="glorot")
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        self.bn.reset_parameters()
+        self.lin.reset_parameters()
+
+    def forward(self, u: Tensor) -> Tensor:
+        _check_features(u, self.in_channels, type(self).__name__, "u", dims=range(1, 8))
+        lead = u.shape[:-1]
+        z = self.bn((u * u).reshape(-1, self.in_channels))
+        return self.lin(z).view(lead)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.in_channels})"
+
+
+__all__ = [
+    "IndividualRelationConv",
+    "PairwiseRelationConv",
+    "VerificationHead",
+    "all_node_logsumexp",
+]

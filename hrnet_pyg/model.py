@@ -1,0 +1,247 @@
+"""HRNet: the CNN, the two relationship modules and their losses, wired as in Figure 2.
+
+Data flow of one P x K training batch (N = P * K images)::
+
+    images -(backbone, Sec. 3.1)-> F (N, d) -+-> BNNeck -> L_cl (Eq. 10-11), and L_tr on F (Eq. 12)
+                                             +-> kNN graph C (Eq. 1) -> IR conv (Eq. 2-3) -> V' (N, d)
+                                             |        V' -> own BNNeck -> L_in ; (F, V') -> L_c+/- (Eq. 4-5)
+                                             +-> difference nodes u_{n,i} = f_n - f_i -> PR conv (Eq. 6-9,
+                                                      IGP from V' or F) -> U' (N, N, d) -> t_hat -> L_pa (Eq. 13)
+
+The Table 1 rows are switches of :class:`~hrnet_pyg.config.HRNetConfig` (``use_ir``, ``ir_graph``,
+``use_cnc``, ``use_pr``, ``use_igp``). With ``backbone=None`` the same module trains the graph
+modules on pre-extracted features (the forward then takes F instead of images).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+
+from hrnet_pyg.backbone import BNNeck, ResNetBackbone
+from hrnet_pyg.config import HRNetConfig
+from hrnet_pyg.graphs import full_edges, knn_edges, pair_mask
+from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv, VerificationHead
+from hrnet_pyg.losses import (
+    batch_hard_triplet_loss,
+    consistent_node_loss,
+    cross_entropy_label_smooth,
+    hrnet_total_loss,
+    verification_loss,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch.utils.data import DataLoader
+
+_BACKBONE_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+
+
+@dataclass
+class HRNetOutput:
+    """Everything one forward pass produced; the type is the same in training and inference.
+
+    In inference (``model.eval()`` or no ``pids``) only ``feats`` and ``bn_feats`` are filled:
+    the graph modules act on a query's neighbourhood at test time (see :mod:`hrnet_pyg.rerank`).
+    """
+
+    feats: Tensor  # (N, d) F: pooled CNN features, the graph modules' input
+    bn_feats: Tensor  # (N, d) BN(F): retrieval features of the CNN (BNNeck)
+    logits: Optional[Tensor] = None  # (N, S) ID logits on BN(F)
+    ir_feats: Optional[Tensor] = None  # (N, d) V' (Eq. 3)
+    ir_logits: Optional[Tensor] = None  # (N, S) ID logits on BN(V')
+    ir_attention: Optional[Tuple[Tensor, Tensor]] = None  # (edge_index, a_ij) of A∘C
+    pair_logits: Optional[Tensor] = None  # (N, N) verification logits of t_hat(n, i)
+    losses: Dict[str, Tensor] = field(default_factory=dict)  # named terms of Eq. 14
+    loss: Optional[Tensor] = None  # L_total (Eq. 14)
+
+
+class HRNet(nn.Module):
+    """Hybrid Relationship Network (Xu et al., AAAI 2021).
+
+    Args:
+        config: hyperparameters and Table 1 switches (defaults: the paper's values).
+        num_classes: number of training identities S (Eq. 10).
+    """
+
+    def __init__(self, config: Optional[HRNetConfig] = None, num_classes: int = 751) -> None:
+        super().__init__()
+        cfg = config if config is not None else HRNetConfig()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (training identities), got {num_classes}")
+        self.config = cfg
+        self.num_classes = num_classes
+        if cfg.backbone is None:
+            self.backbone: Optional[ResNetBackbone] = None
+            dim = cfg.feat_dim
+        else:
+            if cfg.backbone not in _BACKBONE_DEPTHS:
+                raise ValueError(
+                    f"unknown backbone {cfg.backbone!r}; valid: {', '.join(_BACKBONE_DEPTHS)} or None"
+                )
+            self.backbone = ResNetBackbone(
+                depth=_BACKBONE_DEPTHS[cfg.backbone],
+                pretrained=cfg.pretrained,
+                last_stride=cfg.last_stride,
+            )
+            dim = self.backbone.out_channels
+        self.feat_dim = dim
+        self.bnneck = BNNeck(dim, num_classes)
+        self.ir: Optional[IndividualRelationConv] = None
+        self.ir_neck: Optional[BNNeck] = None
+        if cfg.use_ir:
+            self.ir = IndividualRelationConv(
+                dim, dim, negative_slope=cfg.leaky_relu_slope, normalize=cfg.ir_attention_norm
+            )
+            self.ir_neck = BNNeck(dim, num_classes)  # L_in: "its own classifier"
+        self.pr: Optional[PairwiseRelationConv] = None
+        self.verifier: Optional[VerificationHead] = None
+        if cfg.use_pr:
+            self.pr = PairwiseRelationConv(
+                dim,
+                alpha=cfg.alpha,
+                beta=cfg.beta,
+                negative_slope=cfg.leaky_relu_slope,
+                igp=cfg.use_igp,
+            )
+            self.verifier = VerificationHead(dim)
+
+    # ------------------------------------------------------------------ graph construction
+    def individual_edges(self, feats: Tensor, batch: Optional[Tensor] = None, k: Optional[int] = None) -> Tensor:
+        """Edges of C (Eq. 1): kNN, or the fully-connected graph for the IR* row."""
+        if self.config.ir_graph == "full":
+            return full_edges(feats.size(0), batch=batch, device=feats.device)
+        return knn_edges(feats.detach(), k=k or self.config.k, batch=batch, loop=self.config.ir_self_in_knn)
+
+    # ------------------------------------------------------------------ forward
+    def extract_features(self, inputs: Tensor) -> Tensor:
+        """F (N, d): the backbone's pooled features, or ``inputs`` itself without a backbone."""
+        if self.backbone is None:
+            if inputs.dim() != 2 or inputs.size(1) != self.feat_dim:
+                raise ValueError(
+                    f"this HRNet has no backbone and takes features of shape (N, {self.feat_dim}); "
+                    f"got a tensor of shape {tuple(inputs.shape)}"
+                )
+            return inputs
+        if inputs.dim() != 4:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(inputs.shape)}")
+        return self.backbone(inputs)
+
+    def forward(self, inputs: Tensor, pids: Optional[Tensor] = None) -> HRNetOutput:
+        feats = self.extract_features(inputs)  # (N, d)
+        bn_feats, logits = self.bnneck(feats)
+        out = HRNetOutput(feats=feats, bn_feats=bn_feats, logits=logits)
+        if pids is None or not self.training:
+            return out
+        cfg = self.config
+        n = feats.size(0)
+        if self.ir is not None and cfg.ir_graph == "knn" and n < cfg.k + 1:
+            raise ValueError(
+                f"a batch of {n} images is smaller than k+1 = {cfg.k + 1} (k = {cfg.k} neighbours "
+                f"of Eq. 1); use a larger batch (P x K = {cfg.num_identities} x {cfg.num_instances}) "
+                "or a smaller k"
+            )
+        # Graph modules run in fp32 under autocast: softmax over up to N^2 logits per graph.
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            f32 = feats.float()
+            losses = out.losses
+            losses["cl"] = cross_entropy_label_smooth(logits.float(), pids, cfg.label_smoothing)
+            losses["tr"] = batch_hard_triplet_loss(f32, pids, cfg.triplet_margin)
+            v = f32  # Eq. 7 uses v = f when the IR module is off (note under Table 1)
+            if self.ir is not None and self.ir_neck is not None:
+                edge_index = self.individual_edges(f32)
+                v, att = self.ir(f32, edge_index, return_attention_weights=True)
+                out.ir_feats, out.ir_attention = v, att
+                _, out.ir_logits = self.ir_neck(v)
+                losses["in"] = cross_entropy_label_smooth(out.ir_logits, pids, cfg.label_smoothing)
+                if cfg.use_cnc:
+                    losses["c_pos"], losses["c_neg"] = consistent_node_loss(f32, v, pids, cfg.cnc_margin)
+            if self.pr is not None and self.verifier is not None:
+                mask = pair_mask(f32.detach(), cfg.pr_edges) if cfg.pr_edges else None
+                u = self.pr.forward_dense(f32, v if cfg.use_igp else None, mask=mask)  # (N, N, d)
+                out.pair_logits = self.verifier(u)  # (N, N)
+                losses["pa"] = verification_loss(out.pair_logits, pids)
+            out.loss = hrnet_total_loss(losses, cfg.lambda_cnc)
+        return out
+
+    # ------------------------------------------------------------------ test protocol
+    @torch.no_grad()
+    def retrieval_features(self, feats: Tensor) -> Tensor:
+        """BN(F): the CNN features used for the cosine top-k shortlist (BNNeck convention)."""
+        return self.bnneck.bn(feats)
+
+    @torch.no_grad()
+    def query_graph_scores(self, graph_feats: Tensor) -> Tensor:
+        """Relational similarity of each graph's node 0 (the query) to its other nodes.
+
+        Sec. 4.2 "Testing": the query and its top-k gallery images form one graph that passes
+        through both relationship modules; the two similarity scores are added.
+
+        Args:
+            graph_feats: (B, M, d) CNN features F of B query graphs; node 0 of each is the query.
+
+        Returns:
+            (B, M - 1) similarity (higher = more similar): cosine(v'_q, v'_g) from the IR module
+            plus t_hat(q, g) from the PR module, each where the module is enabled; the plain
+            cosine of the CNN features when neither is.
+        """
+        b, m, d = graph_feats.shape
+        f = graph_feats.float()
+        score = f.new_zeros(b, m - 1)
+        v = f
+        if self.ir is None and self.pr is None:
+            q = Fn.normalize(self.retrieval_features(f.reshape(b * m, d)).view(b, m, d), dim=-1)
+            return (q[:, :1] * q[:, 1:]).sum(-1)
+        if self.ir is not None:
+            flat = f.reshape(b * m, d)
+            batch = torch.arange(b, device=f.device).repeat_interleave(m)
+            k = min(self.config.k, m - 1)
+            edge_index = self.individual_edges(flat, batch=batch, k=k)
+            v = self.ir(flat, edge_index, batch=batch).view(b, m, -1)
+            vn = Fn.normalize(v, dim=-1)
+            score = score + (vn[:, :1] * vn[:, 1:]).sum(-1)
+        if self.pr is not None and self.verifier is not None:
+            mask = None
+            if self.config.pr_edges:
+                mask = torch.stack([pair_mask(f[i], min(self.config.pr_edges, m)) for i in range(b)])
+            rows = torch.zeros(1, dtype=torch.long, device=f.device)
+            u = self.pr.forward_dense(f, v if self.config.use_igp else None, mask=mask, rows=rows)
+            t_hat = torch.sigmoid(self.verifier(u))  # (B, 1, M)
+            score = score + t_hat[:, 0, 1:]
+        return score
+
+    # ------------------------------------------------------------------ user API (engine)
+    def fit(self, train_loader: "DataLoader", epochs: Optional[int] = None, **kwargs: Any) -> Any:
+        """Train as in Sec. 4.2 (Adam, lr 3.5e-4, wd 5e-4, x0.1 at 40/120, 200 epochs)."""
+        from hrnet_pyg.engine import fit
+
+        return fit(self, train_loader, epochs=epochs, **kwargs)
+
+    def extract(self, loader: "DataLoader", **kwargs: Any) -> Tuple[Tensor, Tensor, Tensor]:
+        """(F, pids, camids) of every image of ``loader``."""
+        from hrnet_pyg.engine import extract
+
+        return extract(self, loader, **kwargs)
+
+    def evaluate(self, query_loader: "DataLoader", gallery_loader: "DataLoader", **kwargs: Any) -> Any:
+        """CNN-only and relational re-ranking metrics side by side (Sec. 4.2 "Testing")."""
+        from hrnet_pyg.engine import evaluate
+
+        return evaluate(self, query_loader, gallery_loader, **kwargs)
+
+    def save(self, path: Union[str, Path]) -> None:
+        from hrnet_pyg.engine import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> "HRNet":
+        from hrnet_pyg.engine import load_model
+
+        return load_model(path, map_location=map_location)
+
+
+__all__ = ["HRNet", "HRNetOutput"]

@@ -1,0 +1,469 @@
+"""Figure 5 of the paper (Sec. 4.5) and ranked-list image grids.
+
+* :func:`attention_matrices`: for one P x K batch of CNN features F (identity-major order, as in
+  Sec. 4.5: six images of y_1, then six of y_2, ...), the dense matrix A∘C of Eq. 3 (the IR
+  module's attention a_ij on the edges of the kNN graph C, zero elsewhere) and
+  :math:`\\sum_n G^n` with :math:`G^n = [g^n_{ij}]` of Eq. 6 (the PR module's attention inside
+  the complete graph of image n), computed by the model's own layers.
+* :func:`plot_attention_heatmaps`: the two-panel heat map of Figure 5 (a) and (b).
+* :func:`ranked_list_grid`: query + top-k gallery images, green border = same identity,
+  red = different (drawn with PIL only).
+* :func:`visualize_batch`: both figures for a trained model and a dataset (``hrnet-pyg visualize``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image as PILImage
+
+PathLike = Union[str, Path]
+
+# Border colours of the ranked-list grid (RGB).
+MATCH_COLOR = (0, 200, 0)  # gallery image of the query's identity
+MISMATCH_COLOR = (220, 0, 0)  # another identity
+QUERY_COLOR = (40, 40, 40)  # the query itself
+BACKGROUND_COLOR = (255, 255, 255)
+
+
+# ---------------------------------------------------------------------------- attention matrices
+class _EvalMode:
+    """Run a module in eval mode and give it back in the mode it had (no BN/dropout side effects)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module, self.was_training = module, module.training
+
+    def __enter__(self) -> nn.Module:
+        self.module.eval()
+        return self.module
+
+    def __exit__(self, *exc: Any) -> None:
+        self.module.train(self.was_training)
+
+
+def _check_batch(feats: Tensor, pids: Tensor, dim: int) -> None:
+    if not isinstance(feats, Tensor) or feats.dim() != 2:
+        shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
+        raise ValueError(f"attention_matrices: feats must be CNN features of shape (N, d), got {shape}")
+    if feats.size(1) != dim:
+        raise ValueError(
+            f"attention_matrices: feats have d = {feats.size(1)} but the model's graph modules take "
+            f"d = {dim}; pass the CNN features F (HRNet.extract_features), not images"
+        )
+    if not isinstance(pids, Tensor) or pids.dim() != 1 or pids.numel() != feats.size(0):
+        shape = tuple(pids.shape) if isinstance(pids, Tensor) else type(pids).__name__
+        raise ValueError(f"attention_matrices: pids must be a (N,) = ({feats.size(0)},) tensor, got {shape}")
+
+
+def edge_attention_to_dense(edge_index: Tensor, alpha: Tensor, num_nodes: int) -> Tensor:
+    """Dense (N, N) matrix with ``M[i, j] = a_ij`` for each edge j -> i, zero off the graph.
+
+    Rows are centres (targets, ``edge_index[1]``), columns neighbours (sources, ``edge_index[0]``),
+    so row i holds the weights node i aggregates with (Eq. 3: row i of A∘C).
+    """
+    a = alpha.detach().float()
+    if a.dim() == 2:  # (E, heads): one head in this library; average if a user passes several
+        a = a.mean(dim=1)
+    if a.dim() != 1 or a.numel() != edge_index.size(1):
+        raise ValueError(
+            f"edge attention must have one weight per edge ({edge_index.size(1)}), got shape {tuple(alpha.shape)}"
+        )
+    dense = a.new_zeros(num_nodes, num_nodes)
+    # accumulate: a repeated edge adds its messages twice in propagate, so its weights add up here
+    dense.index_put_((edge_index[1], edge_index[0]), a, accumulate=True)
+    return dense
+
+
+@torch.no_grad()
+def attention_matrices(model: nn.Module, feats: Tensor, pids: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """A∘C (Eq. 3) and :math:`\\sum_n G^n` (Eq. 6) of one batch, as in Figure 5.
+
+    The graphs are built exactly as in :meth:`HRNet.forward` (kNN graph C of Eq. 1 or the
+    complete graph of the IR* row; PR pair graphs complete or masked to ``pr_edges``; IGP inputs
+    V' when IGP is on), with the model in eval mode so no BatchNorm statistics change.
+
+    Args:
+        model: an :class:`~hrnet_pyg.model.HRNet`.
+        feats: (N, d) CNN features F of one P x K batch, ordered identity-major (for readable
+            block-diagonal heat maps; the function itself does not reorder).
+        pids: (N,) identities of the rows of ``feats`` (checked only for shape: the matrices
+            do not depend on labels, the argument exists so callers keep them together).
+
+    Returns:
+        ``(AC, G_sum)``: AC (N, N) with ``AC[i, j] = a_ij`` (centre i, neighbour j; zero where
+        C has no edge), or ``None`` without the IR module; G_sum (N, N) with
+        ``G_sum[i, j] = sum_n g^n_ij`` (each row sums to N), or ``None`` without the PR module.
+        Both on the CPU, float32.
+    """
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    _check_batch(feats, pids, inner.feat_dim)
+    cfg = inner.config
+    ac: Optional[Tensor] = None
+    g_sum: Optional[Tensor] = None
+    with _EvalMode(inner):
+        f = feats.detach().float().to(next(inner.parameters()).device)
+        n = f.size(0)
+        v = f  # Eq. 7: v = f when the IR module is off (note under Table 1)
+        if inner.ir is not None:
+            if cfg.ir_graph == "knn" and n < cfg.k + 1:
+                raise ValueError(
+                    f"attention_matrices: a batch of {n} features is smaller than k+1 = {cfg.k + 1}"
+                )
+            edge_index = inner.individual_edges(f)
+            v, (att_index, alpha) = inner.ir(f, edge_index, return_attention_weights=True)
+            ac = edge_attention_to_dense(att_index, alpha, n).cpu()
+        if inner.pr is not None:
+            from hrnet_pyg.graphs import pair_mask
+
+            mask = pair_mask(f, cfg.pr_edges) if cfg.pr_edges else None
+            _, g, _ = inner.pr.forward_dense(f, v if cfg.use_igp else None, mask=mask, return_attention=True)
+            if g.shape != (n, n, n):
+                raise RuntimeError(f"PairwiseRelationConv returned attention of shape {tuple(g.shape)}, expected {(n, n, n)}")
+            g_sum = g.float().sum(dim=0).cpu()  # (N, N): sum over the N pair graphs
+    return ac, g_sum
+
+
+# ---------------------------------------------------------------------------- heat maps
+def _identity_boundaries(pids: Optional[Sequence[int]]) -> List[int]:
+    """Indices i where pids[i] != pids[i - 1]: the identity block edges drawn on the maps."""
+    if pids is None:
+        return []
+    p = np.asarray(pids.cpu() if isinstance(pids, Tensor) else pids).reshape(-1)
+    return [int(i) for i in np.nonzero(p[1:] != p[:-1])[0] + 1]
+
+
+def plot_attention_heatmaps(
+    ac: Optional[Tensor],
+    g_sum: Optional[Tensor],
+    path: PathLike,
+    pids: Optional[Union[Tensor, Sequence[int]]] = None,
+    *,
+    figsize: Tuple[float, float] = (12.0, 5.5),
+    dpi: int = 100,
+    cmap: str = "Blues",
+) -> Path:
+    """Write Figure 5: (a) A∘C and (b) :math:`\\sum_n G^n`, identity blocks outlined.
+
+    Deeper colour = larger value, as in the paper. A panel whose matrix is ``None`` (the model
+    lacks that module) says so instead of a map. The PNG is ``figsize * dpi`` pixels.
+    """
+    # A bare Figure on the Agg canvas: no pyplot, so a user's interactive backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    mats = [m for m in (ac, g_sum) if m is not None]
+    if not mats:
+        raise ValueError("plot_attention_heatmaps: both matrices are None (the model has neither IR nor PR)")
+    n = mats[0].shape[0]
+    for m in mats:
+        if m.dim() != 2 or m.shape != (n, n):
+            raise ValueError(f"plot_attention_heatmaps: matrices must be square (N, N), got {tuple(m.shape)}")
+    bounds = _identity_boundaries(pids)
+    if pids is not None and len(pids) != n:
+        raise ValueError(f"plot_attention_heatmaps: {len(pids)} pids for {n} x {n} matrices")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    panels = (
+        (ac, "(a) A∘C (Eq. 3, IR attention on the kNN graph)", "no IR module in this model"),
+        (g_sum, "(b) Σ_n G^n (Eq. 6, PR attention summed over graphs)", "no PR module in this model"),
+    )
+    for ax, (mat, title, missing) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
+        if mat is None:
+            ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        im = ax.imshow(mat.detach().cpu().numpy(), cmap=cmap, interpolation="nearest")
+        for b in bounds:
+            ax.axhline(b - 0.5, color="orange", linewidth=0.6)
+            ax.axvline(b - 0.5, color="orange", linewidth=0.6)
+        ax.set_xlabel("node j")
+        ax.set_ylabel("node i")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)  # no bbox_inches="tight": the size stays figsize * dpi
+    return path
+
+
+# ---------------------------------------------------------------------------- ranked lists
+@dataclass
+class RankedGrid:
+    """What :func:`ranked_list_grid` drew: one row per query."""
+
+    path: Path
+    queries: List[int]  # query indices, one per row
+    gallery: List[List[int]]  # shown gallery indices per row, best first
+    matches: List[List[bool]]  # same identity as the query, per shown gallery image
+    boxes: List[List[Tuple[int, int, int, int]]]  # (x0, y0, x1, y1) of each cell incl. border; [0] = query
+
+
+def _ranking(ranking: Union[Tensor, np.ndarray], num_q: int, num_g: int) -> np.ndarray:
+    r = ranking.detach().cpu().numpy() if isinstance(ranking, Tensor) else np.asarray(ranking)
+    if r.ndim != 2 or r.shape[0] != num_q:
+        raise ValueError(f"ranked_list_grid: ranking must be (Q, G) = ({num_q}, ...), got shape {r.shape}")
+    if np.issubdtype(r.dtype, np.integer):
+        if r.size and (r.min() < 0 or r.max() >= num_g):
+            raise ValueError(f"ranked_list_grid: ranking holds gallery indices outside [0, {num_g})")
+        return r
+    if r.shape[1] != num_g:
+        raise ValueError(f"ranked_list_grid: distance matrix must be (Q, G) = ({num_q}, {num_g}), got {r.shape}")
+    return np.argsort(r, axis=1, kind="stable")  # distances: lower = better
+
+
+def _load_cell(path: PathLike, size: Tuple[int, int], border: int, color: Tuple[int, int, int]) -> "PILImage.Image":
+    from PIL import Image
+
+    h, w = size
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB").resize((w, h), Image.BILINEAR)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ranked_list_grid: image {path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"ranked_list_grid: image {path} could not be read ({exc})") from None
+    cell = Image.new("RGB", (w + 2 * border, h + 2 * border), color)
+    cell.paste(img, (border, border))
+    return cell
+
+
+def ranked_list_grid(
+    query_paths: Sequence[PathLike],
+    gallery_paths: Sequence[PathLike],
+    ranking: Union[Tensor, np.ndarray],
+    q_pids: Union[Tensor, Sequence[int]],
+    g_pids: Union[Tensor, Sequence[int]],
+    path: PathLike,
+    topk: int = 10,
+    queries: Optional[Sequence[int]] = None,
+    *,
+    q_camids: Optional[Union[Tensor, Sequence[int]]] = None,
+    g_camids: Optional[Union[Tensor, Sequence[int]]] = None,
+    size: Tuple[int, int] = (128, 64),
+    border: int = 4,
+    gap: int = 4,
+    query_gap: int = 16,
+) -> RankedGrid:
+    """Image grid: each row a query, then its top-``topk`` gallery images, best first.
+
+    Gallery borders are green (:data:`MATCH_COLOR`) for the query's identity, red
+    (:data:`MISMATCH_COLOR`) otherwise; the query's border is dark grey.
+
+    Args:
+        query_paths, gallery_paths: image files of the query and gallery sets.
+        ranking: (Q, G') integer gallery indices per query, best first, or a (Q, G) float
+            distance matrix (lower = better, e.g. from :func:`~hrnet_pyg.rerank.relational_rerank`).
+        q_pids, g_pids: identities of the query and gallery images.
+        path: PNG to write.
+        topk: gallery images per row (default: 10, as in re-ID papers' ranked lists).
+        queries: query indices to draw (default: all queries, up to 8).
+        q_camids, g_camids: when given, gallery images of the query's identity taken by the
+            query's camera are skipped, as the Market-1501 protocol does when scoring.
+        size: (height, width) of each image in pixels (default: (128, 64)).
+        border, gap, query_gap: border width, space between cells, extra space after the query.
+
+    Returns:
+        :class:`RankedGrid` with the indices, match flags and cell boxes drawn.
+    """
+    from PIL import Image
+
+    num_q, num_g = len(query_paths), len(gallery_paths)
+    order = _ranking(ranking, num_q, num_g)
+    qp = np.asarray(q_pids.cpu() if isinstance(q_pids, Tensor) else q_pids).reshape(-1)
+    gp = np.asarray(g_pids.cpu() if isinstance(g_pids, Tensor) else g_pids).reshape(-1)
+    if qp.size != num_q or gp.size != num_g:
+        raise ValueError(
+            f"ranked_list_grid: {qp.size} query pids for {num_q} query images, {gp.size} gallery pids "
+            f"for {num_g} gallery images"
+        )
+    if (q_camids is None) != (g_camids is None):
+        raise ValueError("ranked_list_grid: give both q_camids and g_camids, or neither")
+    qc = gc = None
+    if q_camids is not None and g_camids is not None:
+        qc = np.asarray(q_camids.cpu() if isinstance(q_camids, Tensor) else q_camids).reshape(-1)
+        gc = np.asarray(g_camids.cpu() if isinstance(g_camids, Tensor) else g_camids).reshape(-1)
+        if qc.size != num_q or gc.size != num_g:
+            raise ValueError("ranked_list_grid: camids must match the numbers of query and gallery images")
+    if topk < 1:
+        raise ValueError(f"ranked_list_grid: topk must be >= 1, got {topk}")
+    rows = list(range(min(num_q, 8))) if queries is None else [int(q) for q in queries]
+    if not rows:
+        raise ValueError("ranked_list_grid: no query to draw")
+    for q in rows:
+        if not 0 <= q < num_q:
+            raise ValueError(f"ranked_list_grid: query index {q} outside [0, {num_q})")
+
+    h, w = size
+    cell_w, cell_h = w + 2 * border, h + 2 * border
+    width = gap + cell_w + query_gap + topk * (cell_w + gap)
+    height = gap + len(rows) * (cell_h + gap)
+    canvas = Image.new("RGB", (width, height), BACKGROUND_COLOR)
+    shown: List[List[int]] = []
+    matches: List[List[bool]] = []
+    boxes: List[List[Tuple[int, int, int, int]]] = []
+    for r, q in enumerate(rows):
+        y0 = gap + r * (cell_h + gap)
+        keep = order[q]
+        if qc is not None and gc is not None:
+            keep = keep[~((gp[keep] == qp[q]) & (gc[keep] == qc[q]))]
+        keep = [int(j) for j in keep[:topk]]
+        row_boxes = [(gap, y0, gap + cell_w, y0 + cell_h)]
+        canvas.paste(_load_cell(query_paths[q], size, border, QUERY_COLOR), (gap, y0))
+        row_match = []
+        for c, j in enumerate(keep):
+            x0 = gap + cell_w + query_gap + c * (cell_w + gap)
+            same = bool(gp[j] == qp[q])
+            color = MATCH_COLOR if same else MISMATCH_COLOR
+            canvas.paste(_load_cell(gallery_paths[j], size, border, color), (x0, y0))
+            row_boxes.append((x0, y0, x0 + cell_w, y0 + cell_h))
+            row_match.append(same)
+        shown.append(keep)
+        matches.append(row_match)
+        boxes.append(row_boxes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return RankedGrid(path=path, queries=rows, gallery=shown, matches=matches, boxes=boxes)
+
+
+# ---------------------------------------------------------------------------- one call for the CLI
+def _record_fields(record: Any) -> Tuple[str, int, int]:
+    """(path, pid, camid) of a dataset record (attribute or tuple style)."""
+    if all(hasattr(record, a) for a in ("path", "pid", "camid")):
+        return str(record.path), int(record.pid), int(record.camid)
+    if isinstance(record, (tuple, list)) and len(record) >= 3:
+        return str(record[0]), int(record[1]), int(record[2])
+    raise TypeError(f"dataset records must have path, pid and camid; got {type(record).__name__}")
+
+
+def sample_pk_batch(records: Sequence[Any], num_identities: int, num_instances: int, seed: int = 0) -> List[int]:
+    """Indices of one P x K batch, identity-major (Sec. 4.5: K images of y_1, then of y_2, ...).
+
+    P identities with at least K images are drawn at random (all of them when fewer than P
+    qualify), and K images of each without replacement.
+    """
+    pids = np.asarray([_record_fields(r)[1] for r in records])
+    rng = np.random.default_rng(seed)
+    by_pid: dict = {}
+    for i, p in enumerate(pids):
+        by_pid.setdefault(int(p), []).append(i)
+    eligible = sorted(p for p, idx in by_pid.items() if len(idx) >= num_instances)
+    if not eligible:
+        raise ValueError(f"no training identity has K = {num_instances} images; cannot draw a P x K batch")
+    chosen = rng.choice(eligible, size=min(num_identities, len(eligible)), replace=False)
+    out: List[int] = []
+    for p in chosen:
+        out.extend(int(i) for i in rng.choice(by_pid[int(p)], size=num_instances, replace=False))
+    return out
+
+
+def visualize_batch(
+    model: nn.Module,
+    dataset: Any,
+    out_dir: PathLike,
+    *,
+    num_queries: int = 4,
+    query_indices: Optional[Sequence[int]] = None,
+    topk: int = 10,
+    distmat: Optional[Union[Tensor, np.ndarray]] = None,
+    rerank: bool = True,
+    seed: int = 0,
+    device: Union[str, torch.device, None] = "auto",
+    batch_size: int = 128,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> List[Path]:
+    """Figure 5 heat maps for one P x K training batch and a ranked-list grid; returns the PNG paths.
+
+    Args:
+        model: a trained :class:`~hrnet_pyg.model.HRNet` with a backbone (images in).
+        dataset: a dataset of :func:`hrnet_pyg.data.build_dataset` (``train``, ``query``,
+            ``gallery`` lists of records with ``path``, ``pid``, ``camid``).
+        out_dir: folder for ``fig5_attention.png`` and ``ranked_list.png``.
+        num_queries: queries in the grid, drawn at random (seeded) unless ``query_indices``.
+        topk: gallery images per query (default: 10).
+        distmat: a precomputed (Q, G) distance matrix (e.g. from the evaluation just run);
+            without it, query and gallery features are extracted and ranked here.
+        rerank: rank with the paper's relational re-ranking (Sec. 4.2) when the model has a
+            relationship module; otherwise (or ``False``) by cosine distance of BN(F).
+        seed: seeds the batch and query draws.
+        device, batch_size, num_workers, progress: feature extraction settings.
+    """
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg.data import ImageDataset, build_transforms
+    from hrnet_pyg.engine import extract, resolve_device
+
+    inner = getattr(model, "module", model)
+    if getattr(inner, "backbone", None) is None:
+        raise ValueError(
+            "visualize_batch needs a model with a backbone (it reads images); for a feature-level "
+            "model call attention_matrices(model, feats, pids) and plot_attention_heatmaps directly"
+        )
+    cfg = inner.config
+    dev = resolve_device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = cfg.image_size
+    test_tf = build_transforms(h, w, is_train=False)
+
+    # (1) Figure 5 on one P x K training batch, identity-major as in Sec. 4.5.
+    idx = sample_pk_batch(dataset.train, cfg.num_identities, cfg.num_instances, seed=seed)
+    batch_ds = ImageDataset([dataset.train[i] for i in idx], test_tf)
+    feats, pids, _ = extract(inner, DataLoader(batch_ds, batch_size=len(idx), shuffle=False), device=dev, progress=False)
+    ac, g_sum = attention_matrices(inner, feats, pids)
+    paths: List[Path] = []
+    if ac is not None or g_sum is not None:
+        paths.append(plot_attention_heatmaps(ac, g_sum, out / "fig5_attention.png", pids=pids))
+
+    # (2) Ranked lists of chosen queries.
+    q_fields = [_record_fields(r) for r in dataset.query]
+    g_fields = [_record_fields(r) for r in dataset.gallery]
+    if distmat is None:
+        def loader(records: Any) -> DataLoader:
+            return DataLoader(ImageDataset(records, test_tf), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+        qf, _, _ = extract(inner, loader(dataset.query), device=dev, progress=progress)
+        gf, _, _ = extract(inner, loader(dataset.gallery), device=dev, progress=progress)
+        if rerank and (inner.ir is not None or inner.pr is not None):
+            from hrnet_pyg.rerank import relational_rerank
+
+            distmat = relational_rerank(inner, qf, gf, top_k=cfg.top_k_rerank, device=dev, progress=progress)
+        else:
+            from hrnet_pyg.evaluation import cosine_distance
+
+            with torch.no_grad():
+                inner.to(dev).eval()
+                distmat = cosine_distance(inner.retrieval_features(qf.to(dev)).cpu(), inner.retrieval_features(gf.to(dev)).cpu())
+    if query_indices is None:
+        rng = np.random.default_rng(seed)
+        query_indices = sorted(int(i) for i in rng.choice(len(q_fields), size=min(num_queries, len(q_fields)), replace=False))
+    grid = ranked_list_grid(
+        [f[0] for f in q_fields], [f[0] for f in g_fields], distmat,
+        [f[1] for f in q_fields], [f[1] for f in g_fields], out / "ranked_list.png", topk=topk,
+        queries=query_indices, q_camids=[f[2] for f in q_fields], g_camids=[f[2] for f in g_fields],
+    )
+    paths.append(grid.path)
+    return paths
+
+
+__all__ = [
+    "MATCH_COLOR",
+    "MISMATCH_COLOR",
+    "RankedGrid",
+    "attention_matrices",
+    "edge_attention_to_dense",
+    "plot_attention_heatmaps",
+    "ranked_list_grid",
+    "sample_pk_batch",
+    "visualize_batch",
+]

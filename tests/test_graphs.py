@@ -1,0 +1,259 @@
+import itertools
+import math
+
+import pytest
+import torch
+from torch_geometric.data import Data, HeteroData
+from torch_geometric.testing import withPackage
+
+from hrnet_pyg.graphs import (
+    _has_torch_cluster,
+    _pyg_has_knn,
+    full_edges,
+    individual_graph,
+    knn_edges,
+    pair_graph,
+    pair_mask,
+)
+
+
+def edge_set(edge_index):
+    return set(zip(edge_index[0].tolist(), edge_index[1].tolist()))
+
+
+def brute_knn(x, k, batch=None, loop=False):
+    """Independent reference: for each node, sort the nodes of its graph by (distance, index)."""
+    n = x.size(0)
+    batch = [0] * n if batch is None else batch.tolist()
+    pts = x.tolist()
+    edges = set()
+    for i in range(n):
+        cands = [j for j in range(n) if batch[j] == batch[i] and j != i]
+        cands.sort(key=lambda j: (math.dist(pts[i], pts[j]), j))
+        chosen = ([i] + cands[: k - 1]) if loop else cands[:k]
+        edges.update((j, i) for j in chosen)
+    return edges
+
+
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_knn_torch_matches_brute_force(k, loop):
+    torch.manual_seed(k)
+    x = torch.randn(12, 4, dtype=torch.float64)
+    out = knn_edges(x, k, loop=loop, backend="torch")
+    assert out.dtype == torch.long and out.shape == (2, 12 * k)
+    assert edge_set(out) == brute_knn(x, k, loop=loop)
+    # every target has exactly k incoming edges
+    assert torch.bincount(out[1], minlength=12).eq(k).all()
+    assert bool((out[0] == out[1]).any()) == loop
+
+
+def test_knn_batch_unsorted_and_uneven_graphs():
+    torch.manual_seed(0)
+    x = torch.randn(17, 3)
+    batch = torch.tensor([2, 0, 1, 1, 2, 0, 0, 2, 1, 0, 2, 2, 1, 0, 2, 1, 0])  # sizes 6, 5, 6
+    out = knn_edges(x, 3, batch=batch)
+    assert edge_set(out) == brute_knn(x, 3, batch)
+    assert bool((batch[out[0]] == batch[out[1]]).all())
+
+
+def test_knn_ties_are_broken_by_index():
+    # Integer points on a line: many exactly equal distances, exactly representable.
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0], [2.0], [6.0], [5.0]])
+    for k in (1, 2, 3, 4):
+        assert edge_set(knn_edges(x, k, backend="torch")) == brute_knn(x, k)
+    # node 2 and node 5 coincide: without loops each is the other's nearest neighbour,
+    # and a node never counts itself even at distance 0
+    out = knn_edges(x, 1)
+    assert (5, 2) in edge_set(out) and (2, 5) in edge_set(out)
+    assert edge_set(knn_edges(x, 1, loop=True)) == {(i, i) for i in range(8)}
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_knn_chunked_path_matches(loop):
+    torch.manual_seed(1)
+    x = torch.randn(23, 5, dtype=torch.float64)
+    batch = torch.tensor([0] * 15 + [1] * 8)
+    ref = brute_knn(x, 4, batch, loop=loop)
+    # budget below 15^2 forces the per-graph row-chunked path (chunks of 2 rows)
+    small = knn_edges(x, 4, batch=batch, loop=loop, backend="torch", dense_budget=30)
+    # budget of one 15x15 block per group forces several groups in the padded path
+    grouped = knn_edges(x, 4, batch=batch, loop=loop, backend="torch", dense_budget=15 * 15)
+    auto = knn_edges(x, 4, batch=batch, loop=loop)
+    assert edge_set(small) == edge_set(grouped) == edge_set(auto) == ref
+
+
+def test_knn_many_graphs_vectorised_groups():
+    torch.manual_seed(2)
+    x = torch.randn(40 * 7, 6)
+    batch = torch.arange(40).repeat_interleave(7)
+    out = knn_edges(x, 2, batch=batch, dense_budget=49 * 3)  # 14 groups of 3 graphs
+    assert edge_set(out) == brute_knn(x, 2, batch)
+
+
+def test_knn_no_gradient_and_dtypes():
+    x = torch.randn(9, 3, requires_grad=True)
+    out = knn_edges(x, 2)
+    assert not out.requires_grad
+    assert edge_set(knn_edges(x.detach().double(), 2)) == edge_set(out)
+
+
+@withPackage("torch_cluster")
+@pytest.mark.parametrize("loop", [False, True])
+def test_knn_cluster_backend_identical_edges(loop):
+    torch.manual_seed(3)
+    x = torch.randn(30, 8)
+    batch = torch.tensor([0] * 14 + [1] * 16)
+    ref = edge_set(knn_edges(x, 5, batch=batch, loop=loop, backend="torch"))
+    assert edge_set(knn_edges(x, 5, batch=batch, loop=loop, backend="cluster")) == ref
+    shuffled = torch.randperm(30)
+    out = knn_edges(x[shuffled], 5, batch=batch[shuffled], loop=loop, backend="cluster")
+    assert {(int(shuffled[j]), int(shuffled[i])) for j, i in edge_set(out)} == ref
+
+
+@pytest.mark.skipif(not _pyg_has_knn(), reason="PyG knn_graph needs pyg-lib>=0.6")
+def test_knn_pyg_backend_identical_edges():
+    torch.manual_seed(4)
+    x = torch.randn(30, 8)
+    batch = torch.tensor([0] * 14 + [1] * 16)
+    ref = edge_set(knn_edges(x, 5, batch=batch, backend="torch"))
+    assert edge_set(knn_edges(x, 5, batch=batch, backend="pyg")) == ref
+
+
+@pytest.mark.skipif(_has_torch_cluster(), reason="torch-cluster is installed")
+def test_knn_missing_cluster_backend_says_so():
+    with pytest.raises(ImportError, match="torch-cluster"):
+        knn_edges(torch.randn(5, 2), 2, backend="cluster")
+
+
+@pytest.mark.skipif(_pyg_has_knn(), reason="pyg-lib knn is installed")
+def test_knn_missing_pyg_backend_says_so():
+    with pytest.raises(ImportError, match="pyg-lib"):
+        knn_edges(torch.randn(5, 2), 2, backend="pyg")
+
+
+def test_knn_small_graph_error_and_clamp():
+    x = torch.randn(8, 3)
+    batch = torch.tensor([0] * 5 + [1] * 3)
+    with pytest.raises(ValueError, match=r"graph 1 of the batch has N=3 nodes.*k\+1=4"):
+        knn_edges(x, 3, batch=batch)
+    out = knn_edges(x, 3, batch=batch, clamp=True)
+    deg = torch.bincount(out[1], minlength=8)
+    assert deg.tolist() == [3] * 5 + [2] * 3  # min(k, n - 1) per graph
+    assert edge_set(out) == brute_knn(x[:5], 3) | {(j + 5, i + 5) for j, i in brute_knn(x[5:], 2)}
+    # with loops a graph needs only k nodes
+    assert knn_edges(x[:3], 3, loop=True).size(1) == 9
+    with pytest.raises(ValueError, match="N=3 nodes, fewer than k=4"):
+        knn_edges(x[:3], 4, loop=True)
+    # a single node: no neighbour exists
+    with pytest.raises(ValueError, match="N=1"):
+        knn_edges(x[:1], 1)
+    assert knn_edges(x[:1], 1, clamp=True).shape == (2, 0)
+
+
+def test_knn_bad_input():
+    x = torch.randn(6, 2)
+    with pytest.raises(ValueError, match="k must be a positive integer, got k=0"):
+        knn_edges(x, 0)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        knn_edges(x, True)
+    with pytest.raises(ValueError, match="x must be a 2-D tensor"):
+        knn_edges(x[0], 2)
+    with pytest.raises(ValueError, match="unknown backend 'faiss'"):
+        knn_edges(x, 2, backend="faiss")
+    with pytest.raises(ValueError, match="batch must be a 1-D"):
+        knn_edges(x, 2, batch=torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="NaN"):
+        knn_edges(torch.full((6, 2), float("nan")), 2)
+    assert knn_edges(x[:0], 2).shape == (2, 0)
+
+
+def test_full_edges():
+    out = full_edges(4)
+    assert edge_set(out) == {(j, i) for i in range(4) for j in range(4) if i != j}
+    assert edge_set(full_edges(4, loop=True)) == set(itertools.product(range(4), range(4)))
+    batch = torch.tensor([1, 0, 1, 1, 0])
+    out = full_edges(5, batch=batch)
+    ref = {(j, i) for i in range(5) for j in range(5) if i != j and batch[i] == batch[j]}
+    assert edge_set(out) == ref and out.size(1) == len(ref)
+    assert full_edges(0).shape == (2, 0)
+    assert full_edges(1).shape == (2, 0)
+    with pytest.raises(ValueError, match="num_nodes"):
+        full_edges(-1)
+    with pytest.raises(ValueError, match="one entry per node"):
+        full_edges(3, batch=batch)
+
+
+def test_individual_graph():
+    torch.manual_seed(5)
+    x = torch.randn(10, 4)
+    y = torch.arange(10) // 2
+    data = individual_graph(x, 3, y=y)
+    assert isinstance(data, Data)
+    assert data.num_nodes == 10 and torch.equal(data.y, y) and data.x is x
+    assert edge_set(data.edge_index) == brute_knn(x, 3)
+    full = individual_graph(x, 3, full=True)
+    assert full.edge_index.size(1) == 90
+    batch = torch.tensor([0] * 5 + [1] * 5)
+    data = individual_graph(x, 2, batch=batch)
+    assert torch.equal(data.batch, batch)
+    assert edge_set(data.edge_index) == brute_knn(x, 2, batch)
+
+
+def test_pair_mask():
+    torch.manual_seed(6)
+    f = torch.randn(7, 5, dtype=torch.float64)
+    mask = pair_mask(f, 3)
+    assert mask.dtype == torch.bool and mask.shape == (7, 7)
+    ref = torch.zeros(7, 7, dtype=torch.bool)
+    for j, i in brute_knn(f, 3, loop=True):
+        ref[i, j] = True
+    assert torch.equal(mask, ref)
+    assert mask.diagonal().all() and mask.sum(1).eq(3).all()
+    assert pair_mask(f, None) is None and pair_mask(f, 7) is None and pair_mask(f, 70) is None
+    fb = torch.randn(3, 7, 5)
+    mb = pair_mask(fb, 2)
+    assert mb.shape == (3, 7, 7)
+    for b in range(3):
+        assert torch.equal(mb[b], pair_mask(fb[b], 2))
+    with pytest.raises(ValueError, match="num_edges must be a positive integer"):
+        pair_mask(f, 0)
+    with pytest.raises(ValueError, match=r"f must be \(N, d\)"):
+        pair_mask(f[0], 2)
+
+
+@pytest.mark.parametrize("num_edges", [None, 2])
+def test_pair_graph(num_edges):
+    torch.manual_seed(7)
+    n, d = 4, 3
+    f = torch.randn(n, d)
+    v = torch.randn(n, d)
+    data = pair_graph(f, v, num_edges=num_edges)
+    assert isinstance(data, HeteroData)
+    assert data["image"].x is f and data["image"].v is v
+    assert data["pair"].x.shape == (n * n, d)
+    for a in range(n):
+        for i in range(n):
+            p = a * n + i
+            assert torch.equal(data["pair"].x[p], f[a] - f[i])
+            assert data["pair"].n[p] == a and data["pair"].i[p] == i
+    intra = edge_set(data["pair", "intra", "pair"].edge_index)
+    if num_edges is None:
+        ref = {(a * n + j, a * n + i) for a in range(n) for i in range(n) for j in range(n)}
+        assert len(intra) == n**3
+    else:
+        # ||u_{a,i} - u_{a,j}|| = ||f_i - f_j||: the nearest difference nodes, computed directly
+        ref = set()
+        for a in range(n):
+            u = [f[a] - f[i] for i in range(n)]
+            for i in range(n):
+                near = sorted(range(n), key=lambda j: (float((u[i] - u[j]).norm()), j))
+                ref.update((a * n + j, a * n + i) for j in near[:num_edges])
+    assert intra == ref
+    assert edge_set(data["image", "left", "pair"].edge_index) == {
+        (a, a * n + i) for a in range(n) for i in range(n)}
+    assert edge_set(data["image", "right", "pair"].edge_index) == {
+        (i, a * n + i) for a in range(n) for i in range(n)}
+    assert pair_graph(f)["image"].v is f
+    with pytest.raises(ValueError, match="v must have the shape of f"):
+        pair_graph(f, v[:2])

@@ -1,0 +1,492 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import global_mean_pool
+
+from hrnet_pyg.graphs import knn_edges, pair_graph, pair_mask
+from hrnet_pyg.layers import (
+    IndividualRelationConv,
+    PairwiseRelationConv,
+    VerificationHead,
+    all_node_logsumexp,
+)
+
+
+def leaky(z, slope=0.2):
+    return z if z >= 0 else slope * z
+
+
+def adjacency(edge_index, n):
+    """C[i, j] = 1 for an edge j -> i."""
+    c = torch.zeros(n, n, dtype=torch.float64)
+    for j, i in edge_index.t().tolist():
+        c[i, j] += 1.0
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# IndividualRelationConv: plain re-statement of Eq. 2-3
+# ---------------------------------------------------------------------------------------------
+def ref_individual(x, edge_index, conv, batch=None):
+    """Returns (X', A) with A the (N, N) attention matrix of Eq. 2 (or its GAT variant)."""
+    n = x.size(0)
+    hd, hs = conv.att_dst, conv.att_src  # H_s[:d], H_s[d:]
+    ws = conv.lin.weight.t()  # W_s, (d, d')
+    batch = [0] * n if batch is None else batch.tolist()
+    c = adjacency(edge_index, n).to(x.dtype)
+    logit = torch.zeros(n, n, dtype=x.dtype)
+    for i in range(n):
+        for j in range(n):
+            z = x[i] @ hd + x[j] @ hs  # [x_i || x_j]^T H_s
+            logit[i, j] = z if z >= 0 else conv.negative_slope * z
+    a = torch.zeros(n, n, dtype=x.dtype)
+    for i in range(n):
+        if conv.normalize == "all":  # denominator over all nodes n of i's graph (Eq. 2)
+            others = [m for m in range(n) if batch[m] == batch[i]]
+        else:  # over i's neighbours only
+            others = [m for m in range(n) if c[i, m] > 0]
+        den = sum(torch.exp(logit[i, m]) for m in others)
+        for j in range(n):
+            a[i, j] = torch.exp(logit[i, j]) / den
+    eye = torch.eye(n, dtype=x.dtype) if conv.add_identity else 0.0
+    out = (a * c + eye) @ x @ ws  # Eq. 3
+    if conv.act:
+        out = torch.relu(out)
+    return out, a
+
+
+@pytest.mark.parametrize("normalize", ["all", "neighbors"])
+@pytest.mark.parametrize("add_identity,act", [(True, True), (False, False)])
+def test_individual_matches_dense_reference(normalize, add_identity, act):
+    torch.manual_seed(0)
+    x = torch.randn(9, 6, dtype=torch.float64)
+    edge_index = knn_edges(x, 3)
+    conv = IndividualRelationConv(6, 5, normalize=normalize, add_identity=add_identity,
+                                  act=act).double()
+    out, (ei, alpha) = conv(x, edge_index, return_attention_weights=True)
+    ref, a = ref_individual(x, edge_index, conv)
+    assert out.shape == (9, 5)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    assert ei is edge_index
+    torch.testing.assert_close(alpha, a[edge_index[1], edge_index[0]])
+    assert alpha.min() >= 0 and alpha.max() <= 1
+    row_sum = torch.zeros(9, dtype=x.dtype).index_add_(0, edge_index[1], alpha)
+    if normalize == "neighbors":
+        torch.testing.assert_close(row_sum, torch.ones(9, dtype=x.dtype))
+    else:  # Eq. 2 normalises over all N nodes, then C masks: strictly less than 1 per row
+        assert bool((row_sum < 1).all())
+
+
+def test_individual_gradients_match_reference():
+    torch.manual_seed(1)
+    x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    edge_index = knn_edges(x, 3)
+    conv = IndividualRelationConv(4, 4).double()
+    w = torch.randn(8, 4, dtype=torch.float64)
+    (conv(x, edge_index) * w).sum().backward()
+    got = [x.grad.clone()] + [p.grad.clone() for p in conv.parameters()]
+    x.grad = None
+    conv.zero_grad()
+    (ref_individual(x, edge_index, conv)[0] * w).sum().backward()
+    want = [x.grad] + [p.grad for p in conv.parameters()]
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
+
+
+def test_individual_self_loops_are_plain_edges():
+    torch.manual_seed(2)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2, 2, 3, 4, 1], [0, 0, 1, 2, 2, 3, 4]])  # self loops on 0, 2
+    conv = IndividualRelationConv(3, 3, act=False).double()
+    out, (_, alpha) = conv(x, edge_index, return_attention_weights=True)
+    ref, a = ref_individual(x, edge_index, conv)
+    torch.testing.assert_close(out, ref)
+    # node 0 receives (a_00 + 1) x_0 W + a_01 x_1 W
+    h = conv.lin(x)
+    torch.testing.assert_close(out[0], (a[0, 0] + 1) * h[0] + a[0, 1] * h[1])
+
+
+def test_individual_empty_graph_and_single_node():
+    conv = IndividualRelationConv(4, 3)
+    x = torch.randn(6, 4)
+    empty = torch.empty(2, 0, dtype=torch.long)
+    for norm in ("all", "neighbors"):
+        conv.normalize = norm
+        out, (_, alpha) = conv(x, empty, return_attention_weights=True)
+        torch.testing.assert_close(out, torch.relu(conv.lin(x)))  # only the identity remains
+        assert alpha.numel() == 0
+        assert conv(x[:1], empty).shape == (1, 3)
+        assert conv(x[:0], empty).shape == (0, 3)
+
+
+@pytest.mark.parametrize("normalize", ["all", "neighbors"])
+def test_individual_permutation_equivariance(normalize):
+    torch.manual_seed(3)
+    x = torch.randn(10, 5)
+    conv = IndividualRelationConv(5, 7, normalize=normalize)
+    edge_index = knn_edges(x, 4)
+    perm = torch.randperm(10)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(10)
+    out = conv(x, edge_index)
+    out_p = conv(x[perm], inv[edge_index])
+    torch.testing.assert_close(out_p, out[perm])
+    # the kNN graph of the permuted features is the permuted graph
+    out_p2 = conv(x[perm], knn_edges(x[perm], 4))
+    torch.testing.assert_close(out_p2, out[perm])
+
+
+def test_individual_batch_keeps_denominator_within_graph():
+    torch.manual_seed(4)
+    x = torch.randn(11, 4, dtype=torch.float64)
+    batch = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1, 0, 1, 1])  # unsorted on purpose
+    edge_index = knn_edges(x, 3, batch=batch)
+    conv = IndividualRelationConv(4, 4).double()
+    out = conv(x, edge_index, batch=batch)
+    ref, _ = ref_individual(x, edge_index, conv, batch=batch)
+    torch.testing.assert_close(out, ref)
+    # without the batch vector all 11 nodes would share one denominator: a different result
+    assert not torch.allclose(conv(x, edge_index), out)
+
+
+def test_all_node_logsumexp_chunks():
+    torch.manual_seed(5)
+    s_dst, s_src = torch.randn(37, dtype=torch.float64), torch.randn(37, dtype=torch.float64)
+    batch = torch.randint(0, 3, (37,))
+    for b in (None, batch):
+        full = all_node_logsumexp(s_dst, s_src, b)
+        chunked = all_node_logsumexp(s_dst, s_src, b, budget=20)  # chunks of one target
+        ref = torch.stack([
+            torch.logsumexp(torch.stack([torch.tensor(leaky(float(s_dst[i] + s_src[m])),
+                                                      dtype=torch.float64)
+                                         for m in range(37) if b is None or b[m] == b[i]]), 0)
+            for i in range(37)])
+        torch.testing.assert_close(full, ref)
+        torch.testing.assert_close(chunked, ref)
+
+
+def test_individual_in_tiny_pyg_model():
+    torch.manual_seed(6)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = IndividualRelationConv(4, 8)
+            self.conv2 = IndividualRelationConv(8, 8, act=False)
+            self.head = torch.nn.Linear(8, 2)
+
+        def forward(self, x, edge_index, batch):
+            x = self.conv1(x, edge_index, batch=batch)
+            x = self.conv2(x, edge_index, batch=batch)
+            return self.head(global_mean_pool(x, batch)), x
+
+    graphs = []
+    for n in (6, 9):
+        x = torch.randn(n, 4)
+        graphs.append(Data(x=x, edge_index=knn_edges(x, 3)))
+    data = Batch.from_data_list(graphs)
+    model = Net()
+    logits, nodes = model(data.x, data.edge_index, data.batch)
+    assert logits.shape == (2, 2)
+    # each graph's nodes are the same as when the graph runs alone: denominators stay in-graph
+    for g, graph in enumerate(graphs):
+        _, alone = model(graph.x, graph.edge_index, torch.zeros(graph.num_nodes, dtype=torch.long))
+        torch.testing.assert_close(nodes[data.batch == g], alone)
+    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_individual_repr_and_errors():
+    assert str(IndividualRelationConv(2048, 2048)) == \
+        "IndividualRelationConv(2048, 2048, normalize='all')"
+    assert str(IndividualRelationConv(16, 8, normalize="neighbors")) == \
+        "IndividualRelationConv(16, 8, normalize='neighbors')"
+    with pytest.raises(ValueError, match="normalize must be 'all'"):
+        IndividualRelationConv(4, 4, normalize="mean")
+    conv = IndividualRelationConv(4, 4)
+    with pytest.raises(ValueError, match="x must be a 2-D tensor with 4 channels"):
+        conv(torch.randn(3, 5), torch.empty(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"edge_index must be a LongTensor of shape \(2, E\)"):
+        conv(torch.randn(3, 4), torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="refers to node 7"):
+        conv(torch.randn(3, 4), torch.tensor([[7], [0]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# PairwiseRelationConv: literal loops over n, i, j for Eq. 6-9
+# ---------------------------------------------------------------------------------------------
+def ref_pairwise(f, v, conv, mask=None):
+    """Returns U' (N, N, d), G (N, N, N), Q (N, N, 2) by looping over graphs n, nodes i, j."""
+    n_img, d = f.shape
+    wp = conv.lin_p.weight.t()
+    sl = conv.negative_slope
+    out = torch.zeros(n_img, n_img, d, dtype=f.dtype)
+    gs = torch.zeros(n_img, n_img, n_img, dtype=f.dtype)
+    qs = torch.zeros(n_img, n_img, 2, dtype=f.dtype)
+    for n in range(n_img):
+        u = [f[n] - f[i] for i in range(n_img)]  # u_{n,i}
+        for i in range(n_img):
+            srcs = [j for j in range(n_img) if mask is None or mask[i, j]]
+            # Eq. 6: g^n_ij = exp(mu([u_i||u_j]^T H_p)) / sum_b exp(mu([u_i||u_b]^T H_p))
+            ex = {j: torch.exp(leaky(u[i] @ conv.att_p_dst + u[j] @ conv.att_p_src, sl))
+                  for j in srcs}
+            den = sum(ex.values())
+            agg = torch.zeros(d, dtype=f.dtype)
+            for j in srcs:
+                gs[n, i, j] = ex[j] / den
+                agg = agg + gs[n, i, j] * (u[j] @ wp)
+            if conv.igp:
+                # Eq. 8-9
+                el = torch.exp(leaky(u[i] @ conv.att_l_pair + v[n] @ conv.att_l_image, sl))
+                er = torch.exp(leaky(u[i] @ conv.att_r_pair + v[i] @ conv.att_r_image, sl))
+                q_in, q_ii = el / (el + er), er / (el + er)
+                qs[n, i, 0], qs[n, i, 1] = q_in, q_ii
+                m = conv.beta * agg + (1 - conv.beta) * (
+                    q_in * (v[n] @ conv.lin_l.weight.t()) + q_ii * (v[i] @ conv.lin_r.weight.t()))
+            else:
+                m = agg  # beta = 1: no inter-graph term
+            out[n, i] = conv.alpha * u[i] + (1 - conv.alpha) * torch.relu(m)  # Eq. 7
+    return out, gs, qs
+
+
+def make_pr(d, igp=True, dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    return PairwiseRelationConv(d, igp=igp, **kw).to(dtype)
+
+
+@pytest.mark.parametrize("igp", [True, False])
+@pytest.mark.parametrize("num_edges", [None, 3])
+def test_pairwise_dense_and_mp_match_loop_reference(igp, num_edges):
+    conv = make_pr(4, igp=igp)
+    f = torch.randn(6, 4, dtype=torch.float64)
+    v = torch.randn(6, 4, dtype=torch.float64)
+    mask = pair_mask(f, num_edges)
+    ref, g_ref, q_ref = ref_pairwise(f, v, conv, mask)
+
+    out, g, q = conv.forward_dense(f, v, mask=mask, return_attention=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g, g_ref)
+    if igp:
+        torch.testing.assert_close(q, q_ref)
+    else:
+        assert q is None
+
+    res = conv.forward_hetero(pair_graph(f, v, num_edges=num_edges), return_attention_weights=True)
+    torch.testing.assert_close(res[0].view(6, 6, 4), ref)
+    ei, g_mp = res[1]
+    pn, pi, pj = ei[1] // 6, ei[1] % 6, ei[0] % 6
+    torch.testing.assert_close(g_mp, g_ref[pn, pi, pj])
+    assert g_mp.min() >= 0 and g_mp.max() <= 1
+    sums = torch.zeros(36, dtype=torch.float64).index_add_(0, ei[1], g_mp)
+    torch.testing.assert_close(sums, torch.ones(36, dtype=torch.float64))
+    if igp:
+        q_left, q_right = res[2]
+        torch.testing.assert_close(q_left, q_ref[..., 0].reshape(-1))
+        torch.testing.assert_close(q_right, q_ref[..., 1].reshape(-1))
+        torch.testing.assert_close(q_left + q_right, torch.ones(36, dtype=torch.float64))
+
+
+def test_pairwise_without_igp_ignores_beta():
+    f = torch.randn(5, 4, dtype=torch.float64)
+    a = make_pr(4, igp=False, beta=0.8, seed=1)
+    b = make_pr(4, igp=False, beta=0.1, seed=1)
+    torch.testing.assert_close(a.forward_dense(f), b.forward_dense(f))
+    # beta = 1 of the IGP layer gives the same update (its inter-graph term has weight 0)
+    c = make_pr(4, igp=True, beta=1.0, seed=1)
+    c.lin_p.load_state_dict(a.lin_p.state_dict())
+    c.att_p_dst.data.copy_(a.att_p_dst)
+    c.att_p_src.data.copy_(a.att_p_src)
+    torch.testing.assert_close(c.forward_dense(f, torch.randn(5, 4, dtype=torch.float64)),
+                               a.forward_dense(f))
+    assert a.lin_l is None and a.att_l_pair is None
+    assert sum(p.numel() for p in a.parameters()) == 4 * 4 + 2 * 4
+
+
+def test_pairwise_v_defaults_to_f():
+    conv = make_pr(4, seed=2)
+    f = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(conv.forward_dense(f), ref_pairwise(f, f, conv)[0])
+    torch.testing.assert_close(conv.forward_hetero(pair_graph(f)).view(5, 5, 4),
+                               conv.forward_dense(f, f))
+
+
+def _all_grads(conv, *inputs):
+    return [t.grad.clone() for t in inputs] + [p.grad.clone() for p in conv.parameters()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("num_edges", [None, 4])
+def test_pairwise_mp_equals_dense_with_gradients(dtype, num_edges):
+    n, d = 10, 16
+    conv = make_pr(d, dtype=dtype, seed=3)
+    f = torch.randn(n, d, dtype=dtype, requires_grad=True)
+    v = torch.randn(n, d, dtype=dtype, requires_grad=True)
+    w = torch.randn(n, n, d, dtype=dtype)
+
+    dense = conv.forward_dense(f, v, mask=pair_mask(f.detach(), num_edges))
+    (dense * w).sum().backward()
+    g_dense = _all_grads(conv, f, v)
+    f.grad = v.grad = None
+    conv.zero_grad()
+    mp = conv.forward_hetero(pair_graph(f, v, num_edges=num_edges)).view(n, n, d)
+    (mp * w).sum().backward()
+    g_mp = _all_grads(conv, f, v)
+    torch.testing.assert_close(dense, mp, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_dense, g_mp):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_pairwise_permutation_equivariance():
+    conv = make_pr(8, dtype=torch.float32, seed=4)
+    f, v = torch.randn(9, 8), torch.randn(9, 8)
+    perm = torch.randperm(9)
+    out = conv.forward_dense(f, v)
+    torch.testing.assert_close(conv.forward_dense(f[perm], v[perm]), out[perm][:, perm])
+    mp = conv.forward_hetero(pair_graph(f[perm], v[perm])).view(9, 9, 8)
+    torch.testing.assert_close(mp, out[perm][:, perm])
+    masked = conv.forward_dense(f, v, mask=pair_mask(f, 4))
+    masked_p = conv.forward_dense(f[perm], v[perm], mask=pair_mask(f[perm], 4))
+    torch.testing.assert_close(masked_p, masked[perm][:, perm])
+
+
+def test_pairwise_rows_subset_and_batch():
+    conv = make_pr(6, seed=5)
+    f = torch.randn(3, 7, 6, dtype=torch.float64)
+    v = torch.randn(3, 7, 6, dtype=torch.float64)
+    mask = pair_mask(f, 3)
+    out, g, q = conv.forward_dense(f, v, mask=mask, return_attention=True)
+    assert out.shape == (3, 7, 7, 6) and g.shape == (3, 7, 7, 7) and q.shape == (3, 7, 7, 2)
+    for b in range(3):  # batched == one batch element at a time
+        torch.testing.assert_close(out[b], conv.forward_dense(f[b], v[b], mask=mask[b]))
+    rows = torch.tensor([4, 0])
+    sub, g_sub, q_sub = conv.forward_dense(f, v, mask=mask, rows=rows, return_attention=True)
+    assert sub.shape == (3, 2, 7, 6)
+    torch.testing.assert_close(sub, out[:, rows])
+    torch.testing.assert_close(g_sub, g[:, rows])
+    torch.testing.assert_close(q_sub, q[:, rows])
+    torch.testing.assert_close(conv.forward_dense(f[1], v[1], rows=torch.tensor([0])),
+                               conv.forward_dense(f[1], v[1])[:1])
+
+
+def test_pairwise_single_image_and_empty_edges():
+    conv = make_pr(4, seed=6)
+    f = torch.randn(1, 4, dtype=torch.float64)
+    v = torch.randn(1, 4, dtype=torch.float64)
+    ref = ref_pairwise(f, v, conv)[0]
+    torch.testing.assert_close(conv.forward_dense(f, v), ref)
+    torch.testing.assert_close(conv.forward_hetero(pair_graph(f, v)).view(1, 1, 4), ref)
+    # pair nodes without intra edges keep alpha * u + (1 - alpha) relu((1 - beta) * IGP)
+    data = pair_graph(torch.randn(3, 4, dtype=torch.float64), v=None)
+    x = data["pair"].x
+    empty = torch.empty(2, 0, dtype=torch.long)
+    conv_no = make_pr(4, igp=False, seed=6)
+    torch.testing.assert_close(conv_no(x, empty), conv_no.alpha * x)
+
+
+def test_pairwise_dense_never_builds_cubic_tensor():
+    """Every tensor produced by any aten op (forward and backward) is recorded; the dense path's
+    largest must be the (R, N, d) output or the (R, N, N) attention, far below N^3 d."""
+
+    class MaxNumel(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.max = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.max = max(self.max, t.numel())
+            return out
+
+    n, d = 40, 64
+    conv = make_pr(d, dtype=torch.float32, seed=7)
+    f = torch.randn(n, d, requires_grad=True)
+    v = torch.randn(n, d, requires_grad=True)
+    with MaxNumel() as dense_mode:
+        conv.forward_dense(f, v, mask=pair_mask(f.detach(), 20)).square().sum().backward()
+    assert dense_mode.max <= n * n * max(n, d)  # = 102,400 here
+    assert dense_mode.max < n**3 * d // 16  # N^3 d = 4,096,000
+
+    # The monitor does see cubic tensors: the message-passing path gathers N^3 x d messages.
+    with MaxNumel() as mp_mode:
+        conv.forward_hetero(pair_graph(f, v)).square().sum().backward()
+    assert mp_mode.max >= n**3 * d
+
+
+def test_pairwise_repr_and_errors():
+    assert str(PairwiseRelationConv(2048)) == \
+        "PairwiseRelationConv(2048, alpha=0.9, beta=0.8, igp=True)"
+    assert str(PairwiseRelationConv(8, igp=False)) == \
+        "PairwiseRelationConv(8, alpha=0.9, beta=0.8, igp=False)"
+    with pytest.raises(ValueError, match="alpha and beta must lie in"):
+        PairwiseRelationConv(8, alpha=1.5)
+    conv = PairwiseRelationConv(4)
+    f = torch.randn(5, 4)
+    with pytest.raises(ValueError, match="f must be a 2-D or 3-D tensor with 4 channels"):
+        conv.forward_dense(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="mask must be a bool tensor"):
+        conv.forward_dense(f, mask=torch.ones(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at least one True"):
+        conv.forward_dense(f, mask=torch.zeros(5, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="rows must be a 1-D LongTensor"):
+        conv.forward_dense(f, rows=torch.tensor([5]))
+    with pytest.raises(ValueError, match="v must have the shape of f"):
+        conv.forward_dense(f, v=torch.randn(4, 4))
+    data = pair_graph(f)
+    with pytest.raises(ValueError, match="x_image, left_index and right_index are required"):
+        conv(data["pair"].x, data["pair", "intra", "pair"].edge_index)
+    del data["image", "left", "pair"]
+    with pytest.raises(ValueError, match="lacks"):
+        conv.forward_hetero(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# VerificationHead
+# ---------------------------------------------------------------------------------------------
+def test_verification_head_matches_formula_and_is_sign_invariant():
+    torch.manual_seed(8)
+    head = VerificationHead(6).double()
+    u = torch.randn(5, 5, 6, dtype=torch.float64)
+    logits = head(u)
+    assert logits.shape == (5, 5)
+    sq = (u * u).reshape(-1, 6)
+    z = (sq - sq.mean(0)) / torch.sqrt(sq.var(0, unbiased=False) + head.bn.eps)  # train-mode BN
+    ref = (z * head.bn.weight + head.bn.bias) @ head.lin.weight.view(-1) + head.lin.bias
+    torch.testing.assert_close(logits, ref.view(5, 5))
+    torch.testing.assert_close(head(-u), logits)
+    # on raw differences u_{n,i} = -u_{i,n}, so the head is symmetric in (n, i)
+    f = torch.randn(5, 6, dtype=torch.float64)
+    head.eval()
+    t = head(f[:, None] - f[None])
+    torch.testing.assert_close(t, t.t())
+    assert head(torch.randn(7, 6, dtype=torch.float64)).shape == (7,)
+    assert str(head) == "VerificationHead(6)"
+    with pytest.raises(ValueError, match="6 channels"):
+        head(torch.randn(3, 5, dtype=torch.float64))
+
+
+def test_layers_import_nothing_reid_specific():
+    import ast
+    import inspect
+
+    import hrnet_pyg.layers as layers
+
+    tree = ast.parse(inspect.getsource(layers))
+    mods = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    mods |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert {m.split(".")[0] for m in mods} <= {"__future__", "math", "typing", "torch",
+                                                "torch_geometric"}
+
+
+def test_math_sanity_of_factorisation():
+    # sum_j g_ij (f_n - f_j) W = f_n W - (G F W)_i whenever rows of G sum to 1
+    torch.manual_seed(9)
+    f = torch.randn(4, 3, dtype=torch.float64)
+    w = torch.randn(3, 3, dtype=torch.float64)
+    g = torch.softmax(torch.randn(4, 4, dtype=torch.float64), -1)
+    for n in range(4):
+        lhs = torch.stack([sum(g[i, j] * ((f[n] - f[j]) @ w) for j in range(4)) for i in range(4)])
+        torch.testing.assert_close(lhs, (f[n] @ w).expand(4, 3) - g @ (f @ w))
