@@ -2,5 +2,21 @@
 __version__ = "0.1.0"
 
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
+from hrnet_pyg.data import build_dataset  # noqa: E402
+from hrnet_pyg.evaluation import evaluate_rank  # noqa: E402
+from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv, VerificationHead  # noqa: E402
+from hrnet_pyg.model import HRNet, HRNetOutput  # noqa: E402
+from hrnet_pyg.rerank import relational_rerank  # noqa: E402
 
-__all__ = ["HRNetConfig", "__version__"]
+__all__ = [
+    "HRNet",
+    "HRNetConfig",
+    "HRNetOutput",
+    "IndividualRelationConv",
+    "PairwiseRelationConv",
+    "VerificationHead",
+    "__version__",
+    "build_dataset",
+    "evaluate_rank",
+    "relational_rerank",
+]

@@ -55,7 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hrnet_pyg.experiment import run_experiment
 
     result = run_experiment(_experiment(args), progress=not args.no_progress)
-    print(result["report"].table())
+    if result["report"] is not None:  # None on torchrun ranks other than 0
+        print(result["report"].table())
     return 0
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hrnet_pyg.config import HRNetConfig
+from hrnet_pyg.distributed import all_gather_cat, loader_is_sharded, prepare_for_training, reduce_epoch_stats
 
 log = logging.getLogger("hrnet_pyg")
 
@@ -237,6 +238,8 @@ def fit(
     max_steps_per_epoch: Optional[int] = None,
     progress: bool = True,
     on_epoch_end: Optional[Any] = None,
+    sync_bn: bool = False,
+    graph_scope: Optional[str] = None,
 ) -> FitResult:
     """Train ``model`` as in Sec. 4.2 and return the per-epoch history.
 
@@ -258,6 +261,9 @@ def fit(
         max_steps_per_epoch: cut epochs short (smoke tests, demos).
         progress: tqdm progress bars.
         on_epoch_end: ``callable(epoch, row)`` called after each epoch's checkpoint.
+        sync_bn: under ``torchrun`` (DDP), SyncBatchNorm in the backbone and BNNeck (CUDA only).
+        graph_scope: ``"local"``: graphs per rank; ``"global"``: graphs over the batch of all
+            ranks (see :mod:`hrnet_pyg.distributed`); ``None`` keeps ``model.graph_scope``.
     """
     inner = _unwrap(model)
     cfg: HRNetConfig = inner.config
@@ -266,6 +272,8 @@ def fit(
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    # distributed (issue 6): graph scope, SyncBatchNorm, DDP wrapping when torchrun started >1 ranks
+    model = prepare_for_training(model, dev, train_loader, sync_bn=sync_bn, graph_scope=graph_scope)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
@@ -343,6 +351,7 @@ def fit(
                 f"identities (P = {cfg.num_identities}) with images"
             )
         elapsed = time.perf_counter() - t0
+        sums, images = reduce_epoch_stats(sums, images)  # distributed: means over ranks, all images
         row = {"epoch": epoch + 1, "lr": lr, "steps": steps, "images_per_s": images / elapsed}
         row.update({f"loss_{k}": v / steps for k, v in sums.items()})
         result.history.append(row)
@@ -381,7 +390,11 @@ def extract(
     amp: Union[bool, str] = "auto",
     progress: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """CNN features F (before BNNeck), pids and camids of every item of ``loader`` (on the CPU)."""
+    """CNN features F (before BNNeck), pids and camids of every item of ``loader`` (on the CPU).
+
+    A loader on a :class:`~hrnet_pyg.distributed.ShardSampler` reads one shard per rank; the
+    shards are gathered, so every rank returns the whole split in its original order.
+    """
     dev = resolve_device(device)
     model.to(dev).eval()
     use_amp = amp if amp != "auto" else (dev.type == "cuda")
@@ -395,7 +408,10 @@ def extract(
         camids.append(torch.as_tensor(camid) if camid is not None else torch.zeros_like(torch.as_tensor(pid)))
     if not feats:
         raise ValueError("the loader given to extract() yielded no batch")
-    return torch.cat(feats), torch.cat(pids), torch.cat(camids)
+    out = torch.cat(feats), torch.cat(pids), torch.cat(camids)
+    if loader_is_sharded(loader):  # distributed (issue 6): every rank gets the whole split
+        out = tuple(all_gather_cat(t) for t in out)  # type: ignore[assignment]
+    return out
 
 
 @dataclass
@@ -466,10 +482,17 @@ def evaluate(
     top_k: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
-) -> EvalReport:
-    """Extract query and gallery features, then :func:`evaluate_features`."""
+) -> Optional[EvalReport]:
+    """Extract query and gallery features, then :func:`evaluate_features`.
+
+    Under ``torch.distributed`` the metrics are computed on rank 0 (the other ranks return
+    ``None``); loaders built on :class:`~hrnet_pyg.distributed.ShardSampler` split the
+    extraction across the ranks.
+    """
     qf, qp, qc = extract(model, query_loader, device=device, progress=progress)
     gf, gp, gc = extract(model, gallery_loader, device=device, progress=progress)
+    if not is_main_process():  # distributed (issue 6): rank 0 computes the metrics
+        return None
     return evaluate_features(
         model, qf, qp, qc, gf, gp, gc, rerank=rerank, k_reciprocal=k_reciprocal, top_k=top_k,
         device=device, progress=progress,

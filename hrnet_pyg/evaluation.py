@@ -252,7 +252,9 @@ def _to_label_array(x: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
-def _encode_pair(q: np.ndarray, g: np.ndarray, qname: str, gname: str) -> Tuple[np.ndarray, np.ndarray]:
+def _encode_pair(
+    q: np.ndarray, g: np.ndarray, qname: str, gname: str
+) -> Tuple[np.ndarray, np.ndarray]:
     """Integer codes for query / gallery labels (any hashable dtype), equal labels equal codes."""
     if q.dtype.kind in "iub" and g.dtype.kind in "iub":
         return q.astype(np.int64), g.astype(np.int64)
@@ -264,137 +266,127 @@ def _encode_pair(q: np.ndarray, g: np.ndarray, qname: str, gname: str) -> Tuple[
     return inv[: len(q)], inv[len(q) :]
 
 
-def _as_distmat(distmat: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
-    if isinstance(distmat, np.ndarray):
-        d = torch.from_numpy(np.ascontiguousarray(distmat))
-    elif isinstance(distmat, torch.Tensor):
+def _as_distmat(distmat: Union[np.ndarray, torch.Tensor]) -> Union[np.ndarray, torch.Tensor]:
+    """A C-contiguous float32/float64 numpy array (CPU data) or tensor (other devices)."""
+    if isinstance(distmat, torch.Tensor):
         d = distmat.detach()
-    else:
+        if d.dim() != 2:
+            raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got {tuple(d.shape)}")
+        if d.dtype in (torch.float16, torch.bfloat16):
+            d = d.float()  # exact
+        elif not d.is_floating_point():
+            d = d.double()  # exact for integer distances below 2**53
+        if d.device.type == "cpu":
+            return np.ascontiguousarray(d.numpy())
+        return d.contiguous()
+    if not isinstance(distmat, np.ndarray):
         raise TypeError(
             f"distmat must be a torch.Tensor or numpy.ndarray, got {type(distmat).__name__}"
         )
-    if d.dim() != 2:
-        raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got {tuple(d.shape)}")
-    if d.shape[0] == 0 or d.shape[1] == 0:
-        raise ValueError(f"distmat is empty: shape {tuple(d.shape)}")
-    if d.dtype in (torch.float16, torch.bfloat16):
-        d = d.float()  # exact; numpy cannot sort these
-    elif not d.is_floating_point():
-        d = d.to(torch.float64)  # exact for integer distances below 2**53
-    return d.contiguous()
+    if distmat.ndim != 2:
+        raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got {distmat.shape}")
+    if distmat.dtype.kind != "f" or distmat.dtype.itemsize < 4:
+        distmat = distmat.astype(np.float32 if distmat.dtype == np.float16 else np.float64)
+    return np.ascontiguousarray(distmat)
 
 
-def _sorted_rows(d: torch.Tensor, r0: int, r1: int, rows: torch.Tensor) -> torch.Tensor:
-    """Rows ``rows`` (which lie in ``[r0, r1)``) of ``d``, each sorted ascending (values only)."""
-    if d.device.type == "cpu":
-        # numpy's sort is SIMD-accelerated and several times faster than torch's on CPU.
-        dn = d.numpy()
-        if rows.numel() == r1 - r0:  # contiguous: a slice copy is cheaper than fancy indexing
-            blk = np.array(dn[r0:r1])
-        else:
-            blk = dn[rows.numpy()]
-        blk.sort(axis=1)
-        s = torch.from_numpy(blk)
-    else:
-        s = torch.sort(d[rows], dim=1).values
-    if torch.isnan(s[:, -1]).any():  # NaN sorts last in numpy and torch
-        raise ValueError("distmat contains NaN values")
-    return s
-
-
-def _padded(values: torch.Tensor, seg: torch.Tensor, pos: torch.Tensor, n_seg: int, fill: float):
-    width = int(pos.max().item()) + 1 if pos.numel() else 1
-    out = values.new_full((n_seg, width), fill)
-    out[seg, pos] = values
-    return out
+def _rows_numpy(d: Union[np.ndarray, torch.Tensor], rows: np.ndarray) -> np.ndarray:
+    if isinstance(d, np.ndarray):
+        return d[rows]
+    return d[torch.from_numpy(rows).to(d.device)].cpu().numpy()
 
 
 def _count_before(
-    d: torch.Tensor, q_idx: torch.Tensor, g_idx: torch.Tensor, dist: torch.Tensor, chunk: int
-) -> torch.Tensor:
+    d: Union[np.ndarray, torch.Tensor],
+    q_idx: np.ndarray,
+    g_idx: np.ndarray,
+    dist: np.ndarray,
+    chunk: int,
+) -> np.ndarray:
     """For each pair (q, g): #{g' : d[q, g'] < dist or (d[q, g'] == dist and g' < g)}.
 
-    ``q_idx`` must be sorted.  Rows are sorted chunk by chunk and the pair distances are
-    binary-searched in them; pairs whose distance occurs more than once in the row are
-    resolved exactly (ties are ordered by gallery index).  On CPU the chunks run in a thread
-    pool (numpy's sort releases the GIL).
+    ``q_idx`` must be sorted.  The rows of a chunk of queries are sorted (values only) and the
+    few pair distances of each row are binary-searched in it; pairs whose distance occurs more
+    than once in the row are resolved exactly (ties are ordered by gallery index).  On CPU the
+    chunks run in a thread pool: numpy's SIMD sort releases the GIL.  Bookkeeping stays in
+    numpy, whose small operations start no OpenMP teams (costly on a busy machine).
     """
-    num_q, num_g = d.shape
-    out = torch.zeros_like(q_idx)
-    if q_idx.numel() == 0:
+    num_g = d.shape[1]
+    out = np.zeros(len(q_idx), dtype=np.int64)
+    if len(q_idx) == 0:
         return out
-    uq, inv, cnt = torch.unique_consecutive(q_idx, return_inverse=True, return_counts=True)
-    pair_start = torch.cumsum(cnt, 0) - cnt
-    pos_in_q = torch.arange(q_idx.numel(), device=q_idx.device) - torch.repeat_interleave(
-        pair_start, cnt
-    )
-    uq_list = uq.tolist()
-    ps_list = (pair_start).tolist()
-    cnt_list = cnt.tolist()
+    uq, first, cnt = np.unique(q_idx, return_index=True, return_counts=True)
+    on_cpu = isinstance(d, np.ndarray)
 
-    def sort_chunk(s: int) -> torch.Tensor:
-        e = min(s + chunk, len(uq_list))
-        return _sorted_rows(d, uq_list[s], uq_list[e - 1] + 1, uq[s:e])  # (rows, G)
-
-    def search(s: int, srt: torch.Tensor) -> None:
-        e = min(s + chunk, len(uq_list))
-        p0, p1 = ps_list[s], ps_list[e - 1] + cnt_list[e - 1]
-        seg, pq = inv[p0:p1] - s, pos_in_q[p0:p1]
-        vals = _padded(dist[p0:p1], seg, pq, e - s, math.inf)
-        left = torch.searchsorted(srt, vals, side="left")[seg, pq]
-        right = torch.searchsorted(srt, vals, side="right")[seg, pq]
-        tie = torch.nonzero(right - left > 1).flatten()
-        if tie.numel():
+    def work(s: int) -> None:
+        e = min(s + chunk, len(uq))
+        rows = uq[s:e]
+        p0, p1 = int(first[s]), int(first[e - 1] + cnt[e - 1])
+        vals = dist[p0:p1]
+        if on_cpu:
+            if rows[-1] - rows[0] + 1 == len(rows):  # contiguous: a slice copy is cheapest
+                srt = np.array(d[rows[0] : rows[-1] + 1])
+            else:
+                srt = d[rows]
+            srt.sort(axis=1)
+            if np.isnan(srt[:, -1]).any():  # NaN sorts last
+                raise ValueError("distmat contains NaN values")
+            left = np.empty(p1 - p0, dtype=np.int64)
+            right = np.empty(p1 - p0, dtype=np.int64)
+            # One binary search per query for its ~10-20 pair distances (O(1) calls per query).
+            for k in range(e - s):
+                a, b = int(first[s + k]) - p0, int(first[s + k] + cnt[s + k]) - p0
+                left[a:b] = np.searchsorted(srt[k], vals[a:b], side="left")
+                right[a:b] = np.searchsorted(srt[k], vals[a:b], side="right")
+        else:
+            rows_t = torch.from_numpy(rows).to(d.device)
+            srt = torch.sort(d[rows_t], dim=1).values
+            if torch.isnan(srt[:, -1]).any():
+                raise ValueError("distmat contains NaN values")
+            seg = np.repeat(np.arange(e - s), cnt[s:e])
+            pos = np.arange(p1 - p0) - np.repeat(first[s:e] - p0, cnt[s:e])
+            pad = np.full((e - s, int(cnt[s:e].max())), np.inf, dtype=vals.dtype)
+            pad[seg, pos] = vals
+            pad_t = torch.from_numpy(pad).to(device=d.device, dtype=srt.dtype)
+            left = torch.searchsorted(srt, pad_t, side="left").cpu().numpy()[seg, pos]
+            right = torch.searchsorted(srt, pad_t, side="right").cpu().numpy()[seg, pos]
+        tie = np.flatnonzero(right - left > 1)
+        if len(tie):
             # Other gallery items at exactly this distance: count those with a smaller index.
             step = max(1, _EVAL_CHUNK_ELEMENTS // num_g)
-            ar = torch.arange(num_g, device=d.device)
-            for t in range(0, tie.numel(), step):
-                tt = tie[t : t + step]
-                rows = d[q_idx[tt + p0]]
-                eq = (rows == dist[tt + p0].unsqueeze(1)) & (
-                    ar.unsqueeze(0) < g_idx[tt + p0].unsqueeze(1)
-                )
-                left[tt] += eq.sum(1)
+            ar = np.arange(num_g)
+            for t in range(0, len(tie), step):
+                tt = tie[t : t + step] + p0
+                eq = (_rows_numpy(d, q_idx[tt]) == dist[tt, None]) & (ar[None, :] < g_idx[tt, None])
+                left[tt - p0] += eq.sum(1)
         out[p0:p1] = left
 
-    starts = list(range(0, len(uq_list), chunk))
-    workers = min(len(starts), torch.get_num_threads()) if d.device.type == "cpu" else 1
+    starts = list(range(0, len(uq), chunk))
+    workers = min(len(starts), max(1, torch.get_num_threads())) if on_cpu else 1
     if workers > 1:
-        # One chunk per worker thread (numpy's sort releases the GIL).  torch runs single-threaded
-        # meanwhile: its idle OpenMP threads would otherwise spin on the cores the sorts need.
-        n_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda s: search(s, sort_chunk(s)), starts))  # re-raises errors
-        finally:
-            torch.set_num_threads(n_threads)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, starts))  # list(): re-raises a worker's error here
     else:
         for s in starts:
-            search(s, sort_chunk(s))
+            work(s)
     return out
 
 
-def _same_pid_pairs(q_code: torch.Tensor, g_code: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """All (query, gallery) index pairs with equal identity codes, query-major, gallery ascending."""
-    perm = torch.argsort(g_code, stable=True)
-    uniq, counts = torch.unique_consecutive(g_code[perm], return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    where = torch.searchsorted(uniq, q_code).clamp_(max=uniq.numel() - 1)
-    found = uniq[where] == q_code
-    n_per_q = torch.where(found, counts[where], torch.zeros_like(where))
-    q_idx = torch.repeat_interleave(torch.arange(q_code.numel(), device=q_code.device), n_per_q)
-    offs = torch.arange(q_idx.numel(), device=q_code.device) - torch.repeat_interleave(
-        torch.cumsum(n_per_q, 0) - n_per_q, n_per_q
-    )
-    g_idx = perm[torch.repeat_interleave(starts[where], n_per_q) + offs]
+def _same_pid_pairs(q_code: np.ndarray, g_code: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """All (query, gallery) pairs of equal identity codes; query-major, gallery ascending."""
+    perm = np.argsort(g_code, kind="stable")
+    uniq, starts, counts = np.unique(g_code[perm], return_index=True, return_counts=True)
+    where = np.minimum(np.searchsorted(uniq, q_code), len(uniq) - 1)
+    n_per_q = np.where(uniq[where] == q_code, counts[where], 0)
+    q_idx = np.repeat(np.arange(len(q_code)), n_per_q)
+    offs = np.arange(len(q_idx)) - np.repeat(np.cumsum(n_per_q) - n_per_q, n_per_q)
+    g_idx = perm[np.repeat(starts[where], n_per_q) + offs]
     return q_idx, g_idx
 
 
-def _segment_exclusive_cumsum(flags: torch.Tensor, seg_start: torch.Tensor) -> torch.Tensor:
+def _segment_exclusive_cumsum(flags: np.ndarray, seg_start: np.ndarray) -> np.ndarray:
     """Exclusive cumulative sum of ``flags`` restarted at every segment start."""
-    inc = torch.cumsum(flags, 0)
-    exc = inc - flags
+    exc = np.cumsum(flags) - flags
     return exc - exc[seg_start]
 
 
@@ -467,7 +459,8 @@ def evaluate_rank(
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     d = _as_distmat(distmat)
     num_q, num_g = d.shape
-    dev = d.device
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"distmat is empty: shape {tuple(d.shape)}")
 
     qp = _to_label_array(q_pids, "q_pids")
     gp = _to_label_array(g_pids, "g_pids")
@@ -507,14 +500,10 @@ def evaluate_rank(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    qp_t, gp_t = torch.from_numpy(qp).to(dev), torch.from_numpy(gp).to(dev)
-    qc_t, gc_t = torch.from_numpy(qc).to(dev), torch.from_numpy(gc).to(dev)
-
     # Sparse set of same-identity pairs: the true matches and the junk of every query.
-    q_idx, g_idx = _same_pid_pairs(qp_t, gp_t)
-    junk = gc_t[g_idx] == qc_t[q_idx]
-    good = ~junk
-    npos = torch.bincount(q_idx[good], minlength=num_q)
+    q_idx, g_idx = _same_pid_pairs(qp, gp)
+    junk = gc[g_idx] == qc[q_idx]
+    npos = np.bincount(q_idx[~junk], minlength=num_q)
     valid = npos > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -527,60 +516,55 @@ def evaluate_rank(
             f"evaluate_rank: {num_q - num_valid} of {num_q} queries have no valid true match in "
             f"the gallery and are skipped (metrics average over {num_valid} queries)"
         )
+    keep = valid[q_idx]  # pairs of skipped queries are not needed any further
+    q_idx, g_idx, junk = q_idx[keep], g_idx[keep], junk[keep]
 
-    # Pairs of skipped queries are not needed any further.
-    keep_pair = valid[q_idx]
-    q_idx, g_idx, junk = q_idx[keep_pair], g_idx[keep_pair], junk[keep_pair]
     # Position of each pair in the full ranking (ties by gallery index), then in the kept one.
-    dist = d[q_idx, g_idx]
+    if isinstance(d, np.ndarray):
+        dist = d[q_idx, g_idx]
+    else:
+        dist = d[torch.from_numpy(q_idx).to(d.device), torch.from_numpy(g_idx).to(d.device)]
+        dist = dist.cpu().numpy()
     before_all = _count_before(d, q_idx, g_idx, dist, chunk_size)
-    # Sort pairs by (query, distance, gallery index): two stable sorts; pairs are g-ascending.
-    o = torch.argsort(dist, stable=True)
-    o = o[torch.argsort(q_idx[o], stable=True)]
-    q_s, junk_s, before_s = q_idx[o], junk[o].long(), before_all[o]
-    seg_start = torch.searchsorted(q_s, q_s)  # first pair of each pair's query
+    o = np.lexsort((g_idx, dist, q_idx))  # by query, then distance, then gallery index
+    q_s, junk_s, before_s = q_idx[o], junk[o].astype(np.int64), before_all[o]
+    seg_start = np.searchsorted(q_s, q_s)  # first pair of each pair's query
     junk_before = _segment_exclusive_cumsum(junk_s, seg_start)
     good_s = junk_s == 0
     i_good = _segment_exclusive_cumsum(1 - junk_s, seg_start)[good_s]  # 0-based match index
     rank = (before_s - junk_before)[good_s]  # 0-based position in the kept ranking
     q_good = q_s[good_s]
 
-    r = rank.to(torch.float64)
-    i = i_good.to(torch.float64)
-    n = npos[q_good].to(torch.float64)
+    r = rank.astype(np.float64)
+    i = i_good.astype(np.float64)
+    n = npos[q_good].astype(np.float64)
     prec = (i + 1.0) / (r + 1.0)
     if ap_mode == "torchreid":
         ap_terms = prec / n
     else:
-        prev = torch.where(rank > 0, i / r.clamp(min=1.0), torch.ones_like(r))
+        prev = np.where(rank > 0, i / np.maximum(r, 1.0), 1.0)
         ap_terms = 0.5 * (prev + prec) / n
-    all_ap = torch.zeros(num_q, dtype=torch.float64, device=dev).index_add_(0, q_good, ap_terms)
+    all_ap = np.bincount(q_good, weights=ap_terms, minlength=num_q)
     last = i_good == npos[q_good] - 1
-    all_inp = torch.zeros(num_q, dtype=torch.float64, device=dev)
+    all_inp = np.zeros(num_q)
     all_inp[q_good[last]] = n[last] / (r[last] + 1.0)
-    first = i_good == 0
 
     if protocol == "market":
-        first_rank = rank[first]
-        hist = torch.bincount(first_rank.clamp(max=max_rank), minlength=max_rank + 1)
-        cmc = (torch.cumsum(hist[:max_rank], 0).to(torch.float64) / num_valid).cpu().numpy()
+        first_rank = rank[i_good == 0]
+        hist = np.bincount(np.minimum(first_rank, max_rank), minlength=max_rank + 1)
+        cmc = np.cumsum(hist[:max_rank]) / num_valid
     else:
-        cmc = _single_shot_cmc(
-            d, qp_t, gp_t, qc_t, gc_t, valid, max_rank, num_repeats, seed, chunk_size
-        )
+        cmc = _single_shot_cmc(d, qp, gp, qc, gc, valid, max_rank, num_repeats, seed, chunk_size)
 
-    all_ap_np = all_ap.cpu().numpy()
-    all_inp_np = all_inp.cpu().numpy()
-    valid_np = valid.cpu().numpy()
-    all_ap_np[~valid_np] = np.nan
-    all_inp_np[~valid_np] = np.nan
+    all_ap[~valid] = np.nan
+    all_inp[~valid] = np.nan
     return RankResult(
-        cmc=cmc,
-        mAP=float(np.mean(all_ap_np[valid_np])),
-        mINP=float(np.mean(all_inp_np[valid_np])),
+        cmc=cmc.astype(np.float64),
+        mAP=float(np.mean(all_ap[valid])),
+        mINP=float(np.mean(all_inp[valid])),
         num_valid_queries=num_valid,
-        all_AP=all_ap_np,
-        all_INP=all_inp_np,
+        all_AP=all_ap,
+        all_INP=all_inp,
     )
 
 
@@ -617,12 +601,12 @@ def single_shot_keys(seed: int, repeat: int, q_idx: ArrayLike, g_idx: ArrayLike)
 
 
 def _single_shot_cmc(
-    d: torch.Tensor,
-    qp: torch.Tensor,
-    gp: torch.Tensor,
-    qc: torch.Tensor,
-    gc: torch.Tensor,
-    valid: torch.Tensor,
+    d: Union[np.ndarray, torch.Tensor],
+    qp: np.ndarray,
+    gp: np.ndarray,
+    qc: np.ndarray,
+    gc: np.ndarray,
+    valid: np.ndarray,
     max_rank: int,
     num_repeats: int,
     seed: int,
@@ -631,34 +615,29 @@ def _single_shot_cmc(
     if int(num_repeats) < 1:
         raise ValueError(f"num_repeats must be >= 1, got {num_repeats}")
     num_g = d.shape[1]
-    dev = d.device
-    _, g_code = torch.unique(gp, return_inverse=True)
-    n_codes = int(g_code.max()) + 1
-    rows_all = torch.nonzero(valid).flatten()
-    g_ar = torch.arange(num_g, device=dev)
-    hist = torch.zeros(max_rank + 1, dtype=torch.float64, device=dev)
-    big = torch.iinfo(torch.int64).max
-    for s in range(0, rows_all.numel(), chunk_size):
+    _, g_code = np.unique(gp, return_inverse=True)
+    g_code = g_code.reshape(-1)
+    perm = np.argsort(g_code, kind="stable")  # gallery grouped by identity
+    code_sorted = g_code[perm]
+    seg = np.flatnonzero(np.r_[True, code_sorted[1:] != code_sorted[:-1]])
+    rows_all = np.flatnonzero(valid)
+    g_ar = np.arange(num_g)
+    hist = np.zeros(max_rank + 1)
+    big = np.iinfo(np.int64).max
+    for s in range(0, len(rows_all), chunk_size):
         rows = rows_all[s : s + chunk_size]
-        dr = d[rows]  # (R, G)
-        pos = gp.unsqueeze(0) == qp[rows].unsqueeze(1)
-        keep = ~(pos & (gc.unsqueeze(0) == qc[rows].unsqueeze(1)))
-        code = g_code.unsqueeze(0).expand_as(dr)
+        dr = _rows_numpy(d, rows)  # (R, G)
+        pos = gp[None, :] == qp[rows, None]
+        keep = ~(pos & (gc[None, :] == qc[rows, None]))
         for rep in range(int(num_repeats)):
-            key = torch.from_numpy(
-                single_shot_keys(seed, rep, rows.cpu().numpy()[:, None], np.arange(num_g)[None, :])
-            ).to(dev)
-            key = torch.where(keep, key, torch.full_like(key, big))
-            kmin = torch.full((rows.numel(), n_codes), big, dtype=torch.int64, device=dev)
-            kmin.scatter_reduce_(1, code, key, reduce="amin")
-            chosen = keep & (key == kmin.gather(1, code))  # one image per identity
-            star = torch.argmax((chosen & pos).to(torch.uint8), dim=1)  # the chosen true match
-            d_star = dr.gather(1, star.unsqueeze(1))
-            ahead = chosen & ((dr < d_star) | ((dr == d_star) & (g_ar.unsqueeze(0) < star.unsqueeze(1))))
-            rank = ahead.sum(1)
-            hist += torch.bincount(rank.clamp(max=max_rank), minlength=max_rank + 1).to(hist.dtype)
-    cmc = torch.cumsum(hist[:max_rank], 0) / (rows_all.numel() * int(num_repeats))
-    return cmc.cpu().numpy()
+            key = np.where(keep, single_shot_keys(seed, rep, rows[:, None], g_ar[None, :]), big)
+            kmin = np.minimum.reduceat(key[:, perm], seg, axis=1)  # (R, identities)
+            chosen = keep & (key == kmin[:, g_code])  # one image per identity
+            star = np.argmax(chosen & pos, axis=1)  # the drawn true match
+            d_star = dr[np.arange(len(rows)), star][:, None]
+            ahead = chosen & ((dr < d_star) | ((dr == d_star) & (g_ar[None, :] < star[:, None])))
+            hist += np.bincount(np.minimum(ahead.sum(1), max_rank), minlength=max_rank + 1)
+    return np.cumsum(hist[:max_rank]) / (len(rows_all) * int(num_repeats))
 
 
 __all__ = [

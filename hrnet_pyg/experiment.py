@@ -47,6 +47,10 @@ class RunConfig:
     channels_last: bool = False
     compile: bool = False
     resume: Optional[str] = None  # checkpoint to continue from
+    # torchrun / DDP (docs/distributed.md): graphs per rank ("local") or over the batch of all
+    # ranks ("global", features all-gathered with gradients); SyncBatchNorm in backbone + BNNeck
+    graph_scope: str = "local"
+    sync_bn: bool = False
 
 
 @dataclass
@@ -105,15 +109,26 @@ def load_experiment(path: Union[str, Path, None] = None, overrides: Optional[Dic
 def build_loaders(exp: Experiment) -> Tuple[Any, DataLoader, DataLoader, DataLoader]:
     """(dataset, train loader with P x K batches, query loader, gallery loader)."""
     from hrnet_pyg.data import ImageDataset, PKSampler, build_dataset, build_transforms
+    from hrnet_pyg.distributed import ShardSampler, get_rank, get_world_size, main_process_first
 
     cfg, run = exp.model, exp.run
-    dataset = build_dataset(exp.data.name, exp.data.root, **exp.data.kwargs)
+    with main_process_first():  # distributed: rank 0 generates / checks the data alone first
+        dataset = build_dataset(exp.data.name, exp.data.root, **exp.data.kwargs)
     h, w = cfg.image_size
     train_tf = build_transforms(h, w, is_train=True, random_erasing=cfg.random_erasing)
     test_tf = build_transforms(h, w, is_train=False)
     pin = torch.cuda.is_available()
+    # distributed (issue 6): one global P x K plan, whole identities split over the ranks
+    world, rank = get_world_size(), get_rank()
+    if cfg.num_identities % world:
+        raise ValueError(
+            f"model.num_identities = {cfg.num_identities} (P, identities per global batch) must be a "
+            f"multiple of the {world} processes torchrun started: each rank takes P / {world} whole "
+            f"identities; e.g. --set model.num_identities={-(-cfg.num_identities // world) * world}"
+        )
     sampler = PKSampler(
-        [r.pid for r in dataset.train], P=cfg.num_identities, K=cfg.num_instances, seed=cfg.seed
+        [r.pid for r in dataset.train], P=cfg.num_identities, K=cfg.num_instances, seed=cfg.seed,
+        num_replicas=world, rank=rank,
     )
     train = DataLoader(
         ImageDataset(dataset.train, train_tf), batch_sampler=sampler,
@@ -124,6 +139,7 @@ def build_loaders(exp: Experiment) -> Tuple[Any, DataLoader, DataLoader, DataLoa
         return DataLoader(
             ImageDataset(records, test_tf), batch_size=run.eval_batch_size, shuffle=False,
             num_workers=run.num_workers, pin_memory=pin,
+            sampler=ShardSampler(len(records)) if world > 1 else None,  # extract() gathers the shards
         )
 
     return dataset, train, test_loader(dataset.query), test_loader(dataset.gallery)
@@ -131,28 +147,40 @@ def build_loaders(exp: Experiment) -> Tuple[Any, DataLoader, DataLoader, DataLoa
 
 def run_experiment(exp: Experiment, *, progress: bool = True, train: bool = True) -> Dict[str, Any]:
     """Train (unless ``train=False``), evaluate, and write ``metrics.json``; returns the metrics."""
+    from hrnet_pyg.distributed import init_distributed
     from hrnet_pyg.engine import evaluate, load_model
     from hrnet_pyg.model import HRNet
 
+    # distributed (issue 6): under torchrun, join its process group (each rank on cuda:LOCAL_RANK,
+    # or the CPU with gloo); only rank 0 writes files and logs. A no-op for a plain python run.
+    ctx = init_distributed(exp.run.device)
+    device = ctx.device if ctx.world_size > 1 else exp.run.device
+    if not ctx.is_main:
+        logging.getLogger("hrnet_pyg").setLevel(logging.WARNING)
     torch.manual_seed(exp.model.seed)
     dataset, train_loader, query_loader, gallery_loader = build_loaders(exp)
     out_dir = Path(exp.run.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "experiment.json", "w") as fh:
-        json.dump(exp.to_dict() | {"source": exp.source}, fh, indent=2)
+    if ctx.is_main:
+        with open(out_dir / "experiment.json", "w") as fh:
+            json.dump(exp.to_dict() | {"source": exp.source}, fh, indent=2)
     if train:
         model = HRNet(exp.model, num_classes=dataset.num_train_pids)
         model.fit(
-            train_loader, device=exp.run.device, amp=exp.run.amp, channels_last=exp.run.channels_last,
+            train_loader, device=device, amp=exp.run.amp, channels_last=exp.run.channels_last,
             compile=exp.run.compile, output_dir=out_dir, resume=exp.run.resume,
             max_steps_per_epoch=exp.run.max_steps_per_epoch, progress=progress,
+            sync_bn=exp.run.sync_bn, graph_scope=exp.run.graph_scope,
         )
     else:
         model = load_model(out_dir / "last.pth")
     report = evaluate(
         model, query_loader, gallery_loader, rerank=exp.run.rerank, k_reciprocal=exp.run.k_reciprocal,
-        device=exp.run.device, progress=progress,
+        device=device, progress=progress,
     )
+    if report is None:  # distributed: a rank other than 0, which computes and writes the metrics
+        ctx.close()
+        return {"metrics": {}, "report": None, "model": model, "dataset": dataset}
     metrics: Dict[str, Any] = {}
     for name, r in (("cnn", report.cnn), ("hrnet", report.hrnet), ("kreciprocal", report.kreciprocal)):
         if r is not None:
@@ -163,6 +191,7 @@ def run_experiment(exp: Experiment, *, progress: bool = True, train: bool = True
     with open(out_dir / "metrics.json", "w") as fh:
         json.dump(metrics, fh, indent=2)
     log.info("\n%s", report.table())
+    ctx.close()
     return {"metrics": metrics, "report": report, "model": model, "dataset": dataset}
 
 

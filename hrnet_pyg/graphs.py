@@ -88,14 +88,28 @@ def _select_k_smallest(dist: Tensor, kk: Tensor) -> Tensor:
     return sel & (kk > 0).unsqueeze(-1)
 
 
+def _sq_norms(x: Tensor) -> Tensor:
+    """Row sums of squares (exact sums, unlike ``vector_norm(x) ** 2``, so exactly tied distances
+    stay tied), in row chunks of ~1 MiB temporaries: one big ``x * x`` would cost a page-faulting
+    allocation of x's size, slower than the arithmetic."""
+    rows = max(1, (1 << 18) // max(1, x.size(1)))
+    if x.size(0) <= rows:
+        return (x * x).sum(-1)
+    return torch.cat([(c * c).sum(-1) for c in x.split(rows)])
+
+
 def _rank_scores(xq: Tensor, xk: Tensor, sq_k: Tensor) -> Tensor:
-    """||x_j||^2 - 2 x_i.x_j: the squared distance minus ||x_i||^2, which is constant per row i
-    and therefore irrelevant to the ranking of row i (saves one broadcast add, avoids sqrt)."""
-    return sq_k.unsqueeze(-2) - 2.0 * (xq @ xk.transpose(-1, -2))
+    """||x_j||^2 - 2 x_i.x_j for query rows i and key rows j (batched or not), in one fused
+    baddbmm/addmm: the squared distance minus ||x_i||^2, which is constant per row i and therefore
+    irrelevant to the ranking of row i (no sqrt, no extra pass)."""
+    if xq.dim() == 2:
+        return torch.addmm(sq_k.unsqueeze(0), xq, xk.t(), alpha=-2.0)
+    return torch.baddbmm(sq_k.unsqueeze(-2), xq, xk.transpose(-1, -2), alpha=-2.0)
 
 
 def _knn_torch(
     x: Tensor,
+    sq: Tensor,
     kk_graph: Tensor,
     perm: Optional[Tensor],
     counts: Tensor,
@@ -103,8 +117,10 @@ def _knn_torch(
     loop: bool,
     budget: int,
 ) -> Tensor:
-    """Pure-torch kNN on graph-contiguous nodes; returns edge_index in the caller's node ids."""
-    xs = x if perm is None else x[perm]
+    """Pure-torch kNN on graph-contiguous nodes; returns edge_index in the caller's node ids.
+
+    ``sq`` holds the squared norms of the rows of ``x``."""
+    xs, sqs = (x, sq) if perm is None else (x[perm], sq[perm])
     device = x.device
     num_graphs = counts.numel()
     nmax = int(counts.max()) if num_graphs > 0 else 0
@@ -112,21 +128,30 @@ def _knn_torch(
     srcs: List[Tensor] = []
     dsts: List[Tensor] = []
     if nmax * nmax <= budget:
-        # Padded (B, nmax, nmax) blocks, a group of graphs at a time.
-        batch_sorted = torch.repeat_interleave(torch.arange(num_graphs, device=device), counts)
-        slot = torch.arange(xs.size(0), device=device) - ptr[batch_sorted]
+        # (G, nmax, nmax) blocks, a group of graphs at a time. Graphs of equal size (a single
+        # graph, re-ranking batches) are a free view of x; otherwise rows are padded to nmax.
+        equal = bool((counts == nmax).all())
+        batch_sorted = slot = None
+        if not equal:
+            batch_sorted = torch.repeat_interleave(torch.arange(num_graphs, device=device), counts)
+            slot = torch.arange(xs.size(0), device=device) - ptr[batch_sorted]
         per_group = max(1, budget // max(1, nmax * nmax))
         ar = torch.arange(nmax, device=device)
         for g0 in range(0, num_graphs, per_group):
             g1 = min(num_graphs, g0 + per_group)
-            sel_nodes = (batch_sorted >= g0) & (batch_sorted < g1)
-            dense = xs.new_zeros(g1 - g0, nmax, xs.size(1))
-            dense[batch_sorted[sel_nodes] - g0, slot[sel_nodes]] = xs[sel_nodes]
-            valid = ar.unsqueeze(0) < counts[g0:g1].unsqueeze(1)  # (G, nmax)
-            score = _rank_scores(dense, dense, (dense * dense).sum(-1))  # (G, nmax, nmax)
-            score = score.masked_fill(~valid.unsqueeze(1), float("inf"))
+            if equal:
+                dense = xs[g0 * nmax:g1 * nmax].view(g1 - g0, nmax, xs.size(1))
+                dsq = sqs[g0 * nmax:g1 * nmax].view(g1 - g0, nmax)
+            else:
+                sel = (batch_sorted >= g0) & (batch_sorted < g1)
+                idx = (batch_sorted[sel] - g0, slot[sel])
+                dense = xs.new_zeros(g1 - g0, nmax, xs.size(1)).index_put_(idx, xs[sel])
+                dsq = sqs.new_full((g1 - g0, nmax), float("inf")).index_put_(idx, sqs[sel])
+            score = _rank_scores(dense, dense, dsq)  # (G, nmax, nmax); padding columns: +inf
             score.diagonal(dim1=-2, dim2=-1).fill_(self_fill)
-            kk = kk_graph[g0:g1].unsqueeze(1).expand(-1, nmax) * valid  # padding rows: k = 0
+            kk = kk_graph[g0:g1].unsqueeze(1).expand(-1, nmax)
+            if not equal:
+                kk = kk * (ar.unsqueeze(0) < counts[g0:g1].unsqueeze(1))  # padding rows: k = 0
             g, i, j = _select_k_smallest(score, kk).nonzero(as_tuple=True)
             base = ptr[g0:g1][g]
             dsts.append(base + i)
@@ -137,12 +162,11 @@ def _knn_torch(
             start, n = int(ptr[g]), int(counts[g])
             if n == 0 or int(kk_graph[g]) == 0:
                 continue
-            xg = xs[start : start + n]
-            sq = (xg * xg).sum(-1)
+            xg, sqg = xs[start:start + n], sqs[start:start + n]
             rows = max(1, budget // n)
             for r0 in range(0, n, rows):
                 r1 = min(n, r0 + rows)
-                score = _rank_scores(xg[r0:r1], xg, sq)  # (r, n)
+                score = _rank_scores(xg[r0:r1], xg, sqg)  # (r, n)
                 r_ar = torch.arange(r1 - r0, device=device)
                 score[r_ar, r_ar + r0] = self_fill
                 kk = kk_graph[g].expand(r1 - r0)
@@ -216,8 +240,13 @@ def knn_edges(
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
     if not x.is_floating_point():
         x = x.float()
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{where}: x holds NaN or infinite values; distances are undefined")
+    x = x.detach()  # the graph is discrete: no gradient flows through it
+    # A non-finite squared norm means NaN/inf features (or norms overflowing the dtype), for
+    # which distances are undefined.
+    sq = _sq_norms(x)
+    if not bool(torch.isfinite(sq).all()):
+        raise ValueError(f"{where}: x holds NaN or infinite values (or rows whose squared norm "
+                         f"overflows {x.dtype}); Euclidean distances are undefined")
 
     perm, counts, ptr = _group(batch, num_nodes, x.device)
     # Neighbours available per graph: n - 1 without self loops, n with them.
@@ -247,10 +276,10 @@ def knn_edges(
         else:
             backend = "torch"
 
-    with torch.no_grad():  # the graph is discrete: no gradient flows through it
+    with torch.no_grad():
         if backend == "torch":
-            return _knn_torch(x.detach(), kk_graph, perm, counts, ptr, loop, dense_budget)
-        xs = x.detach() if perm is None else x.detach()[perm]
+            return _knn_torch(x, sq, kk_graph, perm, counts, ptr, loop, dense_budget)
+        xs = x if perm is None else x[perm]
         bs = None
         if batch is not None:
             bs = torch.repeat_interleave(torch.arange(counts.numel(), device=x.device), counts)

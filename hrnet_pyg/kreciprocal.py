@@ -195,7 +195,9 @@ def _jaccard_into(
     col_len = inv_ptr[1:] - inv_ptr[:-1]
     # Query chunks sized by the number of (query entry, gallery entry) triples they produce.
     q_nnz_triples = torch.zeros(num_q + 1, dtype=torch.long, device=dev)
-    q_entries = torch.repeat_interleave(torch.arange(num_q, device=dev), crow[1 : num_q + 1] - crow[:num_q])
+    q_entries = torch.repeat_interleave(
+        torch.arange(num_q, device=dev), crow[1 : num_q + 1] - crow[:num_q]
+    )
     q_nnz_triples[1:] = torch.cumsum(
         torch.zeros(num_q, dtype=torch.long, device=dev).index_add_(
             0, q_entries, col_len[col[: int(crow[num_q])]]
@@ -294,9 +296,13 @@ def k_reciprocal_rerank(
     gg = _to_tensor(g_g_dist, "g_g_dist").to(qg.device)
     num_q, num_g = qg.shape
     if qq.shape != (num_q, num_q):
-        raise ValueError(f"q_q_dist must be ({num_q}, {num_q}) to match q_g_dist, got {tuple(qq.shape)}")
+        raise ValueError(
+            f"q_q_dist must be ({num_q}, {num_q}) to match q_g_dist, got {tuple(qq.shape)}"
+        )
     if gg.shape != (num_g, num_g):
-        raise ValueError(f"g_g_dist must be ({num_g}, {num_g}) to match q_g_dist, got {tuple(gg.shape)}")
+        raise ValueError(
+            f"g_g_dist must be ({num_g}, {num_g}) to match q_g_dist, got {tuple(gg.shape)}"
+        )
     dtype = torch.promote_types(torch.promote_types(qg.dtype, qq.dtype), gg.dtype)
     full = torch.cat(
         [torch.cat([qq.to(dtype), qg.to(dtype)], 1), torch.cat([qg.t().to(dtype), gg.to(dtype)], 1)]
@@ -308,7 +314,13 @@ def k_reciprocal_rerank(
     nbr = _stable_knn_rows(od, min(max(k1 + 1, k2), od.shape[0]))
     od_qg = od[:num_q, num_q:].clone()
     return _rerank_core(
-        nbr, lambda r, c: od[r.unsqueeze(1), c], od_qg, int(k1), int(k2), lambda_value, progress=False
+        nbr,
+        lambda r, c: od[r.unsqueeze(1), c],
+        od_qg,
+        int(k1),
+        int(k2),
+        lambda_value,
+        progress=False,
     )
 
 
@@ -384,11 +396,12 @@ def k_reciprocal_rerank_features(
 
     def d2_block(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
         g = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-        torch.mm(x[r0:r1], x[c0:c1].t(), out=g)
-        if metric == "euclidean":
-            g.mul_(-2.0).add_(sq[c0:c1].unsqueeze(0)).add_(sq[r0:r1].unsqueeze(1)).clamp_(min=0.0)
-        else:
-            g.neg_().add_(1.0)  # cosine distance 1 - cos, squared like the reference does
+        if metric == "euclidean":  # |x_r|^2 + |x_c|^2 - 2 x_r.x_c, clamped at 0
+            torch.addmm(sq[c0:c1].unsqueeze(0), x[r0:r1], x[c0:c1].t(), alpha=-2.0, out=g)
+            g.add_(sq[r0:r1].unsqueeze(1)).clamp_(min=0.0)
+        else:  # cosine distance 1 - cos, squared like the reference does
+            torch.addmm(torch.ones(1, 1, dtype=g.dtype, device=dev), x[r0:r1], x[c0:c1].t(),
+                        alpha=-1.0, out=g)
             g.mul_(g)
         return g
 

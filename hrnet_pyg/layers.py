@@ -600,7 +600,7 @@ class PairwiseRelationConv(MessagePassing):
         # factors first (relu(c x) = c relu(x) for c = 1 - alpha >= 0), and the forward allocates
         # only two full-size tensors: the matmul output `pre`, updated in place by the IGP terms and
         # the ReLU, and alpha * u, which receives the result in place. In-place is safe for autograd
-        # here: neither the matmul, the addcmul/baddbmm updates, nor the add saves its output.
+        # here: neither the matmul, the IGP update (_InterGraphTerm), nor the add saves its output.
         c_p = (1.0 - self.alpha) * (self.beta if self.igp else 1.0)  # no IGP: beta = 1
         c_q = (1.0 - self.alpha) * (1.0 - self.beta)
         p = self.lin_p(f) * c_p  # (B?, N, d): W_p applied to N images, not N^2 differences

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from hrnet_pyg.backbone import BNNeck, ResNetBackbone
 from hrnet_pyg.config import HRNetConfig
+from hrnet_pyg.distributed import check_graph_scope, gather_graph_batch
 from hrnet_pyg.graphs import full_edges, knn_edges, pair_mask
 from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv, VerificationHead
 from hrnet_pyg.losses import (
@@ -89,6 +90,8 @@ class HRNet(nn.Module):
             )
             dim = self.backbone.out_channels
         self.feat_dim = dim
+        # distributed (issue 6): "local" = graphs per rank, "global" = over all ranks' batch
+        self.graph_scope = "local"
         self.bnneck = BNNeck(dim, num_classes)
         self.ir: Optional[IndividualRelationConv] = None
         self.ir_neck: Optional[BNNeck] = None
@@ -137,18 +140,24 @@ class HRNet(nn.Module):
         if pids is None or not self.training:
             return out
         cfg = self.config
-        n = feats.size(0)
-        if self.ir is not None and cfg.ir_graph == "knn" and n < cfg.k + 1:
-            raise ValueError(
-                f"a batch of {n} images is smaller than k+1 = {cfg.k + 1} (k = {cfg.k} neighbours "
-                f"of Eq. 1); use a larger batch (P x K = {cfg.num_identities} x {cfg.num_instances}) "
-                "or a smaller k"
-            )
         # Graph modules run in fp32 under autocast: softmax over up to N^2 logits per graph.
         with torch.autocast(device_type=feats.device.type, enabled=False):
             f32 = feats.float()
             losses = out.losses
             losses["cl"] = cross_entropy_label_smooth(logits.float(), pids, cfg.label_smoothing)
+            # --- distributed (issue 6): with graph_scope "global", L_tr and the graph modules below
+            # see the batch of all ranks (features gathered with gradients); L_cl above stays per
+            # rank: a per-image mean, which DDP's averaging makes global. See hrnet_pyg/distributed.py.
+            if check_graph_scope(self.graph_scope) == "global":
+                f32, pids = gather_graph_batch(f32, pids)
+            # --- end distributed
+            n = f32.size(0)
+            if self.ir is not None and cfg.ir_graph == "knn" and n < cfg.k + 1:
+                raise ValueError(
+                    f"a batch of {n} images is smaller than k+1 = {cfg.k + 1} (k = {cfg.k} neighbours "
+                    f"of Eq. 1); use a larger batch (P x K = {cfg.num_identities} x {cfg.num_instances}) "
+                    "or a smaller k"
+                )
             losses["tr"] = batch_hard_triplet_loss(f32, pids, cfg.triplet_margin)
             v = f32  # Eq. 7 uses v = f when the IR module is off (note under Table 1)
             if self.ir is not None and self.ir_neck is not None:

@@ -132,12 +132,29 @@ def test_matches_loop_reference(ap_mode, ties, seed):
     dist, qp, gp, qc, gc = random_problem(rng, 25, 90, 12, 3, ties=ties, distractors=10)
     ref_cmc, ref_map, ref_minp, ref_aps = reference_evaluate(dist, qp, gp, qc, gc, 20, ap_mode)
     for chunk in (None, 1, 7):
-        r = quiet(evaluate_rank, dist, qp, gp, qc, gc, max_rank=20, ap_mode=ap_mode, chunk_size=chunk)
+        r = quiet(
+            evaluate_rank, dist, qp, gp, qc, gc, max_rank=20, ap_mode=ap_mode, chunk_size=chunk
+        )
         np.testing.assert_allclose(r.cmc, ref_cmc, atol=1e-6)
         assert abs(r.mAP - ref_map) < 1e-6
         assert abs(r.mINP - ref_minp) < 1e-6
         np.testing.assert_allclose(r.all_AP, ref_aps, atol=1e-6)  # NaN where skipped
         assert r.num_valid_queries == int(np.sum(~np.isnan(ref_aps)))
+
+
+def test_accelerator_code_path_matches(monkeypatch):
+    # Tensors on an accelerator are sorted and searched with torch on their device; run that
+    # path on CPU tensors (normally converted to numpy) to check it gives the same numbers.
+    import hrnet_pyg.evaluation as ev
+
+    monkeypatch.setattr(ev, "_as_distmat", lambda d: torch.as_tensor(d))
+    rng = np.random.default_rng(12)
+    for ties in (False, True):
+        dist, qp, gp, qc, gc = random_problem(rng, 20, 70, 9, 3, ties=ties, distractors=5)
+        ref_cmc, ref_map, ref_minp, _ = reference_evaluate(dist, qp, gp, qc, gc, 15)
+        r = quiet(ev.evaluate_rank, dist, qp, gp, qc, gc, max_rank=15, chunk_size=6)
+        np.testing.assert_allclose(r.cmc, ref_cmc, atol=1e-6)
+        assert abs(r.mAP - ref_map) < 1e-6 and abs(r.mINP - ref_minp) < 1e-6
 
 
 def test_skipped_queries_warn_and_are_excluded():
@@ -201,7 +218,9 @@ def test_hand_worked_example():
     assert r.mINP == pytest.approx(0.4, abs=1e-12)
     assert r.num_valid_queries == 1 and np.isnan(r.all_AP[1])
     with pytest.warns(UserWarning):
-        t = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, ap_mode="market_trapezoid")
+        t = evaluate_rank(
+            dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, ap_mode="market_trapezoid"
+        )
     assert t.mAP == pytest.approx(59 / 240, abs=1e-12)
 
 

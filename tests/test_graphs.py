@@ -257,3 +257,16 @@ def test_pair_graph(num_edges):
     assert pair_graph(f)["image"].v is f
     with pytest.raises(ValueError, match="v must have the shape of f"):
         pair_graph(f, v[:2])
+
+
+def test_sq_norms_chunked_and_wide_features():
+    from hrnet_pyg.graphs import _sq_norms
+
+    torch.manual_seed(8)
+    x = torch.randn(200, 4096, dtype=torch.float64)  # 64-row chunks
+    torch.testing.assert_close(_sq_norms(x), (x * x).sum(-1))
+    # wide features through the whole torch path, against a float64 cdist + stable sort
+    x = torch.randn(150, 2048, dtype=torch.float64)
+    order = torch.cdist(x, x).fill_diagonal_(float("inf")).argsort(dim=1, stable=True)[:, :5]
+    ref = {(int(j), i) for i in range(150) for j in order[i]}
+    assert edge_set(knn_edges(x, 5)) == ref

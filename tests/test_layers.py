@@ -370,6 +370,32 @@ def test_pairwise_rows_subset_and_batch():
                                conv.forward_dense(f[1], v[1])[:1])
 
 
+def test_pairwise_dense_gradcheck_batched_masked_rows():
+    conv = make_pr(2, seed=10)
+    f = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
+    mask = pair_mask(f.detach(), 2)
+    rows = torch.tensor([3, 1])
+    assert torch.autograd.gradcheck(lambda a, b: conv.forward_dense(a, b, mask=mask, rows=rows),
+                                    (f, v))
+    assert torch.autograd.gradcheck(lambda a: conv.forward_dense(a), (f[0].detach().requires_grad_(),))
+
+
+def test_pairwise_batched_parameter_gradients():
+    conv = make_pr(6, seed=11)
+    f = torch.randn(3, 7, 6, dtype=torch.float64)
+    v = torch.randn(3, 7, 6, dtype=torch.float64)
+    w = torch.randn(3, 2, 7, 6, dtype=torch.float64)
+    rows = torch.tensor([6, 2])
+    (conv.forward_dense(f, v, rows=rows) * w).sum().backward()
+    batched = [p.grad.clone() for p in conv.parameters()]
+    conv.zero_grad()
+    for b in range(3):
+        (conv.forward_dense(f[b], v[b], rows=rows) * w[b]).sum().backward()
+    for a, b in zip(batched, [p.grad for p in conv.parameters()]):
+        torch.testing.assert_close(a, b)
+
+
 def test_pairwise_single_image_and_empty_edges():
     conv = make_pr(4, seed=6)
     f = torch.randn(1, 4, dtype=torch.float64)

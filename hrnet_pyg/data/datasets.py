@@ -32,7 +32,6 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
-    Type,
     Union,
 )
 
@@ -394,6 +393,18 @@ def parse_market_dir(
 MARKET_SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 
 
+def parse_market_splits(
+    data_dir: Path, *, max_camid: int, dataset: str, example: str = "0002_c1s1_000451_03.jpg"
+) -> Tuple[Records, Records, Records]:
+    """Train (relabelled), query and gallery of a folder holding the three Market split folders."""
+    train, query, gallery = (
+        parse_market_dir(data_dir / split, max_camid=max_camid, relabel=split == MARKET_SPLITS[0],
+                         dataset=dataset, example=example)
+        for split in MARKET_SPLITS
+    )
+    return train, query, gallery
+
+
 def _locate_split_root(
     dataset: str, candidates: Sequence[Path], splits: Sequence[str] = MARKET_SPLITS
 ) -> Optional[Path]:
@@ -465,10 +476,9 @@ class Market1501(ReIDDataset):
         candidates += [base / s for s in self.sub_dirs] + [base]
         data_dir = _find_split_root(self.name, base, candidates)
         self.data_dir = str(data_dir)
-        parse = dict(max_camid=self.max_camid, dataset=self.name, example=self.example)
-        train = parse_market_dir(data_dir / "bounding_box_train", relabel=True, **parse)
-        query = parse_market_dir(data_dir / "query", **parse)
-        gallery = parse_market_dir(data_dir / "bounding_box_test", **parse)
+        train, query, gallery = parse_market_splits(
+            data_dir, max_camid=self.max_camid, dataset=self.name, example=self.example
+        )
         super().__init__(train, query, gallery, root=data_dir)
         if verify:
             self.verify_images()
@@ -534,10 +544,9 @@ class CUHK03(ReIDDataset):
             if data_dir is not None:
                 self.variant = "np"
                 self.data_dir = str(data_dir)
-                parse = dict(max_camid=2, dataset=self.name, example="0001_c1_1.png")
-                train = parse_market_dir(data_dir / "bounding_box_train", relabel=True, **parse)
-                query = parse_market_dir(data_dir / "query", **parse)
-                gallery = parse_market_dir(data_dir / "bounding_box_test", **parse)
+                train, query, gallery = parse_market_splits(
+                    data_dir, max_camid=2, dataset=self.name, example="0001_c1_1.png"
+                )
                 super().__init__(train, query, gallery, root=data_dir)
                 if verify:
                     self.verify_images()
@@ -610,7 +619,9 @@ def extract_cuhk03_images(
     try:
         mat = h5py.File(str(raw_mat), "r")
     except OSError as exc:
-        raise DatasetError(f"cuhk03: cannot read {raw_mat} as a MATLAB v7.3 (HDF5) file: {exc}")
+        raise DatasetError(
+            f"cuhk03: cannot read {raw_mat} as a MATLAB v7.3 (HDF5) file: {exc}"
+        ) from exc
     with mat:
         if kind not in mat:
             raise DatasetError(
@@ -651,7 +662,12 @@ def _mat_str(cell: Any) -> str:
 
 
 def _cuhk03_new_protocol(split_mat: Path, img_dir: Path) -> Tuple[Records, Records, Records]:
-    from scipy.io import loadmat
+    try:
+        from scipy.io import loadmat
+    except ImportError as exc:  # optional dependency, only for the original release
+        raise ImportError(
+            f"reading {split_mat} needs scipy: pip install scipy (or use the cuhk03-np folders)"
+        ) from exc
 
     try:
         cfg = loadmat(str(split_mat))
@@ -828,10 +844,9 @@ class SyntheticReID(ReIDDataset):
         manifest = json.loads((data_dir / "manifest.json").read_text())
         self.params: Dict[str, Any] = manifest["params"]
         self.data_dir = str(data_dir)
-        parse = dict(max_camid=int(self.params["num_cams"]), dataset=self.name)
-        train = parse_market_dir(data_dir / "bounding_box_train", relabel=True, **parse)
-        query = parse_market_dir(data_dir / "query", **parse)
-        gallery = parse_market_dir(data_dir / "bounding_box_test", **parse)
+        train, query, gallery = parse_market_splits(
+            data_dir, max_camid=int(self.params["num_cams"]), dataset=self.name
+        )
         super().__init__(train, query, gallery, root=data_dir)
         if verify:
             self.verify_images()
@@ -1078,7 +1093,7 @@ class ImageFolderReID(ReIDDataset):
 # entry points
 # --------------------------------------------------------------------------------------------
 
-DATASETS: Dict[str, Type[ReIDDataset]] = {
+DATASETS: Dict[str, Callable[..., ReIDDataset]] = {
     "market1501": Market1501,
     "dukemtmcreid": DukeMTMCreID,
     "cuhk03": CUHK03,

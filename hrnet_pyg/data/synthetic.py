@@ -547,15 +547,9 @@ def generate_synthetic_dataset(
     cfg.validate()
     root = Path(root).expanduser()
     params = asdict(cfg)
-    manifest_path = root / "manifest.json"
     if root.exists():
-        if manifest_path.is_file():
-            try:
-                old = json.loads(manifest_path.read_text())
-            except (OSError, ValueError):
-                old = {}
-            if (not overwrite and old.get("params") == params
-                    and old.get("version") == GENERATOR_VERSION):
+        if (root / "manifest.json").is_file():
+            if not overwrite and _manifest_matches(root, params):
                 return root
         elif any(root.iterdir()):
             from hrnet_pyg.data.datasets import DatasetError
@@ -577,13 +571,31 @@ def generate_synthetic_dataset(
             "counts": counts,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        # another process (e.g. a second DDP rank) may have finished the same job meanwhile
+        if not overwrite and _manifest_matches(root, params):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return root
         if root.exists():
             shutil.rmtree(root)
-        os.replace(tmp, root)
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            if _manifest_matches(root, params):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return root
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _manifest_matches(root: Path, params: Dict[str, object]) -> bool:
+    try:
+        old = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return old.get("params") == params and old.get("version") == GENERATOR_VERSION
 
 
 def _write_images(cfg: SyntheticConfig, out: Path, progress: bool) -> Dict[str, int]:
