@@ -18,6 +18,7 @@ values > 1 mean the torch path is faster) and ``knn_batched_vs_loop``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -71,6 +72,8 @@ def main() -> None:
     torch.manual_seed(0)
     k = args.k
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; k={k}")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    print(f"load average {load:.1f} on {cores} cores")
 
     # 1. one batch
     x = torch.randn(args.n, args.d).relu_()

@@ -22,6 +22,7 @@ Prints ``RATIO pairwise_speedup=<median MP step / median dense step>`` (target >
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -74,6 +75,10 @@ def main() -> None:
 
     print(f"PR+IGP forward+backward, N={n}, d={d}: {n * n} pair nodes, {n**3} intra edges; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    print(f"load average {load:.1f} on {cores} cores"
+          + ("  (busy machine: multi-threaded timings are distorted; try --threads 1)"
+             if load > cores - 0.5 and torch.get_num_threads() > 1 else ""))
     print(f"one E x d message tensor of the MP path: {n**3 * d * 4 / 1e9:.2f} GB (fp32)")
 
     base = maxrss_mib()

@@ -1,4 +1,4 @@
-"""``hrnet-pyg`` (also ``python -m hrnet_pyg``): train, eval, extract, demo, visualize, datasets.
+"""``hrnet-pyg`` (also ``python -m hrnet_pyg``): train, eval, extract, search, export, demo, visualize, datasets.
 
 Run ``hrnet-pyg VERB --help`` for the options of one verb.
 """
@@ -17,6 +17,8 @@ verbs:
   train      train one experiment (a YAML file of experiments/) and evaluate it
   eval       evaluate a checkpoint with the paper's test protocol (CNN vs relational re-ranking)
   extract    write CNN features of a dataset split or an image folder to an .npz file
+  search     rank a gallery (images or .npz) for query images; relational re-ranking by default
+  export     export the feature extractor (backbone + BNNeck) to TorchScript, ONNX or torch.export
   demo       generate a synthetic dataset, train CNN and HRNet on it, compare, draw Figure 5
   visualize  Figure 5 heat maps (A∘C and the summed G^n) and ranked-list image grids
   datasets   print the statistics table of a dataset (ids / images / cameras per split)
@@ -77,6 +79,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    if getattr(args, "images", None) is not None:
+        return _cmd_extract_images(args)
     import numpy as np
 
     from hrnet_pyg.engine import extract, load_model
@@ -86,7 +90,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     exp.model = model.config
     dataset, _, query_loader, gallery_loader = build_loaders(exp)
-    loader, records = {"query": (query_loader, dataset.query), "gallery": (gallery_loader, dataset.gallery)}[args.split]
+    loader, records = {"query": (query_loader, dataset.query), "gallery": (gallery_loader, dataset.gallery)}[args.split or "gallery"]
     feats, pids, camids = extract(model, loader, device=exp.run.device, progress=not args.no_progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
@@ -94,6 +98,59 @@ def cmd_extract(args: argparse.Namespace) -> int:
         paths=np.array([r[0] for r in records]),
     )
     print(f"wrote {len(feats)} features of dimension {feats.size(1)} to {args.out}")
+    return 0
+
+
+def _cmd_extract_images(args: argparse.Namespace) -> int:
+    """``extract --images DIR_OR_CSV``: features of one's own images (no experiment config needed)."""
+    from hrnet_pyg.engine import load_model
+    from hrnet_pyg.search import extract_images
+
+    if args.split is not None:
+        raise ValueError("give either --images (your own images) or --split (a dataset split), not both")
+    model = load_model(args.checkpoint)
+    feats = extract_images(
+        model, args.images, labels=args.labels, batch_size=args.batch_size, num_workers=args.workers,
+        device=args.device, progress=not args.no_progress,
+    )
+    feats.save(args.out)
+    labels = "with pids" if feats.pids is not None else "without pids"
+    print(f"wrote {len(feats)} features of dimension {feats.features.size(1)} ({labels}) to {args.out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from hrnet_pyg.engine import load_model
+    from hrnet_pyg.search import search, write_grid
+
+    model = load_model(args.checkpoint)
+    result = search(
+        model, args.query, args.gallery, topk=args.topk, rerank=not args.no_rerank, shortlist=args.shortlist,
+        exclude_self=not args.keep_self, labels=args.labels, batch_size=args.batch_size,
+        num_workers=args.workers, device=args.device, progress=not args.no_progress,
+    )
+    print(result.format())
+    if args.csv is not None:
+        print(f"wrote {result.to_csv(args.csv)}")
+    if args.grid is not None:
+        print(f"wrote {write_grid(result, args.grid, max_queries=args.grid_queries).path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hrnet_pyg.engine import load_model
+    from hrnet_pyg.export import export_model
+
+    model = load_model(args.checkpoint)
+    try:
+        res = export_model(
+            model, args.out, args.format, with_feats=args.with_feats, opset=args.opset, verify=not args.no_verify,
+        )
+    except ImportError as exc:  # an optional package is missing: say which, no traceback
+        print(f"hrnet-pyg export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {res.path} ({res.format}) and {res.metadata_path}")
+    print(res.verify_note)
     return 0
 
 
@@ -126,6 +183,13 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    """Options of the verbs that read one's own images (extract --images, search)."""
+    p.add_argument("--labels", choices=("auto", "market", "folder", "none"), default="auto", help="identity labels of folder images: auto (Market-1501 file names when all parse, default), market, folder (parent folder = identity) or none")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hrnet-pyg", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,13 +213,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("extract", help="write CNN features of a split to .npz")
+    p = sub.add_parser("extract", help="write CNN features of a split or of your own images to .npz")
     _add_experiment_args(p)
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
-    p.add_argument("--split", choices=("query", "gallery"), default="gallery", help="which split (default: gallery)")
-    p.add_argument("--out", type=Path, required=True, help="output .npz (features, pids, camids, paths)")
+    p.add_argument("--split", choices=("query", "gallery"), default=None, help="which split of the experiment's dataset (default: gallery)")
+    p.add_argument("--images", type=Path, metavar="DIR_OR_CSV", help="your own images instead of a split: an image, a folder (recursive) or a CSV with a path column (pid, camid optional); no --config needed")
+    _add_image_args(p)
+    p.add_argument("--out", type=Path, required=True, help="output .npz (features F, paths; pids and camids when known)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("search", help="rank gallery images for query images")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
+    p.add_argument("--query", type=Path, required=True, metavar="IMG_OR_DIR", help="a query image, a folder of them, a CSV or an .npz from extract")
+    p.add_argument("--gallery", type=Path, required=True, metavar="DIR_OR_FEATS", help="a folder of images, a CSV, or an .npz written by extract")
+    p.add_argument("--topk", type=int, default=10, help="gallery images listed per query (default: 10)")
+    p.add_argument("--no-rerank", action="store_true", help="plain cosine distance of the BNNeck features instead of the relational re-ranking")
+    p.add_argument("--shortlist", type=int, help="re-ranking shortlist length (default: the model's top_k_rerank = 120)")
+    p.add_argument("--keep-self", action="store_true", help="keep a query's own file in its ranked list (dropped by default)")
+    p.add_argument("--grid", type=Path, metavar="PNG", help="also write the ranked lists as an image grid")
+    p.add_argument("--grid-queries", type=int, default=8, help="queries (rows) in the grid (default: 8)")
+    p.add_argument("--csv", type=Path, help="also write the ranked lists as CSV")
+    _add_image_args(p)
+    p.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="export the feature extractor (TorchScript, ONNX, torch.export)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
+    p.add_argument("--format", choices=("torchscript", "onnx", "torch.export"), default="torchscript", help="torchscript (.pt, default), onnx (.onnx, needs: pip install hrnet_pyg[export]) or torch.export (.pt2)")
+    p.add_argument("--out", type=Path, required=True, help="output file; a JSON with input size and normalisation is written beside it")
+    p.add_argument("--with-feats", action="store_true", help="also output F (before BNNeck), the input of the relational re-ranking")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-verify", action="store_true", help="skip comparing the exported model with the eager one")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="end-to-end demo on generated data (CPU, about 10 minutes)")
     p.add_argument("--output-dir", type=Path, default=Path("demo_output"), help="where data, runs and PNGs go (default: demo_output)")

@@ -375,6 +375,22 @@ def prepare_for_training(
     )
 
 
+@torch.no_grad()
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank.
+
+    DDP broadcasts them at the start of each forward, so after the last step each rank holds its
+    own running statistics; a sharded evaluation must use one model (rank 0's, the checkpoint's).
+    """
+    if not is_distributed():
+        return
+    for buf in getattr(model, "module", model).buffers():
+        comm = _comm_device(buf)
+        b = buf.to(comm)
+        dist.broadcast(b, src=0)
+        buf.copy_(b)
+
+
 def reduce_epoch_stats(sums: Dict[str, float], images: int) -> Tuple[Dict[str, float], int]:
     """Loss sums averaged over the ranks and the images counted over all of them (for logging)."""
     if not is_distributed():
@@ -394,6 +410,7 @@ __all__ = [
     "ShardSampler",
     "all_gather_cat",
     "all_gather_with_grad",
+    "broadcast_buffers",
     "check_graph_scope",
     "convert_sync_batchnorm",
     "gather_graph_batch",

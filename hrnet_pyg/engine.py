@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hrnet_pyg.config import HRNetConfig
-from hrnet_pyg.distributed import all_gather_cat, loader_is_sharded, prepare_for_training, reduce_epoch_stats
+from hrnet_pyg.distributed import (
+    all_gather_cat,
+    broadcast_buffers,
+    loader_is_sharded,
+    prepare_for_training,
+    reduce_epoch_stats,
+)
 
 log = logging.getLogger("hrnet_pyg")
 
@@ -356,12 +362,13 @@ def fit(
         row.update({f"loss_{k}": v / steps for k, v in sums.items()})
         result.history.append(row)
         csv_log.write(row)
-        if show:
-            tqdm.write(
+        if is_main_process():
+            msg = (
                 f"epoch {epoch + 1}/{total_epochs}: "
                 + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss_"))
                 + f" lr={lr:.2e} {row['images_per_s']:.1f} img/s"
             )
+            tqdm.write(msg) if show else log.info(msg)
         if out_dir is not None and is_main_process():
             payload = _model_payload(model)
             payload.update(
@@ -377,6 +384,7 @@ def fit(
             on_epoch_end(epoch, row)
     if tb is not None:
         tb.close()
+    broadcast_buffers(model)  # distributed: every rank ends with rank 0's BN statistics (the checkpoint's)
     return result
 
 

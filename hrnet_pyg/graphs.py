@@ -212,7 +212,8 @@ def knn_edges(
             top-k, chunked for large graphs), ``"pyg"`` (:func:`torch_geometric.nn.knn_graph`, needs
             pyg-lib), ``"cluster"`` (:func:`torch_cluster.knn_graph`), or ``"auto"``: ``"torch"``
             when every graph's :math:`n^2` distance block fits ``dense_budget`` (re-ID batches and
-            re-ranking graphs always do, and there it is ~15x faster than torch-cluster), otherwise
+            re-ranking graphs always do; at 66 x 2048 cdist-style blocks took 0.3 ms against 5 ms for
+            torch-cluster in the team's measurement), otherwise
             torch-cluster or pyg-lib when installed, otherwise the chunked ``"torch"`` path.
             (default: :obj:`"auto"`)
         clamp (bool, optional): A graph with :math:`n < k + 1` nodes (:math:`n < k` with ``loop``)

@@ -16,6 +16,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn import BatchNorm1d, Parameter
 
 from torch_geometric.data import HeteroData
@@ -121,6 +122,7 @@ class _InterGraphTerm(torch.autograd.Function):
         return pre.addcmul_(qr.unsqueeze(-1), wr.unsqueeze(-3))
 
     @staticmethod
+    @once_differentiable  # double backward through this term is not implemented: fail loudly
     def backward(ctx, grad):
         ql, wl, qr, wr = ctx.saved_tensors
         r, n, d = grad.shape[-3:]
@@ -131,8 +133,8 @@ class _InterGraphTerm(torch.autograd.Function):
             out[1] = torch.bmm(g3, wl.reshape(-1, d, 1)).view(ql.shape)
         if ctx.needs_input_grad[2]:  # sum_i ql[r, i] grad[r, i, k]
             out[2] = torch.bmm(ql.reshape(-1, 1, n), g3).view(wl.shape)
-        # The r-sums below run per batch element over (i, R, d)-strided views, which bmm reads
-        # without copying.
+        # The two terms below are batched over i, so they loop over the leading batch B (graph
+        # batches, usually 1), never over nodes.
         if ctx.needs_input_grad[3]:  # sum_k grad[r, i, k] wr[i, k]
             out[3] = torch.stack([torch.bmm(gb.transpose(0, 1), wb.unsqueeze(-1)).squeeze(-1).t()
                                   for gb, wb in zip(g4, wr.reshape(-1, n, d))]).view(qr.shape)
@@ -143,8 +145,8 @@ class _InterGraphTerm(torch.autograd.Function):
 
 
 class IndividualRelationConv(MessagePassing):
-    r"""The individual relationship layer of the `"Hybrid Relationship Network for Person
-    Re-identification" <https://ojs.aaai.org/index.php/AAAI/article/view/16406>`_ paper (Eq. 2-3).
+    r"""The individual relationship layer of the "Hybrid Relationship Network for Person
+    Re-identification" paper (Xu et al., AAAI 2021; Eq. 2-3).
 
     .. math::
         \mathbf{X}^{\prime} = \sigma\left((\mathbf{A} \circ \mathbf{C} + \mathbf{I})
@@ -291,9 +293,8 @@ class IndividualRelationConv(MessagePassing):
 
 
 class PairwiseRelationConv(MessagePassing):
-    r"""The pairwise relationship layer with inter-graph propagation of the `"Hybrid Relationship
-    Network for Person Re-identification" <https://ojs.aaai.org/index.php/AAAI/article/view/16406>`_
-    paper (Eq. 6-9).
+    r"""The pairwise relationship layer with inter-graph propagation of the "Hybrid Relationship
+    Network for Person Re-identification" paper (Xu et al., AAAI 2021; Eq. 6-9).
 
     For every image :math:`n` a graph over the difference nodes :math:`u_{n,i} = f_n - f_i`
     (:math:`i = 1..N`, complete with self loops) is updated as
@@ -538,7 +539,12 @@ class PairwiseRelationConv(MessagePassing):
         :math:`O(R N^2)` scalars of attention and :math:`O(R N^2 d')` for :math:`\mathbf{G}\mathbf{P}`.
         The largest tensors with a feature axis have the output's size :math:`(R, N, d)`;
         nothing of size :math:`N^3 d` (or :math:`R N^2 d`) is ever formed, by construction: the only
-        contraction over :math:`j` is the batched matmul ``G @ P``.
+        contraction over :math:`j` is one batched matmul :math:`(\mathbf{E} - \mathbf{G})
+        \mathbf{F}\mathbf{W}_p` with :math:`\mathbf{E}^n = \mathbf{1} \mathbf{e}_n^\top`, whose
+        operands are :math:`(R, N, N)` scalars and the :math:`(N, d)` matrix
+        :math:`\mathbf{F}\mathbf{W}_p`, and every other term is a broadcast of :math:`(R, N)`
+        scalars with :math:`(N, d)` or :math:`(R, d)` rows (tested with a dispatch-level monitor of
+        every tensor allocated, forward and backward).
 
         Args:
             f (torch.Tensor): Image features :math:`(N, d)` or :math:`(B, N, d)`.

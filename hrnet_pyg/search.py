@@ -19,16 +19,14 @@ green/red match borders.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as Fn
 from torch import Tensor, nn
 
 from hrnet_pyg.data.datasets import (
@@ -39,7 +37,8 @@ from hrnet_pyg.data.datasets import (
     ImageDataset,
 )
 
-log = logging.getLogger("hrnet_pyg")
+if TYPE_CHECKING:  # pragma: no cover
+    from hrnet_pyg.visualize import RankedGrid
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -581,11 +580,12 @@ def write_grid(
     max_queries: int = 8,
     size: Tuple[int, int] = (128, 64),
     border: int = 4,
-) -> Path:
+) -> "RankedGrid":
     """The ranked lists as an image grid (:func:`hrnet_pyg.visualize.ranked_list_grid`).
 
     With identity labels on both sides, borders are green (same identity) or red; without,
-    they are grey (:data:`UNKNOWN_COLOR`): a match cannot be told.
+    they are grey (:data:`UNKNOWN_COLOR`): a match cannot be told. Returns what was drawn
+    (``.path``, and the cell ``boxes`` of each row).
     """
     from PIL import Image, ImageDraw
 
@@ -612,7 +612,7 @@ def write_grid(
             for x0, y0, x1, y1 in row[1:]:
                 draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=UNKNOWN_COLOR, width=border)
         canvas.save(grid.path)
-    return grid.path
+    return grid
 
 
 __all__ = [
