@@ -213,9 +213,7 @@ class HRNet(nn.Module):
             vn = Fn.normalize(v, dim=-1)
             score = score + (vn[:, :1] * vn[:, 1:]).sum(-1)
         if self.pr is not None and self.verifier is not None:
-            mask = None
-            if self.config.pr_edges:
-                mask = torch.stack([pair_mask(f[i], min(self.config.pr_edges, m)) for i in range(b)])
+            mask = pair_mask(f, self.config.pr_edges) if self.config.pr_edges else None  # (B, M, M)
             rows = torch.zeros(1, dtype=torch.long, device=f.device)
             u = self.pr.forward_dense(f, v if self.config.use_igp else None, mask=mask, rows=rows)
             t_hat = torch.sigmoid(self.verifier(u))  # (B, 1, M)
