@@ -25,6 +25,7 @@ guarantees). See ``docs/distributed.md``.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from contextlib import contextmanager
@@ -126,7 +127,7 @@ def _process_device(device: Union[str, torch.device, None], local_rank: int, wor
 def init_distributed(
     device: Union[str, torch.device, None] = "auto",
     backend: Optional[str] = None,
-    timeout_minutes: Optional[float] = None,
+    timeout_minutes: Optional[float] = 60.0,
 ) -> DistributedContext:
     """Join the process group that ``torchrun`` describes in the environment.
 
@@ -137,7 +138,13 @@ def init_distributed(
         device: ``"auto"`` (default): ``cuda:LOCAL_RANK`` when CUDA is present, else the CPU;
             ``"cuda"`` likewise; ``"cpu"`` forces the CPU (gloo).
         backend: ``None`` (default): ``nccl`` for CUDA devices, ``gloo`` for the CPU.
-        timeout_minutes: collective timeout (default: torch's, 10 min for NCCL, 30 for gloo).
+        timeout_minutes: how long a collective may wait (default: 60; torch's own defaults are
+            10 min for NCCL, 30 for gloo). Ranks 1.. wait for rank 0 while it computes the test
+            metrics alone, e.g. at the next experiment's first barrier in a sweep. ``None``:
+            torch's default.
+
+    The process group lives until the process exits (an ``atexit`` hook destroys it) or until
+    :meth:`DistributedContext.close`, so several experiments in one process share it.
     """
     if dist.is_available() and dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -159,6 +166,7 @@ def init_distributed(
     if timeout_minutes is not None:
         kwargs["timeout"] = timedelta(minutes=timeout_minutes)
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs)
+    atexit.register(_destroy_at_exit)
     log.debug("joined process group: rank %d of %d (%s, %s)", rank, world, backend, dev)
     return DistributedContext(rank, world, local_rank, dev, backend, True)
 
@@ -173,6 +181,11 @@ def main_process_first() -> Iterator[None]:
     finally:
         if is_distributed() and is_main_process():
             dist.barrier()
+
+
+def _destroy_at_exit() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _comm_device(x: Tensor) -> torch.device:

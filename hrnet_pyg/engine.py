@@ -332,7 +332,7 @@ def fit(
                 try:
                     out = run_model(inputs, pids)
                 except ValueError as exc:
-                    if "non-finite loss term" in str(exc):
+                    if "non-finite" in str(exc):
                         raise FloatingPointError(f"{exc} at epoch {epoch + 1}, step {step + 1}") from exc
                     raise
             optimizer.zero_grad(set_to_none=True)

@@ -179,7 +179,6 @@ def run_experiment(exp: Experiment, *, progress: bool = True, train: bool = True
         device=device, progress=progress,
     )
     if report is None:  # distributed: a rank other than 0, which computes and writes the metrics
-        ctx.close()
         return {"metrics": {}, "report": None, "model": model, "dataset": dataset}
     metrics: Dict[str, Any] = {}
     for name, r in (("cnn", report.cnn), ("hrnet", report.hrnet), ("kreciprocal", report.kreciprocal)):
@@ -191,7 +190,6 @@ def run_experiment(exp: Experiment, *, progress: bool = True, train: bool = True
     with open(out_dir / "metrics.json", "w") as fh:
         json.dump(metrics, fh, indent=2)
     log.info("\n%s", report.table())
-    ctx.close()
     return {"metrics": metrics, "report": report, "model": model, "dataset": dataset}
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from hrnet_pyg.backbone import BNNeck, ResNetBackbone
 from hrnet_pyg.config import HRNetConfig
-from hrnet_pyg.distributed import check_graph_scope, gather_graph_batch
+from hrnet_pyg.distributed import check_graph_scope, gather_graph_batch, get_world_size
 from hrnet_pyg.graphs import full_edges, knn_edges, pair_mask
 from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv, VerificationHead
 from hrnet_pyg.losses import (
@@ -140,6 +140,8 @@ class HRNet(nn.Module):
         if pids is None or not self.training:
             return out
         cfg = self.config
+        if not bool(torch.isfinite(feats).all()):  # one sync; a clear message beats a kNN error
+            raise ValueError("non-finite CNN features F (NaN or inf) entering the loss terms and graph modules")
         # Graph modules run in fp32 under autocast: softmax over up to N^2 logits per graph.
         with torch.autocast(device_type=feats.device.type, enabled=False):
             f32 = feats.float()
@@ -147,9 +149,12 @@ class HRNet(nn.Module):
             losses["cl"] = cross_entropy_label_smooth(logits.float(), pids, cfg.label_smoothing)
             # --- distributed (issue 6): with graph_scope "global", L_tr and the graph modules below
             # see the batch of all ranks (features gathered with gradients); L_cl above stays per
-            # rank: a per-image mean, which DDP's averaging makes global. See hrnet_pyg/distributed.py.
+            # rank, weighted so that DDP's average over the ranks is the mean over the global batch
+            # (the weight is 1 when the ranks hold equally many images). See hrnet_pyg/distributed.py.
             if check_graph_scope(self.graph_scope) == "global":
+                n_local = f32.size(0)
                 f32, pids = gather_graph_batch(f32, pids)
+                losses["cl"] = losses["cl"] * (get_world_size() * n_local / f32.size(0))
             # --- end distributed
             n = f32.size(0)
             if self.ir is not None and cfg.ir_graph == "knn" and n < cfg.k + 1:

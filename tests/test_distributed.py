@@ -7,6 +7,7 @@ One more test launches ``torchrun --nproc_per_node=2 -m hrnet_pyg train`` end to
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -132,12 +133,19 @@ def _scenario_global_graph(ctx: Any) -> Dict[str, Any]:
     out["graph_grads"] = {n: p.grad.clone() for n, p in model.named_parameters()
                           if n.split(".")[0] in GRAPH_PARTS and p.grad is not None}
     out["pair_logits"] = res.pair_logits.detach().clone()
-    # 2) under DDP with the full loss: the averaged graph-module gradients
+    # 2) under DDP with the full loss (Eq. 14): the averaged gradients of every parameter. The
+    # BNNeck's BatchNorm runs on its running statistics so that L_cl of an image does not depend
+    # on which rank holds it (per-rank batch statistics are what SyncBatchNorm is for).
     ddp = prepare_for_training(_model().train(), torch.device("cpu"), graph_scope="global")
     assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
-    ddp(feats[rows].clone(), pids[rows]).loss.backward()
-    out["ddp_graph_grads"] = {n.removeprefix("module."): p.grad.clone() for n, p in ddp.named_parameters()
-                              if n.split(".")[1] in GRAPH_PARTS and p.grad is not None}
+    ddp.module.bnneck.bn.eval()
+    x = feats[rows].clone().requires_grad_(True)
+    res = ddp(x, pids[rows])
+    res.loss.backward()
+    out["ddp_cl"] = float(res.losses["cl"].detach())
+    out["ddp_feat_grad"] = x.grad.clone()
+    out["ddp_grads"] = {n.removeprefix("module."): p.grad.clone() for n, p in ddp.named_parameters()
+                        if p.grad is not None}
     # 3) default scope: no communication, the graph is this rank's batch
     local = _model().train()
     out["local_losses"] = {k: float(v.detach()) for k, v in local(feats[rows], pids[rows]).losses.items()}
@@ -262,6 +270,7 @@ def test_pk_sampler_shards_in_process():
 
 
 # ---------------------------------------------------------------------------- the global graph
+@functools.lru_cache(maxsize=None)
 def _single_process_reference() -> Dict[str, Any]:
     feats, pids, _ = _graph_batch()
     model = _model().train()
@@ -269,14 +278,18 @@ def _single_process_reference() -> Dict[str, Any]:
     res = model(x, pids)
     _graph_losses(res, model.config.lambda_cnc).backward()
     full = _model().train()
-    full(feats.clone(), pids).loss.backward()
+    full.bnneck.bn.eval()
+    xf = feats.clone().requires_grad_(True)
+    res_full = full(xf, pids)
+    res_full.loss.backward()
     return {
         "losses": {k: float(v.detach()) for k, v in res.losses.items() if k != "cl"},
         "feat_grad": x.grad,
         "graph_grads": {n: p.grad for n, p in model.named_parameters()
                         if n.split(".")[0] in GRAPH_PARTS and p.grad is not None},
-        "full_graph_grads": {n: p.grad for n, p in full.named_parameters()
-                             if n.split(".")[0] in GRAPH_PARTS and p.grad is not None},
+        "full_cl": float(res_full.losses["cl"].detach()),
+        "full_feat_grad": xf.grad,
+        "full_grads": {n: p.grad for n, p in full.named_parameters() if p.grad is not None},
         "pair_logits": res.pair_logits.detach(),
     }
 
@@ -300,14 +313,20 @@ def test_global_graph_losses_and_feature_gradients_equal_single_process(ranks):
             torch.testing.assert_close(g["graph_grads"][name], grad, atol=1e-5, rtol=0)
 
 
-def test_global_graph_under_ddp_gives_single_process_graph_gradients(ranks):
+def test_global_graph_under_ddp_gives_single_process_gradients(ranks):
+    """Eq. 14 on 9 + 6 images over two ranks = Eq. 14 on the 15 images in one process."""
     results, _ = ranks
-    ref = _single_process_reference()["full_graph_grads"]
-    for res in results:
-        got = res["graph"]["ddp_graph_grads"]
-        assert set(got) == set(ref)
-        for name, grad in ref.items():
+    ref = _single_process_reference()
+    _, _, parts = _graph_batch()
+    # L_cl is weighted per rank (9/7.5 and 6/7.5) so that its mean over the ranks is the global mean
+    assert sum(r["graph"]["ddp_cl"] for r in results) / WORLD == pytest.approx(ref["full_cl"], abs=1e-6)
+    for r, res in enumerate(results):
+        got = res["graph"]["ddp_grads"]
+        assert set(got) == set(ref["full_grads"]) and any(n.startswith("bnneck.") for n in got)
+        for name, grad in ref["full_grads"].items():
             torch.testing.assert_close(got[name], grad, atol=1e-5, rtol=0)
+        torch.testing.assert_close(res["graph"]["ddp_feat_grad"], WORLD * ref["full_feat_grad"][parts[r]],
+                                   atol=1e-5, rtol=0)
 
 
 def test_local_scope_is_a_graph_per_rank(ranks):

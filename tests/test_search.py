@@ -215,8 +215,8 @@ def test_extract_images_needs_a_backbone(tmp_path):
         extract_images(HRNet(cfg, num_classes=2), tmp_path, progress=False)
 
 
-def test_feature_file_roundtrip_and_errors(model, gallery_dir, tmp_path):
-    feats = extract_images(model, gallery_dir, device="cpu", progress=False)
+def test_feature_file_roundtrip_and_errors(g_feats, tmp_path):
+    feats = g_feats
     back = ImageFeatures.load(feats.save(tmp_path / "g.npz"))
     assert torch.equal(back.features, feats.features) and back.paths == feats.paths
     assert back.pids.tolist() == feats.pids.tolist() and back.camids.tolist() == feats.camids.tolist()
@@ -252,9 +252,18 @@ def query_dir(tmp_path_factory, gallery_dir) -> Path:
     return d
 
 
-def test_search_without_rerank_is_cosine_of_bn_features(model, gallery_dir, query_dir):
-    q = extract_images(model, query_dir, device="cpu", progress=False)
-    g = extract_images(model, gallery_dir, device="cpu", progress=False)
+@pytest.fixture(scope="module")
+def g_feats(model, gallery_dir) -> ImageFeatures:
+    return extract_images(model, gallery_dir, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def q_feats(model, query_dir) -> ImageFeatures:
+    return extract_images(model, query_dir, device="cpu", progress=False)
+
+
+def test_search_without_rerank_is_cosine_of_bn_features(model, q_feats, g_feats):
+    q, g = q_feats, g_feats
     res = search_features(model, q, g, topk=4, rerank=False, device="cpu", progress=False)
     ref = reference_bn_cosine(model, q.features, g.features)
     for i in range(len(q)):
@@ -268,9 +277,8 @@ def test_search_without_rerank_is_cosine_of_bn_features(model, gallery_dir, quer
     assert float(res.cosine_distance[0, 0]) < 1e-5 and float(res.cosine_distance[2, 0]) < 1e-5
 
 
-def test_search_rerank_orders_shortlist_by_relational_scores(model, gallery_dir, query_dir):
-    q = extract_images(model, query_dir, device="cpu", progress=False)
-    g = extract_images(model, gallery_dir, device="cpu", progress=False)
+def test_search_rerank_orders_shortlist_by_relational_scores(model, q_feats, g_feats):
+    q, g = q_feats, g_feats
     shortlist = 4  # < G = 6: both the re-scored part and the cosine-ordered tail are checked
     res = search_features(model, q, g, topk=6, shortlist=shortlist, device="cpu", progress=False)
     assert res.reranked
@@ -292,8 +300,8 @@ def test_search_rerank_orders_shortlist_by_relational_scores(model, gallery_dir,
     assert "relational re-ranking" in text and "score" in text and "query 3/3" in text
 
 
-def test_search_drops_the_query_itself_unless_asked(model, gallery_dir):
-    g = extract_images(model, gallery_dir, device="cpu", progress=False)
+def test_search_drops_the_query_itself_unless_asked(model, g_feats):
+    g = g_feats
     res = search_features(model, g, g, topk=10, rerank=False, device="cpu", progress=False)
     assert res.topk == 5  # 6 gallery images minus the query itself
     for i in range(len(g)):
@@ -306,9 +314,8 @@ def test_search_drops_the_query_itself_unless_asked(model, gallery_dir):
         search_features(model, single, single, rerank=False, progress=False)
 
 
-def test_search_checks_feature_dimension_and_source_model(model, gallery_dir, query_dir):
-    g = extract_images(model, gallery_dir, device="cpu", progress=False)
-    q = extract_images(model, query_dir, device="cpu", progress=False)
+def test_search_checks_feature_dimension_and_source_model(model, q_feats, g_feats):
+    q, g = q_feats, g_feats
     bad = ImageFeatures(features=torch.zeros(2, 7), paths=["a", "b"])
     with pytest.raises(ValueError, match="dimension 7.*dimension 512"):
         search_features(model, bad, g, progress=False)
@@ -318,17 +325,15 @@ def test_search_checks_feature_dimension_and_source_model(model, gallery_dir, qu
     assert any("another model" in n for n in res.notes)
 
 
-def test_search_from_paths_and_feature_file(model, gallery_dir, query_dir, tmp_path):
-    g = extract_images(model, gallery_dir, device="cpu", progress=False)
-    g.save(tmp_path / "g.npz")
+def test_search_from_paths_and_feature_file(model, g_feats, gallery_dir, query_dir, tmp_path):
+    g_feats.save(tmp_path / "g.npz")
     from_file = search(model, query_dir, tmp_path / "g.npz", topk=3, device="cpu", progress=False)
     from_imgs = search(model, query_dir, gallery_dir, topk=3, device="cpu", progress=False)
     assert torch.equal(from_file.indices, from_imgs.indices)
 
 
-def test_write_grid_borders(model, gallery_dir, query_dir, tmp_path):
-    q = extract_images(model, query_dir, device="cpu", progress=False)
-    g = extract_images(model, gallery_dir, device="cpu", progress=False)
+def test_write_grid_borders(model, q_feats, g_feats, tmp_path):
+    q, g = q_feats, g_feats
     res = search_features(model, q, g, topk=3, rerank=False, device="cpu", progress=False)
     grid = write_grid(res, tmp_path / "known.png", max_queries=2)
     with Image.open(grid.path) as im:
@@ -396,3 +401,25 @@ def test_cli_clear_errors(checkpoint, gallery_dir, tmp_path, capsys):
     assert "x.png" in err and "cannot decode" in err
     err = run("extract", "--checkpoint", str(checkpoint), "--images", str(gallery_dir), "--split", "query", "--out", str(tmp_path / "x.npz"))
     assert "either --images" in err
+
+
+def test_cli_extract_split_mode_still_works_and_agrees_with_images_mode(checkpoint, tmp_path, capsys):
+    """``extract --split`` (a dataset split) and ``extract --images`` give the same features."""
+    root = tmp_path / "mydata"
+    seed = 0
+    for split, ids in (("train", ("5", "6")), ("query", ("1", "2")), ("gallery", ("1", "2"))):
+        for pid in ids:
+            for n in range(2):
+                seed += 1
+                write_noise(root / split / pid / f"{n}.jpg", seed=seed)
+    split_out, images_out = tmp_path / "split.npz", tmp_path / "images.npz"
+    with pytest.warns(UserWarning, match="no camera ids"):
+        assert main(["extract", "--checkpoint", str(checkpoint), "--set", "data.name=folder", "--data-root", str(root),
+                     "--set", "run.num_workers=0", "--split", "query", "--out", str(split_out), "--no-progress"]) == 0
+    assert main(["extract", "--checkpoint", str(checkpoint), "--images", str(root / "query"), "--labels", "folder",
+                 "--out", str(images_out), "--no-progress"]) == 0
+    capsys.readouterr()
+    a, b = ImageFeatures.load(split_out), ImageFeatures.load(images_out)
+    assert [Path(p).resolve() for p in a.paths] == [Path(p) for p in b.paths]
+    torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=1e-5)
+    assert a.pids.tolist() == b.pids.tolist() == [1, 1, 2, 2]
