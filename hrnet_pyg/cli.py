@@ -69,9 +69,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     exp = _experiment(args)
     model = load_model(args.checkpoint)
     exp.model = model.config
-    _, _, query_loader, gallery_loader = build_loaders(exp)
+    dataset, _, query_loader, gallery_loader = build_loaders(exp)
     report = evaluate(
         model, query_loader, gallery_loader, rerank=not args.no_rerank, k_reciprocal=args.k_reciprocal,
+        use_camids=getattr(dataset, "has_camids", True),
         top_k=args.top_k, device=exp.run.device, progress=not args.no_progress,
     )
     print(report.table())

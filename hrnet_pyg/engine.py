@@ -453,6 +453,7 @@ def evaluate_features(
     *,
     rerank: bool = True,
     k_reciprocal: bool = False,
+    use_camids: bool = True,
     top_k: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
@@ -466,7 +467,10 @@ def evaluate_features(
     inner.to(dev).eval()
     qb = inner.retrieval_features(qf.to(dev)).cpu()
     gb = inner.retrieval_features(gf.to(dev)).cpu()
-    args = (q_pids.numpy(), g_pids.numpy(), q_camids.numpy(), g_camids.numpy())
+    # Without camera ids (custom/folder data) pass None: evaluate_rank then warns that no
+    # same-camera junk can be removed, instead of dropping every true match as junk.
+    cams = (q_camids.numpy(), g_camids.numpy()) if use_camids else (None, None)
+    args = (q_pids.numpy(), g_pids.numpy(), *cams)
     cnn = evaluate_rank(cosine_distance(qb, gb), *args)
     hr = None
     if rerank:
@@ -487,6 +491,7 @@ def evaluate(
     *,
     rerank: bool = True,
     k_reciprocal: bool = False,
+    use_camids: bool = True,
     top_k: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
@@ -503,7 +508,7 @@ def evaluate(
         return None
     return evaluate_features(
         model, qf, qp, qc, gf, gp, gc, rerank=rerank, k_reciprocal=k_reciprocal, top_k=top_k,
-        device=device, progress=progress,
+        use_camids=use_camids, device=device, progress=progress,
     )
 
 

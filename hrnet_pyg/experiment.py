@@ -120,11 +120,10 @@ def build_loaders(exp: Experiment) -> Tuple[Any, DataLoader, DataLoader, DataLoa
     pin = torch.cuda.is_available()
     # distributed (issue 6): one global P x K plan, whole identities split over the ranks
     world, rank = get_world_size(), get_rank()
-    if cfg.num_identities % world:
+    if cfg.num_identities < world:
         raise ValueError(
-            f"model.num_identities = {cfg.num_identities} (P, identities per global batch) must be a "
-            f"multiple of the {world} processes torchrun started: each rank takes P / {world} whole "
-            f"identities; e.g. --set model.num_identities={-(-cfg.num_identities // world) * world}"
+            f"model.num_identities = {cfg.num_identities} (P, identities per global batch) is smaller "
+            f"than the {world} processes torchrun started: each rank needs at least one identity"
         )
     sampler = PKSampler(
         [r.pid for r in dataset.train], P=cfg.num_identities, K=cfg.num_instances, seed=cfg.seed,
@@ -176,6 +175,7 @@ def run_experiment(exp: Experiment, *, progress: bool = True, train: bool = True
         model = load_model(out_dir / "last.pth")
     report = evaluate(
         model, query_loader, gallery_loader, rerank=exp.run.rerank, k_reciprocal=exp.run.k_reciprocal,
+        use_camids=getattr(dataset, "has_camids", True),
         device=device, progress=progress,
     )
     if report is None:  # distributed: a rank other than 0, which computes and writes the metrics

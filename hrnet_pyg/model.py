@@ -60,6 +60,27 @@ class HRNetOutput:
     loss: Optional[Tensor] = None  # L_total (Eq. 14)
 
 
+@dataclass
+class ImageTerms:
+    """Per-image quantities of test-time re-ranking (:meth:`HRNet.image_terms`).
+
+    Everything here is a function of one image's CNN features alone, so it is computed once per
+    image and gathered for every query graph the image belongs to; only what depends on a graph's
+    node set (kNN edges, attention normalisers, the IR outputs V' and V' W_r) is left per graph.
+    Row ``n`` of every field belongs to image ``n``.
+    """
+
+    feats: Tensor  # (N, d) F
+    retrieval: Tensor  # (N, d) BN(F) / ||BN(F)||: the cosine shortlist features
+    ir_lin: Optional[Tensor] = None  # (N, d') F W_s (Eq. 3)
+    ir_dots: Optional[Tensor] = None  # (N, 2) F H_s[:d], F H_s[d:] (Eq. 2)
+    pr_lin: Optional[Tensor] = None  # (N, d) F W_p (Eq. 7)
+    pr_dots: Optional[Tensor] = None  # (N, 2|4) F H_p halves; F H_l[:d], F H_r[:d] (Eq. 6, 8-9)
+    igp_lin_l: Optional[Tensor] = None  # (N, d) F W_l: IGP on v = f (no IR module), Eq. 7
+    igp_lin_r: Optional[Tensor] = None  # (N, d) F W_r
+    igp_dots: Optional[Tensor] = None  # (N, 2) F H_l[d:], F H_r[d:]
+
+
 class HRNet(nn.Module):
     """Hybrid Relationship Network (Xu et al., AAAI 2021).
 
@@ -200,29 +221,110 @@ class HRNet(nn.Module):
         Returns:
             (B, M - 1) similarity (higher = more similar): cosine(v'_q, v'_g) from the IR module
             plus t_hat(q, g) from the PR module, each where the module is enabled; the plain
-            cosine of the CNN features when neither is.
+            cosine of the BN(F) retrieval features when neither is.
+        """
+        if graph_feats.dim() != 3 or graph_feats.size(-1) != self.feat_dim or graph_feats.size(1) < 2:
+            raise ValueError(
+                f"graph_feats must be (B, M, {self.feat_dim}) with M >= 2 (a query and at least one "
+                f"gallery image), got {tuple(graph_feats.shape)}"
+            )
+        b, m, d = graph_feats.shape
+        terms = self.image_terms(graph_feats.reshape(b * m, d))
+        index = torch.arange(b * m, device=graph_feats.device).view(b, m)
+        return self.graph_scores(terms, index)
+
+    @torch.no_grad()
+    def image_terms(self, feats: Tensor) -> ImageTerms:
+        """The per-image part of :meth:`graph_scores`, for images with CNN features ``feats`` (N, d).
+
+        All weight matrices that act on one image at a time are applied here, once per image:
+        W_s of the IR layer (Eq. 3), W_p of the PR layer (Eq. 7; the factorisation
+        sum_j g_ij u_j W_p = f_n W_p - (G F W_p)_i needs F W_p only), and, when IGP runs on v = f
+        (no IR module), W_l and W_r; likewise the attention dot products of Eq. 2, 6, 8-9, which
+        are per-image scalars. Re-ranking a gallery then pays these d x d products once per
+        gallery image instead of once per (query, shortlisted image) pair.
+        """
+        f = feats.float()
+        terms = ImageTerms(feats=f, retrieval=Fn.normalize(self.retrieval_features(f), dim=1))
+        if self.ir is not None:
+            terms.ir_lin = self.ir.lin(f)
+            terms.ir_dots = self.ir.image_dots(f)
+        if self.pr is not None:
+            terms.pr_lin = self.pr.lin_p(f)
+            terms.pr_dots = self.pr.image_dots(f)
+            if self.config.use_igp and self.ir is None:
+                assert self.pr.lin_l is not None and self.pr.lin_r is not None
+                terms.igp_lin_l = self.pr.lin_l(f)
+                terms.igp_lin_r = self.pr.lin_r(f)
+                terms.igp_dots = self.pr.node_dots(f)
+        return terms
+
+    def individual_adjacency(self, graph_feats: Tensor) -> Tensor:
+        """C of Eq. 1 for B graphs of M nodes, dense: (B, M, M) bool, ``[b, i, j]`` = edge j -> i.
+
+        The same edges as :meth:`individual_edges` on the graphs' disjoint union (k clipped to
+        M - 1 as at test time).
         """
         b, m, d = graph_feats.shape
-        f = graph_feats.float()
-        score = f.new_zeros(b, m - 1)
-        v = f
+        if self.config.ir_graph == "full":
+            return ~torch.eye(m, dtype=torch.bool, device=graph_feats.device).expand(b, m, m)
+        batch = torch.arange(b, device=graph_feats.device).repeat_interleave(m)
+        edge_index = self.individual_edges(graph_feats.reshape(b * m, d), batch=batch,
+                                           k=min(self.config.k, m - 1))
+        adj = torch.zeros(b * m, m, dtype=torch.bool, device=graph_feats.device)
+        adj[edge_index[1], edge_index[0] % m] = True  # graphs are contiguous blocks of m nodes
+        return adj.view(b, m, m)
+
+    @torch.no_grad()
+    def graph_scores(self, terms: ImageTerms, index: Tensor) -> Tensor:
+        """:meth:`query_graph_scores` of the graphs whose nodes are rows ``index`` (B, M) of
+        ``terms`` (:meth:`image_terms`); node 0 of each graph is its query.
+
+        Only the work that depends on a graph's node set is done here: the kNN graph C (Eq. 1,
+        one (M, M) distance block per graph), the attention normalisers of Eq. 2 and 6 (M^2
+        scalars), the aggregations (A o C) X W_s and G F W_p (batched (M, M) x (M, d) matmuls)
+        and, with IR and IGP, V' W_r: the IR outputs change with the graph and pass through a ReLU,
+        so this (B M, d) x (d, d) product is the one truly per-graph matrix product (one GEMM for
+        all B graphs).
+
+        Returns:
+            (B, M - 1) similarity of node 0 to nodes 1..M-1 (higher = more similar).
+        """
+        b, m = index.shape
+        if m < 2:
+            raise ValueError(f"index must be (B, M) with M >= 2 (query + gallery), got {tuple(index.shape)}")
         if self.ir is None and self.pr is None:
-            q = Fn.normalize(self.retrieval_features(f.reshape(b * m, d)).view(b, m, d), dim=-1)
-            return (q[:, :1] * q[:, 1:]).sum(-1)
+            r = terms.retrieval[index]  # (B, M, d)
+            return (r[:, 1:] @ r[:, 0].unsqueeze(-1)).squeeze(-1)
+        f = terms.feats[index]  # (B, M, d)
+        score = f.new_zeros(b, m - 1)
+        v: Optional[Tensor] = None
         if self.ir is not None:
-            flat = f.reshape(b * m, d)
-            batch = torch.arange(b, device=f.device).repeat_interleave(m)
-            k = min(self.config.k, m - 1)
-            edge_index = self.individual_edges(flat, batch=batch, k=k)
-            v = self.ir(flat, edge_index, batch=batch).view(b, m, -1)
-            vn = Fn.normalize(v, dim=-1)
-            score = score + (vn[:, :1] * vn[:, 1:]).sum(-1)
+            assert terms.ir_lin is not None and terms.ir_dots is not None
+            adj = self.individual_adjacency(f)
+            v = self.ir.forward_dense(f, adj, x_lin=terms.ir_lin[index], dots=terms.ir_dots[index])
+            # cos(v'_q, v'_g) as F.normalize would give it, without a normalised copy of V'
+            norm = torch.linalg.vector_norm(v, dim=-1).clamp_min(1e-12)  # (B, M)
+            score = (v[:, 1:] @ v[:, 0].unsqueeze(-1)).squeeze(-1) / (norm[:, :1] * norm[:, 1:])
         if self.pr is not None and self.verifier is not None:
-            mask = pair_mask(f, self.config.pr_edges) if self.config.pr_edges else None  # (B, M, M)
-            rows = torch.zeros(1, dtype=torch.long, device=f.device)
-            u = self.pr.forward_dense(f, v if self.config.use_igp else None, mask=mask, rows=rows)
-            t_hat = torch.sigmoid(self.verifier(u))  # (B, 1, M)
-            score = score + t_hat[:, 0, 1:]
+            cfg = self.config
+            mask = pair_mask(f, cfg.pr_edges) if cfg.pr_edges else None  # (B, M, M) or None
+            rows = torch.zeros(1, dtype=torch.long, device=f.device)  # graph n = the query
+            extra: Dict[str, Tensor] = {}
+            if cfg.use_igp:
+                assert self.pr.lin_l is not None and self.pr.lin_r is not None
+                if v is not None:  # v = V' (graph dependent): the per-graph GEMM of re-ranking
+                    extra = dict(v_lin_l=self.pr.lin_l(v[:, :1]), v_lin_r=self.pr.lin_r(v),
+                                 v_dots=self.pr.node_dots(v))
+                else:  # v = f: per-image, gathered
+                    assert terms.igp_lin_l is not None and terms.igp_lin_r is not None
+                    assert terms.igp_dots is not None
+                    extra = dict(v_lin_l=terms.igp_lin_l[index[:, :1]], v_lin_r=terms.igp_lin_r[index],
+                                 v_dots=terms.igp_dots[index])
+            assert terms.pr_lin is not None and terms.pr_dots is not None
+            u = self.pr.forward_dense(f, None, mask=mask, rows=rows, f_lin=terms.pr_lin[index],
+                                      f_dots=terms.pr_dots[index], **extra)  # (B, 1, M, d)
+            score = score + torch.sigmoid(self.verifier(u[:, 0, 1:]))  # t_hat(q, g)
         return score
 
     # ------------------------------------------------------------------ user API (engine)
@@ -256,4 +358,4 @@ class HRNet(nn.Module):
         return load_model(path, map_location=map_location)
 
 
-__all__ = ["HRNet", "HRNetOutput"]
+__all__ = ["HRNet", "HRNetOutput", "ImageTerms"]

@@ -19,6 +19,7 @@ green/red match borders.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -412,7 +413,7 @@ class SearchResult:
                 row = f"  {r + 1:>4}  {float(self.cosine_distance[q, r]):8.4f}"
                 if self.relational_score is not None:
                     s = float(self.relational_score[q, r])
-                    row += f"  {s:6.3f}" if s == s else f"  {'-':>6}"  # NaN: outside the shortlist
+                    row += f"  {'-':>6}" if math.isnan(s) else f"  {s:6.3f}"  # NaN: outside the shortlist
                 if known:
                     row += "  " + ("  yes" if str(self.g_pids[j]) == str(self.q_pids[q]) else "   no")
                 lines.append(f"{row}  {self.gallery_paths[j]}")

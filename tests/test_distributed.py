@@ -8,13 +8,14 @@ One more test launches ``torchrun --nproc_per_node=2 -m hrnet_pyg train`` end to
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 import torch
@@ -155,7 +156,16 @@ def _scenario_global_graph(ctx: Any) -> Dict[str, Any]:
     (gathered * torch.arange(1.0, gathered.size(0) + 1)[:, None]).sum().backward()
     out["gathered"], out["gathered_grad"] = gathered.detach(), y.grad.clone()
     out["gathered_ids"] = all_gather_cat(torch.arange(ctx.rank + 1) + 10 * ctx.rank)
-    # 5) SyncBatchNorm cannot run on the CPU: a clear error, before any step
+    # 5) a training sampler that does not split the batches over the ranks is pointed out
+    records: List[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("hrnet_pyg").addHandler(handler)
+    unsplit = DataLoader(_train_data(), batch_sampler=PKSampler(_train_data().pids, P=4, K=3))
+    prepare_for_training(_model(), torch.device("cpu"), unsplit)
+    logging.getLogger("hrnet_pyg").removeHandler(handler)
+    out["sampler_warning"] = records
+    # 6) SyncBatchNorm cannot run on the CPU: a clear error, before any step
     try:
         prepare_for_training(_model(), torch.device("cpu"), sync_bn=True)
         out["sync_bn_error"] = None
@@ -355,6 +365,11 @@ def test_all_gather_with_uneven_sizes(ranks):
 def test_sync_bn_on_cpu_is_refused_clearly(ranks):
     for res in ranks[0]:
         assert "sync_bn needs CUDA" in res["graph"]["sync_bn_error"]
+
+
+def test_unsplit_training_sampler_is_pointed_out(ranks):
+    for res in ranks[0]:
+        assert any("num_replicas=1 but 2 ranks are running" in m for m in res["graph"]["sampler_warning"])
 
 
 # ---------------------------------------------------------------------------- evaluation

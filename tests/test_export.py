@@ -216,13 +216,3 @@ def test_checkpoint_of_another_format_version_is_refused_clearly(model, tmp_path
     assert str(path) in msg and f"format version {version}" in msg
     assert f"reads version {CHECKPOINT_FORMAT_VERSION}" in msg
 
-
-def test_checkpoint_not_found_or_not_a_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothere.pth does not exist"):
-        load_model(tmp_path / "nothere.pth")
-    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "weights.pth")
-    with pytest.raises(ValueError, match="not an hrnet_pyg checkpoint"):
-        load_model(tmp_path / "weights.pth")
-    (tmp_path / "garbage.pth").write_bytes(b"\x00garbage")
-    with pytest.raises(ValueError, match="garbage.pth could not be read"):
-        load_model(tmp_path / "garbage.pth")

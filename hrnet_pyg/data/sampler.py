@@ -31,8 +31,9 @@ class PKSampler(Sampler[List[int]]):
     After a complete pass the epoch advances by one by itself; ``set_epoch`` overrides it.
 
     Distributed use: with ``num_replicas = R > 1`` every rank computes the same global plan of
-    ``P``-identity batches and takes identities ``[rank * P/R, (rank + 1) * P/R)`` of each, so the
-    ranks see disjoint identities (and images) in every step and the same number of batches.
+    ``P``-identity batches and takes identities ``[rank * P // R, (rank + 1) * P // R)`` of each, so
+    the ranks see disjoint identities (and images) in every step and the same number of batches;
+    ``P`` need not divide by ``R`` (the paper's 11 over 2 ranks: 6 + 5).
 
     Args:
         pids: the identity of every dataset index (e.g. ``ImageDataset.pids``).
@@ -41,7 +42,7 @@ class PKSampler(Sampler[List[int]]):
         seed: base seed. (default: ``0``)
         drop_last: drop the groups left when fewer than ``P`` identities remain.
             (default: ``True``)
-        num_replicas: number of distributed ranks sharing a batch; ``P`` must divide by it.
+        num_replicas: number of distributed ranks sharing a batch (at most ``P``).
             (default: ``1``)
         rank: this process's rank. (default: ``0``)
     """
@@ -61,9 +62,9 @@ class PKSampler(Sampler[List[int]]):
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got "
                              f"num_replicas={num_replicas}, rank={rank}")
-        if P % num_replicas:
-            raise ValueError(f"P={P} identities per batch cannot be split evenly over "
-                             f"num_replicas={num_replicas} ranks")
+        if P < num_replicas:
+            raise ValueError(f"P={P} identities per batch cannot give each of the "
+                             f"num_replicas={num_replicas} ranks at least one identity")
         if num_replicas > 1 and not drop_last:
             raise ValueError("drop_last=False would give ranks different batch counts; "
                              "use drop_last=True with num_replicas > 1")
@@ -115,11 +116,14 @@ class PKSampler(Sampler[List[int]]):
     def batches(self, epoch: Optional[int] = None) -> List[List[int]]:
         """This rank's batches of ``epoch`` (default: the current one), from the first."""
         plan = self._global_plan(self.epoch if epoch is None else epoch)
-        per_rank = self.P // self.num_replicas
+        # Uneven splits are allowed (P = 11 over 2 ranks: 6 + 5 identities); the global-graph
+        # option and the loss weighting handle ranks of different sizes.
+        lo = self.rank * self.P // self.num_replicas
+        hi = (self.rank + 1) * self.P // self.num_replicas
         out = []
         for batch in plan:
             if self.num_replicas > 1:
-                batch = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+                batch = batch[lo:hi]
             out.append([i for group in batch for i in group])
         return out
 

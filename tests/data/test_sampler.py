@@ -128,8 +128,8 @@ def test_errors():
         PKSampler([0, 1], P=0, K=2)
     with pytest.raises(ValueError, match="P and K must be >= 1"):
         PKSampler([0, 1], P=1, K=0)
-    with pytest.raises(ValueError, match="cannot be split evenly"):
-        PKSampler(list(range(10)), P=5, K=1, num_replicas=2, rank=0)
+    with pytest.raises(ValueError, match="at least one identity"):
+        PKSampler(list(range(10)), P=2, K=1, num_replicas=3, rank=0)
     with pytest.raises(ValueError, match="rank"):
         PKSampler(list(range(10)), P=4, K=1, num_replicas=2, rank=2)
 
@@ -166,3 +166,15 @@ def test_with_dataloader_and_paper_batch():
     assert torch.equal(f[:, 0].long(), idx)
     assert pid.view(11, 6).unique(dim=1).shape == (11, 1)  # 6 equal ids per row
     assert pid.view(11, 6)[:, 0].unique().numel() == 11
+
+
+def test_distributed_split_of_p_11_over_2_ranks_is_uneven_and_complete():
+    pids = _pids(COUNTS)
+    single = PKSampler(pids, P=5, K=2, seed=3)
+    ranks = [PKSampler(pids, P=5, K=2, seed=3, num_replicas=2, rank=r) for r in range(2)]
+    for s in [single] + ranks:
+        s.set_epoch(1)
+    for gb, b0, b1 in zip(list(single), list(ranks[0]), list(ranks[1])):
+        assert (len(b0), len(b1)) == (2 * 2, 3 * 2)  # 5 // 2 and the rest, K = 2 each
+        assert b0 + b1 == gb
+        assert not {pids[i] for i in b0} & {pids[i] for i in b1}

@@ -1,0 +1,219 @@
+"""Fast relational re-ranking (per-image precomputation, dense batched graphs) against a plain
+per-query reference: shortlist by cosine, kNN edges by a brute-force loop, the IR layer through
+message passing, the PR layer through ``forward_hetero`` on ``pair_graph``."""
+import pytest
+import torch
+import torch.nn.functional as Fn
+
+from hrnet_pyg.config import HRNetConfig
+from hrnet_pyg.graphs import knn_edges, pair_graph
+from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv
+from hrnet_pyg.model import HRNet
+from hrnet_pyg.rerank import _RERANK_OFFSET, relational_rerank
+
+D = 16
+
+
+def make_model(row: str, seed: int = 0, **overrides) -> HRNet:
+    torch.manual_seed(seed)
+    cfg = HRNetConfig.from_row(row, backbone=None, feat_dim=D, k=3, pretrained=False, **overrides)
+    model = HRNet(cfg, num_classes=5)
+    # Non-trivial BatchNorm statistics (BNNeck and verifier), as after training.
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+        bn.running_mean.normal_(0.0, 0.3)
+        bn.running_var.uniform_(0.5, 2.0)
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def brute_force_knn(f: torch.Tensor, k: int, loop: bool, full: bool) -> torch.Tensor:
+    """edge_index of C (Eq. 1): for each i its k nearest j (Euclidean), plain loops."""
+    m = f.size(0)
+    src, dst = [], []
+    for i in range(m):
+        cand = [j for j in range(m) if j != i or loop]
+        if not full:
+            cand = sorted(cand, key=lambda j: float(((f[i] - f[j]) ** 2).sum()))[:k]
+        for j in cand:
+            src.append(j)
+            dst.append(i)
+    return torch.tensor([src, dst], dtype=torch.long)
+
+
+def reference_graph_scores(model: HRNet, f: torch.Tensor) -> torch.Tensor:
+    """Score of node 0 (query) against nodes 1..M-1 of one graph f (M, d), written plainly."""
+    cfg = model.config
+    m = f.size(0)
+    if model.ir is None and model.pr is None:
+        r = Fn.normalize(model.bnneck.bn(f), dim=1)
+        return r[1:] @ r[0]
+    score = torch.zeros(m - 1)
+    v = f
+    if model.ir is not None:
+        edges = brute_force_knn(f, min(cfg.k, m - 1), cfg.ir_self_in_knn, cfg.ir_graph == "full")
+        v = model.ir(f, edges)  # message passing; one graph: Eq. 2 denominator over its M nodes
+        score = score + torch.stack([Fn.cosine_similarity(v[0], v[i], dim=0) for i in range(1, m)])
+    if model.pr is not None:
+        data = pair_graph(f, v if cfg.use_igp else None, num_edges=cfg.pr_edges)
+        u = model.pr.forward_hetero(data).view(m, m, -1)  # row n*M + i is u'_{n,i}
+        score = score + torch.sigmoid(model.verifier(u[0, 1:]))  # graph n = the query
+    return score
+
+
+def reference_rerank(model: HRNet, qf: torch.Tensor, gf: torch.Tensor, top_k: int) -> torch.Tensor:
+    qb = Fn.normalize(model.bnneck.bn(qf), dim=1)
+    gb = Fn.normalize(model.bnneck.bn(gf), dim=1)
+    k = min(top_k, gf.size(0))
+    dist = torch.empty(qf.size(0), gf.size(0))
+    for q in range(qf.size(0)):
+        cos = gb @ qb[q]
+        short = sorted(range(gf.size(0)), key=lambda j: -float(cos[j]))[:k]
+        dist[q] = 1.0 - cos  # items outside the shortlist keep cosine order
+        scores = reference_graph_scores(model, torch.cat([qf[q : q + 1], gf[short]]))
+        for a, j in enumerate(short):
+            dist[q, j] = -_RERANK_OFFSET - scores[a]
+    return dist
+
+
+def features(num: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(num, D, generator=g).relu_() + 0.1 * torch.rand(num, D, generator=g)
+
+
+VARIANTS = [
+    ("HRNet", {}),
+    ("CNN+IR", {}),
+    ("CNN+PR+IGP", {}),
+    ("CNN+PR", {}),
+    ("CNN", {}),
+    ("CNN+IR*", {}),
+    ("HRNet", {"ir_attention_norm": "neighbors"}),
+    ("HRNet", {"ir_self_in_knn": True}),
+    ("HRNet", {"pr_edges": 4}),
+    ("CNN+PR+IGP", {"pr_edges": 3}),
+]
+
+
+@pytest.mark.parametrize("row,overrides", VARIANTS)
+@pytest.mark.parametrize("num_g,top_k", [(30, 8), (6, 10)])  # second: gallery smaller than top_k
+def test_fast_rerank_matches_per_query_reference(row, overrides, num_g, top_k):
+    model = make_model(row, **overrides)
+    qf, gf = features(5, seed=1), features(num_g, seed=2)
+    with torch.no_grad():
+        ref = reference_rerank(model, qf, gf, top_k)
+    fast = relational_rerank(model, qf, gf, top_k=top_k, queries_per_pass=2, device="cpu", progress=False)
+    assert fast.shape == (5, num_g) and fast.dtype == torch.float32
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+    # The same ordering: re-scored shortlist first, then the rest by cosine.
+    assert torch.equal(fast.argsort(dim=1), ref.argsort(dim=1))
+
+
+@pytest.mark.parametrize("row", ["HRNet", "CNN+PR+IGP", "CNN"])
+def test_query_graph_scores_match_reference(row):
+    model = make_model(row, seed=3)
+    graphs = features(3 * 7, seed=4).view(3, 7, D)
+    with torch.no_grad():
+        ref = torch.stack([reference_graph_scores(model, g) for g in graphs])
+    torch.testing.assert_close(model.query_graph_scores(graphs), ref, atol=1e-5, rtol=0)
+
+
+def test_result_does_not_depend_on_queries_per_pass():
+    model = make_model("HRNet", seed=5)
+    qf, gf = features(7, seed=6), features(25, seed=7)
+    runs = [relational_rerank(model, qf, gf, top_k=6, queries_per_pass=b, device="cpu", progress=False)
+            for b in (1, 3, 64)]
+    for r in runs[1:]:
+        torch.testing.assert_close(r, runs[0], atol=1e-6, rtol=0)
+
+
+def test_rerank_errors_are_specific():
+    model = make_model("HRNet")
+    with pytest.raises(ValueError, match="same d"):
+        relational_rerank(model, torch.randn(2, D), torch.randn(4, D + 1), progress=False)
+    with pytest.raises(ValueError, match="top_k"):
+        relational_rerank(model, torch.randn(2, D), torch.randn(4, D), top_k=0, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        relational_rerank(model, torch.randn(2, D), torch.randn(0, D), progress=False)
+    with pytest.raises(ValueError, match="queries_per_pass"):
+        relational_rerank(model, torch.randn(2, D), torch.randn(4, D), queries_per_pass=0, progress=False)
+    with pytest.raises(ValueError, match=r"\(B, M, 16\)"):
+        model.query_graph_scores(torch.randn(2, 1, D))
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer entry points the fast path uses (additive: the existing paths are tested in
+# tests/test_layers.py)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("normalize", ["all", "neighbors"])
+@pytest.mark.parametrize("loop", [False, True])
+def test_individual_forward_dense_equals_message_passing(normalize, loop):
+    torch.manual_seed(8)
+    conv = IndividualRelationConv(D, 12, normalize=normalize).double()
+    b, m = 3, 9
+    x = torch.randn(b, m, D, dtype=torch.float64)
+    batch = torch.arange(b).repeat_interleave(m)
+    edge_index = knn_edges(x.reshape(b * m, D), 3, batch=batch, loop=loop)
+    adj = torch.zeros(b * m, m, dtype=torch.bool)
+    adj[edge_index[1], edge_index[0] % m] = True
+    ref = conv(x.reshape(b * m, D), edge_index, batch=batch).view(b, m, 12)
+    torch.testing.assert_close(conv.forward_dense(x, adj.view(b, m, m)), ref)
+    # precomputed per-node terms give the same result
+    out = conv.forward_dense(x, adj.view(b, m, m), x_lin=conv.lin(x), dots=conv.image_dots(x))
+    torch.testing.assert_close(out, ref)
+    # a single graph without a batch axis
+    torch.testing.assert_close(conv.forward_dense(x[1], adj.view(b, m, m)[1]), ref[1])
+
+
+def test_individual_forward_dense_node_without_neighbours_gets_only_itself():
+    conv = IndividualRelationConv(D, D, normalize="neighbors").double()
+    x = torch.randn(4, D, dtype=torch.float64)
+    adj = torch.zeros(4, 4, dtype=torch.bool)
+    adj[0, 1] = True
+    out = conv.forward_dense(x, adj)
+    torch.testing.assert_close(out[2], torch.relu(conv.lin(x[2])))
+    torch.testing.assert_close(out, conv(x, torch.tensor([[1], [0]])))
+
+
+def test_individual_forward_dense_errors():
+    conv = IndividualRelationConv(D, D)
+    x = torch.randn(2, 5, D)
+    with pytest.raises(ValueError, match="adj must be a bool tensor of shape"):
+        conv.forward_dense(x, torch.ones(2, 5, 5))
+    with pytest.raises(ValueError, match="x_lin must have shape"):
+        conv.forward_dense(x, torch.ones(2, 5, 5, dtype=torch.bool), x_lin=torch.randn(2, 5, 3))
+    with pytest.raises(ValueError, match="dots must have shape"):
+        conv.forward_dense(x, torch.ones(2, 5, 5, dtype=torch.bool), dots=torch.randn(2, 5, 3))
+
+
+@pytest.mark.parametrize("igp", [True, False])
+def test_pairwise_forward_dense_with_precomputed_terms_is_unchanged(igp):
+    torch.manual_seed(9)
+    conv = PairwiseRelationConv(D, igp=igp).double()
+    b, n = 2, 6
+    f = torch.randn(b, n, D, dtype=torch.float64)
+    v = torch.randn(b, n, D, dtype=torch.float64)
+    rows = torch.tensor([0, 4])
+    ref = conv.forward_dense(f, v, rows=rows)
+    kw = dict(f_lin=conv.lin_p(f), f_dots=conv.image_dots(f))
+    if igp:
+        kw.update(v_lin_l=conv.lin_l(v)[:, rows], v_lin_r=conv.lin_r(v), v_dots=conv.node_dots(v))
+    torch.testing.assert_close(conv.forward_dense(f, None, rows=rows, **kw), ref)
+    # each term alone
+    for name, t in kw.items():
+        torch.testing.assert_close(conv.forward_dense(f, v, rows=rows, **{name: t}), ref)
+
+
+def test_pairwise_forward_dense_precomputed_shape_errors():
+    conv = PairwiseRelationConv(D, igp=True)
+    f = torch.randn(5, D)
+    with pytest.raises(ValueError, match="f_dots must have shape"):
+        conv.forward_dense(f, f_dots=torch.randn(5, 2))
+    with pytest.raises(ValueError, match="v_lin_l must have shape"):
+        conv.forward_dense(f, rows=torch.tensor([1]), v_lin_l=torch.randn(5, D))
+    no_igp = PairwiseRelationConv(D, igp=False)
+    with pytest.raises(ValueError, match="igp=False"):
+        no_igp.forward_dense(f, v_lin_r=torch.randn(5, D))
+    with pytest.raises(ValueError, match="igp=False"):
+        no_igp.node_dots(f)
