@@ -715,13 +715,21 @@ class PairwiseRelationConv(MessagePassing):
         # here: neither the matmul, the IGP update (_InterGraphTerm), nor the add saves its output.
         c_p = (1.0 - self.alpha) * (self.beta if self.igp else 1.0)  # no IGP: beta = 1
         c_q = (1.0 - self.alpha) * (1.0 - self.beta)
-        # (B?, N, d): W_p applied to N images, not N^2 differences
-        p = (self.lin_p(f) if f_lin is None else f_lin) * c_p
+        # With few graphs (R N < d, e.g. one query graph per batch entry in re-ranking) the
+        # (R, N) / (R, N, N) scalars are smaller than the (N, d) features, so the constants go
+        # into the scalars; otherwise (training: R = N) into the (N, d) factors.
+        fold = rows.numel() * n < self.channels
+        p = self.lin_p(f) if f_lin is None else f_lin  # (B?, N, d): W_p on N images, not N^2
+        if not fold:
+            p = p * c_p
 
         # sum_j g^n_ij u_{n,j} W_p = (f_n W_p) - (G^n F W_p)_i = ((e_n 1^T - G^n) F W_p)_i, since
         # the rows of G^n sum to 1: one (R, N, N) @ (N, d) matmul, the only contraction over j.
         onehot = F.one_hot(rows, n).to(g.dtype)  # (R, N): e_n for n = rows[r]
-        pre = (onehot.unsqueeze(-2) - g) @ p.unsqueeze(-3)  # (B?, R, N, d)
+        agg = onehot.unsqueeze(-2) - g
+        if fold:
+            agg = agg * c_p
+        pre = agg @ p.unsqueeze(-3)  # (B?, R, N, d)
 
         q = None
         if self.igp:
@@ -740,15 +748,21 @@ class PairwiseRelationConv(MessagePassing):
                               + vr.unsqueeze(-2), slope)  # with v_i
             q = torch.softmax(torch.stack([zl, zr], dim=-1), dim=-1)  # (B?, R, N, 2)
             # q_{i,n} v_n W_l + q_{i,i} v_i W_r, added to `pre` in place.
-            wl = pick(self.lin_l(v) * c_q) if v_lin_l is None else v_lin_l * c_q
-            wr = (self.lin_r(v) if v_lin_r is None else v_lin_r) * c_q
-            pre = _InterGraphTerm.apply(pre, q[..., 0], wl, q[..., 1], wr)
+            wl = pick(self.lin_l(v)) if v_lin_l is None else v_lin_l  # (B?, R, d)
+            wr = self.lin_r(v) if v_lin_r is None else v_lin_r  # (B?, N, d)
+            if fold:
+                pre = _InterGraphTerm.apply(pre, q[..., 0] * c_q, wl, q[..., 1] * c_q, wr)
+            else:
+                pre = _InterGraphTerm.apply(pre, q[..., 0], wl * c_q, q[..., 1], wr * c_q)
         pre = F.relu(pre, inplace=True)
 
-        fa = f * self.alpha
-        # alpha u_{n,i} = alpha f_n - alpha f_i, written as a sum so its backward needs no negation
-        # of a full-size gradient.
-        out = (pick(fa).unsqueeze(-2) + (-fa).unsqueeze(-3)).add_(pre)  # Eq. 7, (B?, R, N, d)
+        if fold:  # alpha (f_n - f_i) + pre: two passes over the (R, N, d) output
+            out = torch.add(pre, pick(f).unsqueeze(-2) - f.unsqueeze(-3), alpha=self.alpha)
+        else:
+            fa = f * self.alpha
+            # alpha u_{n,i} = alpha f_n - alpha f_i, written as a sum so its backward needs no
+            # negation of a full-size gradient.
+            out = (pick(fa).unsqueeze(-2) + (-fa).unsqueeze(-3)).add_(pre)  # Eq. 7
         if return_attention:
             return out, g, q
         return out

@@ -72,6 +72,7 @@ class ImageTerms:
 
     feats: Tensor  # (N, d) F
     retrieval: Tensor  # (N, d) BN(F) / ||BN(F)||: the cosine shortlist features
+    sq_norms: Optional[Tensor] = None  # (N,) ||f||^2 for the kNN distances of Eq. 1 (IR module)
     ir_lin: Optional[Tensor] = None  # (N, d') F W_s (Eq. 3)
     ir_dots: Optional[Tensor] = None  # (N, 2) F H_s[:d], F H_s[d:] (Eq. 2)
     pr_lin: Optional[Tensor] = None  # (N, d) F W_p (Eq. 7)
@@ -228,6 +229,8 @@ class HRNet(nn.Module):
                 f"graph_feats must be (B, M, {self.feat_dim}) with M >= 2 (a query and at least one "
                 f"gallery image), got {tuple(graph_feats.shape)}"
             )
+        if not bool(torch.isfinite(graph_feats).all()):
+            raise ValueError("graph_feats holds NaN or infinite values")
         b, m, d = graph_feats.shape
         terms = self.image_terms(graph_feats.reshape(b * m, d))
         index = torch.arange(b * m, device=graph_feats.device).view(b, m)
@@ -247,6 +250,7 @@ class HRNet(nn.Module):
         f = feats.float()
         terms = ImageTerms(feats=f, retrieval=Fn.normalize(self.retrieval_features(f), dim=1))
         if self.ir is not None:
+            terms.sq_norms = (f * f).sum(-1)
             terms.ir_lin = self.ir.lin(f)
             terms.ir_dots = self.ir.image_dots(f)
         if self.pr is not None:
@@ -259,21 +263,29 @@ class HRNet(nn.Module):
                 terms.igp_dots = self.pr.node_dots(f)
         return terms
 
-    def individual_adjacency(self, graph_feats: Tensor) -> Tensor:
+    def individual_adjacency(self, graph_feats: Tensor, sq_norms: Optional[Tensor] = None) -> Tensor:
         """C of Eq. 1 for B graphs of M nodes, dense: (B, M, M) bool, ``[b, i, j]`` = edge j -> i.
 
-        The same edges as :meth:`individual_edges` on the graphs' disjoint union (k clipped to
-        M - 1 as at test time).
+        The edges of :meth:`individual_edges` on the graphs' disjoint union, k clipped to M - 1 as
+        at test time: the same ranking scores as :func:`~hrnet_pyg.graphs.knn_edges`
+        (||f_j||^2 - 2 f_i.f_j, exact squared norms) and the same tie rule (lower index first,
+        here by a stable sort), computed in a handful of whole-batch ops: on a shared CPU each
+        multi-threaded op can wait a scheduler slice, so re-ranking avoids many small ones.
+        ``sq_norms`` (B, M): the rows' ||f||^2 if already known (:class:`ImageTerms`).
+        The features must be finite (callers check once per image set, not per graph).
         """
-        b, m, d = graph_feats.shape
+        b, m, _ = graph_feats.shape
+        eye = torch.eye(m, dtype=torch.bool, device=graph_feats.device)
         if self.config.ir_graph == "full":
-            return ~torch.eye(m, dtype=torch.bool, device=graph_feats.device).expand(b, m, m)
-        batch = torch.arange(b, device=graph_feats.device).repeat_interleave(m)
-        edge_index = self.individual_edges(graph_feats.reshape(b * m, d), batch=batch,
-                                           k=min(self.config.k, m - 1))
-        adj = torch.zeros(b * m, m, dtype=torch.bool, device=graph_feats.device)
-        adj[edge_index[1], edge_index[0] % m] = True  # graphs are contiguous blocks of m nodes
-        return adj.view(b, m, m)
+            return ~eye.expand(b, m, m)
+        x = graph_feats.detach().float()
+        sq = (x * x).sum(-1) if sq_norms is None else sq_norms  # (B, M)
+        score = torch.baddbmm(sq.unsqueeze(-2), x, x.transpose(-1, -2), alpha=-2.0)  # (B, M, M)
+        # self: never a neighbour (Eq. 3 adds it through +I), or always one with ir_self_in_knn
+        score.masked_fill_(eye, float("-inf") if self.config.ir_self_in_knn else float("inf"))
+        k = min(self.config.k, m - 1)
+        nbr = torch.sort(score, dim=-1, stable=True).indices[..., :k]  # (B, M, k)
+        return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, nbr, True)
 
     @torch.no_grad()
     def graph_scores(self, terms: ImageTerms, index: Tensor) -> Tensor:
@@ -301,7 +313,8 @@ class HRNet(nn.Module):
         v: Optional[Tensor] = None
         if self.ir is not None:
             assert terms.ir_lin is not None and terms.ir_dots is not None
-            adj = self.individual_adjacency(f)
+            assert terms.sq_norms is not None
+            adj = self.individual_adjacency(f, terms.sq_norms[index])
             v = self.ir.forward_dense(f, adj, x_lin=terms.ir_lin[index], dots=terms.ir_dots[index])
             # cos(v'_q, v'_g) as F.normalize would give it, without a normalised copy of V'
             norm = torch.linalg.vector_norm(v, dim=-1).clamp_min(1e-12)  # (B, M)

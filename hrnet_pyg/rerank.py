@@ -68,6 +68,9 @@ def relational_rerank(
         raise ValueError(f"queries_per_pass must be >= 1, got {queries_per_pass}")
     if gallery_feats.size(0) == 0:
         raise ValueError("gallery_feats is empty: there is nothing to rank")
+    for name, feats in (("query_feats", query_feats), ("gallery_feats", gallery_feats)):
+        if not bool(torch.isfinite(feats).all()):
+            raise ValueError(f"{name} holds NaN or infinite values")
     dev = resolve_device(device)
     model = model.to(dev).eval()
     num_q, num_g = query_feats.size(0), gallery_feats.size(0)
