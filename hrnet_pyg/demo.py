@@ -5,9 +5,9 @@ with the relational re-ranking); only the sizes are small enough for a CPU:
 
 - the synthetic Market-format dataset (``hrnet_pyg.data.synthetic``, default sizes),
 - ResNet-18 from random initialisation (nothing is downloaded) at 64 x 32 pixels,
-- the paper's 11 x 6 batches and graph hyperparameters, a short schedule.
+- the paper's 11 x 6 batches and graph hyperparameters; lr 1e-3 and 40 epochs (random init).
 
-The same settings are ``experiments/synthetic/`` (at 128 x 64 for users with more time).
+``experiments/synthetic/`` holds the same schedule at 128 x 64 for users with more time.
 """
 from __future__ import annotations
 
@@ -21,8 +21,12 @@ from hrnet_pyg.experiment import DataConfig, Experiment, RunConfig, run_experime
 
 log = logging.getLogger("hrnet_pyg")
 
-# Demo schedule: from scratch, so the lr steps come late (the paper fine-tunes ImageNet weights).
-DEMO_MODEL = dict(backbone="resnet18", pretrained=False, image_size=(64, 32), epochs=16, milestones=(10, 14))
+# Demo schedule: from random initialisation (offline: no ImageNet weights), so a higher lr and late
+# steps; the paper's 3.5e-4 fine-tunes pretrained weights. Measured on the demo data: CNN mAP 12.6
+# after 16 epochs at 3.5e-4, 57.6 after 40 epochs at 1e-3.
+DEMO_MODEL = dict(
+    backbone="resnet18", pretrained=False, image_size=(64, 32), lr=1e-3, epochs=40, milestones=(30, 37)
+)
 QUICK_MODEL = dict(DEMO_MODEL, epochs=1, milestones=(40, 120))
 QUICK_DATA = dict(num_train_ids=16, num_test_ids=12, imgs_per_id=8, num_distractors=4, num_junk=2)
 

@@ -110,7 +110,7 @@ def test_output_dirs_are_unique():
 
 
 def test_synthetic_config_departs_from_the_paper_only_in_documented_cpu_settings():
-    allowed = {"backbone", "pretrained", "feat_dim", "image_size", "epochs", "milestones"}
+    allowed = {"backbone", "pretrained", "feat_dim", "image_size", "epochs", "milestones", "lr"}
     syn = load_experiment(EXP / "synthetic" / "hrnet.yaml")
     paper = HRNetConfig()
     differ = {f.name for f in dataclasses.fields(HRNetConfig) if getattr(syn.model, f.name) != getattr(paper, f.name)}
