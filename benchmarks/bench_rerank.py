@@ -104,7 +104,8 @@ def main() -> None:
     ap.add_argument("--gallery", type=int, default=15913)
     ap.add_argument("--d", type=int, default=2048)
     ap.add_argument("--top-k", type=int, default=120)
-    ap.add_argument("--queries-per-pass", type=int, default=64)
+    ap.add_argument("--queries-per-pass", type=int, default=None,
+                    help="(default: relational_rerank's own choice)")
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 1; quick: 3)")
     ap.add_argument("--check-queries", type=int, default=16,
                     help="queries re-scored by the per-graph path for the check and its timing")

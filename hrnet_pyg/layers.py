@@ -670,6 +670,7 @@ class PairwiseRelationConv(MessagePassing):
             if not bool(mask.any(-1).all()):
                 raise ValueError(f"{where}: every row of mask needs at least one True "
                                  f"(a difference node with no source has an undefined softmax)")
+        all_rows = rows is None
         if rows is None:
             rows = torch.arange(n, device=f.device)
         elif (not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.long
@@ -690,16 +691,18 @@ class PairwiseRelationConv(MessagePassing):
                                  f"got {tuple(t.shape)}")
 
         def pick(t: Tensor) -> Tensor:  # select graphs n = rows[r] along the image axis
+            if all_rows:  # identity: no copy, and no scatter in the backward
+                return t
             return t.index_select(-2 if t.dim() == f.dim() else -1, rows)
 
         slope = self.negative_slope
         # Eq. 6, logits e[r, i, j] = mu(u_{n,i}.a_dst + u_{n,j}.a_src), n = rows[r]
         #   = mu((f_n.a_dst + f_n.a_src) - f_i.a_dst - f_j.a_src): per-image dot products only.
         if f_dots is None:
-            pd = f @ self.att_p_dst  # (B?, N)
-            ps = f @ self.att_p_src  # (B?, N)
-        else:
-            pd, ps = f_dots[..., 0], f_dots[..., 1]
+            # all of f's attention scalars in one (N, d) x (d, 2|4) product: one op forward and
+            # one backward instead of one per vector (each a pass over f and its gradient)
+            f_dots = self.image_dots(f)
+        pd, ps = f_dots[..., 0], f_dots[..., 1]  # (B?, N)
         c = pick(pd + ps)  # (B?, R)
         e = F.leaky_relu(c[..., :, None, None] - pd[..., None, :, None] - ps[..., None, None, :],
                          slope)  # (B?, R, N, N) scalars
@@ -734,14 +737,10 @@ class PairwiseRelationConv(MessagePassing):
         q = None
         if self.igp:
             # Eq. 8-9 with u_{n,i}.a = f_n.a - f_i.a: two (R, N) logit maps.
-            if f_dots is None:
-                fl, fr = f @ self.att_l_pair, f @ self.att_r_pair  # (B?, N)
-            else:
-                fl, fr = f_dots[..., 2], f_dots[..., 3]
+            fl, fr = f_dots[..., 2], f_dots[..., 3]  # (B?, N)
             if v_dots is None:
-                vl, vr = v @ self.att_l_image, v @ self.att_r_image  # (B?, N)
-            else:
-                vl, vr = v_dots[..., 0], v_dots[..., 1]
+                v_dots = self.node_dots(v)
+            vl, vr = v_dots[..., 0], v_dots[..., 1]  # (B?, N)
             zl = F.leaky_relu(pick(fl + vl).unsqueeze(-1) - fl.unsqueeze(-2),
                               slope)  # (B?, R, N): mu(u_{n,i}.H_l[:d] + v_n.H_l[d:])
             zr = F.leaky_relu(pick(fr).unsqueeze(-1) - fr.unsqueeze(-2)
@@ -756,7 +755,11 @@ class PairwiseRelationConv(MessagePassing):
                 pre = _InterGraphTerm.apply(pre, q[..., 0], wl * c_q, q[..., 1], wr * c_q)
         pre = F.relu(pre, inplace=True)
 
-        if fold:  # alpha (f_n - f_i) + pre: two passes over the (R, N, d) output
+        if fold and not (torch.is_grad_enabled() and (f.requires_grad or pre.requires_grad)):
+            # inference: alpha f_n - alpha f_i added to `pre` in place, no new (R, N, d) tensor
+            out = pre.add_(pick(f).unsqueeze(-2), alpha=self.alpha).sub_(f.unsqueeze(-3),
+                                                                         alpha=self.alpha)
+        elif fold:  # alpha (f_n - f_i) + pre: two passes over the (R, N, d) output
             out = torch.add(pre, pick(f).unsqueeze(-2) - f.unsqueeze(-3), alpha=self.alpha)
         else:
             fa = f * self.alpha

@@ -305,17 +305,22 @@ class HRNet(nn.Module):
         b, m = index.shape
         if m < 2:
             raise ValueError(f"index must be (B, M) with M >= 2 (query + gallery), got {tuple(index.shape)}")
+        flat = index.reshape(-1)
+
+        def rows_of(t: Tensor) -> Tensor:  # (N, ...) -> (B, M, ...); row copies, not per element
+            return t.index_select(0, flat).view(b, m, *t.shape[1:])
+
         if self.ir is None and self.pr is None:
-            r = terms.retrieval[index]  # (B, M, d)
+            r = rows_of(terms.retrieval)  # (B, M, d)
             return (r[:, 1:] @ r[:, 0].unsqueeze(-1)).squeeze(-1)
-        f = terms.feats[index]  # (B, M, d)
+        f = rows_of(terms.feats)  # (B, M, d)
         score = f.new_zeros(b, m - 1)
         v: Optional[Tensor] = None
         if self.ir is not None:
             assert terms.ir_lin is not None and terms.ir_dots is not None
             assert terms.sq_norms is not None
-            adj = self.individual_adjacency(f, terms.sq_norms[index])
-            v = self.ir.forward_dense(f, adj, x_lin=terms.ir_lin[index], dots=terms.ir_dots[index])
+            adj = self.individual_adjacency(f, rows_of(terms.sq_norms))
+            v = self.ir.forward_dense(f, adj, x_lin=rows_of(terms.ir_lin), dots=rows_of(terms.ir_dots))
             # cos(v'_q, v'_g) as F.normalize would give it, without a normalised copy of V'
             norm = torch.linalg.vector_norm(v, dim=-1).clamp_min(1e-12)  # (B, M)
             score = (v[:, 1:] @ v[:, 0].unsqueeze(-1)).squeeze(-1) / (norm[:, :1] * norm[:, 1:])
@@ -332,11 +337,11 @@ class HRNet(nn.Module):
                 else:  # v = f: per-image, gathered
                     assert terms.igp_lin_l is not None and terms.igp_lin_r is not None
                     assert terms.igp_dots is not None
-                    extra = dict(v_lin_l=terms.igp_lin_l[index[:, :1]], v_lin_r=terms.igp_lin_r[index],
-                                 v_dots=terms.igp_dots[index])
+                    extra = dict(v_lin_l=terms.igp_lin_l[index[:, :1]], v_lin_r=rows_of(terms.igp_lin_r),
+                                 v_dots=rows_of(terms.igp_dots))
             assert terms.pr_lin is not None and terms.pr_dots is not None
-            u = self.pr.forward_dense(f, None, mask=mask, rows=rows, f_lin=terms.pr_lin[index],
-                                      f_dots=terms.pr_dots[index], **extra)  # (B, 1, M, d)
+            u = self.pr.forward_dense(f, None, mask=mask, rows=rows, f_lin=rows_of(terms.pr_lin),
+                                      f_dots=rows_of(terms.pr_dots), **extra)  # (B, 1, M, d)
             score = score + torch.sigmoid(self.verifier(u[:, 0, 1:]))  # t_hat(q, g)
         return score
 

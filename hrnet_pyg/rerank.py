@@ -17,7 +17,7 @@ images. Per query only what depends on its node set remains
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,14 @@ from tqdm.auto import tqdm
 # (cosine + probability), i.e. below 0 <= any cosine distance of the items left in CNN order.
 _RERANK_OFFSET = 3.0
 
+# Bytes of one (queries, 1 + top_k, d) float32 tensor of a pass when queries_per_pass is not given.
+# CPU: glibc serves allocations above 32 MiB with fresh mmap()s, which page-fault on every pass (a
+# 64 MiB tensor cost 28 ms to fill against 1.2 ms for a 31 MiB one on the team's machine), and a
+# pass allocates about a dozen such tensors; below the threshold freed blocks are reused. GPUs
+# (caching allocator) gain from larger passes: fewer kernel launches per query.
+_PASS_TENSOR_BYTES = {"cpu": 24 << 20}
+_PASS_TENSOR_BYTES_OTHER = 128 << 20
+
 
 @torch.no_grad()
 def relational_rerank(
@@ -35,7 +43,7 @@ def relational_rerank(
     gallery_feats: Tensor,
     top_k: int = 120,
     *,
-    queries_per_pass: int = 64,
+    queries_per_pass: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
 ) -> Tensor:
@@ -48,7 +56,11 @@ def relational_rerank(
         gallery_feats: (G, d) CNN features F of the gallery.
         top_k: shortlist length (the paper's 120); clipped to G.
         queries_per_pass: query graphs processed together (their per-graph matrix products are
-            batched into one); memory grows with it (about 5 MB per query at d = 2048, top-120).
+            batched into one; memory grows with it, about 1 MB per query and per-pass tensor at
+            d = 2048, top-120). Default on the CPU: as many as keep one (queries, 1 + top_k, d)
+            float32 tensor within 24 MiB (24 queries at d = 2048, top-120): larger passes gain
+            nothing on a quiet machine, the GEMM being large already, and lose to page faults;
+            on a GPU within 128 MiB.
 
     Returns:
         (Q, G) float32 tensor on the CPU that :func:`~hrnet_pyg.evaluation.evaluate_rank`
@@ -64,7 +76,7 @@ def relational_rerank(
         )
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if queries_per_pass < 1:
+    if queries_per_pass is not None and queries_per_pass < 1:
         raise ValueError(f"queries_per_pass must be >= 1, got {queries_per_pass}")
     if gallery_feats.size(0) == 0:
         raise ValueError("gallery_feats is empty: there is nothing to rank")
@@ -75,6 +87,9 @@ def relational_rerank(
     model = model.to(dev).eval()
     num_q, num_g = query_feats.size(0), gallery_feats.size(0)
     k = min(top_k, num_g)
+    if queries_per_pass is None:
+        budget = _PASS_TENSOR_BYTES.get(dev.type, _PASS_TENSOR_BYTES_OTHER)
+        queries_per_pass = max(1, budget // ((k + 1) * query_feats.size(1) * 4))
     # Per-image terms of queries (rows 0..Q-1) and gallery (rows Q..Q+G-1), computed once.
     terms = model.image_terms(torch.cat([query_feats.float().to(dev), gallery_feats.float().to(dev)]))
     g_ret = terms.retrieval[num_q:]  # (G, d) normalised BN(F)

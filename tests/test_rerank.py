@@ -217,3 +217,20 @@ def test_pairwise_forward_dense_precomputed_shape_errors():
         no_igp.forward_dense(f, v_lin_r=torch.randn(5, D))
     with pytest.raises(ValueError, match="igp=False"):
         no_igp.node_dots(f)
+
+
+@pytest.mark.parametrize("self_in_knn", [False, True])
+def test_individual_adjacency_equals_knn_edges_with_tied_distances(self_in_knn):
+    """The dense kNN of re-ranking keeps knn_edges' tie rule (lower index first): duplicated
+    images give exactly tied distances."""
+    model = make_model("HRNet", ir_self_in_knn=self_in_knn)
+    base = features(4 * 5, seed=11).view(4, 5, D)
+    graphs = torch.cat([base, base[:, :3]], dim=1)  # nodes 5..7 duplicate nodes 0..2: ties
+    b, m = graphs.shape[:2]
+    adj = model.individual_adjacency(graphs)
+    batch = torch.arange(b).repeat_interleave(m)
+    ei = knn_edges(graphs.reshape(b * m, D), model.config.k, batch=batch, loop=self_in_knn)
+    ref = torch.zeros(b * m, m, dtype=torch.bool)
+    ref[ei[1], ei[0] % m] = True
+    assert torch.equal(adj, ref.view(b, m, m))
+    assert bool((adj.sum(-1) == model.config.k).all())
