@@ -66,20 +66,25 @@ def run_demo(
         "|---|---|---|---|---|---|---|",
     ]
 
-    def line(name: str, proto: str, r: Any, secs: float) -> str:
+    def line(name: str, proto: str, r: Any, secs: Any) -> str:
         return (
             f"| {name} | {proto} | {100 * r.mAP:.1f} | {100 * r.cmc[0]:.1f} | "
-            f"{100 * r.cmc[min(4, len(r.cmc) - 1)]:.1f} | {100 * r.mINP:.1f} | {secs:.0f} |"
+            f"{100 * r.cmc[min(4, len(r.cmc) - 1)]:.1f} | {100 * r.mINP:.1f} | {secs} |"
         )
 
-    lines.append(line("CNN (baseline)", "cosine", cnn.cnn, results["CNN"]["seconds"]))
-    lines.append(line("HRNet", "cosine of its CNN features", hr.cnn, results["HRNet"]["seconds"]))
-    lines.append(line("HRNet", "top-120 relational re-ranking (Sec. 4.2)", hr.hrnet, 0.0))
+    lines.append(line("CNN (baseline)", "cosine", cnn.cnn, f"{results['CNN']['seconds']:.0f}"))
+    lines.append(line("HRNet", "cosine of its CNN features", hr.cnn, f"{results['HRNet']['seconds']:.0f}"))
+    lines.append(line("HRNet", "top-120 relational re-ranking (Sec. 4.2)", hr.hrnet, "(same run)"))
     table = "\n".join(lines)
     print(table)
     delta = 100 * (hr.hrnet.mAP - cnn.cnn.mAP)
     verdict = "exceeds" if delta > 0 else "does NOT exceed"
     print(f"\nHRNet mAP {verdict} the CNN baseline's by {delta:+.1f} points on this run.")
+    # Where the gain comes from: training with the graph losses, and the test-time re-ranking.
+    print(
+        f"The test-time re-ranking alone changes HRNet's own cosine mAP by "
+        f"{100 * (hr.hrnet.mAP - hr.cnn.mAP):+.1f} points (query set of {len(dataset.query)} images)."
+    )
     (out / "results.md").write_text(table + "\n")
     figures = visualize_batch(results["HRNet"]["model"], dataset, out / "figures", device=device, progress=progress)
     for p in figures:
