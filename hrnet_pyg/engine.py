@@ -135,9 +135,14 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
         )
     version = ckpt.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
+        newer = isinstance(version, int) and version > CHECKPOINT_FORMAT_VERSION
+        advice = (
+            "upgrade hrnet_pyg to read it" if newer
+            else "load it with the hrnet_pyg release that wrote it and save it again with this one"
+        )
         raise ValueError(
             f"checkpoint {path} has format version {version}, this hrnet_pyg reads version "
-            f"{CHECKPOINT_FORMAT_VERSION}; re-save it with the hrnet_pyg release that wrote it"
+            f"{CHECKPOINT_FORMAT_VERSION}; {advice}"
         )
     return ckpt
 
