@@ -373,7 +373,10 @@ def fit(
                 + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss_"))
                 + f" lr={lr:.2e} {row['images_per_s']:.1f} img/s"
             )
-            tqdm.write(msg) if show else log.info(msg)
+            if show:
+                tqdm.write(msg)
+            else:
+                log.info(msg)
         if out_dir is not None and is_main_process():
             payload = _model_payload(model)
             payload.update(
