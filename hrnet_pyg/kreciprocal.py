@@ -26,7 +26,7 @@ local query expansion ``V[i] <- mean(V[initial_rank[i, :k2]])`` (if ``k2 != 1``)
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Tuple, Union
 
 import numpy as np
 import torch

@@ -1,5 +1,4 @@
 """k-reciprocal re-ranking: dense classic vs a plain loop re-statement, memory-bounded vs dense."""
-import warnings
 
 import numpy as np
 import pytest
