@@ -25,6 +25,8 @@ from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.distributed import (
     all_gather_cat,
     broadcast_buffers,
+    get_rank,
+    get_world_size,
     loader_is_sharded,
     prepare_for_training,
     reduce_epoch_stats,
@@ -318,6 +320,10 @@ def fit(
     for epoch in range(start_epoch, total_epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        if get_world_size() > 1:
+            # Ranks would otherwise share rank 0's RNG stream (same augmentation draws on every
+            # rank); a pure function of (seed, epoch, rank) keeps resume exact.
+            torch.manual_seed(cfg.seed + 1_000_003 * (epoch + 1) + 7_919 * get_rank())
         lr = lr_at_epoch(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
