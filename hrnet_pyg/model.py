@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from hrnet_pyg.backbone import BNNeck, ResNetBackbone
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.distributed import check_graph_scope, gather_graph_batch, get_world_size
-from hrnet_pyg.graphs import full_edges, knn_edges, pair_mask
+from hrnet_pyg.graphs import full_edges, knn_adjacency, knn_edges, pair_mask
 from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv, VerificationHead
 from hrnet_pyg.losses import (
     batch_hard_triplet_loss,
@@ -267,25 +267,14 @@ class HRNet(nn.Module):
         """C of Eq. 1 for B graphs of M nodes, dense: (B, M, M) bool, ``[b, i, j]`` = edge j -> i.
 
         The edges of :meth:`individual_edges` on the graphs' disjoint union, k clipped to M - 1 as
-        at test time: the same ranking scores as :func:`~hrnet_pyg.graphs.knn_edges`
-        (||f_j||^2 - 2 f_i.f_j, exact squared norms) and the same tie rule (lower index first,
-        here by a stable sort), computed in a handful of whole-batch ops: on a shared CPU each
-        multi-threaded op can wait a scheduler slice, so re-ranking avoids many small ones.
-        ``sq_norms`` (B, M): the rows' ||f||^2 if already known (:class:`ImageTerms`).
+        at test time, via :func:`~hrnet_pyg.graphs.knn_adjacency` (the edges of ``knn_edges`` in a
+        few whole-batch ops). ``sq_norms`` (B, M): the rows' ||f||^2 if already known (:class:`ImageTerms`).
         The features must be finite (callers check once per image set, not per graph).
         """
         b, m, _ = graph_feats.shape
-        eye = torch.eye(m, dtype=torch.bool, device=graph_feats.device)
         if self.config.ir_graph == "full":
-            return ~eye.expand(b, m, m)
-        x = graph_feats.detach().float()
-        sq = (x * x).sum(-1) if sq_norms is None else sq_norms  # (B, M)
-        score = torch.baddbmm(sq.unsqueeze(-2), x, x.transpose(-1, -2), alpha=-2.0)  # (B, M, M)
-        # self: never a neighbour (Eq. 3 adds it through +I), or always one with ir_self_in_knn
-        score.masked_fill_(eye, float("-inf") if self.config.ir_self_in_knn else float("inf"))
-        k = min(self.config.k, m - 1)
-        nbr = torch.sort(score, dim=-1, stable=True).indices[..., :k]  # (B, M, k)
-        return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, nbr, True)
+            return ~torch.eye(m, dtype=torch.bool, device=graph_feats.device).expand(b, m, m)
+        return knn_adjacency(graph_feats, self.config.k, loop=self.config.ir_self_in_knn, sq_norms=sq_norms)
 
     @torch.no_grad()
     def graph_scores(self, terms: ImageTerms, index: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from hrnet_pyg.graphs import (
     _has_torch_cluster,
     _pyg_has_knn,
     full_edges,
+    knn_adjacency,
     individual_graph,
     knn_edges,
     pair_graph,
@@ -270,3 +271,17 @@ def test_sq_norms_chunked_and_wide_features():
     order = torch.cdist(x, x).fill_diagonal_(float("inf")).argsort(dim=1, stable=True)[:, :5]
     ref = {(int(j), i) for i in range(150) for j in order[i]}
     assert edge_set(knn_edges(x, 5)) == ref
+
+
+def test_knn_adjacency_equals_knn_edges_on_a_batch_of_graphs():
+    torch.manual_seed(7)
+    x = torch.randn(3, 9, 5)
+    x[1, 4] = x[1, 2]  # an exact tie: lower index first in both
+    for loop in (False, True):
+        adj = knn_adjacency(x, 3, loop=loop)
+        batch = torch.arange(3).repeat_interleave(9)
+        src, dst = knn_edges(x.reshape(27, 5), 3, batch=batch, loop=loop)
+        ref = torch.zeros(3, 9, 9, dtype=torch.bool)
+        ref[dst // 9, dst % 9, src % 9] = True
+        assert torch.equal(adj, ref)
+        assert torch.equal(knn_adjacency(x[0], 3, loop=loop), ref[0])
