@@ -181,8 +181,13 @@ class IndividualRelationConv(MessagePassing):
         in_channels (int): Size :math:`d` of each input sample.
         out_channels (int): Size :math:`d'` of each output sample.
         negative_slope (float, optional): LeakyReLU slope of :math:`\mu`. (default: :obj:`0.2`)
-        normalize (str, optional): ``"all"`` (Eq. 2: denominator over all nodes of the graph) or
-            ``"neighbors"`` (softmax over incoming edges). (default: :obj:`"all"`)
+        normalize (str, optional): ``"all"`` (Eq. 2: denominator over all nodes of the graph),
+            ``"neighbors"`` (softmax over incoming edges) or ``"size"`` (Eq. 2's denominator as
+            the mean over the graph's nodes times ``ref_nodes``: a graph of ``ref_nodes`` nodes
+            gets Eq. 2 exactly, a larger one the same weight scale instead of weights shrinking
+            as :math:`1/N`). (default: :obj:`"all"`)
+        ref_nodes (int, optional): The reference graph size of ``normalize="size"`` (HRNet: the
+            P x K training batch). (default: :obj:`None`)
         add_identity (bool, optional): Add :math:`\mathbf{I}` (the node's own
             :math:`\mathbf{x}_i \mathbf{W}_s`), which Eq. 3 uses against over-smoothing.
             (default: :obj:`True`)
@@ -205,19 +210,23 @@ class IndividualRelationConv(MessagePassing):
         normalize: str = "all",
         add_identity: bool = True,
         act: bool = True,
+        ref_nodes: Optional[int] = None,
         **kwargs,
     ):
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
-        if normalize not in ("all", "neighbors"):
+        if normalize not in ("all", "neighbors", "size"):
             raise ValueError(
-                f"IndividualRelationConv: normalize must be 'all' (Eq. 2) or 'neighbors' (GAT), "
-                f"got {normalize!r}"
+                f"IndividualRelationConv: normalize must be 'all' (Eq. 2), 'neighbors' (GAT) or "
+                f"'size' (Eq. 2 scaled to ref_nodes), got {normalize!r}"
             )
+        if normalize == "size" and (ref_nodes is None or ref_nodes < 1):
+            raise ValueError(f"IndividualRelationConv: normalize='size' needs ref_nodes >= 1, got {ref_nodes!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.negative_slope = negative_slope
         self.normalize = normalize
+        self.ref_nodes = ref_nodes
         self.add_identity = add_identity
         self.act = act
 
@@ -261,8 +270,12 @@ class IndividualRelationConv(MessagePassing):
         s_dst = x @ self.att_dst  # (N,)
         s_src = x @ self.att_src  # (N,)
         lse = None
-        if self.normalize == "all":
+        if self.normalize in ("all", "size"):
             lse = all_node_logsumexp(s_dst, s_src, batch, self.negative_slope)
+            if self.normalize == "size":  # log(ref_nodes * mean_n exp(.)) = lse + log(ref / N_graph)
+                sizes = (torch.bincount(batch)[batch] if batch is not None
+                         else torch.full_like(lse, x.size(0)))
+                lse = lse + math.log(self.ref_nodes) - sizes.to(lse.dtype).log()
         alpha = self.edge_updater(edge_index, s=(s_src, s_dst), lse=lse)
 
         h = self.lin(x)  # (N, d'): X W_s
@@ -335,8 +348,11 @@ class IndividualRelationConv(MessagePassing):
                              f"(image_dots of x), got {tuple(dots.shape)}")
         # Eq. 2 logits mu(x_i.H_s[:d] + x_j.H_s[d:]) of every (i, j) of a graph: M^2 scalars.
         e = F.leaky_relu(dots[..., :, None, 0] + dots[..., None, :, 1], self.negative_slope)
-        if self.normalize == "all":  # denominator over all M nodes, then masked by C
-            a = torch.exp(e - torch.logsumexp(e, dim=-1, keepdim=True)).masked_fill_(~adj, 0.0)
+        if self.normalize in ("all", "size"):  # denominator over all M nodes, then masked by C
+            lse = torch.logsumexp(e, dim=-1, keepdim=True)
+            if self.normalize == "size":  # ref_nodes * mean over the M nodes
+                lse = lse + (math.log(self.ref_nodes) - math.log(m))
+            a = torch.exp(e - lse).masked_fill_(~adj, 0.0)
         else:  # softmax over the neighbours; a node without any gets nothing (as in forward)
             a = torch.softmax(e.masked_fill(~adj, float("-inf")), dim=-1).masked_fill_(~adj, 0.0)
         out = a @ x_lin  # (A o C) X W_s
@@ -359,8 +375,9 @@ class IndividualRelationConv(MessagePassing):
         return alpha.unsqueeze(-1) * x_j
 
     def __repr__(self) -> str:
+        extra = f", ref_nodes={self.ref_nodes}" if self.normalize == "size" else ""
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
-                f"normalize={self.normalize!r})")
+                f"normalize={self.normalize!r}{extra})")
 
 
 class PairwiseRelationConv(MessagePassing):
@@ -803,23 +820,35 @@ class VerificationHead(torch.nn.Module):
 
     .. math::
         \hat{t}(n, i) = \operatorname{sigmoid}\big(\mathbf{w}^\top
-        \mathrm{BN}(\mathbf{u}'_{n,i} \odot \mathbf{u}'_{n,i}) + b\big).
+        \mathrm{BN}(\mathbf{h}_{n,i} \odot \mathbf{h}_{n,i}) + b\big), \qquad
+        \mathbf{h}_{n,i} = \mathbf{u}'_{n,i} \;\text{or}\; \mathbf{u}'_{n,i} \mathbf{W}_h .
 
     The paper does not specify the head. A linear head on :math:`\mathbf{u}` cannot work: before
     propagation :math:`\mathbf{u}_{n,i} = -\mathbf{u}_{i,n}`, so
     :math:`\mathbf{w}^\top \mathbf{u}_{n,i} = -\mathbf{w}^\top \mathbf{u}_{i,n}` and the two
     orderings of the same pair would get opposite scores. The element-wise square removes the
     sign, making the head invariant to :math:`\mathbf{u} \rightarrow -\mathbf{u}`, and
-    :math:`\mathbf{w}^\top (\mathbf{u} \odot \mathbf{u})` is a learned (diagonal-metric) squared
-    distance, which a negative weight turns into a similarity. After the PR layer
-    :math:`\mathbf{u}'_{n,i}` and :math:`-\mathbf{u}'_{i,n}` are no longer exactly equal (the ReLU
-    message is not odd), so :math:`\hat{t}(n, i) \ne \hat{t}(i, n)` in general.
+    :math:`\mathbf{w}^\top (\mathbf{h} \odot \mathbf{h})` is a learned squared distance, which a
+    negative weight turns into a similarity: a diagonal metric with :math:`\mathbf{h} =
+    \mathbf{u}'` (``projection=False``), a full low-rank (Mahalanobis) metric
+    :math:`\mathbf{W}_h \operatorname{diag}(\mathbf{w}) \mathbf{W}_h^\top` with a learned
+    :math:`\mathbf{W}_h \in \mathbb{R}^{d \times d_h}` (``projection=True``). After the PR
+    layer :math:`\mathbf{u}'_{n,i}` and :math:`-\mathbf{u}'_{i,n}` are no longer exactly equal (the
+    ReLU message is not odd), so :math:`\hat{t}(n, i) \ne \hat{t}(i, n)` in general.
 
     The module returns **logits** (use :func:`torch.nn.functional.binary_cross_entropy_with_logits`
     for Eq. 13, stable where :math:`\hat{t}` saturates); ``torch.sigmoid`` gives :math:`\hat{t}`.
 
     Args:
         in_channels (int): Size :math:`d` of the pair features.
+        projection (bool, optional): Learn :math:`\mathbf{W}_h` (a full metric) instead of
+            weighting the raw dimensions. (default: :obj:`False`)
+        hidden_channels (int, optional): :math:`d_h` of :math:`\mathbf{W}_h`.
+            (default: :obj:`None`, :math:`d`)
+        init (str, optional): ``"glorot"`` (random :math:`\mathbf{w}`, :math:`\mathbf{W}_h`) or
+            ``"distance"`` (:math:`\mathbf{w} = -\mathbf{1}/d_h`, :math:`b = 0`,
+            :math:`\mathbf{W}_h = \mathbf{I}`: the head starts as a standardised squared
+            distance). (default: :obj:`"glorot"`)
 
     Shapes:
         - **input:** :math:`(*, d)` (e.g. :math:`(N, N, d)`); BatchNorm statistics are taken over
@@ -827,25 +856,48 @@ class VerificationHead(torch.nn.Module):
         - **output:** :math:`(*)` logits
     """
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, projection: bool = False,
+                 hidden_channels: Optional[int] = None, init: str = "glorot"):
         super().__init__()
+        if init not in ("glorot", "distance"):
+            raise ValueError(f"VerificationHead: init must be 'glorot' or 'distance', got {init!r}")
         self.in_channels = in_channels
-        self.bn = BatchNorm1d(in_channels)
-        self.lin = Linear(in_channels, 1, bias=True, weight_initializer="glorot")
+        self.projection = projection
+        self.init = init
+        self.hidden_channels = (hidden_channels or in_channels) if projection else in_channels
+        self.proj = (Linear(in_channels, self.hidden_channels, bias=False, weight_initializer="glorot")
+                     if projection else None)  # W_h
+        self.bn = BatchNorm1d(self.hidden_channels)
+        self.lin = Linear(self.hidden_channels, 1, bias=True, weight_initializer="glorot")
         self.reset_parameters()
 
     def reset_parameters(self):
         self.bn.reset_parameters()
         self.lin.reset_parameters()
+        if self.proj is not None:
+            self.proj.reset_parameters()
+        if self.init == "distance":
+            # Start as a (negative, standardised) squared distance: every dimension's squared
+            # difference counts against a match, W_h = I (as far as d_h allows). Training then
+            # re-weights; from Glorot's random signs half the dimensions start inverted.
+            with torch.no_grad():
+                self.lin.weight.fill_(-1.0 / self.hidden_channels)
+                self.lin.bias.zero_()
+                if self.proj is not None:
+                    torch.nn.init.eye_(self.proj.weight)
 
     def forward(self, u: Tensor) -> Tensor:
         _check_features(u, self.in_channels, type(self).__name__, "u", dims=range(1, 8))
         lead = u.shape[:-1]
-        z = self.bn((u * u).reshape(-1, self.in_channels))
+        h = self.proj(u) if self.proj is not None else u
+        z = self.bn((h * h).reshape(-1, self.hidden_channels))
         return self.lin(z).view(lead)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.in_channels})"
+        extra = f", projection=True, hidden_channels={self.hidden_channels}" if self.projection else ""
+        if self.init != "glorot":
+            extra += f", init={self.init!r}"
+        return f"{self.__class__.__name__}({self.in_channels}{extra})"
 
 
 __all__ = [

@@ -177,8 +177,9 @@ def consistent_node_loss(v_in: Tensor, v_out: Tensor, pids: Tensor, margin: floa
     hardest by what. ``mining="violation"`` (default) takes the pair that violates the constraint
     most, :math:`\arg\max_j [m(v'_i,v'_j) - m(v_i,v_j)]` for positives and
     :math:`\arg\max_j [m(v_i,v_j) - m(v'_i,v'_j)]` for negatives, so the loss per node is the
-    largest hinge over its pairs. ``mining="output"`` mines batch-hard style on the output
-    distance alone: the farthest positive and the closest negative after the convolution.
+    largest hinge over its pairs. ``mining="batch_hard"`` (alias ``"output"``) mines as Eq. 12's
+    batch-hard triplet does, on the output distance alone: the farthest positive and the closest
+    negative after the convolution.
     Each term is averaged over the nodes that have such a pair (0, graph kept, if none).
 
     Gradients never reach :obj:`v_in` through :math:`m(v_i, v_j)` (it is computed on
@@ -190,7 +191,8 @@ def consistent_node_loss(v_in: Tensor, v_out: Tensor, pids: Tensor, margin: floa
         v_out (Tensor): layer output nodes :math:`v'`.
         pids (Tensor): identity labels.
         margin (float, optional): :math:`\omega`. (default: :obj:`0.3`)
-        mining (str, optional): ``"violation"`` or ``"output"``. (default: :obj:`"violation"`)
+        mining (str, optional): ``"violation"`` or ``"batch_hard"`` (``"output"``).
+            (default: :obj:`"violation"`)
 
     Shapes:
         - **input:** v_in :math:`(N, d)`, v_out :math:`(N, d')`, pids :math:`(N,)`
@@ -203,8 +205,8 @@ def consistent_node_loss(v_in: Tensor, v_out: Tensor, pids: Tensor, margin: floa
             f"v_in and v_out must have the same number of nodes, got {v_in.size(0)} and "
             f"{v_out.size(0)}")
     _check_labels("pids", pids, v_in.size(0))
-    if mining not in ("violation", "output"):
-        raise ValueError(f"mining must be 'violation' or 'output', got {mining!r}")
+    if mining not in ("violation", "batch_hard", "output"):
+        raise ValueError(f"mining must be 'violation' or 'batch_hard' (alias 'output'), got {mining!r}")
     m_in = pairwise_euclidean(v_in.detach())  # (N, N): z(m(v_i, v_j))
     m_out = pairwise_euclidean(v_out)  # (N, N): m(v'_i, v'_j)
     pos, neg = _pid_masks(pids.to(v_out.device))

@@ -82,6 +82,52 @@ class ImageTerms:
     igp_dots: Optional[Tensor] = None  # (N, 2) F H_l[d:], F H_r[d:]
 
 
+# Test-time similarities that fuse_scores can add (keys of HRNet.graph_score_terms).
+RERANK_SCORES = {
+    "ir": ("ir_cosine", "ir_bn_cosine"),
+    "pr": ("pr_prob", "pr_logit"),
+    "norm": ("none", "zscore", "rank"),
+}
+
+
+def _normalise_over_shortlist(s: Tensor, norm: str) -> Tensor:
+    """(B, K) scores of each query's shortlist, made comparable across the two modules."""
+    if norm == "none":
+        return s
+    if norm == "zscore":  # (s - mean) / std over the query's K shortlisted images
+        std = s.std(dim=1, keepdim=True, unbiased=False).clamp_min(1e-12)
+        return (s - s.mean(dim=1, keepdim=True)) / std
+    # "rank": 1 for the best of the shortlist down to 1/K for the worst (ties: stable order)
+    k = s.size(1)
+    order = s.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(k, device=s.device).expand_as(order))
+    return 1.0 - ranks.to(s.dtype) / k
+
+
+def fuse_scores(parts: Dict[str, Tensor], ir: str = "ir_cosine", pr: str = "pr_prob",
+                norm: str = "none") -> Tensor:
+    """Sec. 4.2: "the similarity scores calculated from the two relationship learning modules are
+    added". ``parts`` are :meth:`HRNet.graph_score_terms`; ``ir`` and ``pr`` name the term each
+    module contributes and ``norm`` how each is normalised over the query's shortlist before the
+    sum (``"none"`` is the literal sum). A model with one module returns that module's term
+    (normalised: the order is the same); with neither, the cosine of the shortlist.
+
+    Shapes: every part (B, K) -> (B, K).
+    """
+    if ir not in RERANK_SCORES["ir"] or pr not in RERANK_SCORES["pr"] or norm not in RERANK_SCORES["norm"]:
+        raise ValueError(
+            f"rerank scores: ir must be one of {RERANK_SCORES['ir']}, pr one of {RERANK_SCORES['pr']}, "
+            f"norm one of {RERANK_SCORES['norm']}; got ir={ir!r}, pr={pr!r}, norm={norm!r}"
+        )
+    chosen = [parts[name] for name in (ir, pr) if name in parts]
+    if not chosen:
+        return parts["cosine"]
+    fused = _normalise_over_shortlist(chosen[0], norm)
+    for s in chosen[1:]:
+        fused = fused + _normalise_over_shortlist(s, norm)
+    return fused
+
+
 class HRNet(nn.Module):
     """Hybrid Relationship Network (Xu et al., AAAI 2021).
 
@@ -119,7 +165,8 @@ class HRNet(nn.Module):
         self.ir_neck: Optional[BNNeck] = None
         if cfg.use_ir:
             self.ir = IndividualRelationConv(
-                dim, dim, negative_slope=cfg.leaky_relu_slope, normalize=cfg.ir_attention_norm
+                dim, dim, negative_slope=cfg.leaky_relu_slope, normalize=cfg.ir_attention_norm,
+                ref_nodes=cfg.batch_size if cfg.ir_attention_norm == "size" else None,
             )
             self.ir_neck = BNNeck(dim, num_classes)  # L_in: "its own classifier"
         self.pr: Optional[PairwiseRelationConv] = None
@@ -132,7 +179,8 @@ class HRNet(nn.Module):
                 negative_slope=cfg.leaky_relu_slope,
                 igp=cfg.use_igp,
             )
-            self.verifier = VerificationHead(dim)
+            self.verifier = VerificationHead(dim, projection=cfg.pr_head == "projected",
+                                             init=cfg.pr_head_init)
 
     # ------------------------------------------------------------------ graph construction
     def individual_edges(self, feats: Tensor, batch: Optional[Tensor] = None, k: Optional[int] = None) -> Tensor:
@@ -194,9 +242,10 @@ class HRNet(nn.Module):
                 _, out.ir_logits = self.ir_neck(v)
                 losses["in"] = cross_entropy_label_smooth(out.ir_logits, pids, cfg.label_smoothing)
                 if cfg.use_cnc:
-                    losses["c_pos"], losses["c_neg"] = consistent_node_loss(f32, v, pids, cfg.cnc_margin)
+                    losses["c_pos"], losses["c_neg"] = consistent_node_loss(
+                        f32, v, pids, cfg.cnc_margin, mining=cfg.cnc_mining)
             if self.pr is not None and self.verifier is not None:
-                mask = pair_mask(f32.detach(), cfg.pr_edges) if cfg.pr_edges else None
+                mask = pair_mask(f32.detach(), self.pr_edges_for(n)) if cfg.pr_edges else None
                 u = self.pr.forward_dense(f32, v if cfg.use_igp else None, mask=mask)  # (N, N, d)
                 out.pair_logits = self.verifier(u)  # (N, N)
                 losses["pa"] = verification_loss(out.pair_logits, pids)
@@ -281,6 +330,21 @@ class HRNet(nn.Module):
         """:meth:`query_graph_scores` of the graphs whose nodes are rows ``index`` (B, M) of
         ``terms`` (:meth:`image_terms`); node 0 of each graph is its query.
 
+        The similarities of :meth:`graph_score_terms` fused as the config says
+        (:func:`fuse_scores`: ``rerank_ir_score`` + ``rerank_pr_score``, each normalised over the
+        query's shortlist by ``rerank_norm``).
+
+        Returns:
+            (B, M - 1) similarity of node 0 to nodes 1..M-1 (higher = more similar).
+        """
+        cfg = self.config
+        parts = self.graph_score_terms(terms, index)
+        return fuse_scores(parts, ir=cfg.rerank_ir_score, pr=cfg.rerank_pr_score, norm=cfg.rerank_norm)
+
+    @torch.no_grad()
+    def graph_score_terms(self, terms: ImageTerms, index: Tensor) -> Dict[str, Tensor]:
+        """Every test-time similarity of each graph's query (node 0) to its other nodes.
+
         Only the work that depends on a graph's node set is done here: the kNN graph C (Eq. 1,
         one (M, M) distance block per graph), the attention normalisers of Eq. 2 and 6 (M^2
         scalars), the aggregations (A o C) X W_s and G F W_p (batched (M, M) x (M, d) matmuls)
@@ -289,7 +353,10 @@ class HRNet(nn.Module):
         all B graphs).
 
         Returns:
-            (B, M - 1) similarity of node 0 to nodes 1..M-1 (higher = more similar).
+            dict of (B, M - 1) similarities (higher = more similar): ``"cosine"`` (BN(F), the
+            shortlist's own score) always; with the IR module ``"ir_cosine"`` (cos(v'_q, v'_g))
+            and ``"ir_bn_cosine"`` (cosine of BN(V'), the IR module's BNNeck features); with the
+            PR module ``"pr_prob"`` (t_hat(q, g), Eq. 13) and ``"pr_logit"`` (its logit).
         """
         b, m = index.shape
         if m < 2:
@@ -299,23 +366,26 @@ class HRNet(nn.Module):
         def rows_of(t: Tensor) -> Tensor:  # (N, ...) -> (B, M, ...); row copies, not per element
             return t.index_select(0, flat).view(b, m, *t.shape[1:])
 
+        def query_cosine(x: Tensor) -> Tensor:  # (B, M, d) -> (B, M - 1) cos(x_0, x_j)
+            norm = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12)  # (B, M)
+            return (x[:, 1:] @ x[:, 0].unsqueeze(-1)).squeeze(-1) / (norm[:, :1] * norm[:, 1:])
+
+        r = rows_of(terms.retrieval)  # (B, M, d), unit rows
+        out: Dict[str, Tensor] = {"cosine": (r[:, 1:] @ r[:, 0].unsqueeze(-1)).squeeze(-1)}
         if self.ir is None and self.pr is None:
-            r = rows_of(terms.retrieval)  # (B, M, d)
-            return (r[:, 1:] @ r[:, 0].unsqueeze(-1)).squeeze(-1)
+            return out
         f = rows_of(terms.feats)  # (B, M, d)
-        score = f.new_zeros(b, m - 1)
         v: Optional[Tensor] = None
-        if self.ir is not None:
+        if self.ir is not None and self.ir_neck is not None:
             assert terms.ir_lin is not None and terms.ir_dots is not None
             assert terms.sq_norms is not None
             adj = self.individual_adjacency(f, rows_of(terms.sq_norms))
             v = self.ir.forward_dense(f, adj, x_lin=rows_of(terms.ir_lin), dots=rows_of(terms.ir_dots))
-            # cos(v'_q, v'_g) as F.normalize would give it, without a normalised copy of V'
-            norm = torch.linalg.vector_norm(v, dim=-1).clamp_min(1e-12)  # (B, M)
-            score = (v[:, 1:] @ v[:, 0].unsqueeze(-1)).squeeze(-1) / (norm[:, :1] * norm[:, 1:])
+            out["ir_cosine"] = query_cosine(v)
+            out["ir_bn_cosine"] = query_cosine(self.ir_neck.bn(v.reshape(b * m, -1)).view(b, m, -1))
         if self.pr is not None and self.verifier is not None:
             cfg = self.config
-            mask = pair_mask(f, cfg.pr_edges) if cfg.pr_edges else None  # (B, M, M) or None
+            mask = pair_mask(f, self.pr_edges_for(m)) if cfg.pr_edges else None  # (B, M, M) or None
             rows = torch.zeros(1, dtype=torch.long, device=f.device)  # graph n = the query
             extra: Dict[str, Tensor] = {}
             if cfg.use_igp:
@@ -331,8 +401,24 @@ class HRNet(nn.Module):
             assert terms.pr_lin is not None and terms.pr_dots is not None
             u = self.pr.forward_dense(f, None, mask=mask, rows=rows, f_lin=rows_of(terms.pr_lin),
                                       f_dots=rows_of(terms.pr_dots), **extra)  # (B, 1, M, d)
-            score = score + torch.sigmoid(self.verifier(u[:, 0, 1:]))  # t_hat(q, g)
-        return score
+            logit = self.verifier(u[:, 0, 1:])  # (B, M - 1)
+            out["pr_logit"] = logit
+            out["pr_prob"] = torch.sigmoid(logit)  # t_hat(q, g)
+        return out
+
+    def pr_edges_for(self, num_nodes: int) -> Optional[int]:
+        """Fig. 4's edges per difference node in a pair graph of ``num_nodes`` nodes.
+
+        ``pr_edges`` counts edges in a training graph of P x K nodes; with
+        ``pr_edges_relative`` (default) a graph of another size (121 nodes at test time) keeps the
+        same share of its nodes, so ``pr_edges = P K`` is the complete graph at any size.
+        """
+        cfg = self.config
+        if cfg.pr_edges is None:
+            return None
+        if not cfg.pr_edges_relative:
+            return cfg.pr_edges
+        return max(1, min(num_nodes, round(cfg.pr_edges * num_nodes / cfg.batch_size)))
 
     # ------------------------------------------------------------------ user API (engine)
     def fit(self, train_loader: "DataLoader", epochs: Optional[int] = None, **kwargs: Any) -> Any:
@@ -365,4 +451,4 @@ class HRNet(nn.Module):
         return load_model(path, map_location=map_location)
 
 
-__all__ = ["HRNet", "HRNetOutput", "ImageTerms"]
+__all__ = ["HRNet", "HRNetOutput", "ImageTerms", "fuse_scores", "RERANK_SCORES"]

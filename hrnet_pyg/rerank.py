@@ -17,15 +17,12 @@ images. Per query only what depends on its node set remains
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-# Re-ranked items get distances in [-3 - max_score, -3 - min_score] with scores in [-1, 2]
-# (cosine + probability), i.e. below 0 <= any cosine distance of the items left in CNN order.
-_RERANK_OFFSET = 3.0
 
 # Bytes of one (queries, 1 + top_k, d) float32 tensor of a pass when queries_per_pass is not given.
 # CPU: glibc serves allocations above 32 MiB with fresh mmap()s, which page-fault on every pass (a
@@ -46,7 +43,8 @@ def relational_rerank(
     queries_per_pass: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
-) -> Tensor:
+    return_scores: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Query x gallery distance matrix (lower = better) after relational re-ranking.
 
     Args:
@@ -62,10 +60,15 @@ def relational_rerank(
             nothing on a quiet machine, the GEMM being large already, and lose to page faults;
             on a GPU within 128 MiB.
 
+        return_scores: also return the (Q, G) relational scores, NaN outside each shortlist.
+
     Returns:
         (Q, G) float32 tensor on the CPU that :func:`~hrnet_pyg.evaluation.evaluate_rank`
         accepts. It encodes an ordering: the shortlist (re-scored) first, the rest by cosine.
-        Each query's scores equal ``model.query_graph_scores`` of its graph (query, shortlist).
+        Each query's scores equal ``model.query_graph_scores`` of its graph (query, shortlist);
+        a shortlisted item's distance is ``-1 - (score - lowest score of the shortlist)``, below
+        every cosine distance (>= 0) of the items left in cosine order, whatever the scores' range
+        (the fusion of ``config.rerank_norm`` need not be bounded).
     """
     from hrnet_pyg.engine import resolve_device
 
@@ -94,6 +97,7 @@ def relational_rerank(
     terms = model.image_terms(torch.cat([query_feats.float().to(dev), gallery_feats.float().to(dev)]))
     g_ret = terms.retrieval[num_q:]  # (G, d) normalised BN(F)
     dist = torch.empty(num_q, num_g, dtype=torch.float32)
+    scores = torch.full((num_q, num_g), float("nan")) if return_scores else None
     starts = range(0, num_q, queries_per_pass)
     for s in tqdm(starts, desc="relational re-ranking", disable=not progress, leave=False):
         e = min(s + queries_per_pass, num_q)
@@ -102,8 +106,12 @@ def relational_rerank(
         q_ids = torch.arange(s, e, device=dev).unsqueeze(1)
         score = model.graph_scores(terms, torch.cat([q_ids, top + num_q], dim=1))  # (B, k)
         chunk = cos.neg_().add_(1.0)  # 1 - cos: items outside the shortlist keep cosine order
-        chunk.scatter_(1, top, -_RERANK_OFFSET - score)
+        chunk.scatter_(1, top, score.amin(dim=1, keepdim=True) - score - 1.0)
         dist[s:e] = chunk.cpu()
+        if scores is not None:
+            scores[s:e].scatter_(1, top.cpu(), score.float().cpu())
+    if scores is not None:
+        return dist, scores
     return dist
 
 

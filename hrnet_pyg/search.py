@@ -477,7 +477,7 @@ def search_features(
     """
     from hrnet_pyg.engine import resolve_device
     from hrnet_pyg.evaluation import cosine_distance
-    from hrnet_pyg.rerank import _RERANK_OFFSET, relational_rerank
+    from hrnet_pyg.rerank import relational_rerank
 
     inner = _inner(model)
     d = inner.feat_dim
@@ -511,12 +511,8 @@ def search_features(
     score = None
     if use_rerank:
         k = min(shortlist or inner.config.top_k_rerank, len(gallery))
-        dist = relational_rerank(inner, qf, gf, top_k=k, device=dev, progress=progress)
-        # relational_rerank encodes shortlisted items as -offset - score (below every cosine
-        # distance); decode the score for display, NaN for items left in cosine order.
-        # Threshold -1, not 0: re-scored items lie in [-offset - 2, -offset + 1], cosine distances
-        # in [0, 2] up to rounding.
-        score = torch.where(dist < -1.0, -_RERANK_OFFSET - dist, torch.full_like(dist, float("nan")))
+        dist, score = relational_rerank(inner, qf, gf, top_k=k, device=dev, progress=progress,
+                                        return_scores=True)  # score: NaN outside the shortlist
     else:
         dist = cos.clone()
     num_excluded = 0

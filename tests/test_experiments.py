@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from hrnet_pyg.config import TABLE1_ROWS, HRNetConfig, load_yaml_with_base
+from hrnet_pyg.config import PAPER_LITERAL, TABLE1_ROWS, HRNetConfig, load_yaml_with_base
 from hrnet_pyg.experiment import DataConfig, RunConfig, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,9 @@ run = _load_run_module()
 EXPERIMENT_YAMLS = sorted(p for p in EXP.rglob("*.yaml") if "sweeps" not in p.parts)
 SWEEP_YAMLS = sorted((EXP / "sweeps").glob("*.yaml"))
 DATASET_DIRS = sorted(p.parent for p in EXP.glob("*/_dataset.yaml"))
-ROW_YAMLS = sorted(p for d in DATASET_DIRS for p in d.glob("*.yaml") if p.name != "_dataset.yaml")
+LITERAL_YAMLS = sorted(p for d in DATASET_DIRS for p in d.glob("*_paper_literal.yaml"))
+ROW_YAMLS = sorted(p for d in DATASET_DIRS for p in d.glob("*.yaml")
+                   if p.name != "_dataset.yaml" and p not in LITERAL_YAMLS)
 DEFAULTS = HRNetConfig()
 
 
@@ -44,7 +46,9 @@ def _id(p: Path) -> str:
 def test_layout_has_every_row_for_every_dataset():
     assert {d.name for d in DATASET_DIRS} == set(run.PAPER_DATASETS) | {"synthetic"}
     for d in DATASET_DIRS:
-        assert sorted(p.stem for p in d.glob("*.yaml") if p.name != "_dataset.yaml") == sorted(run.ROW_FILES.values()), d
+        rows = sorted(p.stem for p in d.glob("*.yaml") if p.name != "_dataset.yaml" and p not in LITERAL_YAMLS)
+        assert rows == sorted(run.ROW_FILES.values()), d
+        assert (d / "hrnet_paper_literal.yaml") in LITERAL_YAMLS, d
     assert list(run.ROW_FILES) == list(TABLE1_ROWS)  # same rows, paper order
 
 
@@ -104,8 +108,19 @@ def test_paper_dataset_rows_are_the_paper_configs(dataset):
         assert exp.data.name == dataset
 
 
+@pytest.mark.parametrize("path", LITERAL_YAMLS, ids=_id)
+def test_paper_literal_file_is_the_hrnet_row_with_every_literal_reading(path):
+    exp = load_experiment(path)
+    base = load_experiment(path.parent / "hrnet.yaml")
+    assert exp.model == dataclasses.replace(base.model, **PAPER_LITERAL)
+    assert exp.data == base.data
+    assert exp.run.output_dir == f"runs/{path.parent.name}/hrnet_paper_literal"
+    # every literal reading differs from today's measured default (else it would not be listed)
+    assert all(getattr(DEFAULTS, k) != v for k, v in PAPER_LITERAL.items())
+
+
 def test_output_dirs_are_unique():
-    dirs = [load_experiment(p).run.output_dir for p in ROW_YAMLS]
+    dirs = [load_experiment(p).run.output_dir for p in ROW_YAMLS + LITERAL_YAMLS]
     assert len(dirs) == len(set(dirs))
 
 

@@ -43,11 +43,13 @@ def ref_individual(x, edge_index, conv, batch=None):
             logit[i, j] = z if z >= 0 else conv.negative_slope * z
     a = torch.zeros(n, n, dtype=x.dtype)
     for i in range(n):
-        if conv.normalize == "all":  # denominator over all nodes n of i's graph (Eq. 2)
+        if conv.normalize in ("all", "size"):  # denominator over all nodes n of i's graph (Eq. 2)
             others = [m for m in range(n) if batch[m] == batch[i]]
         else:  # over i's neighbours only
             others = [m for m in range(n) if c[i, m] > 0]
         den = sum(torch.exp(logit[i, m]) for m in others)
+        if conv.normalize == "size":  # ref_nodes x the mean over the graph's nodes
+            den = conv.ref_nodes * den / len(others)
         for j in range(n):
             a[i, j] = torch.exp(logit[i, j]) / den
     eye = torch.eye(n, dtype=x.dtype) if conv.add_identity else 0.0
@@ -136,6 +138,33 @@ def test_individual_permutation_equivariance(normalize):
     # the kNN graph of the permuted features is the permuted graph
     out_p2 = conv(x[perm], knn_edges(x[perm], 4))
     torch.testing.assert_close(out_p2, out[perm])
+
+
+def test_individual_size_normalisation_matches_reference_on_every_path():
+    torch.manual_seed(5)
+    x = torch.randn(11, 4, dtype=torch.float64)
+    batch = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1, 0, 1, 1])  # graphs of 5 and 6 nodes
+    edge_index = knn_edges(x, 3, batch=batch)
+    conv = IndividualRelationConv(4, 4, normalize="size", ref_nodes=3).double()
+    out, (_, alpha) = conv(x, edge_index, batch=batch, return_attention_weights=True)
+    ref, a = ref_individual(x, edge_index, conv, batch=batch)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(alpha, a[edge_index[1], edge_index[0]])
+    # a graph of exactly ref_nodes nodes gets Eq. 2 itself
+    literal = IndividualRelationConv(4, 4, normalize="all").double()
+    literal.load_state_dict(conv.state_dict())
+    three, e3 = x[:3], knn_edges(x[:3], 2)
+    torch.testing.assert_close(conv(three, e3), literal(three, e3))
+    # the dense path equals message passing graph by graph
+    for b in (0, 1):
+        xb = x[batch == b]
+        adj = torch.zeros(xb.size(0), xb.size(0), dtype=torch.bool)
+        eb = knn_edges(xb, 3)
+        adj[eb[1], eb[0]] = True
+        torch.testing.assert_close(conv.forward_dense(xb, adj), conv(xb, eb))
+    assert str(conv) == "IndividualRelationConv(4, 4, normalize='size', ref_nodes=3)"
+    with pytest.raises(ValueError, match="ref_nodes"):
+        IndividualRelationConv(4, 4, normalize="size")
 
 
 def test_individual_batch_keeps_denominator_within_graph():
@@ -492,6 +521,21 @@ def test_verification_head_matches_formula_and_is_sign_invariant():
     assert str(head) == "VerificationHead(6)"
     with pytest.raises(ValueError, match="6 channels"):
         head(torch.randn(3, 5, dtype=torch.float64))
+
+
+def test_projected_verification_head_matches_formula():
+    torch.manual_seed(9)
+    head = VerificationHead(6, projection=True, hidden_channels=4).double()
+    u = torch.randn(5, 5, 6, dtype=torch.float64)
+    logits = head(u)
+    h = u.reshape(-1, 6) @ head.proj.weight.t()  # u W_h, (25, 4)
+    sq = h * h
+    z = (sq - sq.mean(0)) / torch.sqrt(sq.var(0, unbiased=False) + head.bn.eps)  # train-mode BN
+    ref = (z * head.bn.weight + head.bn.bias) @ head.lin.weight.view(-1) + head.lin.bias
+    torch.testing.assert_close(logits, ref.view(5, 5))
+    torch.testing.assert_close(head(-u), logits)
+    assert str(head) == "VerificationHead(6, projection=True, hidden_channels=4)"
+    assert VerificationHead(6, projection=True).hidden_channels == 6
 
 
 def test_layers_import_nothing_reid_specific():

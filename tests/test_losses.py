@@ -190,7 +190,7 @@ def ref_cnc(v_in, v_out, pids, margin, mining):
             torch.stack(l_neg).mean() if l_neg else zero)
 
 
-@pytest.mark.parametrize("mining", ["violation", "output"])
+@pytest.mark.parametrize("mining", ["violation", "output", "batch_hard"])
 @pytest.mark.parametrize("pids", [pk_pids(3, 3), torch.tensor([0, 0, 1, 2, 2, 2, 3])])
 def test_cnc_matches_loop(mining, pids):
     torch.manual_seed(0)

@@ -164,3 +164,32 @@ def test_learning_on_identity_clusters_drives_losses_down_and_pr_head_separates_
             labels.append((pids[:, None] == pids[None, :])[off])
     auc = _auc(torch.cat(scores), torch.cat(labels))
     assert auc > 0.9, f"held-out pair AUC {auc:.3f}"
+
+
+def test_relational_reranking_beats_cosine_on_a_tiny_feature_world():
+    # A learning test, not a benchmark: the efficacy study's world at a CI size, the HRNet row
+    # with the default test protocol, trained through the public API. Its relational re-ranking
+    # must rank the unseen test identities better than the cosine of its own features (measured
+    # gains at seeds 0-2: +4.6 to +5.3 mAP points; the bar is +2).
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg.data import FeatureDataset, PKSampler
+    from hrnet_pyg.data.synthetic_features import FeatureWorldConfig, generate_feature_world
+    from hrnet_pyg.evaluation import cosine_distance, evaluate_rank
+    from hrnet_pyg.rerank import relational_rerank
+
+    torch.manual_seed(0)
+    w = generate_feature_world(FeatureWorldConfig(dim=32, num_train_ids=200, num_test_ids=100, seed=0))
+    cfg = HRNetConfig.from_row("HRNet", backbone=None, feat_dim=32, lr=1e-3, epochs=15,
+                               milestones=(10, 13), top_k_rerank=40)
+    loader = DataLoader(FeatureDataset(w.train.feats, w.train.pids),
+                        batch_sampler=PKSampler(w.train.pids.tolist(), P=11, K=6, seed=0))
+    model = HRNet(cfg, num_classes=w.num_train_pids)
+    model.fit(loader, device="cpu", progress=False)
+    model.eval()
+    args = (w.query.pids.numpy(), w.gallery.pids.numpy(), w.query.camids.numpy(), w.gallery.camids.numpy())
+    with torch.no_grad():
+        qf, gf = w.query.feats, w.gallery.feats
+        cos = evaluate_rank(cosine_distance(model.retrieval_features(qf), model.retrieval_features(gf)), *args)
+        rel = evaluate_rank(relational_rerank(model, qf, gf, top_k=40, progress=False), *args)
+    assert rel.mAP > cos.mAP + 0.02, (rel.mAP, cos.mAP)

@@ -1,0 +1,499 @@
+#!/usr/bin/env python
+"""The efficacy study: does the full HRNet beat each of its parts at test time?
+
+It trains Table 1 rows on generated data, several seeds each, and scores every trained model
+with several test protocols: the cosine of the row's own features, the paper's relational
+re-ranking (Sec. 4.2) as the config sets it, each module's similarity alone, other fusions of the
+two, k-reciprocal re-ranking of the same features, and relational re-ranking after k-reciprocal.
+Results are mean ± std over seeds, on at least 1,000 queries.
+
+Two levels:
+
+* ``feature``: the generated feature world of :mod:`hrnet_pyg.data.synthetic_features` (no
+  backbone, ``backbone=None``); the graph modules and the BNNeck train on fixed features.
+* ``image``: the synthetic image dataset (:mod:`hrnet_pyg.data.synthetic`), ResNet-18 from
+  random initialisation at 64 x 32, with a test split of 1,000 queries.
+
+Examples (from the repository root)::
+
+    # the defaults' table at the feature level (4 rows x 3 seeds), then docs/efficacy.md
+    python experiments/efficacy.py --level feature --study main
+    # every study of the document (what docs/efficacy.md says, regenerated)
+    python experiments/efficacy.py --level feature --study all
+    python experiments/efficacy.py --level image --study main
+    # only re-write docs/efficacy.md from the results on disk
+    python experiments/efficacy.py --report
+
+Each (level, study variant, row, seed) is one JSON file under ``--results``
+(``results/efficacy`` by default); a file present is not recomputed, so an interrupted study
+resumes where it stopped and ``--report`` needs no training.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent
+if str(EXPERIMENTS_DIR.parent) not in sys.path:  # run as a script from a source checkout
+    sys.path.insert(0, str(EXPERIMENTS_DIR.parent))
+
+import torch  # noqa: E402
+
+ROWS = ("CNN", "CNN+IR+CNC", "CNN+PR+IGP", "HRNet")
+SEEDS = (0, 1, 2)
+
+from hrnet_pyg.config import PAPER_LITERAL  # noqa: E402
+
+# Per level: how a row is trained. The feature level trains the graph modules from scratch on
+# fixed features: the paper's lr and schedule shape (x0.1 twice), over fewer epochs.
+LEVELS: Dict[str, Dict[str, Any]] = {
+    "feature": dict(model=dict(backbone=None, feat_dim=64, pretrained=False, lr=1e-3, epochs=20,
+                               milestones=(14, 18)),
+                    world=dict()),  # FeatureWorldConfig's defaults
+    "image": dict(model=dict(backbone="resnet18", pretrained=False, image_size=(64, 32), lr=1e-3,
+                             epochs=40, milestones=(30, 37)),
+                  data=dict(num_train_ids=60, num_test_ids=250, imgs_per_id=12, queries_per_id=4,
+                            min_cams_per_id=5, max_cams_per_id=6, num_distractors=100,
+                            num_junk=20)),
+}
+
+# --quick: the same code path at smoke-test sizes (tests, dry runs); its numbers mean nothing.
+QUICK_LEVELS: Dict[str, Dict[str, Any]] = {
+    "feature": dict(model=dict(LEVELS["feature"]["model"], epochs=2, milestones=(1, 2), top_k_rerank=20),
+                    world=dict(dim=16, num_train_ids=30, num_test_ids=20, imgs_per_id=6)),
+    "image": dict(model=dict(LEVELS["image"]["model"], image_size=(32, 16), epochs=1, milestones=(1, 2),
+                             top_k_rerank=20, k=3, num_identities=4, num_instances=3),
+                  data=dict(num_train_ids=8, num_test_ids=6, imgs_per_id=6, queries_per_id=2,
+                            num_distractors=2, num_junk=1)),
+}
+
+# Studies: name -> (what it varies, rows, {variant label: model overrides at training time}).
+# Test-time choices (fusion, shortlist, Fig. 4's end point) need no training of their own: they
+# are scored on the models of "main" (see TEST_TIME).
+STUDIES: Dict[str, Tuple[str, Sequence[str], Dict[str, Dict[str, Any]]]] = {
+    "main": ("the defaults", ROWS, {"defaults": {}}),
+    "paper": ("the paper-literal reading of every open detail", ROWS, {"paper-literal": PAPER_LITERAL}),
+    "eq2": ("Eq. 2's denominator (ir_attention_norm)", ("CNN+IR+CNC", "HRNet"),
+            {"all (literal)": dict(ir_attention_norm="all"),
+             "neighbors (GAT)": dict(ir_attention_norm="neighbors"),
+             "size (scaled to P x K)": dict(ir_attention_norm="size")}),
+    "cnc": ("CNC 'hardest' pairs (cnc_mining) and CNC itself", ("CNN+IR+CNC",),
+            {"violation": dict(cnc_mining="violation"), "batch_hard": dict(cnc_mining="batch_hard"),
+             "no CNC (CNN+IR)": dict(use_cnc=False)}),
+    "prhead": ("the verification head t_hat (pr_head, pr_head_init)", ("CNN+PR+IGP", "HRNet"),
+               {f"{head}, {init} init": dict(pr_head=head, pr_head_init=init)
+                for head in ("diagonal", "projected") for init in ("glorot", "distance")}),
+    "igp": ("IGP itself", ("CNN+PR+IGP",), {"no IGP (CNN+PR)": dict(use_igp=False)}),
+}
+
+# Test-time variants scored on every trained model: label -> config overrides at test time.
+TEST_TIME: Dict[str, Dict[str, Any]] = {
+    **{f"{ir} + {pr}, {norm}": dict(rerank_ir_score=ir, rerank_pr_score=pr, rerank_norm=norm)
+       for ir in ("ir_cosine", "ir_bn_cosine") for pr in ("pr_prob", "pr_logit")
+       for norm in ("none", "zscore", "rank")},
+    "top-60 shortlist": dict(top_k_rerank=60),
+    "top-240 shortlist": dict(top_k_rerank=240),
+}
+
+
+# ------------------------------------------------------------------------------------ data
+def feature_level_data(seed: int) -> Dict[str, Any]:
+    from hrnet_pyg.data.synthetic_features import FeatureWorldConfig, generate_feature_world
+
+    world = generate_feature_world(FeatureWorldConfig(seed=seed, **LEVELS["feature"]["world"]))
+    return dict(train=(world.train.feats, world.train.pids, world.train.camids),
+                query=(world.query.feats, world.query.pids, world.query.camids),
+                gallery=(world.gallery.feats, world.gallery.pids, world.gallery.camids),
+                num_classes=world.num_train_pids, summary=world.summary())
+
+
+def image_level_data(seed: int, root: Path) -> Dict[str, Any]:
+    from hrnet_pyg.data import build_dataset
+
+    kwargs = dict(LEVELS["image"]["data"], seed=seed, progress=False)
+    ds = build_dataset("synthetic", str(root), **kwargs)
+    return dict(dataset=ds, num_classes=ds.num_train_pids, summary=ds.summary())
+
+
+# ------------------------------------------------------------------------------------ training
+def _model_config(level: str, row: str, seed: int, overrides: Dict[str, Any]):
+    from hrnet_pyg.config import HRNetConfig
+
+    return HRNetConfig.from_row(row, **{**LEVELS[level]["model"], "seed": seed, **overrides})
+
+
+def train_feature_row(cfg, data: Dict[str, Any], seed: int):
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg import HRNet
+    from hrnet_pyg.data import FeatureDataset, PKSampler
+
+    torch.manual_seed(seed)
+    feats, pids, camids = data["train"]
+    loader = DataLoader(FeatureDataset(feats, pids, camids),
+                        batch_sampler=PKSampler(pids.tolist(), P=cfg.num_identities,
+                                                K=cfg.num_instances, seed=seed))
+    model = HRNet(cfg, num_classes=data["num_classes"])
+    model.fit(loader, device="cpu", progress=False)
+    return model.eval()
+
+
+def image_features(model, data: Dict[str, Any]) -> Dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg.data import ImageDataset, build_transforms
+
+    ds, cfg = data["dataset"], model.config
+    out = {}
+    for split in ("query", "gallery"):
+        loader = DataLoader(ImageDataset(getattr(ds, split), build_transforms(*cfg.image_size, is_train=False)),
+                            batch_size=128, num_workers=2)
+        out[split] = model.extract(loader, device="cpu", progress=False)
+    return out
+
+
+def train_image_row(cfg, data: Dict[str, Any], seed: int, run_dir: Path):
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg import HRNet
+    from hrnet_pyg.data import ImageDataset, PKSampler, build_transforms
+
+    torch.manual_seed(seed)
+    ds = data["dataset"]
+    loader = DataLoader(ImageDataset(ds.train, build_transforms(*cfg.image_size, is_train=True)),
+                        batch_sampler=PKSampler([r.pid for r in ds.train], P=cfg.num_identities,
+                                                K=cfg.num_instances, seed=seed),
+                        num_workers=2, persistent_workers=True)
+    model = HRNet(cfg, num_classes=data["num_classes"])
+    model.fit(loader, device="cpu", progress=False)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------ scoring
+def _rank(dist, q, g) -> Dict[str, float]:
+    from hrnet_pyg.evaluation import evaluate_rank
+
+    r = evaluate_rank(dist, q[1].numpy(), g[1].numpy(), q[2].numpy(), g[2].numpy())
+    return {"mAP": float(r.mAP), "rank1": float(r.cmc[0])}
+
+
+def score_model(model, q: Tuple, g: Tuple, extended: bool = True) -> Dict[str, Dict[str, float]]:
+    """Every test protocol of the study on one trained model: name -> {mAP, rank1}.
+
+    ``extended``: also the test-graph variants (shortlist lengths, Fig. 4's end point), which
+    only the defaults' models need."""
+    from hrnet_pyg.evaluation import cosine_distance
+    from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
+    from hrnet_pyg.model import RERANK_SCORES, fuse_scores
+    from hrnet_pyg.rerank import relational_rerank
+
+    cfg = model.config
+    qb, gb = model.retrieval_features(q[0]), model.retrieval_features(g[0])
+    out: Dict[str, Dict[str, float]] = {"cosine": _rank(cosine_distance(qb, gb), q, g)}
+    kr = k_reciprocal_rerank_features(qb, gb, progress=False)
+    out["k-reciprocal"] = _rank(kr, q, g)
+    if model.ir is None and model.pr is None:
+        return out
+    out["relational"] = _rank(relational_rerank(model, q[0], g[0], top_k=cfg.top_k_rerank,
+                                                device="cpu", progress=False), q, g)
+    # each module's term alone, and every fusion, on the same shortlists
+    terms = model.image_terms(torch.cat([q[0], g[0]]).float())
+    num_q = q[0].size(0)
+    cos = terms.retrieval[:num_q] @ terms.retrieval[num_q:].T
+    top = cos.topk(min(cfg.top_k_rerank, cos.size(1)), dim=1).indices
+    index = torch.cat([torch.arange(num_q).unsqueeze(1), top + num_q], dim=1)
+    parts: Dict[str, List[torch.Tensor]] = {}
+    for s in range(0, num_q, 64):
+        for name, value in model.graph_score_terms(terms, index[s:s + 64]).items():
+            parts.setdefault(name, []).append(value)
+    joined = {name: torch.cat(v) for name, v in parts.items()}
+
+    def ranked(score: torch.Tensor) -> Dict[str, float]:
+        dist = (1.0 - cos).scatter_(1, top, score.amin(dim=1, keepdim=True) - score - 1.0)
+        return _rank(dist, q, g)
+
+    for name, value in joined.items():
+        if name != "cosine":
+            out[f"term {name}"] = ranked(value)
+    if "ir_cosine" in joined and "pr_prob" in joined:
+        for label, over in TEST_TIME.items():
+            if "rerank_norm" in over:
+                out[f"fusion {label}"] = ranked(fuse_scores(joined, over["rerank_ir_score"],
+                                                            over["rerank_pr_score"], over["rerank_norm"]))
+    out["relational after k-reciprocal"] = _rank(_rerank_after(model, q[0], g[0], kr, cfg.top_k_rerank), q, g)
+    if not extended:
+        return out
+    for label, over in TEST_TIME.items():
+        if "top_k_rerank" in over:
+            out[label] = _rank(relational_rerank(model, q[0], g[0], top_k=over["top_k_rerank"],
+                                                 device="cpu", progress=False), q, g)
+    if cfg.pr_edges is None and model.pr is not None:  # Fig. 4's "66 = complete" end point
+        for relative in (False, True):
+            m2 = copy.copy(model)
+            m2.config = dataclasses.replace(cfg, pr_edges=cfg.batch_size, pr_edges_relative=relative)
+            label = f"pr_edges={cfg.batch_size} {'relative' if relative else 'absolute'}"
+            out[label] = _rank(relational_rerank(m2, q[0], g[0], top_k=cfg.top_k_rerank,
+                                                 device="cpu", progress=False), q, g)
+    return out
+
+
+def pr_diagnostics(model, q: Tuple, g: Tuple, num_graphs: int = 200) -> Dict[str, Dict[str, float]]:
+    """Why the PR branch scores as it does, measured on the query graphs of the first queries.
+
+    * ``pr static attention``: how much the rows of G^n (Eq. 6) differ within a graph, as the
+      mean total-variation distance of a row from the graph's mean row (0: every difference node
+      attends to the same sources with the same weights, so the complete graph's message
+      sum_j g_ij u_j W_p = f_n W_p - sum_j g_ij f_j W_p is the same for every i).
+    * ``pr message share``: ||u' - alpha u|| / ||alpha u|| (how far propagation moves a node).
+    * ``term pr_logit on u``: the verification head applied to the raw differences u (no
+      propagation): if it ranks as well as on u', the graph adds nothing to t_hat.
+    """
+    cfg = model.config
+    terms = model.image_terms(torch.cat([q[0], g[0]]).float())
+    num_q = min(num_graphs, q[0].size(0))
+    cos = terms.retrieval[:num_q] @ terms.retrieval[q[0].size(0):].T
+    top = cos.topk(min(cfg.top_k_rerank, cos.size(1)), dim=1).indices
+    f = torch.cat([q[0][:num_q].unsqueeze(1).float(), g[0][top].float()], dim=1)  # (B, M, d)
+    v = f
+    if model.ir is not None:
+        adj = model.individual_adjacency(f)
+        v = model.ir.forward_dense(f, adj)
+    rows = torch.zeros(1, dtype=torch.long)
+    u_prime, att, _ = model.pr.forward_dense(f, v if cfg.use_igp else None, rows=rows, return_attention=True)
+    u = f[:, :1] - f  # (B, M, d): u_{q,i}
+    att = att[:, 0]  # (B, M, M)
+    tv = 0.5 * (att - att.mean(dim=1, keepdim=True)).abs().sum(-1).mean()
+    share = (u_prime[:, 0] - cfg.alpha * u).norm(dim=-1) / (cfg.alpha * u).norm(dim=-1).clamp_min(1e-12)
+    share = share[:, 1:].mean()
+    same = g[1][top] == q[1][:num_q].unsqueeze(1)  # (B, M - 1) true matches
+
+    def ap_of(score: torch.Tensor) -> float:  # mean AP within the shortlist (no camera filter)
+        aps = []
+        for b in range(score.size(0)):
+            rel = same[b][score[b].argsort(descending=True)].float()
+            if rel.sum() > 0:
+                hits = rel.cumsum(0)
+                aps.append(float((hits / torch.arange(1, rel.numel() + 1) * rel).sum() / rel.sum()))
+        return sum(aps) / max(len(aps), 1)
+
+    on_u = model.verifier(u[:, 1:])
+    on_u_prime = model.verifier(u_prime[:, 0, 1:])
+    return {"pr static attention": {"mAP": float(tv), "rank1": float("nan")},
+            "pr message share": {"mAP": float(share), "rank1": float("nan")},
+            "pr shortlist AP, head on u'": {"mAP": ap_of(on_u_prime), "rank1": float("nan")},
+            "pr shortlist AP, head on u": {"mAP": ap_of(on_u), "rank1": float("nan")},
+            "pr shortlist AP, cosine": {"mAP": ap_of(cos.gather(1, top)), "rank1": float("nan")}}
+
+
+def _rerank_after(model, qf: torch.Tensor, gf: torch.Tensor, base: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Relational re-ranking of the shortlist that another distance (k-reciprocal) gives."""
+    terms = model.image_terms(torch.cat([qf, gf]).float())
+    num_q = qf.size(0)
+    base = torch.as_tensor(base).float()
+    top = (-base).topk(min(top_k, base.size(1)), dim=1).indices
+    index = torch.cat([torch.arange(num_q).unsqueeze(1), top + num_q], dim=1)
+    dist = base - base.min() + 1.0  # every item >= 1, keeps the base order outside the shortlist
+    for s in range(0, num_q, 64):
+        score = model.graph_scores(terms, index[s:s + 64])
+        dist[s:s + 64].scatter_(1, top[s:s + 64], score.amin(dim=1, keepdim=True) - score)
+    return dist
+
+
+# ------------------------------------------------------------------------------------ runner
+def _key(level: str, row: str, seed: int, overrides: Dict[str, Any]) -> str:
+    # Keyed by the resolved config, so a variant that equals the defaults reuses their run.
+    resolved = _model_config(level, row, seed, overrides).to_dict()
+    blob = json.dumps({"level": level, "model": resolved, "setup": LEVELS[level]},
+                      sort_keys=True, default=str)
+    slug = row.lower().replace("+", "_").replace("*", "_star")
+    return f"{level}-{slug}-s{seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+def run_one(level: str, row: str, seed: int, overrides: Dict[str, Any], results: Path,
+            cache: Dict[Tuple[str, int], Any]) -> Dict[str, Any]:
+    path = results / f"{_key(level, row, seed, overrides)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    cfg = _model_config(level, row, seed, overrides)
+    if (level, seed) not in cache:
+        cache[(level, seed)] = (feature_level_data(seed) if level == "feature"
+                                else image_level_data(seed, results / "data" / f"seed{seed}"))
+    data = cache[(level, seed)]
+    if level == "feature":
+        model = train_feature_row(cfg, data, seed)
+        q, g = data["query"], data["gallery"]
+    else:
+        model = train_image_row(cfg, data, seed, results)
+        feats = image_features(model, data)
+        q, g = feats["query"], feats["gallery"]
+    with torch.no_grad():
+        scores = score_model(model, q, g, extended=not overrides)
+        if model.pr is not None:
+            scores.update(pr_diagnostics(model, q, g))
+    record = dict(key=path.stem, level=level, row=row, seed=seed, overrides=overrides, scores=scores,
+                  num_queries=int(q[0].size(0)), num_gallery=int(g[0].size(0)),
+                  data=data["summary"], seconds=time.perf_counter() - t0)
+    results.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    tmp.replace(path)
+    print(f"{level} {row} seed {seed} {overrides or ''}: cosine {scores['cosine']['mAP']:.3f} "
+          f"relational {scores.get('relational', scores['cosine'])['mAP']:.3f} "
+          f"k-reciprocal {scores['k-reciprocal']['mAP']:.3f} ({record['seconds']:.0f} s)", flush=True)
+    return record
+
+
+def run_study(level: str, study: str, results: Path, seeds: Sequence[int]) -> None:
+    _, rows, variants = STUDIES[study]
+    cache: Dict[Tuple[str, int], Any] = {}
+    for seed in seeds:  # seed-major: one generated data set at a time
+        for row in rows:
+            for over in variants.values():
+                run_one(level, row, seed, over, results, cache)
+        cache.clear()
+
+
+# ------------------------------------------------------------------------------------ report
+def _load(results: Path) -> List[Dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, sd
+
+
+def _fmt(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    m, sd = _mean_std([100 * v for v in values])
+    return f"{m:.1f} ± {sd:.1f}"
+
+
+def _cells(records: List[Dict[str, Any]], protocol: str) -> Tuple[str, str]:
+    hits = [r["scores"][protocol] for r in records if protocol in r["scores"]]
+    return _fmt([h["mAP"] for h in hits]), _fmt([h["rank1"] for h in hits])
+
+
+def _select(records, level, row, overrides) -> List[Dict[str, Any]]:
+    # The runs of exactly this resolved config (today's defaults), whatever label they ran under.
+    keys = {_key(level, row, seed, overrides) for seed in range(16)}
+    return [r for r in records if r.get("key") in keys]
+
+
+def table(records, level: str, rows: Sequence[Tuple[str, str, Dict[str, Any]]],
+          protocols: Sequence[Tuple[str, str]]) -> str:
+    head = "| row | variant | seeds | " + " | ".join(f"{t} mAP | {t} R1" for _, t in protocols) + " |"
+    lines = [head, "|" + "---|" * (3 + 2 * len(protocols))]
+    for row, label, over in rows:
+        sel = _select(records, level, row, over)
+        if not sel:
+            continue
+        cells = []
+        for proto, _ in protocols:
+            cells += list(_cells(sel, proto)) if row != "CNN" or proto in ("cosine", "k-reciprocal") \
+                else list(_cells(sel, "cosine"))
+        lines.append(f"| {row} | {label} | {len(sel)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+MAIN_PROTOCOLS = [("cosine", "own cosine"), ("relational", "relational re-ranking"),
+                  ("k-reciprocal", "k-reciprocal"), ("relational after k-reciprocal", "relational after k-recip.")]
+
+
+def report(results: Path, out: Path) -> str:
+    records = _load(results)
+    parts: List[str] = []
+    for level in ("feature", "image"):
+        recs = [r for r in records if r["level"] == level]
+        if not recs:
+            continue
+        sample = recs[0]
+        parts.append(f"## {level.capitalize()} level\n\nData: {sample['data']}; "
+                     f"{sample['num_queries']} queries, {sample['num_gallery']} gallery images. "
+                     f"Training: `{LEVELS[level]['model']}` on top of each row's switches.\n")
+        for study, (what, rows, variants) in STUDIES.items():
+            spec = [(row, label, over) for row in rows for label, over in variants.items()]
+            if study in ("eq2", "cnc", "prhead", "igp"):  # the defaults' models are the reference
+                spec = [(row, "defaults", {}) for row in rows] + spec
+            body = table(recs, level, spec, MAIN_PROTOCOLS)
+            if body.count("\n") < 2:
+                continue
+            parts.append(f"### {what}\n\n`python experiments/efficacy.py --level {level} --study {study}`\n\n{body}\n")
+        main = [(row, "defaults", {}) for row in ROWS]
+        terms = [("relational", "fused (defaults)"), ("term ir_cosine", "IR cos(V')"),
+                 ("term ir_bn_cosine", "IR cos(BN(V'))"), ("term pr_prob", "PR t_hat"),
+                 ("term pr_logit", "PR logit")]
+        parts.append(f"### Each module's similarity alone (the defaults' models)\n\n"
+                     f"`python experiments/efficacy.py --level {level} --study main`\n\n"
+                     + table(recs, level, main[1:], terms) + "\n")
+        fusions = [(f"fusion {label}", label) for label, over in TEST_TIME.items() if "rerank_norm" in over]
+        parts.append("### Fusion: which similarities are added, normalised how (HRNet, the defaults' models)\n\n"
+                     + _transposed(recs, level, "HRNet", {}, fusions) + "\n")
+        shortlist = [("relational", "top-120 (paper)"), ("top-60 shortlist", "top-60"),
+                     ("top-240 shortlist", "top-240"),
+                     ("relational after k-reciprocal", "top-120 of k-reciprocal")]
+        parts.append("### The test graph: shortlist length and source (the defaults' models)\n\n"
+                     + table(recs, level, main[1:], shortlist) + "\n")
+        fig4 = [(f"pr_edges={66} absolute", "66-nearest mask at test"),
+                (f"pr_edges={66} relative", "same share at test (complete)"), ("relational", "pr_edges=None")]
+        parts.append("### Fig. 4's end point: pr_edges = 66 at test time (the defaults' models)\n\n"
+                     + table(recs, level, [m for m in main if m[0] in ("CNN+PR+IGP", "HRNet")], fig4) + "\n")
+    text = "\n".join(parts)
+    marker = "<!-- tables: generated by experiments/efficacy.py --report -->"
+    if out.is_file() and marker in out.read_text():
+        head = out.read_text().split(marker)[0]
+        out.write_text(head + marker + "\n\n" + text)
+    return text
+
+
+def _transposed(records, level: str, row: str, over: Dict[str, Any], protocols) -> str:
+    sel = _select(records, level, row, over)
+    lines = ["| fusion (IR term + PR term, normalisation) | seeds | mAP | R1 |", "|---|---|---|---|"]
+    for proto, label in protocols:
+        m, r1 = _cells(sel, proto)
+        lines.append(f"| {label} | {len(sel)} | {m} | {r1} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--level", choices=tuple(LEVELS), default="feature", help="feature or image level")
+    p.add_argument("--study", default="main",
+                   help=f"comma-separated studies ({', '.join(STUDIES)}) or 'all' (default: main)")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--results", type=Path, default=Path("results/efficacy"), help="one JSON per run")
+    p.add_argument("--doc", type=Path, default=Path("docs/efficacy.md"), help="document whose tables are rewritten")
+    p.add_argument("--report", action="store_true", help="only rewrite the tables from the results on disk")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke-test sizes (the code path of the study; the numbers mean nothing)")
+    args = p.parse_args(argv)
+    if args.quick:
+        LEVELS.update(QUICK_LEVELS)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.report:
+        studies = list(STUDIES) if args.study == "all" else args.study.split(",")
+        for s in studies:
+            if s not in STUDIES:
+                p.error(f"unknown study {s!r}; valid: {', '.join(STUDIES)} or all")
+        seeds = [int(s) for s in args.seeds.split(",")]
+        for s in studies:
+            run_study(args.level, s, args.results, seeds)
+    print(report(args.results, args.doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
