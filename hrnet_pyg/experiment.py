@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch.utils.data import DataLoader
 
-from hrnet_pyg.config import HRNetConfig, load_yaml_with_base
+from hrnet_pyg.config import HRNetConfig, _merge, coerce_fields, load_yaml_with_base
 
 log = logging.getLogger("hrnet_pyg")
 
@@ -68,40 +68,85 @@ class Experiment:
         }
 
 
-def _section(cls: Any, values: Dict[str, Any], where: str) -> Any:
+def _section(cls: Any, values: Dict[str, Any], where: str, label: Any = None) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
-    return cls(**values)
+    return cls(**coerce_fields(cls, values, where, label))
 
 
 def parse_overrides(items: List[str]) -> Dict[str, Any]:
-    """``["model.k=8", "run.device=cpu"]`` -> nested dict, values parsed as YAML scalars."""
+    """``["model.k=8", "data.kwargs.num_train_ids=16"]`` -> nested dict, values parsed as YAML.
+
+    The values are typed later, against the dataclass fields (:func:`load_experiment`).
+    """
     import yaml
 
     out: Dict[str, Any] = {}
     for item in items:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts):
             raise ValueError(f"override {item!r} must look like section.key=value, e.g. model.k=8")
-        key, raw = item.split("=", 1)
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"--set {item}: the value is not valid YAML ({problem})") from None
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {item}: {'.'.join(parts[:-1])} was already set to a value")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
+    out = []
+    for k, v in tree.items():
+        out.append(prefix + k)
+        if isinstance(v, dict):
+            out.extend(_keys(v, prefix + k + "."))
     return out
 
 
 def load_experiment(path: Union[str, Path, None] = None, overrides: Optional[Dict[str, Any]] = None) -> Experiment:
+    """The experiment of a YAML file (``None``: the defaults) with ``overrides`` on top.
+
+    Every value is converted to its field's type (YAML 1.1 reads ``3e-4`` as a string); one
+    that does not fit raises ``ValueError`` naming where it came from, the key and the type.
+    """
     values: Dict[str, Any] = load_yaml_with_base(path) if path is not None else {}
-    for section, entries in (overrides or {}).items():
-        values.setdefault(section, {}).update(entries)
+    overrides = overrides or {}
+    for section, entries in overrides.items():
+        if not isinstance(entries, dict):
+            raise ValueError(f"--set {section}={entries!r}: give a key of the section, e.g. {section}.KEY=VALUE")
+    values = _merge(values, overrides)
     unknown = sorted(set(values) - {"data", "model", "run"})
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; valid: data, model, run")
+        src = f"{path}" if path is not None and not set(unknown) & set(overrides) else "--set"
+        raise ValueError(f"{src}: unknown section(s) {unknown}; valid: data, model, run")
     where = str(path) if path is not None else "experiment"
+    overridden = set(_keys(overrides))
+
+    def label(section: str) -> Any:
+        def name(key: str) -> str:
+            full = f"{section}.{key}"
+            return f"--set {full}" if full in overridden or path is None else f"{where}: {full}"
+
+        return name
+
+    for section in ("data", "model", "run"):
+        if not isinstance(values.get(section, {}), dict):
+            raise ValueError(f"{where}: section '{section}' must be a mapping of keys to values")
+    model_values = values.get("model", {})
     return Experiment(
-        data=_section(DataConfig, values.get("data", {}), f"{where} [data]"),
-        model=HRNetConfig.from_dict(values.get("model", {})),
-        run=_section(RunConfig, values.get("run", {}), f"{where} [run]"),
+        data=_section(DataConfig, values.get("data", {}), f"{where} [data]", label("data")),
+        model=HRNetConfig.from_dict(coerce_fields(HRNetConfig, model_values, "model", label("model"))),
+        run=_section(RunConfig, values.get("run", {}), f"{where} [run]", label("run")),
         source=str(path) if path is not None else None,
     )
 
