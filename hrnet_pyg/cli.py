@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -270,6 +271,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(exc: BaseException) -> str:
+    """The user's line of an exception, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process with the worker's whole traceback
+    as its message ("Caught DatasetError in DataLoader worker process 0. Original Traceback
+    ..."); the line that matters is the original message at its end.
+    """
+    text = str(exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        name = re.escape(type(exc).__name__)
+        lines = text.rstrip().splitlines()
+        for i in range(len(lines) - 1, -1, -1):
+            match = re.match(rf"^(?:[\w.]+\.)?{name}: (.*)$", lines[i])
+            if match:
+                return "\n".join([match.group(1), *lines[i + 1:]])
+    return text
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -280,7 +299,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Bad input: one clear line, no traceback (use -v for the traceback).
         if args.verbose:
             raise
-        print(f"hrnet-pyg {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"hrnet-pyg {args.verb}: error: {_message(exc)}", file=sys.stderr)
         return 2
 
 

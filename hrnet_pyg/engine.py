@@ -9,6 +9,7 @@ import csv
 import logging
 import os
 import random
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -19,7 +20,9 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+# tqdm.std, not tqdm.auto: outside notebooks tqdm.auto is the asyncio variant, whose constructor
+# already calls iter() on the loader, so each epoch would draw the sampler's plan twice.
+from tqdm import tqdm
 
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.distributed import (
@@ -101,6 +104,61 @@ def _batch_sampler_of(loader: Any) -> Any:
         if candidate is not None and hasattr(candidate, "set_epoch"):
             return candidate
     return None
+
+
+def _on_terminal() -> bool:
+    """Whether progress bars fit the output: stderr (where tqdm draws) is a terminal."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class _StepProgress:
+    """Progress of one epoch: a tqdm bar on a terminal, else a plain log line every ``print_freq``.
+
+    Files (nohup, SLURM, redirected output) then hold whole lines with the loss, images/s and the
+    time left, never ``\r`` fragments or block characters.
+    """
+
+    def __init__(
+        self, desc: str, total: Optional[int], *, show: bool, print_freq: int, steps_after: Optional[int],
+    ) -> None:
+        self.desc, self.total, self.print_freq = desc, total, max(int(print_freq), 1)
+        self.steps_after = steps_after  # steps of the epochs still to come (for the run's ETA)
+        self.bar = None
+        self.plain = show and not _on_terminal()
+        if show and not self.plain:
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, images: int, losses: Dict[str, float]) -> None:
+        """After ``step`` (1-based) steps and ``images`` images; ``losses`` are running means."""
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        rate = images / elapsed
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"img/s": f"{rate:.1f}"}, refresh=False)
+            return
+        if not self.plain or (step % self.print_freq and step != self.total):
+            return
+        where = f"{self.desc} step {step}" + (f"/{self.total}" if self.total else "")
+        line = f"{where}: loss={losses.get('total', float('nan')):.4f} {rate:.1f} img/s"
+        if self.total:
+            per_step = elapsed / step
+            line += f" eta {_duration(per_step * (self.total - step))}"
+            if self.steps_after:
+                line += f" (run {_duration(per_step * (self.total - step + self.steps_after))})"
+        log.info(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -253,6 +311,7 @@ def fit(
     on_epoch_end: Optional[Any] = None,
     sync_bn: bool = False,
     graph_scope: Optional[str] = None,
+    print_freq: int = 20,
 ) -> FitResult:
     """Train ``model`` as in Sec. 4.2 and return the per-epoch history.
 
@@ -272,11 +331,13 @@ def fit(
         resume: a checkpoint written by ``fit``: continues with the same optimiser, learning
             rate, sampler position and RNG state.
         max_steps_per_epoch: cut epochs short (smoke tests, demos).
-        progress: tqdm progress bars.
+        progress: a tqdm bar per epoch when stderr is a terminal; otherwise a plain line every
+            ``print_freq`` steps with the loss, images/s and the time left.
         on_epoch_end: ``callable(epoch, row)`` called after each epoch's checkpoint.
         sync_bn: under ``torchrun`` (DDP), SyncBatchNorm in the backbone and BNNeck (CUDA only).
         graph_scope: ``"local"``: graphs per rank; ``"global"``: graphs over the batch of all
             ranks (see :mod:`hrnet_pyg.distributed`); ``None`` keeps ``model.graph_scope``.
+        print_freq: steps between two progress lines when stderr is not a terminal. (default: 20)
     """
     inner = _unwrap(model)
     cfg: HRNetConfig = inner.config
@@ -330,8 +391,19 @@ def fit(
         model.train()
         sums: Dict[str, float] = {}
         steps, images, t0 = 0, 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not show, leave=False)
-        for step, batch in enumerate(bar):
+        try:
+            planned: Optional[int] = len(train_loader)  # type: ignore[arg-type]
+        except TypeError:  # an iterable without len()
+            planned = None
+        if planned is not None and max_steps_per_epoch is not None:
+            planned = min(planned, max_steps_per_epoch)
+        bar = _StepProgress(
+            f"epoch {epoch + 1}/{total_epochs}", planned, show=show, print_freq=print_freq,
+            steps_after=None if planned is None else planned * (total_epochs - epoch - 1),
+        )
+        # The loader is iterated once per epoch, here: with workers every iter() draws the
+        # sampler's plan and starts prefetching (and a second iter() would discard that).
+        for step, batch in enumerate(train_loader):
             if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
                 break
             inputs, pids, _ = _split_batch(batch)
@@ -357,11 +429,11 @@ def fit(
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             sums["total"] = sums.get("total", 0.0) + float(out.loss.detach())
             if show:
-                rate = images / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()} | {"img/s": f"{rate:.1f}"})
+                bar.update(steps, images, {k: v / steps for k, v in sums.items()})
             if tb is not None:
                 for name, value in out.losses.items():
                     tb.add_scalar(f"loss/{name}", float(value.detach()), global_step)
+        bar.close()
         if steps == 0:
             raise ValueError(
                 "the training loader yielded no batch: with a PKSampler it needs at least P "
@@ -379,10 +451,7 @@ def fit(
                 + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss_"))
                 + f" lr={lr:.2e} {row['images_per_s']:.1f} img/s"
             )
-            if show:
-                tqdm.write(msg)
-            else:
-                log.info(msg)
+            log.info(msg)  # the epoch's bar is closed: a plain line on terminals and in files alike
         if out_dir is not None and is_main_process():
             payload = _model_payload(model)
             payload.update(
@@ -421,7 +490,8 @@ def extract(
     model.to(dev).eval()
     use_amp = amp if amp != "auto" else (dev.type == "cuda")
     feats, pids, camids = [], [], []
-    for batch in tqdm(loader, desc="extract", disable=not (progress and is_main_process()), leave=False):
+    show = progress and is_main_process() and _on_terminal()  # no bar fragments in log files
+    for batch in tqdm(loader, desc="extract", disable=not show, leave=False):
         inputs, pid, camid = _split_batch(batch)
         with autocast_context(dev, use_amp):
             f = _unwrap(model).extract_features(inputs.to(dev, non_blocking=True))
@@ -488,7 +558,9 @@ def evaluate_features(
     cnn = evaluate_rank(cosine_distance(qb, gb), *args)
     hr = None
     if rerank:
-        dist = relational_rerank(inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress)
+        dist = relational_rerank(
+            inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress and _on_terminal()
+        )
         hr = evaluate_rank(dist, *args)
     kr = None
     if k_reciprocal:

@@ -62,3 +62,107 @@ def test_epochs_that_are_not_a_number_are_an_argument_error():
     )
     assert proc.returncode == 2
     assert "--epochs" in proc.stderr and "'abc'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------- one sampler pass per epoch
+class _CountingPK:
+    """A PKSampler that records each __iter__ call and the batches it hands out."""
+
+    def __new__(cls, *args, **kwargs):
+        from hrnet_pyg.data import PKSampler
+
+        class Counting(PKSampler):
+            def __iter__(self):
+                self.calls.append(self.epoch)
+                for batch in super().__iter__():
+                    self.handed.append(batch)
+                    yield batch
+
+        sampler = Counting(*args, **kwargs)
+        sampler.calls, sampler.handed = [], []
+        return sampler
+
+
+def _feature_run(tmp_path, epochs, num_workers, resume=None, out="run"):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg.config import HRNetConfig
+    from hrnet_pyg.data import FeatureDataset
+    from hrnet_pyg.engine import fit
+    from hrnet_pyg.model import HRNet
+
+    g = torch.Generator().manual_seed(0)
+    pids = torch.arange(8).repeat_interleave(4)  # 8 identities: few batches, all prefetched by 2 workers
+    feats = (torch.randn(8, 16, generator=g)[pids] + torch.randn(len(pids), 16, generator=g)).relu()
+    cfg = HRNetConfig(backbone=None, pretrained=False, feat_dim=16, k=3, num_identities=4, num_instances=2)
+    sampler = _CountingPK(pids.tolist(), P=4, K=2, seed=0)
+    loader = DataLoader(
+        FeatureDataset(feats, pids, pids % 3), batch_sampler=sampler, num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+    torch.manual_seed(0)
+    model = HRNet(cfg, num_classes=8)
+    trained = []
+    model.register_forward_pre_hook(lambda m, args: trained.append(args[0].clone()) if m.training else None)
+    fit(model, loader, epochs=epochs, output_dir=tmp_path / out, resume=resume, progress=False)
+    return model, sampler, trained, feats
+
+
+def test_each_epoch_walks_the_sampler_once_and_trains_its_plan(tmp_path):
+    import torch
+
+    _, sampler, trained, feats = _feature_run(tmp_path, epochs=3, num_workers=2)
+    assert sampler.calls == [0, 1, 2]  # one iter() per epoch, each on its own epoch's plan
+    planned = [b for e in range(3) for b in sampler.batches(e)]
+    assert len(trained) == len(planned) == len(sampler.handed)
+    for x, idx in zip(trained, planned):
+        torch.testing.assert_close(x, feats[idx])
+
+
+def test_resume_with_workers_equals_an_uninterrupted_run(tmp_path):
+    import torch
+
+    straight, _, _, _ = _feature_run(tmp_path, epochs=3, num_workers=2, out="a")
+    _feature_run(tmp_path, epochs=1, num_workers=2, out="b")
+    resumed, sampler, _, _ = _feature_run(tmp_path, epochs=3, num_workers=2, out="b", resume=tmp_path / "b" / "last.pth")
+    assert sampler.calls == [1, 2]
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=f"parameter {name} differs after resume")
+
+
+# ---------------------------------------------------------------------------- damaged images, workers
+TINY_DATA = dict(num_train_ids=6, num_test_ids=4, imgs_per_id=6, num_distractors=2, num_junk=1, progress=False)
+
+
+def _tiny_args(tmp_path, *extra):
+    from test_cli import TINY
+
+    return [*TINY, "--data-root", str(tmp_path / "data"), *extra]
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "hrnet_pyg", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _damaged_dataset(tmp_path):
+    from hrnet_pyg.data import build_dataset
+
+    ds = build_dataset("synthetic", tmp_path / "data", **TINY_DATA)
+    for rec in ds.train:  # every training image truncated: whichever batch comes first fails
+        with open(rec.img_path, "r+b") as fh:
+            fh.truncate(200)
+    return ds
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_truncated_jpeg_is_one_line_naming_the_file_with_or_without_workers(tmp_path, workers):
+    _damaged_dataset(tmp_path)
+    proc = _cli("train", *_tiny_args(tmp_path, "--output-dir", str(tmp_path / "run"), "--epochs", "1",
+                                     "--set", f"run.num_workers={workers}", "--no-progress"))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr and "worker" not in proc.stderr, proc.stderr
+    assert "cannot decode image" in lines[0] and str(tmp_path / "data") in lines[0]
