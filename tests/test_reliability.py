@@ -158,11 +158,90 @@ def _damaged_dataset(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_truncated_jpeg_is_one_line_naming_the_file_with_or_without_workers(tmp_path, workers):
+def test_a_truncated_jpeg_is_one_line_naming_the_file_with_or_without_workers(tmp_path, workers, capsys):
     _damaged_dataset(tmp_path)
-    proc = _cli("train", *_tiny_args(tmp_path, "--output-dir", str(tmp_path / "run"), "--epochs", "1",
-                                     "--set", f"run.num_workers={workers}", "--no-progress"))
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr and "worker" not in proc.stderr, proc.stderr
-    assert "cannot decode image" in lines[0] and str(tmp_path / "data") in lines[0]
+    code = main(["train", *_tiny_args(tmp_path, "--output-dir", str(tmp_path / "run"), "--epochs", "1",
+                                      "--set", f"run.num_workers={workers}", "--no-progress")])
+    assert code == 2
+    _one_line_error(capsys, "cannot decode image", str(tmp_path / "data"))
+
+
+# ---------------------------------------------------------------------------- finished runs are kept
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished one-epoch run (and its generated data), copied by each test that changes it."""
+    base = tmp_path_factory.mktemp("finished")
+    assert main(["train", *_tiny_args(base, "--output-dir", str(base / "run"), "--epochs", "1", "--no-progress")]) == 0
+    return base
+
+
+def _copy_run(finished, tmp_path):
+    import shutil
+
+    shutil.copytree(finished / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _csv_epochs(run):
+    lines = (run / "metrics.csv").read_text().strip().splitlines()
+    return [line.split(",")[0] for line in lines[1:]]
+
+
+def test_a_folder_holding_a_run_is_refused_until_resume_or_overwrite(finished, tmp_path, capsys):
+    run = _copy_run(finished, tmp_path)
+    before = (run / "last.pth").read_bytes()
+    args = _tiny_args(finished, "--output-dir", str(run), "--epochs", "1", "--no-progress")
+    assert main(["train", *args]) == 2
+    _one_line_error(capsys, str(run), "--resume", "--overwrite")
+    assert (run / "last.pth").read_bytes() == before and _csv_epochs(run) == ["1"]
+    assert main(["train", *args, "--overwrite", "--resume", str(run / "last.pth")]) == 2
+    _one_line_error(capsys, "not both")
+    (run / "notes.txt").write_text("mine")
+    assert main(["train", *args, "--overwrite"]) == 0
+    assert _csv_epochs(run) == ["1"] and (run / "last.pth").read_bytes() != before
+    assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+
+
+def test_resume_drops_stale_rows_and_partial_checkpoints_and_counts_epochs_right(finished, tmp_path):
+    run = _copy_run(finished, tmp_path)
+    # a kill after the CSV row of epoch 2 but before its checkpoint, and one inside a checkpoint write
+    with open(run / "metrics.csv", "a") as fh:
+        fh.write("2,0.1,2,1.0,9,9,9,9,9,9,9\n")
+    (run / "last.pth.k3j2x9.tmp").write_bytes(b"\0" * 4096)
+    args = _tiny_args(finished, "--output-dir", str(run), "--epochs", "2", "--no-progress")
+    assert main(["train", *args, "--resume", str(run / "last.pth")]) == 0
+    assert _csv_epochs(run) == ["1", "2"]
+    assert "9,9,9" not in (run / "metrics.csv").read_text()
+    assert not list(run.glob("*.tmp"))
+    log = (run / "train.log").read_text()
+    assert "1 of 2 epochs done, continuing with epoch 2" in log
+    assert "removing" in log and "last.pth.k3j2x9.tmp" in log
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
+    import os
+    import shlex
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["train", *_tiny_args(tmp_path, "--output-dir", str(run), "--epochs", "60", "--no-progress")]
+    proc = subprocess.Popen([sys.executable, "-m", "hrnet_pyg", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (run / "last.pth").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    line = [x for x in err.splitlines() if "interrupted" in x]
+    assert len(line) == 1 and "interrupted at epoch " in line[0], err
+    command = shlex.split(line[0].split("resume with: ", 1)[1])
+    assert command == ["hrnet-pyg", *args, "--resume", str(run / "last.pth")]
+    done = int(line[0].split(" holds ")[1].split(" ")[0])
+    assert done >= 1 and _csv_epochs(run) == [str(e) for e in range(1, done + 1)]
+    command[command.index("--epochs") + 1] = str(done + 1)  # finish quickly instead of 60 epochs
+    assert main(command[1:]) == 0
+    assert _csv_epochs(run) == [str(e) for e in range(1, done + 2)]
