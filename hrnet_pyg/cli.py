@@ -46,6 +46,26 @@ def _count(text: str) -> int:
     return value
 
 
+def _writable(path: Optional[Path], folder: bool = False) -> None:
+    """Fail now, naming ``path``, if it cannot be written (before minutes of work, not after).
+
+    ``folder``: ``path`` is a folder to write into; otherwise a file to create or replace.
+    """
+    if path is None:
+        return
+    import tempfile
+
+    where = Path(path) if folder else Path(path).parent
+    try:
+        if not folder and Path(path).is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+
+
 def _add_experiment_args(p: argparse.ArgumentParser, output_dir: bool = True) -> None:
     p.add_argument("--config", type=Path, help="experiment YAML file (e.g. experiments/market1501/hrnet.yaml)")
     p.add_argument("--data-root", help="folder holding the dataset folder (overrides data.root)")
@@ -98,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hrnet_pyg.experiment import run_experiment
 
     exp = _experiment(args)
+    _writable(Path(exp.run.output_dir), folder=True)
     try:
         result = run_experiment(exp, progress=not args.no_progress, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
@@ -141,6 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    _writable(args.out)
     if getattr(args, "images", None) is not None:
         return _cmd_extract_images(args)
     import numpy as np
@@ -154,7 +176,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     dataset, _, query_loader, gallery_loader = build_loaders(exp)
     loader, records = {"query": (query_loader, dataset.query), "gallery": (gallery_loader, dataset.gallery)}[args.split or "gallery"]
     feats, pids, camids = extract(model, loader, device=exp.run.device, progress=not args.no_progress)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
         args.out, features=feats.numpy(), pids=pids.numpy(), camids=camids.numpy(),
         paths=np.array([r[0] for r in records]),
@@ -185,6 +206,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import load_model
     from hrnet_pyg.search import search, write_grid
 
+    _writable(args.csv)
+    _writable(args.grid)
     model = load_model(args.checkpoint)
     result = search(
         model, args.query, args.gallery, topk=args.topk, rerank=not args.no_rerank, shortlist=args.shortlist,
@@ -203,6 +226,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import load_model
     from hrnet_pyg.export import export_model
 
+    _writable(args.out)
     model = load_model(args.checkpoint)
     try:
         res = export_model(
@@ -238,6 +262,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from hrnet_pyg.experiment import build_loaders
     from hrnet_pyg.visualize import visualize_batch
 
+    _writable(args.out_dir, folder=True)
     exp = _experiment(args)
     model = load_model(args.checkpoint)
     exp.model = model.config

@@ -245,3 +245,109 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
     command[command.index("--epochs") + 1] = str(done + 1)  # finish quickly instead of 60 epochs
     assert main(command[1:]) == 0
     assert _csv_epochs(run) == [str(e) for e in range(1, done + 2)]
+
+
+# ---------------------------------------------------------------------------- unwritable outputs
+def test_unwritable_outputs_are_one_line_naming_the_path(finished, tmp_path, capsys):
+    blocker = tmp_path / "a_file"  # a file where a folder is needed: unwritable even for root
+    blocker.write_text("x")
+    ckpt = str(finished / "run" / "last.pth")
+    img = next((finished / "data").rglob("*.jpg"))
+    cases = [
+        ["train", *_tiny_args(finished, "--output-dir", str(blocker / "run"), "--epochs", "1")],
+        ["extract", *_tiny_args(finished, "--checkpoint", ckpt, "--out", str(blocker / "f.npz"))],
+        ["search", "--checkpoint", ckpt, "--query", str(img), "--gallery", str(img.parent), "--grid", str(blocker / "g.png")],
+        ["visualize", *_tiny_args(finished, "--checkpoint", ckpt, "--out-dir", str(blocker / "figs"))],
+        ["export", "--checkpoint", ckpt, "--out", str(blocker / "m.pt")],
+        ["datasets", "--name", "synthetic", "--root", str(blocker / "data")],
+    ]
+    for argv in cases:
+        assert main(argv) != 0, argv
+        err = _one_line_error(capsys, str(blocker))
+        assert "enforce fail" not in err and err.startswith(f"hrnet-pyg {argv[0]}: error: "), err
+    assert blocker.read_text() == "x"
+
+
+def test_permission_denied_names_the_path(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    def denied(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", denied)
+    assert main(["train", "--output-dir", str(tmp_path / "ro"), "--device", "cpu"]) == 1
+    _one_line_error(capsys, f"cannot write {tmp_path / 'ro'}: Permission denied")
+
+
+# ---------------------------------------------------------------------------- smaller items
+def test_zero_shortlists_are_argument_errors(capsys):
+    for argv in (["eval", "--checkpoint", "x.pth", "--top-k", "0"],
+                 ["search", "--checkpoint", "x", "--query", "q", "--gallery", "g", "--shortlist", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_k_equal_one_warns_that_the_triplet_loss_is_idle(caplog):
+    import logging
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg.config import HRNetConfig
+    from hrnet_pyg.data import FeatureDataset, PKSampler
+    from hrnet_pyg.engine import fit
+    from hrnet_pyg.model import HRNet
+
+    pids = torch.arange(6).repeat_interleave(2)
+    feats = torch.randn(len(pids), 16).relu()
+    cfg = HRNetConfig(backbone=None, pretrained=False, feat_dim=16, k=2, num_identities=3, num_instances=1)
+    loader = DataLoader(FeatureDataset(feats, pids, pids % 2), batch_sampler=PKSampler(pids.tolist(), P=3, K=1))
+    with caplog.at_level(logging.WARNING, logger="hrnet_pyg"):
+        fit(HRNet(cfg, num_classes=6), loader, epochs=1, progress=False, max_steps_per_epoch=1)
+    assert any("num_instances = 1" in r.getMessage() and "triplet" in r.getMessage() for r in caplog.records)
+
+
+def test_checkpoint_mistakes_are_one_line(finished, tmp_path, capsys):
+    import pickle
+
+    import torch
+
+    run = _copy_run(finished, tmp_path)
+    args = _tiny_args(finished, "--output-dir", str(run), "--epochs", "2", "--resume", str(run / "last.pth"))
+    assert main(["train", *args, "--set", "model.backbone=resnet34"]) == 2
+    _one_line_error(capsys, "does not fit this model", "model.backbone: 'resnet18' in the checkpoint, 'resnet34' now")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+
+    class Payload:  # what a malicious checkpoint would unpickle
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"kind": "hrnet_pyg.checkpoint", "x": Payload()}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    for path, needle in ((text, "not a PyTorch checkpoint"), (evil, "never unpickled"), (run, "is a folder")):
+        assert main(["eval", *_tiny_args(finished, "--checkpoint", str(path))]) == 2
+        err = _one_line_error(capsys, str(path), needle)
+        assert "weights_only=False" not in err and "pwned" not in err
+
+
+def test_checkpoint_files_get_the_usual_mode(finished):
+    run = finished / "run"
+    assert (run / "last.pth").stat().st_mode & 0o777 == (run / "metrics.json").stat().st_mode & 0o777
+
+
+def test_unknown_device_is_one_line(capsys):
+    assert main(["train", "--device", "gpu"]) == 2
+    _one_line_error(capsys, "unknown device 'gpu'")
+
+
+def test_help_lists_only_options_that_do_something(capsys):
+    for verb in ("eval", "extract", "visualize"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        assert "--output-dir" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "10 minutes" not in capsys.readouterr().out
