@@ -58,7 +58,12 @@ def _writable(path: Optional[Path], folder: bool = False) -> None:
     where = Path(path) if folder else Path(path).parent
     try:
         if not folder and Path(path).is_dir():
-            raise IsADirectoryError(21, "Is a directory", str(path))
+            raise IsADirectoryError(21, "it is a folder", str(path))
+        existing = where
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file, not a folder", str(path))
         where.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=where):
             pass
@@ -114,11 +119,11 @@ def _resume_command(argv: List[str], checkpoint: Path) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    exp = _experiment(args)  # config errors answer before torch is imported
+    _writable(Path(exp.run.output_dir), folder=True)
     from hrnet_pyg.engine import TrainingInterrupted
     from hrnet_pyg.experiment import run_experiment
 
-    exp = _experiment(args)
-    _writable(Path(exp.run.output_dir), folder=True)
     try:
         result = run_experiment(exp, progress=not args.no_progress, overwrite=args.overwrite)
     except TrainingInterrupted as stop:

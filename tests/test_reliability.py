@@ -351,3 +351,111 @@ def test_help_lists_only_options_that_do_something(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "10 minutes" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- run experience
+def test_a_redirected_run_leaves_clean_files_a_log_and_a_best_checkpoint(tmp_path):
+    import csv
+    import importlib.util
+    import re
+
+    run = tmp_path / "run"
+    out = tmp_path / "output.txt"
+    args = _tiny_args(tmp_path, "--output-dir", str(run), "--epochs", "2", "--set", "run.eval_freq=1",
+                      "--set", "run.print_freq=1", "--set", "run.tensorboard=true")
+    with open(out, "w") as fh:  # like nohup / SLURM: stdout and stderr to one file
+        proc = subprocess.run([sys.executable, "-m", "hrnet_pyg", "train", *args], stdout=fh,
+                              stderr=subprocess.STDOUT, timeout=300)
+    text = out.read_text()
+    assert proc.returncode == 0, text
+    assert "\r" not in text and "█" not in text
+    assert "FutureWarning" not in text and "torch.jit.script" not in text
+    assert text.count("| method |") == 1  # the results table, once
+    assert re.search(r"epoch 1/2 step 1/2: loss=\d+\.\d+ [\d.]+ img/s eta 0:00:\d\d \(run \d:\d\d:\d\d\)", text), text
+    for name in ("train.log", "config.yaml", "metrics.csv", "last.pth", "best.pth"):
+        assert (run / name).is_file(), name
+    if importlib.util.find_spec("tensorboard") is None:
+        assert text.count("tensorboard is not installed") == 1
+    log = (run / "train.log").read_text()
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", log)
+    for needle in ("configuration (also in config.yaml)", "use_ir: true", "packages: ", "torch ", "device: cpu",
+                   "epoch 1/2:", "epoch 2/2:", "best.pth: epoch", "results (also in metrics.json)", "| method |"):
+        assert needle in log, needle
+    assert load_experiment(run / "config.yaml").model == load_experiment(None, parse_overrides(
+        [a for a in args[1::2] if "=" in a and a.startswith("model.")] + ["model.epochs=2"])).model
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(0 <= float(r["eval_mAP"]) <= 1 for r in rows)
+    best_epoch = max(rows, key=lambda r: float(r["eval_mAP"]))["epoch"]
+    from hrnet_pyg.engine import load_checkpoint, load_model
+
+    best = load_checkpoint(run / "best.pth")
+    assert best["epoch"] + 1 == int(best_epoch) and "optimizer" not in best
+    load_model(run / "best.pth")  # a model checkpoint eval / extract / search read
+
+
+def test_tensorboard_steps_continue_after_resume(tmp_path, monkeypatch):
+    import hrnet_pyg.engine as engine
+
+    steps = []
+
+    class Writer:
+        def add_scalar(self, tag, value, step):
+            if tag.startswith("loss/total") or tag == "lr":
+                steps.append((tag, step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(engine, "_tensorboard", lambda log_dir, wanted: Writer())
+    _feature_run(tmp_path, epochs=1, num_workers=0)
+    first = [s for t, s in steps if t == "lr"]
+    _feature_run(tmp_path, epochs=2, num_workers=0, resume=tmp_path / "run" / "last.pth")
+    lrs = [s for t, s in steps if t == "lr"]
+    assert len(first) == 1 and len(lrs) == 2 and lrs[1] == 2 * lrs[0]  # not back at 0
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_pyg():
+    code = (
+        "import sys\n"
+        "from hrnet_pyg.cli import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['train', '--epochs', 'x'], ['datasets']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "main(['train', '--set', 'model.k=abc'])\n"
+        "assert 'torch' not in sys.modules and 'torch_geometric' not in sys.modules, sorted(sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_only_the_known_pyg_import_warning_is_silenced():
+    code = (
+        "import warnings\n"
+        "warnings.simplefilter('default')\n"
+        "import hrnet_pyg.layers\n"
+        "import torch\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    torch.jit.script(torch.nn.Linear(2, 2))\n"
+        "assert any('torch.jit.script' in str(w.message) for w in caught), 'own use must still warn'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch.jit.script" not in proc.stderr, proc.stderr
+
+
+def test_datasets_verify_lists_unreadable_images(tmp_path, capsys):
+    from hrnet_pyg.data import build_dataset
+
+    root = build_dataset("synthetic", tmp_path / "data", **TINY_DATA).root  # Market-1501 layout
+    argv = ["datasets", "--name", "market1501", "--root", root, "--verify"]
+    assert main(argv) == 0
+    assert "every image decodes" in capsys.readouterr().out
+    bad = sorted((tmp_path / "data").rglob("*_c*.jpg"))[-2:]  # junk (pid -1) files sort first: dropped
+    for path in bad:
+        path.write_bytes(path.read_bytes()[:100])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 unreadable image(s)" in err and all(str(p) in err for p in bad)
