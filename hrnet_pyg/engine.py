@@ -440,7 +440,7 @@ def fit(
     if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _stale_temporaries(out_dir)
-    if cfg.num_instances < 2:
+    if cfg.num_instances < 2 and main:
         log.warning(
             "model.num_instances = %d (K): a P x K batch then holds no two images of one identity, "
             "so the triplet loss (Eq. 12) has no positive pair and stays 0; use K >= 2 (the paper: 6)",

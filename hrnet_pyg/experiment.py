@@ -162,10 +162,14 @@ def build_loaders(exp: Experiment) -> Tuple[Any, "DataLoader", "DataLoader", "Da
 
     from hrnet_pyg.data import ImageDataset, PKSampler, build_dataset, build_transforms
     from hrnet_pyg.distributed import ShardSampler, get_rank, get_world_size, main_process_first
+    from hrnet_pyg.engine import _on_terminal
 
     cfg, run = exp.model, exp.run
     with main_process_first():  # distributed: rank 0 generates / checks the data alone first
-        dataset = build_dataset(exp.data.name, exp.data.root, **exp.data.kwargs)
+        kwargs = dict(exp.data.kwargs)
+        if exp.data.name == "synthetic":  # the generator's bar only where it can redraw itself
+            kwargs.setdefault("progress", _on_terminal())
+        dataset = build_dataset(exp.data.name, exp.data.root, **kwargs)
     h, w = cfg.image_size
     train_tf = build_transforms(h, w, is_train=True, random_erasing=cfg.random_erasing)
     test_tf = build_transforms(h, w, is_train=False)
@@ -305,6 +309,8 @@ def run_experiment(
     out_dir = Path(exp.run.output_dir)
     if train:
         check_output_dir(out_dir, resume=exp.run.resume, overwrite=overwrite)
+        if exp.run.resume is not None and not Path(exp.run.resume).exists():
+            raise FileNotFoundError(f"checkpoint {exp.run.resume} does not exist")
     resolve_device(exp.run.device)  # a wrong device name fails now, not after the data is read
     # distributed (issue 6): under torchrun, join its process group (each rank on cuda:LOCAL_RANK,
     # or the CPU with gloo); only rank 0 writes files and logs. A no-op for a plain python run.
