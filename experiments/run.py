@@ -435,7 +435,9 @@ def plot_sweep(
 
 
 # ---------------------------------------------------------------------------- running
-def _run_all(experiments: Sequence[Tuple[str, Any]], *, skip_done: bool, progress: bool) -> None:
+def _run_all(
+    experiments: Sequence[Tuple[str, Any]], *, skip_done: bool, progress: bool, overwrite: bool = False
+) -> None:
     from hrnet_pyg.experiment import run_experiment
 
     for label, exp in experiments:
@@ -445,7 +447,7 @@ def _run_all(experiments: Sequence[Tuple[str, Any]], *, skip_done: bool, progres
             continue
         log.info("[run] %s -> %s", label, exp.run.output_dir)
         try:
-            run_experiment(exp, progress=progress)
+            run_experiment(exp, progress=progress, overwrite=overwrite)
         except (FileNotFoundError, ValueError) as exc:
             raise type(exc)(f"{label} ({exp.source}): {exc}") from exc
 
@@ -516,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"folder of the per-dataset YAML files (default: {EXPERIMENTS_DIR})")
     p.add_argument("--skip-done", action="store_true",
                    help="do not re-run experiments whose output_dir already holds metrics.json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="re-run experiments whose output_dir already holds a run, deleting it first "
+                        "(without it such an experiment stops with an error)")
     p.add_argument("--collect-only", action="store_true",
                    help="run nothing; write the tables/plots from the metrics.json files on disk")
     p.add_argument("--dry-run", action="store_true",
@@ -549,7 +554,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("\n".join(_describe(label, exp) for label, exp in plan))
             return 0
         if not args.collect_only:
-            _run_all(plan, skip_done=args.skip_done, progress=not args.no_progress)
+            _run_all(plan, skip_done=args.skip_done, progress=not args.no_progress, overwrite=args.overwrite)
         # Tables always show every row of their datasets, so earlier runs stay in them.
         groups: Dict[Path, List[str]] = {}
         for d in datasets:
@@ -587,7 +592,7 @@ def _main_sweep(args: argparse.Namespace, overrides: Dict[str, Dict[str, Any]]) 
         print("\n".join(_describe(label, exp) for label, exp in labels))
         return 0
     if not args.collect_only:
-        _run_all(labels, skip_done=args.skip_done, progress=not args.no_progress)
+        _run_all(labels, skip_done=args.skip_done, progress=not args.no_progress, overwrite=args.overwrite)
     results = collect_sweep(sweep, points, dataset, args.experiments_dir)
     stem = sweep.name if dataset is None else f"{sweep.name}_{dataset}"
     md = Path(args.results_dir) / f"{stem}.md"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -25,10 +26,56 @@ verbs:
 """
 
 
-def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _writable(path: Optional[Path], folder: bool = False) -> None:
+    """Fail now, naming ``path``, if it cannot be written (before minutes of work, not after).
+
+    ``folder``: ``path`` is a folder to write into; otherwise a file to create or replace.
+    """
+    if path is None:
+        return
+    import tempfile
+
+    where = Path(path) if folder else Path(path).parent
+    try:
+        if not folder and Path(path).is_dir():
+            raise IsADirectoryError(21, "it is a folder", str(path))
+        existing = where
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file, not a folder", str(path))
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+
+
+def _add_experiment_args(p: argparse.ArgumentParser, output_dir: bool = True) -> None:
     p.add_argument("--config", type=Path, help="experiment YAML file (e.g. experiments/market1501/hrnet.yaml)")
     p.add_argument("--data-root", help="folder holding the dataset folder (overrides data.root)")
-    p.add_argument("--output-dir", help="where checkpoints and logs go (overrides run.output_dir)")
+    if output_dir:  # only train writes there
+        p.add_argument("--output-dir", help="where checkpoints and logs go (overrides run.output_dir)")
     p.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda or cuda:N (overrides run.device)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -42,7 +89,7 @@ def _experiment(args: argparse.Namespace):  # -> Experiment
     over = parse_overrides(args.overrides)
     if args.data_root:
         over.setdefault("data", {})["root"] = args.data_root
-    if args.output_dir:
+    if getattr(args, "output_dir", None):
         over.setdefault("run", {})["output_dir"] = args.output_dir
     if args.device:
         over.setdefault("run", {})["device"] = args.device
@@ -53,10 +100,50 @@ def _experiment(args: argparse.Namespace):  # -> Experiment
     return load_experiment(args.config, over)
 
 
+def _resume_command(argv: List[str], checkpoint: Path) -> str:
+    """The command line that continues this run: the same arguments with ``--resume``."""
+    import shlex
+
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        if arg.startswith("--resume=") or arg == "--overwrite":
+            continue
+        out.append(arg)
+    return shlex.join(["hrnet-pyg", *out, "--resume", str(checkpoint)])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    exp = _experiment(args)  # config errors answer before torch is imported
+    _writable(Path(exp.run.output_dir), folder=True)
+    from hrnet_pyg.engine import TrainingInterrupted
     from hrnet_pyg.experiment import run_experiment
 
-    result = run_experiment(_experiment(args), progress=not args.no_progress)
+    try:
+        result = run_experiment(exp, progress=not args.no_progress, overwrite=args.overwrite)
+    except TrainingInterrupted as stop:
+        where = f"epoch {stop.epoch}/{stop.total_epochs}, step {stop.step}" + (f"/{stop.steps}" if stop.steps else "")
+        if stop.checkpoint is None:
+            print(
+                f"hrnet-pyg train: interrupted at {where}, before the first epoch ended: nothing to resume; "
+                "run the same command to start again", file=sys.stderr,
+            )
+        else:
+            print(
+                f"hrnet-pyg train: interrupted at {where}; {stop.checkpoint} holds {stop.done} epoch(s); "
+                f"resume with: {_resume_command(args.argv, stop.checkpoint)}", file=sys.stderr,
+            )
+        return 130
+    except KeyboardInterrupt:  # after training (final evaluation) or before it (reading the data)
+        last = Path(exp.run.output_dir) / "last.pth"
+        hint = f"; resume with: {_resume_command(args.argv, last)}" if last.is_file() else ""
+        print(f"hrnet-pyg train: interrupted{hint}", file=sys.stderr)
+        return 130
     if result["report"] is not None:  # None on torchrun ranks other than 0
         print(result["report"].table())
     return 0
@@ -80,6 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    _writable(args.out)
     if getattr(args, "images", None) is not None:
         return _cmd_extract_images(args)
     import numpy as np
@@ -93,7 +181,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     dataset, _, query_loader, gallery_loader = build_loaders(exp)
     loader, records = {"query": (query_loader, dataset.query), "gallery": (gallery_loader, dataset.gallery)}[args.split or "gallery"]
     feats, pids, camids = extract(model, loader, device=exp.run.device, progress=not args.no_progress)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
         args.out, features=feats.numpy(), pids=pids.numpy(), camids=camids.numpy(),
         paths=np.array([r[0] for r in records]),
@@ -124,6 +211,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import load_model
     from hrnet_pyg.search import search, write_grid
 
+    _writable(args.csv)
+    _writable(args.grid)
     model = load_model(args.checkpoint)
     result = search(
         model, args.query, args.gallery, topk=args.topk, rerank=not args.no_rerank, shortlist=args.shortlist,
@@ -142,6 +231,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import load_model
     from hrnet_pyg.export import export_model
 
+    _writable(args.out)
     model = load_model(args.checkpoint)
     try:
         res = export_model(
@@ -158,7 +248,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from hrnet_pyg.data import dataset_statistics
 
-    print(dataset_statistics(args.name, args.root))
+    kwargs = {"verify": True} if args.verify else {}
+    print(dataset_statistics(args.name, args.root, **kwargs))
+    if args.verify:
+        print("every image decodes")
     return 0
 
 
@@ -174,6 +267,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from hrnet_pyg.experiment import build_loaders
     from hrnet_pyg.visualize import visualize_batch
 
+    _writable(args.out_dir, folder=True)
     exp = _experiment(args)
     model = load_model(args.checkpoint)
     exp.model = model.config
@@ -187,8 +281,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def _add_image_args(p: argparse.ArgumentParser) -> None:
     """Options of the verbs that read one's own images (extract --images, search)."""
     p.add_argument("--labels", choices=("auto", "market", "folder", "none"), default="auto", help="identity labels of folder images: auto (Market-1501 file names when all parse, default), market, folder (parent folder = identity) or none")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--workers", type=_count, default=0, help="data loader processes (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,20 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(p)
     p.add_argument("--epochs", type=int, help="total epochs (overrides model.epochs; the paper: 200)")
     p.add_argument("--resume", type=Path, help="continue from a last.pth written by an earlier run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch jobs)")
+    p.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds a run, deleting that run's files")
+    p.add_argument("--no-progress", action="store_true", help="no progress output (bars or lines); the epoch lines remain")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint")
-    _add_experiment_args(p)
+    _add_experiment_args(p, output_dir=False)
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
     p.add_argument("--no-rerank", action="store_true", help="skip the relational re-ranking (CNN cosine only)")
     p.add_argument("--k-reciprocal", action="store_true", help="also report k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
-    p.add_argument("--top-k", type=int, help="shortlist length of the re-ranking (default: model.top_k_rerank = 120)")
+    p.add_argument("--top-k", type=_positive_int, help="shortlist length of the re-ranking (default: model.top_k_rerank = 120)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("extract", help="write CNN features of a split or of your own images to .npz")
-    _add_experiment_args(p)
+    _add_experiment_args(p, output_dir=False)
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
     p.add_argument("--split", choices=("query", "gallery"), default=None, help="which split of the experiment's dataset (default: gallery)")
     p.add_argument("--images", type=Path, metavar="DIR_OR_CSV", help="your own images instead of a split: an image, a folder (recursive) or a CSV with a path column (pid, camid optional); no --config needed")
@@ -228,12 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
     p.add_argument("--query", type=Path, required=True, metavar="IMG_OR_DIR", help="a query image, a folder of them, a CSV or an .npz from extract")
     p.add_argument("--gallery", type=Path, required=True, metavar="DIR_OR_FEATS", help="a folder of images, a CSV, or an .npz written by extract")
-    p.add_argument("--topk", type=int, default=10, help="gallery images listed per query (default: 10)")
+    p.add_argument("--topk", type=_positive_int, default=10, help="gallery images listed per query (default: 10)")
     p.add_argument("--no-rerank", action="store_true", help="plain cosine distance of the BNNeck features instead of the relational re-ranking")
-    p.add_argument("--shortlist", type=int, help="re-ranking shortlist length (default: the model's top_k_rerank = 120)")
+    p.add_argument("--shortlist", type=_positive_int, help="re-ranking shortlist length (default: the model's top_k_rerank = 120)")
     p.add_argument("--keep-self", action="store_true", help="keep a query's own file in its ranked list (dropped by default)")
     p.add_argument("--grid", type=Path, metavar="PNG", help="also write the ranked lists as an image grid")
-    p.add_argument("--grid-queries", type=int, default=8, help="queries (rows) in the grid (default: 8)")
+    p.add_argument("--grid-queries", type=_positive_int, default=8, help="queries (rows) in the grid (default: 8)")
     p.add_argument("--csv", type=Path, help="also write the ranked lists as CSV")
     _add_image_args(p)
     p.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
@@ -249,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip comparing the exported model with the eager one")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="end-to-end demo on generated data (CPU, about 10 minutes)")
+    p = sub.add_parser("demo", help="end-to-end demo on generated data (CPU; --quick for a short run)")
     p.add_argument("--output-dir", type=Path, default=Path("demo_output"), help="where data, runs and PNGs go (default: demo_output)")
     p.add_argument("--quick", action="store_true", help="a much smaller run (about a minute) that exercises every step")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -257,31 +352,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("visualize", help="Figure 5 heat maps and ranked-list grids")
-    _add_experiment_args(p)
+    _add_experiment_args(p, output_dir=False)
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
     p.add_argument("--out-dir", type=Path, default=Path("figures"), help="where the PNGs go (default: figures)")
-    p.add_argument("--num-queries", type=int, default=4, help="queries shown in the ranked-list grid (default: 4)")
+    p.add_argument("--num-queries", type=_positive_int, default=4, help="queries shown in the ranked-list grid (default: 4)")
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("datasets", help="statistics table of a dataset")
     p.add_argument("--name", required=True, help="market1501, dukemtmcreid, cuhk03, msmt17, synthetic, custom or folder")
     p.add_argument("--root", required=True, help="folder holding the dataset folder")
+    p.add_argument("--verify", action="store_true", help="also decode every image once and list all unreadable ones")
     p.set_defaults(func=cmd_datasets)
     return parser
 
 
+def _message(exc: BaseException) -> str:
+    """The user's line of an exception, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process with the worker's whole traceback
+    as its message ("Caught DatasetError in DataLoader worker process 0. Original Traceback
+    ..."); the line that matters is the original message at its end.
+    """
+    text = str(exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        name = re.escape(type(exc).__name__)
+        lines = text.rstrip().splitlines()
+        for i in range(len(lines) - 1, -1, -1):
+            match = re.match(rf"^(?:[\w.]+\.)?{name}: (.*)$", lines[i])
+            if match:
+                return "\n".join([match.group(1), *lines[i + 1:]])
+    return text
+
+
+class _ConsoleOnly(logging.Filter):
+    """Keeps records meant for train.log alone (``extra={"file_only": True}``) off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
+def _os_message(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or type(exc).__name__
+    if isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)) or exc.errno in (30, 28):
+        return f"cannot write {where}: {what}" if where else str(exc)
+    return f"{where}: {what}" if where else str(exc)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ConsoleOnly())
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, FloatingPointError) as exc:
         # Bad input: one clear line, no traceback (use -v for the traceback).
         if args.verbose:
             raise
-        print(f"hrnet-pyg {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"hrnet-pyg {args.verb}: error: {_message(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output that cannot be written (read-only folder, full disk, ...)
+        if args.verbose:
+            raise
+        print(f"hrnet-pyg {args.verb}: error: {_os_message(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hrnet-pyg {args.verb}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

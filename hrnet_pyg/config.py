@@ -6,9 +6,10 @@ and point to ``docs/paper_map.md`` where the choice is argued.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import yaml
 
@@ -133,7 +134,7 @@ class HRNetConfig:
             raise ValueError(
                 f"unknown HRNetConfig field(s) {unknown}; valid fields: {', '.join(sorted(names))}"
             )
-        return cls(**values)
+        return cls(**coerce_fields(cls, values, "model"))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -145,6 +146,128 @@ class HRNetConfig:
     def from_yaml(cls, path: Union[str, Path]) -> "HRNetConfig":
         values = load_yaml_with_base(path).get("model", {})
         return cls.from_dict(values)
+
+
+# ---------------------------------------------------------------------------- typed values
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _type_name(tp: Any) -> str:
+    """``int``, ``float or null``, ``list of int``, ``list of 2 int``, ``bool or str`` ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin in (tuple, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {_type_name(args[0])}"
+        if args and origin is tuple:
+            return f"list of {len(args)} {_type_name(args[0])}"
+        return "list"
+    if origin is dict or tp is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp``; raises :class:`_Mismatch` when it does not fit.
+
+    YAML 1.1 reads ``3e-4`` as a string, so numeric strings become numbers; a bool never passes
+    as a number, nor a number or a word other than true/false/yes/no/on/off as a bool.
+    """
+    if tp is Any:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        members = [a for a in args if a is not type(None)]
+        # An exact type match first, so pretrained: "weights.pth" stays a str, amp: false a bool.
+        for member in members:
+            if type(value) is member:
+                return value
+        for member in members:
+            try:
+                return _coerce(value, member)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [_coerce(v, args[0]) for v in value]
+        elif args:
+            if len(value) != len(args):
+                raise _Mismatch
+            items = [_coerce(v, a) for v, a in zip(value, args)]
+        else:
+            items = list(value)
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. output_dir: 2024
+        raise _Mismatch
+    return value
+
+
+def coerce_fields(
+    cls: Any, values: Dict[str, Any], where: str, label: Optional[Callable[[str], str]] = None
+) -> Dict[str, Any]:
+    """``values`` converted to the types of the dataclass ``cls``'s fields.
+
+    Raises ``ValueError`` naming the key (``where.key``, or ``label(key)`` when given), the
+    expected type and the value given, e.g. ``model.k: expected int, got 'abc'``. Unknown keys
+    pass through unchanged (the callers report them with the list of valid names).
+    """
+    label = label or (lambda key: f"{where}.{key}")
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        if key not in hints:
+            continue
+        try:
+            out[key] = _coerce(value, hints[key])
+        except _Mismatch:
+            raise ValueError(
+                f"{label(key)}: expected {_type_name(hints[key])}, got {value!r}"
+            ) from None
+    return out
 
 
 def load_yaml_with_base(path: Union[str, Path]) -> dict:
@@ -175,4 +298,4 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-__all__ = ["HRNetConfig", "PAPER_LITERAL", "TABLE1_ROWS", "load_yaml_with_base"]
+__all__ = ["HRNetConfig", "PAPER_LITERAL", "TABLE1_ROWS", "coerce_fields", "load_yaml_with_base"]

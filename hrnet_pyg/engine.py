@@ -9,17 +9,20 @@ import csv
 import logging
 import os
 import random
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+# tqdm.std, not tqdm.auto: outside notebooks tqdm.auto is the asyncio variant, whose constructor
+# already calls iter() on the loader, so each epoch would draw the sampler's plan twice.
+from tqdm import tqdm
 
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.distributed import (
@@ -43,7 +46,10 @@ def resolve_device(device: Union[str, torch.device, None] = None) -> torch.devic
     """``None``/"auto": the first CUDA GPU when there is one, else the CPU."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device} was requested but CUDA is not available on this machine")
     return device
@@ -103,6 +109,61 @@ def _batch_sampler_of(loader: Any) -> Any:
     return None
 
 
+def _on_terminal() -> bool:
+    """Whether progress bars fit the output: stderr (where tqdm draws) is a terminal."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class _StepProgress:
+    """Progress of one epoch: a tqdm bar on a terminal, else a plain log line every ``print_freq``.
+
+    Files (nohup, SLURM, redirected output) then hold whole lines with the loss, images/s and the
+    time left, never ``\r`` fragments or block characters.
+    """
+
+    def __init__(
+        self, desc: str, total: Optional[int], *, show: bool, print_freq: int, steps_after: Optional[int],
+    ) -> None:
+        self.desc, self.total, self.print_freq = desc, total, max(int(print_freq), 1)
+        self.steps_after = steps_after  # steps of the epochs still to come (for the run's ETA)
+        self.bar = None
+        self.plain = show and not _on_terminal()
+        if show and not self.plain:
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, images: int, losses: Dict[str, float]) -> None:
+        """After ``step`` (1-based) steps and ``images`` images; ``losses`` are running means."""
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        rate = images / elapsed
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"img/s": f"{rate:.1f}"}, refresh=False)
+            return
+        if not self.plain or (step % self.print_freq and step != self.total):
+            return
+        where = f"{self.desc} step {step}" + (f"/{self.total}" if self.total else "")
+        line = f"{where}: loss={losses.get('total', float('nan')):.4f} {rate:.1f} img/s"
+        if self.total:
+            per_step = elapsed / step
+            line += f" eta {_duration(per_step * (self.total - step))}"
+            if self.steps_after:
+                line += f" (run {_duration(per_step * (self.total - step + self.steps_after))})"
+        log.info(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: never a torn file."""
@@ -114,6 +175,10 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -124,12 +189,17 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check its format version."""
     path = Path(path)
+    if path.is_dir():
+        hint = " (did you mean its last.pth?)" if (path / "last.pth").is_file() else ""
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # unpickling errors carry torch internals; name the file instead
-        raise ValueError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:
+        # torch's message carries internals and advice to load with weights_only=False, which
+        # would let the file run code; name the file and the reason instead.
+        raise ValueError(f"checkpoint {path} could not be read: {_unreadable_reason(path, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != _CHECKPOINT_KIND:
         raise ValueError(
             f"{path} is not an hrnet_pyg checkpoint (no 'kind': '{_CHECKPOINT_KIND}' entry); "
@@ -147,6 +217,24 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
             f"{CHECKPOINT_FORMAT_VERSION}; {advice}"
         )
     return ckpt
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if not head or head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+            return "it is not a PyTorch checkpoint (truncated, or another kind of file)"
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc).lower():
+        return (
+            "it holds Python objects other than tensors and plain containers, which are never "
+            "unpickled (hrnet_pyg loads checkpoints with weights_only=True)"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"it is damaged or not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
 
 
 def _model_payload(model: nn.Module) -> Dict[str, Any]:
@@ -209,32 +297,70 @@ class FitResult:
     checkpoint: Optional[Path] = None  # last checkpoint written
 
 
-class _CsvLog:
-    def __init__(self, path: Optional[Path]) -> None:
-        self.path = path
-        self.fields: Optional[List[str]] = None
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`fit`: where training stopped and which checkpoint can resume it."""
 
-    def write(self, row: Dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        new = not self.path.exists()
-        if self.fields is None:
-            self.fields = list(row)
-        with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+    def __init__(
+        self, epoch: int, total_epochs: int, step: int, steps: Optional[int], checkpoint: Optional[Path], done: int,
+    ) -> None:
+        super().__init__(f"interrupted at epoch {epoch}/{total_epochs}, step {step}")
+        self.epoch, self.total_epochs, self.step, self.steps = epoch, total_epochs, step, steps
+        self.checkpoint, self.done = checkpoint, done  # done: epochs the checkpoint holds
 
 
-def _tensorboard(log_dir: Optional[Path]) -> Any:
-    if log_dir is None:
+def _write_csv(path: Path, history: List[Dict[str, Any]]) -> None:
+    """``metrics.csv`` rewritten from the history (atomically): one row per finished epoch.
+
+    The history travels in ``last.pth``, so after a resume the file holds exactly the epochs of
+    the checkpoint and those trained since, never a row twice; columns that only some rows have
+    (evaluation metrics) stay empty elsewhere.
+    """
+    fields: List[str] = []
+    for row in history:
+        fields.extend(k for k in row if k not in fields)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(history)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _tensorboard(log_dir: Optional[Path], wanted: Optional[bool]) -> Any:
+    """A SummaryWriter; ``wanted=None``: when tensorboard is installed, ``True``: warn if not."""
+    if log_dir is None or wanted is False:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # tensorboard is an optional extra
+        if wanted:
+            log.warning(
+                "run.tensorboard is on but tensorboard is not installed (pip install tensorboard); "
+                "the metrics go to metrics.csv and train.log only"
+            )
         return None
     return SummaryWriter(str(log_dir / "tensorboard"))
+
+
+def _stale_temporaries(out_dir: Path) -> None:
+    """Delete the partial checkpoints that a process killed in the middle of a write left."""
+    for name in ("last.pth", "best.pth", "metrics.csv"):
+        for tmp in out_dir.glob(f"{name}.*.tmp"):
+            log.warning("removing %s, a partial file left by an interrupted write", tmp)
+            tmp.unlink()
+
+
+def _config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> str:
+    keys = [k for k in current if k in saved and saved[k] != current[k] and k not in ("pretrained", "epochs")]
+    return ", ".join(f"model.{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now" for k in keys)
 
 
 def fit(
@@ -253,6 +379,10 @@ def fit(
     on_epoch_end: Optional[Any] = None,
     sync_bn: bool = False,
     graph_scope: Optional[str] = None,
+    print_freq: int = 20,
+    eval_fn: Optional[Callable[[nn.Module], Optional[Dict[str, float]]]] = None,
+    eval_freq: int = 0,
+    tensorboard: Optional[bool] = None,
 ) -> FitResult:
     """Train ``model`` as in Sec. 4.2 and return the per-epoch history.
 
@@ -272,11 +402,22 @@ def fit(
         resume: a checkpoint written by ``fit``: continues with the same optimiser, learning
             rate, sampler position and RNG state.
         max_steps_per_epoch: cut epochs short (smoke tests, demos).
-        progress: tqdm progress bars.
+        progress: a tqdm bar per epoch when stderr is a terminal; otherwise a plain line every
+            ``print_freq`` steps with the loss, images/s and the time left.
         on_epoch_end: ``callable(epoch, row)`` called after each epoch's checkpoint.
         sync_bn: under ``torchrun`` (DDP), SyncBatchNorm in the backbone and BNNeck (CUDA only).
         graph_scope: ``"local"``: graphs per rank; ``"global"``: graphs over the batch of all
             ranks (see :mod:`hrnet_pyg.distributed`); ``None`` keeps ``model.graph_scope``.
+        print_freq: steps between two progress lines when stderr is not a terminal. (default: 20)
+        eval_fn: ``callable(model) -> {"mAP": ..., ...}`` (``None`` on distributed ranks other
+            than 0), run every ``eval_freq`` epochs and after the last one; its metrics join
+            the epoch's row, and the epoch of the highest ``mAP`` is kept as ``best.pth``.
+        eval_freq: epochs between two evaluations; ``0`` = none during training. (default: 0)
+        tensorboard: ``None``: TensorBoard logs when it is installed; ``True``: also warn when
+            it is not; ``False``: none. (default: ``None``)
+
+    Ctrl-C raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) saying the epoch and
+    step reached and the checkpoint to resume from.
     """
     inner = _unwrap(model)
     cfg: HRNetConfig = inner.config
@@ -295,107 +436,169 @@ def fit(
         "cuda", enabled=dev.type == "cuda" and bool(use_amp) and not torch.cuda.is_bf16_supported()
     )
     out_dir = Path(output_dir) if output_dir is not None else None
-    if out_dir is not None and is_main_process():
+    main = is_main_process()
+    if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        _stale_temporaries(out_dir)
+    if cfg.num_instances < 2 and main:
+        log.warning(
+            "model.num_instances = %d (K): a P x K batch then holds no two images of one identity, "
+            "so the triplet loss (Eq. 12) has no positive pair and stays 0; use K >= 2 (the paper: 6)",
+            cfg.num_instances,
+        )
     result = FitResult()
-    start_epoch = 0
+    start_epoch, global_step, best = 0, 0, None
     if resume is not None:
         ckpt = load_checkpoint(resume, map_location="cpu")
         if "optimizer" not in ckpt:
             raise ValueError(f"{resume} holds a model but no training state (saved with save(), not fit())")
-        inner.load_state_dict(ckpt["model"])
+        try:
+            inner.load_state_dict(ckpt["model"])
+        except RuntimeError:  # shapes or keys differ: say which settings, not 80 parameter names
+            diff = _config_differences(ckpt.get("config", {}), cfg.to_dict())
+            raise ValueError(
+                f"checkpoint {resume} does not fit this model"
+                + (f" ({diff})" if diff else " (its parameters have other names or shapes)")
+                + "; resume with the settings it was trained with"
+            ) from None
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch = int(ckpt["epoch"]) + 1
         result.history = list(ckpt.get("history", []))
+        global_step = int(ckpt.get("global_step", sum(int(r.get("steps", 0)) for r in result.history)))
+        best = ckpt.get("best")
         _set_rng_state(ckpt["rng"])
-        log.info("resumed from %s at epoch %d", resume, start_epoch)
+        log.info(
+            "resumed from %s: %d of %d epochs done, continuing with epoch %d",
+            resume, start_epoch, total_epochs, start_epoch + 1,
+        )
+        if out_dir is not None and main and result.history:
+            _write_csv(out_dir / "metrics.csv", result.history)  # drops rows of epochs not in the checkpoint
     run_model = torch.compile(model) if compile else model
-    csv_log = _CsvLog(out_dir / "metrics.csv" if out_dir is not None and is_main_process() else None)
-    tb = _tensorboard(out_dir) if is_main_process() else None
+    tb = _tensorboard(out_dir, tensorboard) if main else None
     sampler = _batch_sampler_of(train_loader)
-    show = progress and is_main_process()
-    global_step = start_epoch * (max_steps_per_epoch or 0)
-    for epoch in range(start_epoch, total_epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if get_world_size() > 1:
-            # Ranks would otherwise share rank 0's RNG stream (same augmentation draws on every
-            # rank); a pure function of (seed, epoch, rank) keeps resume exact.
-            torch.manual_seed(cfg.seed + 1_000_003 * (epoch + 1) + 7_919 * get_rank())
-        lr = lr_at_epoch(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        sums: Dict[str, float] = {}
-        steps, images, t0 = 0, 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not show, leave=False)
-        for step, batch in enumerate(bar):
-            if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
-                break
-            inputs, pids, _ = _split_batch(batch)
-            inputs = inputs.to(dev, non_blocking=True)
-            if channels_last and inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            pids = pids.to(dev, non_blocking=True)
-            with autocast_context(dev, use_amp):
-                try:
-                    out = run_model(inputs, pids)
-                except ValueError as exc:
-                    if "non-finite" in str(exc):
-                        raise FloatingPointError(f"{exc} at epoch {epoch + 1}, step {step + 1}") from exc
-                    raise
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            steps += 1
-            images += inputs.size(0)
-            global_step += 1
-            for name, value in out.losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            sums["total"] = sums.get("total", 0.0) + float(out.loss.detach())
-            if show:
-                rate = images / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()} | {"img/s": f"{rate:.1f}"})
-            if tb is not None:
+    show = progress and main
+    last = out_dir / "last.pth" if out_dir is not None else None
+    epoch, steps, planned, done = start_epoch, 0, None, start_epoch
+    try:
+        for epoch in range(start_epoch, total_epochs):
+            steps, planned = 0, None
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            if get_world_size() > 1:
+                # Ranks would otherwise share rank 0's RNG stream (same augmentation draws on every
+                # rank); a pure function of (seed, epoch, rank) keeps resume exact.
+                torch.manual_seed(cfg.seed + 1_000_003 * (epoch + 1) + 7_919 * get_rank())
+            lr = lr_at_epoch(cfg, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            sums: Dict[str, float] = {}
+            images, t0 = 0, time.perf_counter()
+            try:
+                planned = len(train_loader)  # type: ignore[arg-type]
+            except TypeError:  # an iterable without len()
+                planned = None
+            if planned is not None and max_steps_per_epoch is not None:
+                planned = min(planned, max_steps_per_epoch)
+            bar = _StepProgress(
+                f"epoch {epoch + 1}/{total_epochs}", planned, show=show, print_freq=print_freq,
+                steps_after=None if planned is None else planned * (total_epochs - epoch - 1),
+            )
+            # The loader is iterated once per epoch, here: with workers every iter() draws the
+            # sampler's plan and starts prefetching (and a second iter() would discard that).
+            for step, batch in enumerate(train_loader):
+                if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
+                    break
+                inputs, pids, _ = _split_batch(batch)
+                inputs = inputs.to(dev, non_blocking=True)
+                if channels_last and inputs.dim() == 4:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                pids = pids.to(dev, non_blocking=True)
+                with autocast_context(dev, use_amp):
+                    try:
+                        out = run_model(inputs, pids)
+                    except ValueError as exc:
+                        if "non-finite" in str(exc):
+                            raise FloatingPointError(f"{exc} at epoch {epoch + 1}, step {step + 1}") from exc
+                        raise
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(out.loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                steps += 1
+                images += inputs.size(0)
+                global_step += 1
                 for name, value in out.losses.items():
-                    tb.add_scalar(f"loss/{name}", float(value.detach()), global_step)
-        if steps == 0:
-            raise ValueError(
-                "the training loader yielded no batch: with a PKSampler it needs at least P "
-                f"identities (P = {cfg.num_identities}) with images"
-            )
-        elapsed = time.perf_counter() - t0
-        sums, images = reduce_epoch_stats(sums, images)  # distributed: means over ranks, all images
-        row = {"epoch": epoch + 1, "lr": lr, "steps": steps, "images_per_s": images / elapsed}
-        row.update({f"loss_{k}": v / steps for k, v in sums.items()})
-        result.history.append(row)
-        csv_log.write(row)
-        if is_main_process():
-            msg = (
-                f"epoch {epoch + 1}/{total_epochs}: "
-                + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss_"))
-                + f" lr={lr:.2e} {row['images_per_s']:.1f} img/s"
-            )
-            if show:
-                tqdm.write(msg)
-            else:
-                log.info(msg)
-        if out_dir is not None and is_main_process():
-            payload = _model_payload(model)
-            payload.update(
-                optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                epoch=epoch,
-                history=result.history,
-                rng=_rng_state(),
-            )
-            result.checkpoint = out_dir / "last.pth"
-            atomic_save(payload, result.checkpoint)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                sums["total"] = sums.get("total", 0.0) + float(out.loss.detach())
+                if show:
+                    bar.update(steps, images, {k: v / steps for k, v in sums.items()})
+                if tb is not None:
+                    for name, value in out.losses.items():
+                        tb.add_scalar(f"loss/{name}", float(value.detach()), global_step)
+            bar.close()
+            if steps == 0:
+                raise ValueError(
+                    "the training loader yielded no batch: with a PKSampler it needs at least P "
+                    f"identities (P = {cfg.num_identities}) with images"
+                )
+            elapsed = time.perf_counter() - t0
+            sums, images = reduce_epoch_stats(sums, images)  # distributed: means over ranks, all images
+            row = {"epoch": epoch + 1, "lr": lr, "steps": steps, "images_per_s": images / elapsed}
+            row.update({f"loss_{k}": v / steps for k, v in sums.items()})
+            if eval_fn is not None and eval_freq > 0 and ((epoch + 1) % eval_freq == 0 or epoch + 1 == total_epochs):
+                metrics = eval_fn(model)  # every rank takes part; rank 0 gets the numbers
+                model.train()
+                if metrics is not None:
+                    row.update({f"eval_{k}": float(v) for k, v in metrics.items()})
+            result.history.append(row)
+            if main:
+                msg = (
+                    f"epoch {epoch + 1}/{total_epochs}: "
+                    + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss_"))
+                    + f" lr={lr:.2e} {row['images_per_s']:.1f} img/s"
+                )
+                if "eval_mAP" in row:
+                    msg += " | " + " ".join(f"{k[5:]}={100 * v:.1f}" for k, v in row.items() if k.startswith("eval_"))
+                log.info(msg)  # the epoch's bar is closed: a plain line on terminals and in files alike
+            improved = "eval_mAP" in row and (best is None or row["eval_mAP"] > best["mAP"])
+            if improved:
+                best = {"epoch": epoch + 1, "mAP": row["eval_mAP"]}
+            if out_dir is not None and main:
+                if improved:  # before last.pth: a kill in between leaves a best no older than last
+                    payload = _model_payload(model)
+                    payload.update(epoch=epoch, metrics={k[5:]: v for k, v in row.items() if k.startswith("eval_")})
+                    atomic_save(payload, out_dir / "best.pth")
+                    log.info("best.pth: epoch %d, mAP %.1f", epoch + 1, 100 * row["eval_mAP"])
+                payload = _model_payload(model)
+                payload.update(
+                    optimizer=optimizer.state_dict(),
+                    scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                    epoch=epoch,
+                    history=result.history,
+                    rng=_rng_state(),
+                    global_step=global_step,
+                    best=best,
+                )
+                result.checkpoint = last
+                atomic_save(payload, last)
+                # after the checkpoint: the CSV never holds an epoch that a resume would train again
+                _write_csv(out_dir / "metrics.csv", result.history)
+            done = epoch + 1
+            if tb is not None:
+                tb.add_scalar("lr", lr, global_step)
+                for k, v in row.items():
+                    if k.startswith("eval_"):
+                        tb.add_scalar(f"eval/{k[5:]}", v, global_step)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+    except KeyboardInterrupt:
+        if tb is not None:
+            tb.close()
+        ckpt_path = last if last is not None and last.is_file() else (Path(resume) if resume is not None else None)
+        raise TrainingInterrupted(epoch + 1, total_epochs, steps, planned, ckpt_path if done else None, done) from None
     if tb is not None:
         tb.close()
     broadcast_buffers(model)  # distributed: every rank ends with rank 0's BN statistics (the checkpoint's)
@@ -421,7 +624,8 @@ def extract(
     model.to(dev).eval()
     use_amp = amp if amp != "auto" else (dev.type == "cuda")
     feats, pids, camids = [], [], []
-    for batch in tqdm(loader, desc="extract", disable=not (progress and is_main_process()), leave=False):
+    show = progress and is_main_process() and _on_terminal()  # no bar fragments in log files
+    for batch in tqdm(loader, desc="extract", disable=not show, leave=False):
         inputs, pid, camid = _split_batch(batch)
         with autocast_context(dev, use_amp):
             f = _unwrap(model).extract_features(inputs.to(dev, non_blocking=True))
@@ -488,7 +692,9 @@ def evaluate_features(
     cnn = evaluate_rank(cosine_distance(qb, gb), *args)
     hr = None
     if rerank:
-        dist = relational_rerank(inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress)
+        dist = relational_rerank(
+            inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress and _on_terminal()
+        )
         hr = evaluate_rank(dist, *args)
     kr = None
     if k_reciprocal:

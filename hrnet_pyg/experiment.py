@@ -17,12 +17,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
-import torch
-from torch.utils.data import DataLoader
+from hrnet_pyg.config import HRNetConfig, _merge, coerce_fields, load_yaml_with_base
 
-from hrnet_pyg.config import HRNetConfig, load_yaml_with_base
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
 
 log = logging.getLogger("hrnet_pyg")
 
@@ -51,6 +51,10 @@ class RunConfig:
     # ranks ("global", features all-gathered with gradients); SyncBatchNorm in backbone + BNNeck
     graph_scope: str = "local"
     sync_bn: bool = False
+    print_freq: int = 20  # steps between progress lines when the output is not a terminal
+    eval_freq: int = 0  # evaluate every N epochs during training, keep best.pth by mAP; 0 = at the end only
+    eval_rerank: bool = False  # those evaluations with the relational re-ranking (slower) instead of cosine
+    tensorboard: Optional[bool] = None  # None: when installed; true: warn if it is not; false: off
 
 
 @dataclass
@@ -68,52 +72,104 @@ class Experiment:
         }
 
 
-def _section(cls: Any, values: Dict[str, Any], where: str) -> Any:
+def _section(cls: Any, values: Dict[str, Any], where: str, label: Any = None) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
-    return cls(**values)
+    return cls(**coerce_fields(cls, values, where, label))
 
 
 def parse_overrides(items: List[str]) -> Dict[str, Any]:
-    """``["model.k=8", "run.device=cpu"]`` -> nested dict, values parsed as YAML scalars."""
+    """``["model.k=8", "data.kwargs.num_train_ids=16"]`` -> nested dict, values parsed as YAML.
+
+    The values are typed later, against the dataclass fields (:func:`load_experiment`).
+    """
     import yaml
 
     out: Dict[str, Any] = {}
     for item in items:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts):
             raise ValueError(f"override {item!r} must look like section.key=value, e.g. model.k=8")
-        key, raw = item.split("=", 1)
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"--set {item}: the value is not valid YAML ({problem})") from None
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {item}: {'.'.join(parts[:-1])} was already set to a value")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
+    out = []
+    for k, v in tree.items():
+        out.append(prefix + k)
+        if isinstance(v, dict):
+            out.extend(_keys(v, prefix + k + "."))
     return out
 
 
 def load_experiment(path: Union[str, Path, None] = None, overrides: Optional[Dict[str, Any]] = None) -> Experiment:
+    """The experiment of a YAML file (``None``: the defaults) with ``overrides`` on top.
+
+    Every value is converted to its field's type (YAML 1.1 reads ``3e-4`` as a string); one
+    that does not fit raises ``ValueError`` naming where it came from, the key and the type.
+    """
     values: Dict[str, Any] = load_yaml_with_base(path) if path is not None else {}
-    for section, entries in (overrides or {}).items():
-        values.setdefault(section, {}).update(entries)
+    overrides = overrides or {}
+    for section, entries in overrides.items():
+        if not isinstance(entries, dict):
+            raise ValueError(f"--set {section}={entries!r}: give a key of the section, e.g. {section}.KEY=VALUE")
+    values = _merge(values, overrides)
     unknown = sorted(set(values) - {"data", "model", "run"})
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; valid: data, model, run")
+        src = f"{path}" if path is not None and not set(unknown) & set(overrides) else "--set"
+        raise ValueError(f"{src}: unknown section(s) {unknown}; valid: data, model, run")
     where = str(path) if path is not None else "experiment"
+    overridden = set(_keys(overrides))
+
+    def label(section: str) -> Any:
+        def name(key: str) -> str:
+            full = f"{section}.{key}"
+            return f"--set {full}" if full in overridden or path is None else f"{where}: {full}"
+
+        return name
+
+    for section in ("data", "model", "run"):
+        if not isinstance(values.get(section, {}), dict):
+            raise ValueError(f"{where}: section '{section}' must be a mapping of keys to values")
+    model_values = values.get("model", {})
     return Experiment(
-        data=_section(DataConfig, values.get("data", {}), f"{where} [data]"),
-        model=HRNetConfig.from_dict(values.get("model", {})),
-        run=_section(RunConfig, values.get("run", {}), f"{where} [run]"),
+        data=_section(DataConfig, values.get("data", {}), f"{where} [data]", label("data")),
+        model=HRNetConfig.from_dict(coerce_fields(HRNetConfig, model_values, "model", label("model"))),
+        run=_section(RunConfig, values.get("run", {}), f"{where} [run]", label("run")),
         source=str(path) if path is not None else None,
     )
 
 
-def build_loaders(exp: Experiment) -> Tuple[Any, DataLoader, DataLoader, DataLoader]:
+def build_loaders(exp: Experiment) -> Tuple[Any, "DataLoader", "DataLoader", "DataLoader"]:
     """(dataset, train loader with P x K batches, query loader, gallery loader)."""
+    import torch
+    from torch.utils.data import DataLoader
+
     from hrnet_pyg.data import ImageDataset, PKSampler, build_dataset, build_transforms
     from hrnet_pyg.distributed import ShardSampler, get_rank, get_world_size, main_process_first
+    from hrnet_pyg.engine import _on_terminal
 
     cfg, run = exp.model, exp.run
     with main_process_first():  # distributed: rank 0 generates / checks the data alone first
-        dataset = build_dataset(exp.data.name, exp.data.root, **exp.data.kwargs)
+        kwargs = dict(exp.data.kwargs)
+        if exp.data.name == "synthetic":  # the generator's bar only where it can redraw itself
+            kwargs.setdefault("progress", _on_terminal())
+        dataset = build_dataset(exp.data.name, exp.data.root, **kwargs)
     h, w = cfg.image_size
     train_tf = build_transforms(h, w, is_train=True, random_erasing=cfg.random_erasing)
     test_tf = build_transforms(h, w, is_train=False)
@@ -144,12 +200,118 @@ def build_loaders(exp: Experiment) -> Tuple[Any, DataLoader, DataLoader, DataLoa
     return dataset, train, test_loader(dataset.query), test_loader(dataset.gallery)
 
 
-def run_experiment(exp: Experiment, *, progress: bool = True, train: bool = True) -> Dict[str, Any]:
-    """Train (unless ``train=False``), evaluate, and write ``metrics.json``; returns the metrics."""
+#: What a run writes into its output folder (``--overwrite`` deletes exactly these).
+RUN_FILES = (
+    "last.pth", "best.pth", "metrics.csv", "metrics.json", "experiment.json", "config.yaml", "train.log", "tensorboard",
+)
+_RUN_MARKERS = ("last.pth", "best.pth", "metrics.csv", "metrics.json")  # a folder with one of these holds a run
+
+
+def check_output_dir(out_dir: Union[str, Path], *, resume: Any = None, overwrite: bool = False) -> None:
+    """Refuse to start a fresh run in a folder that already holds one (unless ``overwrite``)."""
+    out_dir = Path(out_dir)
+    if resume is not None and overwrite:
+        raise ValueError("give either --resume (continue a run) or --overwrite (start again), not both")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is a file")
+    held = [name for name in _RUN_MARKERS if (out_dir / name).exists()]
+    if not held or resume is not None or overwrite:
+        return
+    hint = f"continue it with --resume {out_dir / 'last.pth'}, " if "last.pth" in held else ""
+    raise ValueError(
+        f"output folder {out_dir} already holds a run ({', '.join(held)}); {hint}"
+        "start again with --overwrite (deletes that run) or choose another --output-dir"
+    )
+
+
+def _clear_run(out_dir: Path) -> None:
+    import shutil
+
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for tmp in out_dir.glob("*.pth.*.tmp"):
+        tmp.unlink()
+
+
+def _environment(device: Any) -> List[str]:
+    import platform
+
+    import torch
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    lines = [
+        f"python {platform.python_version()} on {platform.platform()}",
+        "packages: " + ", ".join(
+            f"{n} {version(n)}" for n in ("hrnet_pyg", "torch", "torchvision", "torch_geometric", "numpy")
+        ),
+    ]
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        lines.append(f"device: {dev} ({torch.cuda.get_device_name(dev)}), CUDA {torch.version.cuda}")
+    else:
+        lines.append(f"device: {dev}, {torch.get_num_threads()} threads")
+    return lines
+
+
+class _RunLog:
+    """``train.log`` in the output folder: every ``hrnet_pyg`` log line, timestamped."""
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        self.handler.setLevel(logging.INFO)
+        self.handler.addFilter(lambda record: not getattr(record, "console_only", False))
+        self.level = log.level
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)  # the file gets the info lines even where the console does not
+        log.addHandler(self.handler)
+
+    def close(self) -> None:
+        log.removeHandler(self.handler)
+        log.setLevel(self.level)
+        self.handler.close()
+
+
+def _rank_metrics(r: Any) -> Dict[str, float]:
+    return {
+        "mAP": float(r.mAP), "rank1": float(r.cmc[0]), "rank5": float(r.cmc[min(4, len(r.cmc) - 1)]),
+        "rank10": float(r.cmc[min(9, len(r.cmc) - 1)]), "mINP": float(r.mINP),
+    }
+
+
+def run_experiment(
+    exp: Experiment, *, progress: bool = True, train: bool = True, overwrite: bool = False
+) -> Dict[str, Any]:
+    """Train (unless ``train=False``), evaluate, and write ``metrics.json``; returns the metrics.
+
+    The output folder also gets ``train.log`` (timestamped: configuration, environment, epochs,
+    results), ``config.yaml`` (the resolved configuration), ``metrics.csv`` and ``last.pth``, and
+    ``best.pth`` when ``run.eval_freq > 0``. A folder that already holds a run is refused unless
+    the run resumes it (``run.resume``) or ``overwrite`` (which deletes that run first).
+    """
+    import torch
+    import yaml
+
     from hrnet_pyg.distributed import init_distributed
-    from hrnet_pyg.engine import evaluate, load_model
+    from hrnet_pyg.engine import evaluate, load_model, resolve_device
     from hrnet_pyg.model import HRNet
 
+    out_dir = Path(exp.run.output_dir)
+    if train:
+        check_output_dir(out_dir, resume=exp.run.resume, overwrite=overwrite)
+        if exp.run.resume is not None and not Path(exp.run.resume).exists():
+            raise FileNotFoundError(f"checkpoint {exp.run.resume} does not exist")
+    resolve_device(exp.run.device)  # a wrong device name fails now, not after the data is read
     # distributed (issue 6): under torchrun, join its process group (each rank on cuda:LOCAL_RANK,
     # or the CPU with gloo); only rank 0 writes files and logs. A no-op for a plain python run.
     ctx = init_distributed(exp.run.device)
@@ -158,39 +320,70 @@ def run_experiment(exp: Experiment, *, progress: bool = True, train: bool = True
         logging.getLogger("hrnet_pyg").setLevel(logging.WARNING)
     torch.manual_seed(exp.model.seed)
     dataset, train_loader, query_loader, gallery_loader = build_loaders(exp)
-    out_dir = Path(exp.run.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run_log = None
     if ctx.is_main:
-        with open(out_dir / "experiment.json", "w") as fh:
-            json.dump(exp.to_dict() | {"source": exp.source}, fh, indent=2)
-    if train:
-        model = HRNet(exp.model, num_classes=dataset.num_train_pids)
-        model.fit(
-            train_loader, device=device, amp=exp.run.amp, channels_last=exp.run.channels_last,
-            compile=exp.run.compile, output_dir=out_dir, resume=exp.run.resume,
-            max_steps_per_epoch=exp.run.max_steps_per_epoch, progress=progress,
-            sync_bn=exp.run.sync_bn, graph_scope=exp.run.graph_scope,
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if train and overwrite:
+            _clear_run(out_dir)
+        run_log = _RunLog(out_dir / "train.log")
+    try:
+        if ctx.is_main:
+            resolved = exp.to_dict()
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            with open(out_dir / "experiment.json", "w") as fh:
+                json.dump(resolved | {"source": exp.source}, fh, indent=2)
+            log.info("experiment %s -> %s", exp.source or "(no file)", out_dir)
+            log.info(
+                "configuration (also in config.yaml):\n%s", yaml.safe_dump(resolved, sort_keys=False).rstrip(),
+                extra={"file_only": True},  # the console gets the path, the log the whole text
+            )
+            log.info("configuration: %s", out_dir / "config.yaml", extra={"console_only": True})
+            for line in _environment(resolve_device(device)):
+                log.info(line)
+            log.info("data: %r", dataset)
+        use_camids = getattr(dataset, "has_camids", True)
+
+        def eval_fn(m: Any) -> Optional[Dict[str, float]]:
+            rep = evaluate(
+                m, query_loader, gallery_loader, rerank=exp.run.eval_rerank, use_camids=use_camids,
+                device=device, progress=False,
+            )
+            if rep is None:  # distributed: ranks other than 0
+                return None
+            return _rank_metrics(rep.hrnet if rep.hrnet is not None else rep.cnn)
+
+        if train:
+            model = HRNet(exp.model, num_classes=dataset.num_train_pids)
+            model.fit(
+                train_loader, device=device, amp=exp.run.amp, channels_last=exp.run.channels_last,
+                compile=exp.run.compile, output_dir=out_dir, resume=exp.run.resume,
+                max_steps_per_epoch=exp.run.max_steps_per_epoch, progress=progress,
+                sync_bn=exp.run.sync_bn, graph_scope=exp.run.graph_scope, print_freq=exp.run.print_freq,
+                eval_fn=eval_fn, eval_freq=exp.run.eval_freq, tensorboard=exp.run.tensorboard,
+            )
+        else:
+            model = load_model(out_dir / "last.pth")
+        report = evaluate(
+            model, query_loader, gallery_loader, rerank=exp.run.rerank, k_reciprocal=exp.run.k_reciprocal,
+            use_camids=use_camids, device=device, progress=progress,
         )
-    else:
-        model = load_model(out_dir / "last.pth")
-    report = evaluate(
-        model, query_loader, gallery_loader, rerank=exp.run.rerank, k_reciprocal=exp.run.k_reciprocal,
-        use_camids=getattr(dataset, "has_camids", True),
-        device=device, progress=progress,
-    )
-    if report is None:  # distributed: a rank other than 0, which computes and writes the metrics
-        return {"metrics": {}, "report": None, "model": model, "dataset": dataset}
-    metrics: Dict[str, Any] = {}
-    for name, r in (("cnn", report.cnn), ("hrnet", report.hrnet), ("kreciprocal", report.kreciprocal)):
-        if r is not None:
-            metrics[name] = {
-                "mAP": float(r.mAP), "rank1": float(r.cmc[0]), "rank5": float(r.cmc[min(4, len(r.cmc) - 1)]),
-                "rank10": float(r.cmc[min(9, len(r.cmc) - 1)]), "mINP": float(r.mINP),
-            }
-    with open(out_dir / "metrics.json", "w") as fh:
-        json.dump(metrics, fh, indent=2)
-    log.info("\n%s", report.table())
-    return {"metrics": metrics, "report": report, "model": model, "dataset": dataset}
+        if report is None:  # distributed: a rank other than 0, which computes and writes the metrics
+            return {"metrics": {}, "report": None, "model": model, "dataset": dataset}
+        metrics: Dict[str, Any] = {}
+        for name, r in (("cnn", report.cnn), ("hrnet", report.hrnet), ("kreciprocal", report.kreciprocal)):
+            if r is not None:
+                metrics[name] = _rank_metrics(r)
+        with open(out_dir / "metrics.json", "w") as fh:
+            json.dump(metrics, fh, indent=2)
+        # In train.log only: the console shows the table once, printed by the caller.
+        log.info("results (also in metrics.json):\n%s", report.table(), extra={"file_only": True})
+        return {"metrics": metrics, "report": report, "model": model, "dataset": dataset}
+    finally:
+        if run_log is not None:
+            run_log.close()
 
 
-__all__ = ["DataConfig", "Experiment", "RunConfig", "build_loaders", "load_experiment", "parse_overrides", "run_experiment"]
+__all__ = [
+    "DataConfig", "Experiment", "RUN_FILES", "RunConfig", "build_loaders", "check_output_dir", "load_experiment",
+    "parse_overrides", "run_experiment",
+]

@@ -33,7 +33,8 @@ TINY = [
 
 
 def test_train_resume_eval_on_generated_images(tmp_path, capsys):
-    common = TINY + ["--data-root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run")]
+    data = TINY + ["--data-root", str(tmp_path / "data")]
+    common = data + ["--output-dir", str(tmp_path / "run")]
     assert main(["train", *common, "--epochs", "1", "--no-progress"]) == 0
     first = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(first) == {"cnn", "hrnet"}
@@ -42,7 +43,7 @@ def test_train_resume_eval_on_generated_images(tmp_path, capsys):
     lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]  # epoch 2 continued epoch 1
     capsys.readouterr()
-    assert main(["eval", *common, "--checkpoint", str(ckpt), "--no-progress"]) == 0
+    assert main(["eval", *data, "--checkpoint", str(ckpt), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "CNN (cosine)" in out and "relational re-ranking" in out
 
