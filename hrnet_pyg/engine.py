@@ -28,6 +28,7 @@ from hrnet_pyg.distributed import (
     get_rank,
     get_world_size,
     loader_is_sharded,
+    parse_device,
     prepare_for_training,
     reduce_epoch_stats,
 )
@@ -40,13 +41,9 @@ _CHECKPOINT_KIND = "hrnet_pyg.checkpoint"
 
 # ---------------------------------------------------------------------------- small helpers
 def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
-    """``None``/"auto": the first CUDA GPU when there is one, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device} was requested but CUDA is not available on this machine")
-    return device
+    """``None``/"auto": the first CUDA GPU when there is one, else the CPU; ``cuda:N`` is checked
+    against the visible GPUs (:func:`~hrnet_pyg.distributed.parse_device`)."""
+    return parse_device(device)
 
 
 def autocast_context(device: torch.device, amp: Union[bool, str]) -> Any:
@@ -198,8 +195,12 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if state.get("cuda") and torch.cuda.is_available():
+        # One state per GPU of the run that saved it; a machine with fewer (or more) visible GPUs
+        # restores those it has in common, and a CPU-only one restores none.
+        saved = state["cuda"]
+        for index in range(min(len(saved), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(saved[index].cpu(), index)
 
 
 # ---------------------------------------------------------------------------- training
@@ -227,6 +228,37 @@ class _CsvLog:
             writer.writerow(row)
 
 
+class _LossMeter:
+    """Per-step loss values kept on the device until :func:`_read_losses` fetches them.
+
+    A ``float(loss)`` per term and step would make the host wait for the GPU at every step
+    (no queueing of the next step's kernels); one transfer per logging interval does not.
+    """
+
+    def __init__(self) -> None:
+        self.pending: List[Tuple[int, Dict[str, Tensor]]] = []
+
+    def add(self, step: int, terms: Dict[str, Tensor], total: Tensor) -> None:
+        values = {name: v.detach().float().reshape(()) for name, v in terms.items()}
+        values["total"] = total.detach().float().reshape(())
+        self.pending.append((step, values))
+
+
+def _read_losses(meter: _LossMeter, sums: Dict[str, float], tb: Any) -> None:
+    """Add the pending steps' losses to ``sums`` (and TensorBoard) with one device-to-host copy."""
+    if not meter.pending:
+        return
+    flat = torch.stack([v for _, values in meter.pending for v in values.values()]).tolist()
+    i = 0
+    for step, values in meter.pending:
+        for name in values:
+            sums[name] = sums.get(name, 0.0) + flat[i]
+            if tb is not None and name != "total":
+                tb.add_scalar(f"loss/{name}", flat[i], step)
+            i += 1
+    meter.pending.clear()
+
+
 def _tensorboard(log_dir: Optional[Path]) -> Any:
     if log_dir is None:
         return None
@@ -245,7 +277,7 @@ def fit(
     device: Union[str, torch.device, None] = None,
     amp: Union[bool, str] = "auto",
     channels_last: bool = False,
-    compile: bool = False,
+    compile: Union[bool, str] = False,
     output_dir: Union[str, Path, None] = None,
     resume: Union[str, Path, None] = None,
     max_steps_per_epoch: Optional[int] = None,
@@ -253,6 +285,7 @@ def fit(
     on_epoch_end: Optional[Any] = None,
     sync_bn: bool = False,
     graph_scope: Optional[str] = None,
+    print_freq: int = 20,
 ) -> FitResult:
     """Train ``model`` as in Sec. 4.2 and return the per-epoch history.
 
@@ -266,7 +299,8 @@ def fit(
         amp: ``"auto"``: bf16 (or fp16 with loss scaling) autocast on CUDA, off on CPU;
             ``False`` off; ``"bf16"`` also on CPU.
         channels_last: NHWC memory format for the backbone (faster on recent GPUs).
-        compile: wrap the model in ``torch.compile``.
+        compile: wrap the model in ``torch.compile`` (``True``: its default backend, inductor);
+            a string names the backend (e.g. ``"eager"``: Dynamo's tracing without code generation).
         output_dir: where ``last.pth`` (every epoch, written atomically), ``metrics.csv`` and
             TensorBoard logs go; ``None`` keeps nothing on disk.
         resume: a checkpoint written by ``fit``: continues with the same optimiser, learning
@@ -277,6 +311,9 @@ def fit(
         sync_bn: under ``torchrun`` (DDP), SyncBatchNorm in the backbone and BNNeck (CUDA only).
         graph_scope: ``"local"``: graphs per rank; ``"global"``: graphs over the batch of all
             ranks (see :mod:`hrnet_pyg.distributed`); ``None`` keeps ``model.graph_scope``.
+        print_freq: steps between reads of the loss values (progress bar, TensorBoard): the
+            loop's one host-device synchronisation per interval; the values of every step are
+            kept on the device meanwhile and all logged.
     """
     inner = _unwrap(model)
     cfg: HRNetConfig = inner.config
@@ -295,6 +332,8 @@ def fit(
         "cuda", enabled=dev.type == "cuda" and bool(use_amp) and not torch.cuda.is_bf16_supported()
     )
     out_dir = Path(output_dir) if output_dir is not None else None
+    if isinstance(print_freq, bool) or not isinstance(print_freq, int) or print_freq < 1:
+        raise ValueError(f"print_freq must be a positive number of steps, got {print_freq!r}")
     if out_dir is not None and is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)
     result = FitResult()
@@ -311,7 +350,10 @@ def fit(
         result.history = list(ckpt.get("history", []))
         _set_rng_state(ckpt["rng"])
         log.info("resumed from %s at epoch %d", resume, start_epoch)
-    run_model = torch.compile(model) if compile else model
+    if isinstance(compile, str):  # a torch.compile backend by name ("inductor", "eager", ...)
+        run_model = torch.compile(model, backend=compile)
+    else:
+        run_model = torch.compile(model) if compile else model
     csv_log = _CsvLog(out_dir / "metrics.csv" if out_dir is not None and is_main_process() else None)
     tb = _tensorboard(out_dir) if is_main_process() else None
     sampler = _batch_sampler_of(train_loader)
@@ -329,6 +371,7 @@ def fit(
             group["lr"] = lr
         model.train()
         sums: Dict[str, float] = {}
+        meter = _LossMeter()
         steps, images, t0 = 0, 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not show, leave=False)
         for step, batch in enumerate(bar):
@@ -353,15 +396,13 @@ def fit(
             steps += 1
             images += inputs.size(0)
             global_step += 1
-            for name, value in out.losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            sums["total"] = sums.get("total", 0.0) + float(out.loss.detach())
-            if show:
-                rate = images / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()} | {"img/s": f"{rate:.1f}"})
-            if tb is not None:
-                for name, value in out.losses.items():
-                    tb.add_scalar(f"loss/{name}", float(value.detach()), global_step)
+            meter.add(global_step, out.losses, out.loss)
+            if steps % print_freq == 0:
+                _read_losses(meter, sums, tb)
+                if show:
+                    rate = images / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()} | {"img/s": f"{rate:.1f}"})
+        _read_losses(meter, sums, tb)
         if steps == 0:
             raise ValueError(
                 "the training loader yielded no batch: with a PKSampler it needs at least P "
@@ -494,7 +535,7 @@ def evaluate_features(
     if k_reciprocal:
         from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
 
-        kr = evaluate_rank(k_reciprocal_rerank_features(qb, gb), *args)
+        kr = evaluate_rank(k_reciprocal_rerank_features(qb.to(dev), gb.to(dev), progress=progress).cpu(), *args)
     return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr)
 
 

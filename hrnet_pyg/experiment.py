@@ -45,7 +45,7 @@ class RunConfig:
     rerank: bool = True  # the paper's relational re-ranking at test time
     k_reciprocal: bool = False  # also report k-reciprocal re-ranking (Zhong et al. 2017)
     channels_last: bool = False
-    compile: bool = False
+    compile: Union[bool, str] = False  # true: torch.compile (inductor); or a backend name
     resume: Optional[str] = None  # checkpoint to continue from
     # torchrun / DDP (docs/distributed.md): graphs per rank ("local") or over the batch of all
     # ranks ("global", features all-gathered with gradients); SyncBatchNorm in backbone + BNNeck
@@ -117,7 +117,10 @@ def build_loaders(exp: Experiment) -> Tuple[Any, DataLoader, DataLoader, DataLoa
     h, w = cfg.image_size
     train_tf = build_transforms(h, w, is_train=True, random_erasing=cfg.random_erasing)
     test_tf = build_transforms(h, w, is_train=False)
-    pin = torch.cuda.is_available()
+    from hrnet_pyg.engine import resolve_device
+
+    # Page-locked batches: the training loop's non_blocking copies then overlap the GPU's work.
+    pin = resolve_device(run.device).type == "cuda"
     # distributed (issue 6): one global P x K plan, whole identities split over the ranks
     world, rank = get_world_size(), get_rank()
     if cfg.num_identities < world:
