@@ -42,6 +42,7 @@ exec > >(tee "$LOG") 2>&1
 
 START=$(date +%s)
 SUMMARY=()
+RAN=()  # names of the steps that ran, in order
 
 # step NAME SECONDS CMD...: run CMD in a time box of SECONDS (cut to what is left of TOTAL).
 step() {
@@ -58,6 +59,7 @@ step() {
     echo "=== $name (time box ${box} s) ==="
     echo "\$ $*"
     local t0 t1 rc
+    RAN+=("$name")
     t0=$(date +%s.%N)
     timeout --kill-after=10 "$box" "$@" 2>&1 | tee "$STEPS/$name.out"
     rc=${PIPESTATUS[0]}
@@ -90,12 +92,16 @@ import platform, sys
 import torch
 print(f"python {platform.python_version()} ({sys.executable})")
 print(f"torch {torch.__version__}, CUDA (build) {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
-for name in ("torchvision", "torch_geometric", "torch_scatter", "torch_cluster", "pyg_lib", "numpy"):
+for name in ("torchvision", "torch_geometric", "torch_scatter", "torch_cluster", "pyg_lib", "triton",
+             "numpy", "pandas", "yaml", "PIL", "tqdm", "matplotlib", "scipy", "onnx", "onnxruntime"):
     try:
         mod = __import__(name)
         print(f"{name} {getattr(mod, '__version__', '?')}")
     except Exception as exc:  # optional packages
         print(f"{name}: not importable ({type(exc).__name__})")
+import shutil, subprocess
+cc = shutil.which("gcc") or shutil.which("cc")  # Triton builds its launchers with a C compiler
+print(f"C compiler: {subprocess.run([cc, '--version'], capture_output=True, text=True).stdout.splitlines()[0] if cc else 'none found'}")
 import hrnet_pyg
 print(f"hrnet_pyg {hrnet_pyg.__version__} from {hrnet_pyg.__file__}")
 if torch.cuda.is_available():
@@ -108,7 +114,7 @@ else:
     print("CUDA: not available to torch")
 EOF
 
-step pytest-cuda 100 "$PYTHON" -m pytest -m cuda -v -p no:cacheprovider --durations=10
+step pytest-cuda 100 "$PYTHON" -m pytest -m cuda -v -p no:cacheprovider --durations=10 --continue-on-collection-errors
 
 if [[ $QUICK == 1 ]]; then
     TRAIN=(--backbone resnet18 --image-size 32 16 --batch 4 4 --repeats 1 --memory-steps 1)
@@ -140,10 +146,10 @@ echo "=== summary ($(($(date +%s) - START)) s in all) ==="
 printf '  %s\n' "${SUMMARY[@]}"
 echo
 echo "=== key lines ==="
-for f in "$STEPS"/*.out; do
+for name in "${RAN[@]}"; do
+    f="$STEPS/$name.out"
     [[ -e $f ]] || continue
-    name=$(basename "$f" .out)
-    grep -E "^(RATIO |one optimisation step|relational re-ranking|k-reciprocal:|TF32 on:|check on|torch\.mm|loader:|problem:|time evaluate_rank|evaluate_rank:|at [0-9]+ images/s|graph modules)|^ *(CNN|HRNet): |passed|failed|error|cuda:[0-9] |^torch |^torchvision |^torch_geometric |^python |^GPU " "$f" \
+    grep -E "^(RATIO |one optimisation step|relational re-ranking|k-reciprocal:|TF32 on:|check on|torch\.mm|loader:|problem:|time evaluate_rank|evaluate_rank:|at [0-9]+ images/s|graph modules|[0-9]+ generated)|^ *(CNN|HRNet): |passed|failed|FAILED|ERROR|Error|cuda:[0-9] |^torch |^torchvision |^torch_geometric |^python |^C compiler|^GPU " "$f" \
         | sed "s/^/[$name] /"
 done
 echo "log: $LOG"

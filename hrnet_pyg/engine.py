@@ -46,16 +46,35 @@ def resolve_device(device: Union[str, torch.device, None] = None) -> torch.devic
     return parse_device(device)
 
 
+_AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def amp_dtype(device: torch.device, amp: Union[bool, str]) -> Optional[torch.dtype]:
+    """The autocast dtype of ``amp`` on ``device``, or ``None`` for fp32.
+
+    ``True``/``"auto"`` (callers resolve "auto" to on for CUDA): bf16 on GPUs that support it,
+    fp16 otherwise; ``"bf16"``: bf16 (fp16 on a GPU without bf16), also on the CPU; ``"fp16"``:
+    fp16, on CUDA only (``fit`` then scales the loss); ``False``/``"off"``: fp32.
+    """
+    if amp is False or amp == "off":
+        return None
+    if not (amp is True or amp in _AMP_MODES):
+        raise ValueError(f"amp={amp!r} is not an AMP mode; valid: auto, off (or false), bf16, fp16")
+    if device.type == "cuda":
+        if amp == "fp16" or not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if amp == "fp16":
+        raise ValueError("amp='fp16' needs a CUDA device (fp16 with loss scaling); use amp='bf16' on the CPU")
+    return torch.bfloat16 if amp == "bf16" else None
+
+
 def autocast_context(device: torch.device, amp: Union[bool, str]) -> Any:
     """bf16 autocast on GPUs that support it, fp16 otherwise; off on the CPU unless asked."""
-    if amp is False or amp == "off":
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
         return nullcontext()
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    if amp == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def lr_at_epoch(cfg: HRNetConfig, epoch: int) -> float:
@@ -297,7 +316,7 @@ def fit(
             not the number still to run.
         device: ``"auto"`` (default): CUDA when present, else CPU.
         amp: ``"auto"``: bf16 (or fp16 with loss scaling) autocast on CUDA, off on CPU;
-            ``False`` off; ``"bf16"`` also on CPU.
+            ``False`` off; ``"bf16"`` also on CPU; ``"fp16"``: fp16 with loss scaling (CUDA).
         channels_last: NHWC memory format for the backbone (faster on recent GPUs).
         compile: wrap the model in ``torch.compile`` (``True``: its default backend, inductor);
             a string names the backend (e.g. ``"eager"``: Dynamo's tracing without code generation).
@@ -328,9 +347,7 @@ def fit(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     use_amp = amp if amp != "auto" else (dev.type == "cuda")
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=dev.type == "cuda" and bool(use_amp) and not torch.cuda.is_bf16_supported()
-    )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(dev, use_amp) == torch.float16)
     out_dir = Path(output_dir) if output_dir is not None else None
     if isinstance(print_freq, bool) or not isinstance(print_freq, int) or print_freq < 1:
         raise ValueError(f"print_freq must be a positive number of steps, got {print_freq!r}")

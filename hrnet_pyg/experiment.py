@@ -38,7 +38,7 @@ class DataConfig:
 class RunConfig:
     output_dir: str = "runs/default"  # checkpoints, metrics.csv, metrics.json
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Union[bool, str] = "auto"  # auto (bf16/fp16 on CUDA), false, bf16
+    amp: Union[bool, str] = "auto"  # auto (bf16/fp16 on CUDA), false, bf16, fp16 (CUDA, loss scaling)
     num_workers: int = 4  # data loader processes
     eval_batch_size: int = 128
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke runs)

@@ -230,6 +230,49 @@ def test_compiled_fit_matches_eager(device, tmp_path, no_tf32):
         torch.testing.assert_close(state[name], eager_state[name], atol=1e-3, rtol=1e-3, msg=name)
 
 
+# ---------------------------------------------------------------------------- fp16 + loss scaling
+def test_fp16_trains_with_loss_scaling(device, tmp_path):
+    """``amp="fp16"``: fp16 autocast with a GradScaler on CUDA (its state travels with the
+    checkpoint); on the CPU a clear error before any step."""
+    cfg = _image_config(device, backbone="resnet18", image_size=(32, 16), epochs=1)
+    x, pids = _images(cfg, device)
+    torch.manual_seed(0)
+    model = HRNet(cfg, num_classes=cfg.num_identities)
+    with pytest.raises(ValueError, match="amp='fp17' is not an AMP mode; valid: auto, off"):
+        fit(model, [(x, pids)], epochs=1, device=device, amp="fp17", progress=False)
+    if device.type != "cuda":
+        with pytest.raises(ValueError, match="amp='fp16' needs a CUDA device"):
+            fit(model, [(x, pids)], epochs=1, device=device, amp="fp16", progress=False)
+        return
+    res = fit(model, [(x, pids)] * 2, epochs=1, device=device, amp="fp16", output_dir=tmp_path, progress=False)
+    assert math.isfinite(res.history[0]["loss_total"])
+    scaler = load_checkpoint(res.checkpoint)["scaler"]
+    assert scaler and scaler["scale"] > 0
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------- SyncBatchNorm
+def test_sync_bn_single_device_trains_like_batchnorm_and_saves_plain_weights(device, tmp_path, no_tf32):
+    """``fit(sync_bn=True)`` outside a process group: SyncBatchNorm in the backbone and BNNeck
+    computes what BatchNorm computes (torch synchronises only inside a group of several ranks,
+    which needs as many GPUs), and its checkpoint loads into a plain HRNet.
+    """
+    cfg = _image_config(device, backbone="resnet18", image_size=(32, 16), epochs=1)
+    x, pids = _images(cfg, device)
+    loader = [(x, pids)]
+    rows = {}
+    for sync in (False, True):
+        torch.manual_seed(0)
+        model = HRNet(cfg, num_classes=cfg.num_identities)
+        rows[sync] = fit(model, loader, epochs=1, device=device, amp=False, sync_bn=sync,
+                         output_dir=tmp_path / str(sync), progress=False)
+        assert isinstance(model.bnneck.bn, torch.nn.SyncBatchNorm) == sync
+    for key in (k for k in rows[False].history[0] if k.startswith("loss_")):
+        assert rows[True].history[0][key] == pytest.approx(rows[False].history[0][key], rel=1e-5, abs=1e-6)
+    plain = load_model(rows[True].checkpoint)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
+
+
 # ---------------------------------------------------------------------------- re-ranking, evaluation
 def _feature_model(d: int = 64) -> HRNet:
     torch.manual_seed(0)
