@@ -149,7 +149,7 @@ def main() -> None:
     repeats = args.repeats or (3 if args.quick or cuda else 1)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if cuda:
+    if cuda and dev.index is not None:
         torch.cuda.set_device(dev)
     nq, ng, d, top_k = args.queries, args.gallery, args.d, args.top_k
 

@@ -199,7 +199,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        if device.index is not None:
+            torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
     opts = Options(args, device)
     h, w = args.image_size or ((128, 64) if args.quick else (256, 128))

@@ -10,7 +10,8 @@
 #   channels_last, eager; inputs already on the GPU); bench_rerank.py at Market-1501 size (3,368 x
 #   15,913, d = 2048, top-120) with TF32 off and on; bench_eval.py at Market size (distances on the
 #   GPU, then on the CPU against the loop baseline); bench_loader.py (16 workers, generated JPEGs);
-#   bench_train_step.py again with torch.compile. Then the key lines of every step.
+#   bench_train_step.py again with torch.compile; bench_rerank.py once more with k-reciprocal on
+#   the GPU beside it (last: the least needed). Then the key lines of every step.
 #
 # Environment:
 #   DEVICE   cuda (default), cuda:N or cpu
@@ -133,13 +134,14 @@ else
 fi
 
 step train-step 60 "$PYTHON" benchmarks/bench_train_step.py --device "$DEVICE" --amp bf16 --channels-last "${TRAIN[@]}"
-step rerank 60 "$PYTHON" benchmarks/bench_rerank.py --device "$DEVICE" --tf32 both "${RERANK[@]}"
+step rerank 50 "$PYTHON" benchmarks/bench_rerank.py --device "$DEVICE" --tf32 both --skip-kreciprocal "${RERANK[@]}"
 if [[ $DEVICE != cpu ]]; then
     step eval-on-gpu 20 "$PYTHON" benchmarks/bench_eval.py --device "$DEVICE" --skip-loops "${EVAL[@]}"
 fi
 step eval-on-cpu 30 "$PYTHON" benchmarks/bench_eval.py --device cpu "${EVAL[@]}"
 step loader 40 "$PYTHON" benchmarks/bench_loader.py --device "$DEVICE" "${LOADER[@]}"
 step train-step-compiled "$COMPILE_BOX" "$PYTHON" benchmarks/bench_train_step.py --device "$DEVICE" --amp bf16 --channels-last "${TRAIN[@]}" "${COMPILE[@]}"
+step rerank-vs-kreciprocal 45 "$PYTHON" benchmarks/bench_rerank.py --device "$DEVICE" "${RERANK[@]}" --repeats 1
 
 echo
 echo "=== summary ($(($(date +%s) - START)) s in all) ==="
