@@ -153,7 +153,7 @@ echo "=== key lines ==="
 for name in "${RAN[@]}"; do
     f="$STEPS/$name.out"
     [[ -e $f ]] || continue
-    grep -E "^(RATIO |one optimisation step|relational re-ranking|k-reciprocal:|TF32 on:|check on|torch\.mm|loader:|problem:|time evaluate_rank|evaluate_rank:|at [0-9]+ images/s|graph modules|[0-9]+ generated)|^ *(CNN|HRNet): |passed|failed|FAILED|ERROR|Error|cuda:[0-9] |^torch |^torchvision |^torch_geometric |^python |^C compiler|^GPU " "$f" \
+    grep -E "^(RATIO |one optimisation step|relational re-ranking|k-reciprocal:|TF32 on:|check on|torch\.mm|loader:|problem:|time evaluate_rank|evaluate_rank:|at [0-9]+ images/s|graph modules|[0-9]+ generated)|^ *(CNN|HRNet): |passed|failed|skipped|FAILED|ERROR|Error|cuda:[0-9] |^torch |^torchvision |^torch_geometric |^python |^C compiler|^GPU " "$f" \
         | sed "s/^/[$name] /"
 done
 echo "log: $LOG"
