@@ -25,6 +25,14 @@ precomputation) must give the same scores.
 
     python benchmarks/bench_rerank.py            # Market-1501 size, ~4-6 min on 2 busy cores
     python benchmarks/bench_rerank.py --quick    # 300 x 1,500: the CI-sized run, < 1 min
+    python benchmarks/bench_rerank.py --device cuda --tf32 both   # on a GPU, TF32 off and on
+
+On a GPU (``--device cuda[:N]``) every timed call ends with a synchronisation, the relational
+re-ranking's time includes copying its (Q, G) result to the CPU (what ``evaluate_rank`` and the
+users get), and peak GPU memory is reported. ``--tf32 off|on|both``: matmuls in full fp32 (torch's
+default), with TF32 (10-bit mantissa inputs, fp32 accumulation), or first off then on, printing
+how far the two rankings agree (rank-1, identical top-10, largest distance difference, mAP of each
+against the features' identities) and ``RATIO rerank_tf32_speedup``.
 
 Prints ``RATIO rerank_flop_efficiency=<useful FLOP/s / mm FLOP/s>`` (target >= 0.5),
 ``RATIO rerank_speedup_vs_kreciprocal=<t_kreciprocal / t_relational>`` (target >= 2 at Market size:
@@ -39,22 +47,26 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List
 
+import numpy as np
 import torch
 import torch.nn.functional as Fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
+from hrnet_pyg.engine import resolve_device  # noqa: E402
+from hrnet_pyg.evaluation import evaluate_rank  # noqa: E402
 from hrnet_pyg.graphs import pair_mask  # noqa: E402
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features  # noqa: E402
 from hrnet_pyg.model import HRNet  # noqa: E402
 from hrnet_pyg.rerank import relational_rerank  # noqa: E402
 
 
-def make_features(num_q: int, num_g: int, d: int, num_ids: int, seed: int):
+def make_features(num_q: int, num_g: int, d: int, num_ids: int, seed: int, with_ids: bool = False):
     """Non-negative features clustered by identity (GAP outputs are post-ReLU)."""
     gen = torch.Generator().manual_seed(seed)
     centres = torch.randn(num_ids, d, generator=gen)
@@ -62,6 +74,8 @@ def make_features(num_q: int, num_g: int, d: int, num_ids: int, seed: int):
     g_ids = torch.randint(0, num_ids, (num_g,), generator=gen)
     qf = (centres[q_ids] + 1.5 * torch.randn(num_q, d, generator=gen)).relu_()
     gf = (centres[g_ids] + 1.5 * torch.randn(num_g, d, generator=gen)).relu_()
+    if with_ids:
+        return qf, gf, q_ids, g_ids
     return qf, gf
 
 
@@ -72,13 +86,13 @@ def per_graph_scores(model: HRNet, graph: torch.Tensor) -> torch.Tensor:
     b, m, d = graph.shape
     cfg = model.config
     flat = graph.reshape(b * m, d)
-    batch = torch.arange(b).repeat_interleave(m)
+    batch = torch.arange(b, device=graph.device).repeat_interleave(m)
     edge_index = model.individual_edges(flat, batch=batch, k=min(cfg.k, m - 1))
     v = model.ir(flat, edge_index, batch=batch).view(b, m, -1)
     vn = Fn.normalize(v, dim=-1)
     score = (vn[:, :1] * vn[:, 1:]).sum(-1)
     mask = pair_mask(graph, cfg.pr_edges) if cfg.pr_edges else None
-    u = model.pr.forward_dense(graph, v, mask=mask, rows=torch.zeros(1, dtype=torch.long))
+    u = model.pr.forward_dense(graph, v, mask=mask, rows=torch.zeros(1, dtype=torch.long, device=graph.device))
     return score + torch.sigmoid(model.verifier(u))[:, 0, 1:]
 
 
@@ -98,6 +112,17 @@ def maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top_k: int) -> Dict[str, float]:
+    """How far two (Q, G) re-ranked distance matrices order the gallery alike."""
+    oa, ob = a.argsort(dim=1, stable=True), b.argsort(dim=1, stable=True)
+    short = oa[:, :top_k]
+    return {
+        "rank1": float((oa[:, 0] == ob[:, 0]).double().mean()),
+        "top10": float((oa[:, :10] == ob[:, :10]).all(dim=1).double().mean()),
+        "max_diff": float((a.gather(1, short) - b.gather(1, short)).abs().max()),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=3368)
@@ -106,76 +131,115 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=120)
     ap.add_argument("--queries-per-pass", type=int, default=None,
                     help="(default: relational_rerank's own choice)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 1; quick: 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 1; quick: 3; GPU: 3)")
     ap.add_argument("--check-queries", type=int, default=16,
                     help="queries re-scored by the per-graph path for the check and its timing")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto")
+    ap.add_argument("--tf32", default="off", choices=("off", "on", "both"),
+                    help="TF32 matmuls on a GPU: off (default), on, or both (and their agreement)")
+    ap.add_argument("--skip-kreciprocal", action="store_true", help="time the relational re-ranking only")
+    ap.add_argument("--mm-size", type=int, default=4096, help="side of the reference torch.mm (default 4096)")
     ap.add_argument("--quick", action="store_true", help="300 queries x 1,500 gallery (CI size)")
     args = ap.parse_args()
     if args.quick:
         args.queries, args.gallery = 300, 1500
-    repeats = args.repeats or (3 if args.quick else 1)
+    dev = resolve_device(args.device)
+    cuda = dev.type == "cuda"
+    repeats = args.repeats or (3 if args.quick or cuda else 1)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if cuda and dev.index is not None:
+        torch.cuda.set_device(dev)
     nq, ng, d, top_k = args.queries, args.gallery, args.d, args.top_k
 
+    def set_tf32(on: bool) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    set_tf32(args.tf32 == "on")
     torch.manual_seed(0)
     cfg = HRNetConfig.from_row("HRNet", backbone=None, feat_dim=d, pretrained=False)
     model = HRNet(cfg, num_classes=751).eval()
-    qf, gf = make_features(nq, ng, d, num_ids=751, seed=0)
+    qf, gf, q_ids, g_ids = make_features(nq, ng, d, num_ids=751, seed=0, with_ids=True)
     load0 = os.getloadavg()
+    where = f"{dev} ({torch.cuda.get_device_name(dev)})" if cuda else "CPU"
     print(f"relational re-ranking (HRNet: IR k={cfg.k} + PR + IGP), {nq} queries x {ng} gallery, "
           f"d={d}, top-{top_k}; k-reciprocal k1=20 k2=6 lambda=0.3; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU, {repeats} timed round(s)")
+          f"{torch.get_num_threads()} threads, {where}, {repeats} timed round(s), "
+          f"TF32 matmuls {'on' if args.tf32 == 'on' else 'off'}")
     print(f"load average {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} on {os.cpu_count()} cores")
 
-    a = torch.randn(4096, 4096)
-    b = torch.randn(4096, 4096)
-    mm_flop = 2.0 * 4096**3
+    sz = args.mm_size
+    a = torch.randn(sz, sz, device=dev)
+    b = torch.randn(sz, sz, device=dev)
+    mm_flop = 2.0 * sz**3
+    qf_dev, gf_dev = qf.to(dev), gf.to(dev)
 
     def run_mm():
         torch.mm(a, b)
+        sync()
 
     def run_rel():
-        return relational_rerank(model, qf, gf, top_k=top_k, queries_per_pass=args.queries_per_pass,
-                                 device="cpu", progress=False)
+        return relational_rerank(model, qf_dev, gf_dev, top_k=top_k, queries_per_pass=args.queries_per_pass,
+                                 device=dev, progress=False)
 
     def run_kr():
-        return k_reciprocal_rerank_features(qf, gf, k1=20, k2=6, lambda_value=0.3, progress=False)
+        out = k_reciprocal_rerank_features(qf_dev, gf_dev, k1=20, k2=6, lambda_value=0.3, progress=False)
+        sync()
+        return out
 
-    # Warm-up (small problems: allocator, MKL and OpenMP pools), then interleaved rounds.
+    # Warm-up (small problems: allocator, MKL and OpenMP pools, CUDA kernels), then interleaved rounds.
     run_mm()
-    relational_rerank(model, qf[:64], gf[:2000], top_k=top_k, device="cpu", progress=False)
-    k_reciprocal_rerank_features(qf[:200], gf[:800], progress=False)
+    relational_rerank(model, qf_dev[:64], gf_dev[:2000], top_k=top_k, device=dev, progress=False)
+    if not args.skip_kreciprocal:
+        k_reciprocal_rerank_features(qf_dev[:200], gf_dev[:800], progress=False)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     times: Dict[str, List[float]] = {"mm": [], "rel": [], "kr": []}
     fns: Dict[str, Callable] = {"mm": run_mm, "rel": run_rel, "kr": run_kr}
     rss: Dict[str, float] = {}
+    order = ("mm", "rel") if args.skip_kreciprocal else ("mm", "rel", "mm", "kr")
+    rel_out = None
     for _ in range(repeats):
-        for name in ("mm", "rel", "mm", "kr"):
+        for name in order:
             t0 = time.perf_counter()
             out = fns[name]()
             times[name].append(time.perf_counter() - t0)
             if name != "mm":
                 rss[name] = maxrss_mib()
+            if name == "rel":
+                rel_out = out
             del out
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    gpu_peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
 
     # Check: the per-image precomputed path against the per-graph path on a few queries.
     c = min(args.check_queries, nq)
-    ret = Fn.normalize(model.retrieval_features(torch.cat([qf[:c], gf])), dim=1)
+    model = model.to(dev)
+    ret = Fn.normalize(model.retrieval_features(torch.cat([qf_dev[:c], gf_dev])), dim=1)
     top = (ret[:c] @ ret[c:].T).topk(min(top_k, ng), dim=1).indices
-    graph = torch.cat([qf[:c].unsqueeze(1), gf[top]], dim=1)  # (c, M, d)
+    graph = torch.cat([qf_dev[:c].unsqueeze(1), gf_dev[top]], dim=1)  # (c, M, d)
     with torch.no_grad():
+        sync()
         t0 = time.perf_counter()
         ref = per_graph_scores(model, graph)
+        sync()
         t_pg = time.perf_counter() - t0
         t0 = time.perf_counter()
         fast = model.query_graph_scores(graph)
+        sync()
         t_fast_graphs = time.perf_counter() - t0
-        dist = relational_rerank(model, qf[:c], gf, top_k=top_k, device="cpu", progress=False)
+        dist = relational_rerank(model, qf_dev[:c], gf_dev, top_k=top_k, device=dev, progress=False)
     err = float((fast - ref).abs().max())
-    err_rr = float((dist.gather(1, top) + 3.0 + ref).abs().max())
-    ok = err <= 1e-4 and err_rr <= 1e-4
+    err_rr = float((dist.gather(1, top.cpu()) + 3.0 + ref.cpu()).abs().max())
+    tol = 1e-3 if args.tf32 == "on" else 1e-4
+    ok = err <= tol and err_rr <= tol
     print(f"check on {c} queries: |fast - per-graph| max {err:.1e} (query_graph_scores), "
           f"{err_rr:.1e} (relational_rerank) -> {'MATCH' if ok else 'MISMATCH'} "
           f"(d={d}: float32 sums of 2048 products; the tests check 1e-5 at small d)")
@@ -187,24 +251,50 @@ def main() -> None:
     print(f"useful FLOPs of the relational re-ranking: {total / 1e12:.3f} TFLOP")
     for k, v in flops.items():
         print(f"  {k:>26}: {v / 1e9:9.1f} GFLOP ({100 * v / total:4.1f}%)")
-    print(f"torch.mm 4096^3 fp32: median {med['mm']:.3f} s -> {mm_rate / 1e9:.1f} GFLOP/s")
-    print(f"relational re-ranking: median {med['rel']:.2f} s (range {min(times['rel']):.2f}-"
-          f"{max(times['rel']):.2f}) -> {rel_rate / 1e9:.1f} useful GFLOP/s; "
-          f"{1e3 * med['rel'] / nq:.2f} ms per query; peak RSS {rss['rel']:.0f} MiB")
-    print(f"k-reciprocal:          median {med['kr']:.2f} s (range {min(times['kr']):.2f}-"
-          f"{max(times['kr']):.2f}); peak RSS so far {rss['kr']:.0f} MiB")
-    print(f"per-graph path on {c} query graphs: {t_pg:.2f} s vs query_graph_scores on the same "
-          f"graphs {t_fast_graphs:.2f} s (image terms computed per graph node there too)")
+    print(f"torch.mm {sz}^3 fp32: median {1e3 * med['mm']:.2f} ms -> {mm_rate / 1e9:.1f} GFLOP/s")
+    print(f"relational re-ranking: median {med['rel']:.3f} s (range {min(times['rel']):.3f}-"
+          f"{max(times['rel']):.3f}) end to end (features on {dev.type} -> (Q, G) distances on the CPU) "
+          f"-> {rel_rate / 1e9:.1f} useful GFLOP/s; {1e3 * med['rel'] / nq:.3f} ms per query; "
+          f"peak RSS {rss['rel']:.0f} MiB" + (f"; peak GPU memory {gpu_peak:.0f} MiB" if cuda else ""))
+    if "kr" in med:
+        print(f"k-reciprocal:          median {med['kr']:.3f} s (range {min(times['kr']):.3f}-"
+              f"{max(times['kr']):.3f}); peak RSS so far {rss['kr']:.0f} MiB")
+    print(f"per-graph path on {c} query graphs: {t_pg:.3f} s vs query_graph_scores on the same "
+          f"graphs {t_fast_graphs:.3f} s (image terms computed per graph node there too)")
     per_query_pg = t_pg / c
     print(f"per-graph path extrapolated to {nq} queries (+ the same shortlist): "
           f"{per_query_pg * nq:.1f} s")
+
+    if args.tf32 == "both":
+        set_tf32(True)
+        run_rel()  # warm-up: TF32 kernels
+        t_on: List[float] = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            on_out = run_rel()
+            t_on.append(time.perf_counter() - t0)
+        set_tf32(False)
+        agree = ranking_agreement(rel_out, on_out, min(top_k, ng))
+        qc, gc = np.zeros(nq, dtype=np.int64), np.ones(ng, dtype=np.int64)  # no same-camera junk
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # queries without a match in a small gallery: the same for both
+            m_off = evaluate_rank(rel_out, q_ids.numpy(), g_ids.numpy(), qc, gc).mAP
+            m_on = evaluate_rank(on_out, q_ids.numpy(), g_ids.numpy(), qc, gc).mAP
+        if not cuda:
+            print("note: TF32 is a GPU mode; on the CPU both runs compute the same thing")
+        print(f"TF32 on: relational re-ranking median {statistics.median(t_on):.3f} s (off: {med['rel']:.3f} s); "
+              f"agreement with TF32 off: rank-1 {100 * agree['rank1']:.2f}% of queries, identical top-10 "
+              f"{100 * agree['top10']:.2f}%, largest shortlist distance difference {agree['max_diff']:.2e}; "
+              f"mAP {100 * m_off:.3f} (off) vs {100 * m_on:.3f} (on)")
+        print(f"RATIO rerank_tf32_speedup={med['rel'] / statistics.median(t_on):.2f}")
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f}")
     if args.quick:
         print("note: --quick size; rerank_speedup_vs_kreciprocal is a Market-size target "
               "(k-reciprocal grows with (Q+G)^2, relational re-ranking with Q)")
     print(f"RATIO rerank_flop_efficiency={rel_rate / mm_rate:.2f}")
-    print(f"RATIO rerank_speedup_vs_kreciprocal={med['kr'] / med['rel']:.2f}")
+    if "kr" in med:
+        print(f"RATIO rerank_speedup_vs_kreciprocal={med['kr'] / med['rel']:.2f}")
     print(f"RATIO rerank_speedup_vs_per_graph={per_query_pg * nq / med['rel']:.2f}")
     if not ok:
         raise SystemExit("fast and per-graph re-ranking scores differ")

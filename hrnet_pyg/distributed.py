@@ -98,16 +98,41 @@ def _env_int(name: str, default: Optional[int] = None) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def _process_device(device: Union[str, torch.device, None], local_rank: int, world_size: int) -> torch.device:
-    """This process's device: ``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` when CUDA is present."""
-    name = "auto" if device is None else str(device)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+def parse_device(device: Union[str, torch.device, None] = None) -> torch.device:
+    """``None``/``"auto"``: the first CUDA GPU when there is one, else the CPU; otherwise the device
+    named (``cpu``, ``cuda``, ``cuda:N``, ...), checked here so that a wrong name fails in one line
+    instead of deep inside the first ``.to(device)``.
+
+    Raises:
+        ValueError: a name torch does not know, a CUDA device on a machine without CUDA, or a GPU
+            index beyond the visible GPUs.
+    """
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N (N = GPU index)"
+        ) from None
     if dev.type != "cuda":
         return dev
     if not torch.cuda.is_available():
         raise ValueError(f"device={device} was requested but CUDA is not available on this machine")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(
+            f"device={device} names GPU {dev.index}, but this machine has {count} visible GPU(s): "
+            f"use cuda:0..cuda:{count - 1} (CUDA_VISIBLE_DEVICES renumbers them from 0)"
+        )
+    return dev
+
+
+def _process_device(device: Union[str, torch.device, None], local_rank: int, world_size: int) -> torch.device:
+    """This process's device: ``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` when CUDA is present."""
+    dev = parse_device(device)
+    if dev.type != "cuda":
+        return dev
     if world_size == 1:
         return dev
     if dev.index is not None and dev.index != local_rank:
@@ -434,6 +459,7 @@ __all__ = [
     "is_main_process",
     "loader_is_sharded",
     "main_process_first",
+    "parse_device",
     "prepare_for_training",
     "reduce_epoch_stats",
 ]

@@ -31,6 +31,7 @@ from hrnet_pyg.distributed import (
     get_rank,
     get_world_size,
     loader_is_sharded,
+    parse_device,
     prepare_for_training,
     reduce_epoch_stats,
 )
@@ -43,28 +44,40 @@ _CHECKPOINT_KIND = "hrnet_pyg.checkpoint"
 
 # ---------------------------------------------------------------------------- small helpers
 def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
-    """``None``/"auto": the first CUDA GPU when there is one, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device} was requested but CUDA is not available on this machine")
-    return device
+    """``None``/"auto": the first CUDA GPU when there is one, else the CPU; ``cuda:N`` is checked
+    against the visible GPUs (:func:`~hrnet_pyg.distributed.parse_device`)."""
+    return parse_device(device)
+
+
+_AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def amp_dtype(device: torch.device, amp: Union[bool, str]) -> Optional[torch.dtype]:
+    """The autocast dtype of ``amp`` on ``device``, or ``None`` for fp32.
+
+    ``True``/``"auto"`` (callers resolve "auto" to on for CUDA): bf16 on GPUs that support it,
+    fp16 otherwise; ``"bf16"``: bf16 (fp16 on a GPU without bf16), also on the CPU; ``"fp16"``:
+    fp16, on CUDA only (``fit`` then scales the loss); ``False``/``"off"``: fp32.
+    """
+    if amp is False or amp == "off":
+        return None
+    if not (amp is True or amp in _AMP_MODES):
+        raise ValueError(f"amp={amp!r} is not an AMP mode; valid: auto, off (or false), bf16, fp16")
+    if device.type == "cuda":
+        if amp == "fp16" or not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if amp == "fp16":
+        raise ValueError("amp='fp16' needs a CUDA device (fp16 with loss scaling); use amp='bf16' on the CPU")
+    return torch.bfloat16 if amp == "bf16" else None
 
 
 def autocast_context(device: torch.device, amp: Union[bool, str]) -> Any:
     """bf16 autocast on GPUs that support it, fp16 otherwise; off on the CPU unless asked."""
-    if amp is False or amp == "off":
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
         return nullcontext()
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    if amp == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def lr_at_epoch(cfg: HRNetConfig, epoch: int) -> float:
@@ -145,7 +158,7 @@ class _StepProgress:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         rate = images / elapsed
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(step - self.bar.n)
             self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"img/s": f"{rate:.1f}"}, refresh=False)
             return
         if not self.plain or (step % self.print_freq and step != self.total):
@@ -286,8 +299,12 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if state.get("cuda") and torch.cuda.is_available():
+        # One state per GPU of the run that saved it; a machine with fewer (or more) visible GPUs
+        # restores those it has in common, and a CPU-only one restores none.
+        saved = state["cuda"]
+        for index in range(min(len(saved), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(saved[index].cpu(), index)
 
 
 # ---------------------------------------------------------------------------- training
@@ -334,6 +351,37 @@ def _write_csv(path: Path, history: List[Dict[str, Any]]) -> None:
         raise
 
 
+class _LossMeter:
+    """Per-step loss values kept on the device until :func:`_read_losses` fetches them.
+
+    A ``float(loss)`` per term and step would make the host wait for the GPU at every step
+    (no queueing of the next step's kernels); one transfer per logging interval does not.
+    """
+
+    def __init__(self) -> None:
+        self.pending: List[Tuple[int, Dict[str, Tensor]]] = []
+
+    def add(self, step: int, terms: Dict[str, Tensor], total: Tensor) -> None:
+        values = {name: v.detach().float().reshape(()) for name, v in terms.items()}
+        values["total"] = total.detach().float().reshape(())
+        self.pending.append((step, values))
+
+
+def _read_losses(meter: _LossMeter, sums: Dict[str, float], tb: Any) -> None:
+    """Add the pending steps' losses to ``sums`` (and TensorBoard) with one device-to-host copy."""
+    if not meter.pending:
+        return
+    flat = torch.stack([v for _, values in meter.pending for v in values.values()]).tolist()
+    i = 0
+    for step, values in meter.pending:
+        for name in values:
+            sums[name] = sums.get(name, 0.0) + flat[i]
+            if tb is not None and name != "total":
+                tb.add_scalar(f"loss/{name}", flat[i], step)
+            i += 1
+    meter.pending.clear()
+
+
 def _tensorboard(log_dir: Optional[Path], wanted: Optional[bool]) -> Any:
     """A SummaryWriter; ``wanted=None``: when tensorboard is installed, ``True``: warn if not."""
     if log_dir is None or wanted is False:
@@ -371,7 +419,7 @@ def fit(
     device: Union[str, torch.device, None] = None,
     amp: Union[bool, str] = "auto",
     channels_last: bool = False,
-    compile: bool = False,
+    compile: Union[bool, str] = False,
     output_dir: Union[str, Path, None] = None,
     resume: Union[str, Path, None] = None,
     max_steps_per_epoch: Optional[int] = None,
@@ -394,9 +442,10 @@ def fit(
             not the number still to run.
         device: ``"auto"`` (default): CUDA when present, else CPU.
         amp: ``"auto"``: bf16 (or fp16 with loss scaling) autocast on CUDA, off on CPU;
-            ``False`` off; ``"bf16"`` also on CPU.
+            ``False`` off; ``"bf16"`` also on CPU; ``"fp16"``: fp16 with loss scaling (CUDA).
         channels_last: NHWC memory format for the backbone (faster on recent GPUs).
-        compile: wrap the model in ``torch.compile``.
+        compile: wrap the model in ``torch.compile`` (``True``: its default backend, inductor);
+            a string names the backend (e.g. ``"eager"``: Dynamo's tracing without code generation).
         output_dir: where ``last.pth`` (every epoch, written atomically), ``metrics.csv`` and
             TensorBoard logs go; ``None`` keeps nothing on disk.
         resume: a checkpoint written by ``fit``: continues with the same optimiser, learning
@@ -408,7 +457,10 @@ def fit(
         sync_bn: under ``torchrun`` (DDP), SyncBatchNorm in the backbone and BNNeck (CUDA only).
         graph_scope: ``"local"``: graphs per rank; ``"global"``: graphs over the batch of all
             ranks (see :mod:`hrnet_pyg.distributed`); ``None`` keeps ``model.graph_scope``.
-        print_freq: steps between two progress lines when stderr is not a terminal. (default: 20)
+        print_freq: steps between two progress lines when stderr is not a terminal, and between
+            two reads of the loss values: the loop's one host-device synchronisation per
+            interval (every step's values stay on the device meanwhile and are all logged).
+            (default: 20)
         eval_fn: ``callable(model) -> {"mAP": ..., ...}`` (``None`` on distributed ranks other
             than 0), run every ``eval_freq`` epochs and after the last one; its metrics join
             the epoch's row, and the epoch of the highest ``mAP`` is kept as ``best.pth``.
@@ -432,10 +484,10 @@ def fit(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     use_amp = amp if amp != "auto" else (dev.type == "cuda")
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=dev.type == "cuda" and bool(use_amp) and not torch.cuda.is_bf16_supported()
-    )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(dev, use_amp) == torch.float16)
     out_dir = Path(output_dir) if output_dir is not None else None
+    if isinstance(print_freq, bool) or not isinstance(print_freq, int) or print_freq < 1:
+        raise ValueError(f"print_freq must be a positive number of steps, got {print_freq!r}")
     main = is_main_process()
     if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -475,7 +527,10 @@ def fit(
         )
         if out_dir is not None and main and result.history:
             _write_csv(out_dir / "metrics.csv", result.history)  # drops rows of epochs not in the checkpoint
-    run_model = torch.compile(model) if compile else model
+    if isinstance(compile, str):  # a torch.compile backend by name ("inductor", "eager", ...)
+        run_model = torch.compile(model, backend=compile)
+    else:
+        run_model = torch.compile(model) if compile else model
     tb = _tensorboard(out_dir, tensorboard) if main else None
     sampler = _batch_sampler_of(train_loader)
     show = progress and main
@@ -495,7 +550,8 @@ def fit(
                 group["lr"] = lr
             model.train()
             sums: Dict[str, float] = {}
-            images, t0 = 0, time.perf_counter()
+            meter = _LossMeter()
+            images, read, t0 = 0, 0, time.perf_counter()
             try:
                 planned = len(train_loader)  # type: ignore[arg-type]
             except TypeError:  # an iterable without len()
@@ -530,14 +586,13 @@ def fit(
                 steps += 1
                 images += inputs.size(0)
                 global_step += 1
-                for name, value in out.losses.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
-                sums["total"] = sums.get("total", 0.0) + float(out.loss.detach())
-                if show:
-                    bar.update(steps, images, {k: v / steps for k, v in sums.items()})
-                if tb is not None:
-                    for name, value in out.losses.items():
-                        tb.add_scalar(f"loss/{name}", float(value.detach()), global_step)
+                meter.add(global_step, out.losses, out.loss)
+                if steps % print_freq == 0 or steps == planned:  # the interval's one read of the losses
+                    _read_losses(meter, sums, tb)
+                    read = steps
+                if show:  # a terminal's bar moves every step, with the means of the steps read
+                    bar.update(steps, images, {k: v / max(read, 1) for k, v in sums.items()})
+            _read_losses(meter, sums, tb)
             bar.close()
             if steps == 0:
                 raise ValueError(
@@ -700,7 +755,7 @@ def evaluate_features(
     if k_reciprocal:
         from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
 
-        kr = evaluate_rank(k_reciprocal_rerank_features(qb, gb), *args)
+        kr = evaluate_rank(k_reciprocal_rerank_features(qb.to(dev), gb.to(dev), progress=progress).cpu(), *args)
     return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr)
 
 

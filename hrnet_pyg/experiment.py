@@ -38,14 +38,14 @@ class DataConfig:
 class RunConfig:
     output_dir: str = "runs/default"  # checkpoints, metrics.csv, metrics.json
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Union[bool, str] = "auto"  # auto (bf16/fp16 on CUDA), false, bf16
+    amp: Union[bool, str] = "auto"  # auto (bf16/fp16 on CUDA), false, bf16, fp16 (CUDA, loss scaling)
     num_workers: int = 4  # data loader processes
     eval_batch_size: int = 128
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke runs)
     rerank: bool = True  # the paper's relational re-ranking at test time
     k_reciprocal: bool = False  # also report k-reciprocal re-ranking (Zhong et al. 2017)
     channels_last: bool = False
-    compile: bool = False
+    compile: Union[bool, str] = False  # true: torch.compile (inductor); or a backend name
     resume: Optional[str] = None  # checkpoint to continue from
     # torchrun / DDP (docs/distributed.md): graphs per rank ("local") or over the batch of all
     # ranks ("global", features all-gathered with gradients); SyncBatchNorm in backbone + BNNeck
@@ -173,7 +173,10 @@ def build_loaders(exp: Experiment) -> Tuple[Any, "DataLoader", "DataLoader", "Da
     h, w = cfg.image_size
     train_tf = build_transforms(h, w, is_train=True, random_erasing=cfg.random_erasing)
     test_tf = build_transforms(h, w, is_train=False)
-    pin = torch.cuda.is_available()
+    from hrnet_pyg.engine import resolve_device
+
+    # Page-locked batches: the training loop's non_blocking copies then overlap the GPU's work.
+    pin = resolve_device(run.device).type == "cuda"
     # distributed (issue 6): one global P x K plan, whole identities split over the ranks
     world, rank = get_world_size(), get_rank()
     if cfg.num_identities < world:

@@ -341,7 +341,7 @@ def extract_images(
     from torch.utils.data import DataLoader
 
     from hrnet_pyg.data.transforms import build_transforms
-    from hrnet_pyg.engine import extract
+    from hrnet_pyg.engine import extract, resolve_device
 
     inner = _inner(model)
     if getattr(inner, "backbone", None) is None:
@@ -354,8 +354,10 @@ def extract_images(
     images = source if isinstance(source, ImageList) else list_images(source, labels=labels)
     h, w = inner.config.image_size
     dataset = ImageDataset([(p, 0, 0) for p in images.paths], build_transforms(h, w, is_train=False))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    feats, _, _ = extract(inner, loader, device=device, amp=amp, progress=progress)
+    dev = resolve_device(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
+    feats, _, _ = extract(inner, loader, device=dev, amp=amp, progress=progress)
     return ImageFeatures(
         features=feats.float(),
         paths=list(images.paths),
