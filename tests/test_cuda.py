@@ -446,7 +446,8 @@ def test_cli_bad_device_is_one_line(name, tmp_path, capsys):
 
     code = main(["train", "--device", name, "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("hrnet-pyg train: error: device=")
+    assert code == 2 and len(err) == 1 and err[0].startswith("hrnet-pyg train: error: ")
+    assert name in err[0]
 
 
 def test_resume_state_cuda_entry(monkeypatch):
