@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("datasets", help="statistics table of a dataset")
-    p.add_argument("--name", required=True, help="market1501, dukemtmcreid, cuhk03, msmt17, synthetic, custom or folder")
+    p.add_argument("--name", required=True, help="market1501, dukemtmcreid, cuhk03, msmt17, synthetic, custom or folder; aliases DukeMTMC, msmt17_v2, cuhk03_labeled, cuhk03_detected (docs/datasets.md)")
     p.add_argument("--root", required=True, help="folder holding the dataset folder")
     p.set_defaults(func=cmd_datasets)
     return parser
