@@ -4,11 +4,13 @@ __version__ = "0.1.0"
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
 from hrnet_pyg.data import build_dataset  # noqa: E402
 from hrnet_pyg.evaluation import evaluate_rank  # noqa: E402
+from hrnet_pyg.extractor import FeatureExtractor  # noqa: E402
 from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv, VerificationHead  # noqa: E402
 from hrnet_pyg.model import HRNet, HRNetOutput  # noqa: E402
 from hrnet_pyg.rerank import relational_rerank  # noqa: E402
 
 __all__ = [
+    "FeatureExtractor",
     "HRNet",
     "HRNetConfig",
     "HRNetOutput",

@@ -201,6 +201,16 @@ def test_extract_images_equals_plain_transform_and_model(model, gallery_dir):
     torch.testing.assert_close(one_by_one.features, feats.features, atol=1e-5, rtol=1e-5)
 
 
+def test_extract_images_takes_a_list_of_paths(model, gallery_dir):
+    folder = extract_images(model, gallery_dir, device="cpu", progress=False)
+    order = [folder.paths[i] for i in (3, 0, 5)]
+    listed = extract_images(model, [Path(p) for p in order], device="cpu", progress=False)
+    assert listed.paths == order and listed.pids is None
+    torch.testing.assert_close(listed.features, folder.features[[3, 0, 5]], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="list of images is empty"):
+        extract_images(model, [], progress=False)
+
+
 def test_extract_images_names_unreadable_image(model, tmp_path):
     write_noise(tmp_path / "good.jpg", 1)
     (tmp_path / "broken.jpg").write_text("this is not a JPEG")
