@@ -313,6 +313,143 @@ def _read_weights_file(path: str) -> Tuple[Dict[str, Tensor], str]:
     return dict(obj), layout
 
 
+#: Backbone names of :func:`build_backbone` besides ``timm:<name>``.
+RESNET_NAMES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+TIMM_PREFIX = "timm:"
+
+
+class TimmBackbone(nn.Module):
+    r"""A `timm <https://github.com/huggingface/pytorch-image-models>`_ model as the CNN of
+    Sec. 3.1: its feature trunk, its own global pooling (``num_classes=0``), and, where the
+    architecture has one, the last downsampling stage's stride set to 1 (BoT's last stride).
+
+    Args:
+        name (str): a ``timm.create_model`` name, e.g. ``"resnet50"``, ``"resnet10t"``,
+            ``"efficientnet_b0"``, ``"convnext_tiny"``.
+        pretrained (bool or str, optional): :obj:`True` loads timm's own pretrained weights
+            through ``timm.create_model(pretrained=True)`` (timm downloads them); a string is a
+            local file read as :func:`read_pretrained` reads files (``weights_only=True``; the
+            classifier named by the model's ``pretrained_cfg``, and any ``fc``/``head``/
+            ``classifier`` group, is skipped). (default: :obj:`False`)
+        last_stride (int, optional): 1 sets every stride-2 convolution of the last stage
+            (``feature_info[-1]``) to stride 1 and drops its stride-2 pooling (ResNet-D's
+            average-pool shortcut); 2 keeps timm's network. Models without a stride-2 module in
+            the last stage (most ViTs) are left as they are. (default: :obj:`1`)
+
+    Shapes:
+        - **input:** images :math:`(N, 3, H, W)`
+        - **output:** features :math:`(N, C)`, :math:`C` = ``out_channels`` (timm's
+          ``num_features``)
+    """
+
+    def __init__(self, name: str, pretrained: Union[bool, str] = False, last_stride: int = 1) -> None:
+        super().__init__()
+        try:
+            import timm
+        except ImportError as err:
+            raise ImportError(
+                f"backbone 'timm:{name}' needs timm: pip install timm (or pip install hrnet_pyg[timm])"
+            ) from err
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        if not isinstance(pretrained, (bool, str, os.PathLike)):
+            raise TypeError(f"pretrained must be True, False or a path, got {type(pretrained).__name__}")
+        if not timm.is_model(name):
+            raise ValueError(f"timm has no model {name!r} (see timm.list_models())")
+        self.name = name
+        self.last_stride = last_stride
+        self.pretrained = pretrained
+        self.net = timm.create_model(name, pretrained=pretrained is True, num_classes=0)
+        self.out_channels: int = int(self.net.num_features)
+        self.strided_modules: list = []
+        if last_stride == 1:
+            self.strided_modules = self._set_last_stride_1()
+        if pretrained is not False and pretrained is not True:
+            self._load_file(os.fspath(pretrained))
+
+    def _set_last_stride_1(self) -> list:
+        info = getattr(self.net, "feature_info", None)  # timm's list of stages: num_chs, reduction, module
+        if not info or info[-1].get("reduction", 1) <= info[max(len(info) - 2, 0)].get("reduction", 1):
+            return []  # no last downsampling stage (a ViT: one resolution throughout)
+        stage_name = str(info[-1]["module"])
+        try:
+            stage = self.net.get_submodule(stage_name)
+        except AttributeError:  # some timm models name stages blocks_6 for blocks.6
+            stage = self.net.get_submodule(stage_name.replace("_", "."))
+        changed = []
+        for mod_name, mod in list(stage.named_modules()):
+            stride = getattr(mod, "stride", None)
+            if stride in (2, (2, 2)):
+                if isinstance(mod, nn.Conv2d):
+                    mod.stride = (1, 1)
+                    changed.append(f"{stage_name}.{mod_name}")
+                elif isinstance(mod, (nn.AvgPool2d, nn.MaxPool2d)):
+                    parent_name, _, child = mod_name.rpartition(".")
+                    parent = stage.get_submodule(parent_name) if parent_name else stage
+                    setattr(parent, child, nn.Identity())  # what timm builds at stride 1
+                    changed.append(f"{stage_name}.{mod_name}")
+        return changed
+
+    def _load_file(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
+        obj, layout = _read_weights_file(path)
+        state = _strip_prefix(_strip_prefix(obj, "module."), "backbone.")
+        own = self.net.state_dict()
+        head = str(self.net.pretrained_cfg.get("classifier") or "fc")
+        skipped: Dict[str, int] = {}
+        backbone = {}
+        for k, v in state.items():
+            if k in own:
+                backbone[k] = v
+            elif k.startswith(head + ".") or k.split(".", 1)[0] in _HEAD_GROUPS | {"head"}:
+                group = head if k.startswith(head + ".") else k.split(".", 1)[0]
+                skipped[group] = skipped.get(group, 0) + 1
+            else:
+                raise PretrainedWeightsError(
+                    f"pretrained weights file {path!r} ({layout}) does not fit timm {self.name}: "
+                    f"unexpected key {k!r}")
+        missing = sorted(k for k in own if k not in backbone and not k.endswith("num_batches_tracked"))
+        if missing:
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path!r} ({layout}) does not fit timm {self.name}: "
+                f"{len(missing)} missing key(s) {missing[:5]}")
+        bad = [k for k in backbone if tuple(backbone[k].shape) != tuple(own[k].shape)]
+        if bad:
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path!r} ({layout}) does not fit timm {self.name}: shape "
+                "mismatch " + ", ".join(f"{k} {tuple(backbone[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5]))
+        loaded = len(backbone)
+        for k in own:
+            backbone.setdefault(k, own[k])
+        self.net.load_state_dict(backbone, strict=True)
+        print(weights_report(loaded, f"{path} ({layout})", skipped))
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        """The trunk's output before pooling (``timm``'s ``forward_features``)."""
+        return self.net.forward_features(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.size(1) != 3:
+            raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+        return self.net(images)  # (N, C): timm's own pooling, no classifier
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.name!r}, out_channels={self.out_channels}, "
+                f"last_stride={self.last_stride})")
+
+
+def build_backbone(name: str, pretrained: Union[bool, str] = False, last_stride: int = 1) -> nn.Module:
+    """The CNN named by ``HRNetConfig.backbone``: ``resnet18/34/50/101`` (torchvision,
+    :class:`ResNetBackbone`) or ``timm:<name>`` (:class:`TimmBackbone`, needs ``timm``)."""
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        return TimmBackbone(name[len(TIMM_PREFIX):], pretrained=pretrained, last_stride=last_stride)
+    if name not in RESNET_NAMES:
+        raise ValueError(
+            f"unknown backbone {name!r}; valid: {', '.join(RESNET_NAMES)}, timm:<name> or None")
+    return ResNetBackbone(depth=RESNET_NAMES[name], pretrained=pretrained, last_stride=last_stride)
+
+
 class BNNeck(nn.Module):
     r"""BNNeck of Luo et al. 2019 (BoT): a BatchNorm1d with frozen bias, then a bias-free
     linear ID classifier. The triplet loss (Eq. 12) uses :math:`f`, the label-smoothed
@@ -369,7 +506,10 @@ class BNNeck(nn.Module):
 __all__ = [
     "BNNeck",
     "PretrainedWeightsError",
+    "RESNET_NAMES",
     "ResNetBackbone",
+    "TimmBackbone",
+    "build_backbone",
     "read_pretrained",
     "torchvision_weights",
     "weights_report",

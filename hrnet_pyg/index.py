@@ -109,7 +109,7 @@ def exact_shortlist(
     best_s = q.new_empty(q.size(0), 0)
     best_i = torch.empty(q.size(0), 0, dtype=torch.long)
     for offset, rows in blocks:
-        g = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        g = torch.from_numpy(np.ascontiguousarray(rows)).float()  # float16 rows: converted by torch's threads
         s = q @ g.T  # (Q, B)
         kk = min(k, s.size(1))
         ts, ti = s.topk(kk, dim=1)
@@ -513,12 +513,34 @@ class GalleryIndex:
         self.meta = meta
         self._faiss = None
 
-    def _update_faiss(self, part: Dict[str, Any], new_shards: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def build_faiss(self, faiss_type: str, *, nlist: Optional[int] = None) -> None:
+        """(Re)build the faiss part over every image of the index (``flat``, ``ivf``, ``hnsw``),
+        or drop it (``none``); ``meta.json`` is replaced once the new part is written."""
+        if faiss_type not in FAISS_TYPES:
+            raise ValueError(f"faiss type must be one of {', '.join(FAISS_TYPES)}, got {faiss_type!r}")
+        meta = dict(self.meta)
+        if faiss_type == "none":
+            meta["faiss"] = None
+        else:
+            tmp_file = self.path / (_FAISS_FILE + ".rebuild")
+            part = self._update_faiss({"type": faiss_type, "nlist": nlist}, list(meta["shards"]),
+                                      fresh=True, target=tmp_file)
+            os.replace(tmp_file, self.path / _FAISS_FILE)
+            meta["faiss"] = part
+        _atomic_write_text(self.path / "meta.json", json.dumps(meta, indent=1))
+        self.meta = meta
+        self._faiss = None
+
+    def _update_faiss(
+        self, part: Dict[str, Any], new_shards: List[Dict[str, Any]], *, fresh: bool = False,
+        target: Optional[Path] = None,
+    ) -> Dict[str, Any]:
         faiss = _import_faiss()
         file = self.path / _FAISS_FILE
+        target = file if target is None else target
         d = self.feat_dim
         first_new = len(self) - sum(s["count"] for s in new_shards)
-        if file.is_file():
+        if file.is_file() and not fresh:
             index = faiss.read_index(str(file))
             if index.ntotal != first_new:
                 raise GalleryIndexError(
@@ -551,7 +573,7 @@ class GalleryIndex:
         os.close(fd)
         try:
             faiss.write_index(index, tmp)
-            os.replace(tmp, file)
+            os.replace(tmp, target)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
