@@ -15,19 +15,21 @@ shards through ``GalleryIndex.build`` / ``add``), then each query is served the 
 The three are interleaved per query (exact, faiss, re-ranking, exact, ...) so that load on a shared
 machine hits all alike; median and p95 latencies are reported.
 
-Why IVF rather than HNSW: building HNSW inserts every vector by a greedy graph search of about
-efConstruction x M distance evaluations in 2048-d, one vector at a time, which on 2 cores takes
-hours at 10^6 vectors; IVF's build is a k-means on a sample plus one assignment matrix product,
-BLAS-bound and minutes long. IVF lists take appended vectors without re-training (``index add``),
-and nprobe is one direct recall/latency knob; HNSW would also need efSearch >= 120 for a top-120
-shortlist. The flat faiss index equals the exact path (``tests/test_index.py``).
+Why IVF rather than HNSW: HNSW inserts the vectors one at a time by a greedy graph search
+(about efConstruction x M distance evaluations of 2048 dimensions each, not batched into matrix
+products), so it is the slower of the two to build and to append to at 10^6 x 2048, and its
+search must keep efSearch >= 120 candidates for a top-120 shortlist, which takes away much of its
+speed at this k. IVF's build is a k-means on a sample plus one assignment matrix product (BLAS),
+its inverted lists take appended vectors without re-training (``hrnet-pyg index add``), and nprobe
+is one direct recall/latency knob, swept here. HNSW is available (``--faiss hnsw``) and tested,
+not measured here. The flat faiss index equals the exact path (``tests/test_index.py``).
 
 The features: identities as centres in a 64-d latent space, images as centre + latent noise,
 mapped to 2048-d by a fixed random matrix, plus ambient noise, through a ReLU (GAP outputs are
 non-negative). Trained CNN features have such a low intrinsic dimension; isotropic 2048-d noise
 would have none, and no approximate index finds neighbours in it.
 
-    python benchmarks/bench_index.py            # 1,000,000 images (needs ~20 GiB of RAM and disk)
+    python benchmarks/bench_index.py            # 1,000,000 images (~16 GiB of RAM, 8 GiB of disk)
     python benchmarks/bench_index.py --quick    # 200,000 images, ~10 min on 2 busy cores
 
 Prints the latencies, the peak resident memory, ``RATIO index_recall_at_120=<faiss vs exact>``
