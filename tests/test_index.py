@@ -250,3 +250,23 @@ def test_faiss_file_out_of_step_falls_back_to_exact(tmp_path):
     reopened = GalleryIndex(index.path)
     _, _, how = reopened.shortlist(queries, 10)
     assert how == "exact" and "holds 600 vectors, the index 500" in reopened.notes[0]
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (pip install hrnet_pyg[search])")
+def test_add_extends_the_faiss_part_and_build_faiss_rebuilds_it(tmp_path):
+    index, queries = _random_index(tmp_path, "ivf", nlist=8)
+    torch.manual_seed(0)
+    model = HRNet(HRNetConfig(backbone=None, feat_dim=64, k=3), num_classes=3).eval()  # same weights as the index's
+    extra = ImageFeatures(torch.randn(50, 64).relu(), [f"/g/extra_{i}.jpg" for i in range(50)])
+    assert index.add(model, extra, device="cpu", progress=False) == (50, 0)
+    assert index.meta["faiss"]["ntotal"] == 650 and index.meta["faiss"]["nlist"] == 8
+    _, ex_i, _ = index.shortlist(queries, 30, exact=True)
+    _, iv_i, _ = index.shortlist(queries, 30, nprobe=8)
+    assert all(set(a) == set(b) for a, b in zip(iv_i.tolist(), ex_i.tolist()))
+    index.build_faiss("flat")
+    reopened = GalleryIndex(index.path)
+    assert reopened.faiss_type == "flat" and reopened.meta["faiss"]["ntotal"] == 650
+    _, fl_i, how = reopened.shortlist(queries, 30)
+    assert how == "faiss flat" and all(set(a) == set(b) for a, b in zip(fl_i.tolist(), ex_i.tolist()))
+    reopened.build_faiss("none")
+    assert GalleryIndex(index.path).shortlist(queries, 5)[2] == "exact"
