@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 
-from hrnet_pyg.backbone import RESNET_NAMES, BNNeck, build_backbone
+from hrnet_pyg.backbone import BNNeck, build_backbone
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.distributed import check_graph_scope, gather_graph_batch, get_world_size
 from hrnet_pyg.graphs import full_edges, knn_adjacency, knn_edges, pair_mask
@@ -37,8 +37,6 @@ from hrnet_pyg.losses import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.data import DataLoader
-
-_BACKBONE_DEPTHS = RESNET_NAMES  # torchvision names; "timm:<name>" too (hrnet_pyg.backbone.build_backbone)
 
 
 @dataclass
