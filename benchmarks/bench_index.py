@@ -6,8 +6,9 @@ shards through ``GalleryIndex.build`` / ``add``), then each query is served the 
 
 * the **exact** shortlist: the blocked matrix product over the memory-mapped retrieval features
   (``GalleryIndex.shortlist(..., exact=True)``);
-* the **faiss IVF-Flat** shortlist (``GalleryIndex.build_faiss("ivf")``, nlist = sqrt(N)), at the
-  smallest nprobe of a sweep whose recall@120 against the exact shortlist reaches 0.95;
+* the **faiss** shortlist: HNSW-Flat by default (``GalleryIndex.build_faiss("hnsw")``, M = 32,
+  efConstruction 80) at the smallest efSearch of a sweep whose recall@120 against the exact
+  shortlist reaches 0.95; ``--faiss ivf`` measures IVF-Flat (nlist = sqrt(N)) with an nprobe sweep;
 * the **relational re-ranking** that follows: the 120 shortlisted rows of F read from the
   memory-mapped file and ``HRNet.query_graph_scores`` of the (1, 121, d) graph, with a full HRNet
   (IR + CNC + PR + IGP, paper defaults, random weights: timing does not depend on them).
@@ -15,14 +16,14 @@ shards through ``GalleryIndex.build`` / ``add``), then each query is served the 
 The three are interleaved per query (exact, faiss, re-ranking, exact, ...) so that load on a shared
 machine hits all alike; median and p95 latencies are reported.
 
-Why IVF rather than HNSW: HNSW inserts the vectors one at a time by a greedy graph search
-(about efConstruction x M distance evaluations of 2048 dimensions each, not batched into matrix
-products), so it is the slower of the two to build and to append to at 10^6 x 2048, and its
-search must keep efSearch >= 120 candidates for a top-120 shortlist, which takes away much of its
-speed at this k. IVF's build is a k-means on a sample plus one assignment matrix product (BLAS),
-its inverted lists take appended vectors without re-training (``hrnet-pyg index add``), and nprobe
-is one direct recall/latency knob, swept here. HNSW is available (``--faiss hnsw``) and tested,
-not measured here. The flat faiss index equals the exact path (``tests/test_index.py``).
+Why HNSW (measured, ``docs/performance.md``): on these features a top-120 shortlist reaches far
+beyond a query's own identity, and IVF-Flat needed more than 40% of its cells for recall 0.95 (at
+200,000 images 1.7x faster than the exact float32 product), while HNSW reached 0.97 at efSearch
+256, visiting a few thousand vectors. Its costs: the build inserts the vectors one at a time by a
+greedy graph search (not batched into matrix products; minutes at 10^5 x 2048 on 2 cores, about
+N log N), and the graph's links (M = 32: 256 B a vector, 3% of a 2048-d float32 vector). IVF's
+build is a k-means plus one assignment product and its lists take appended vectors without
+re-training. The flat faiss index equals the exact path (``tests/test_index.py``).
 
 The features: identities as centres in a 64-d latent space, images as centre + latent noise,
 mapped to 2048-d by a fixed random matrix, plus ambient noise, through a ReLU (GAP outputs are
@@ -90,7 +91,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--queries", type=int, default=40, help="queries timed one at a time (default: 40)")
     ap.add_argument("--recall-queries", type=int, default=200, help="queries of the recall measurement")
-    ap.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="index storage (default: float16)")
+    ap.add_argument("--dtype", choices=("float16", "float32"), default="float32", help="index storage (default: float32; float16 makes the exact path convert every block)")
+    ap.add_argument("--faiss", choices=("hnsw", "ivf"), default="hnsw", help="approximate faiss type measured (default: hnsw)")
     ap.add_argument("--chunk", type=int, default=50000, help="images per shard")
     ap.add_argument("--threads", type=int, help="torch and faiss threads (default: torch's)")
     ap.add_argument("--workdir", help="where the index is written (default: a temporary folder)")
@@ -129,10 +131,11 @@ def main() -> None:
     t_write = time.perf_counter() - t0
     nlist = max(1, round(math.sqrt(n)))
     t0 = time.perf_counter()
-    index.build_faiss("ivf", nlist=nlist)
+    index.build_faiss(args.faiss, nlist=nlist if args.faiss == "ivf" else None)
     t_faiss = time.perf_counter() - t0
-    print(f"index written in {t_write:.1f} s ({len(index.shards)} shards), faiss IVF-Flat nlist={nlist} "
-          f"trained and filled in {t_faiss:.1f} s; peak RSS so far {rss_mib():,.0f} MiB")
+    kind = f"IVF-Flat nlist={nlist}" if args.faiss == "ivf" else "HNSW-Flat M=32 efConstruction=80"
+    print(f"index written in {t_write:.1f} s ({len(index.shards)} shards), faiss {kind} "
+          f"built in {t_faiss:.1f} s; peak RSS so far {rss_mib():,.0f} MiB")
     index = GalleryIndex(path)  # as a search process opens it
 
     q_ids = torch.randint(0, gen.num_ids, (max(args.queries, args.recall_queries),), generator=gen.g)
@@ -140,26 +143,30 @@ def main() -> None:
     with torch.no_grad():
         q_ret = torch.nn.functional.normalize(model.retrieval_features(qf), dim=1)
 
-    # recall of the IVF shortlist against the exact one, for a sweep of nprobe
+    # recall of the approximate shortlist against the exact one, for a sweep of its knob
     t0 = time.perf_counter()
     _, exact_i, _ = index.shortlist(q_ret[: args.recall_queries], k, exact=True)
     t_truth = time.perf_counter() - t0
     exact_sets = [set(r) for r in exact_i.tolist()]
     chosen = None
     sweep: Dict[int, float] = {}
-    for nprobe in (4, 8, 16, 32, 64, 96, 128, 192, 256):
-        if nprobe > nlist:
+    param = "nprobe" if args.faiss == "ivf" else "efSearch"
+    values = (4, 8, 16, 32, 64, 96, 128, 192, 256) if args.faiss == "ivf" else (120, 160, 256, 384, 512, 768)
+    for value in values:
+        if args.faiss == "ivf" and value > nlist:
             break
-        _, ivf_i, _ = index.shortlist(q_ret[: args.recall_queries], k, nprobe=nprobe)
-        recall = float(np.mean([len(a & set(b)) / k for a, b in zip(exact_sets, ivf_i.tolist())]))
-        sweep[nprobe] = recall
-        print(f"  nprobe {nprobe:>3}: recall@{k} {recall:.4f}")
+        knob = {"nprobe": value} if args.faiss == "ivf" else {"ef_search": value}
+        _, ann_i, _ = index.shortlist(q_ret[: args.recall_queries], k, **knob)
+        recall = float(np.mean([len(a & set(b)) / k for a, b in zip(exact_sets, ann_i.tolist())]))
+        sweep[value] = recall
+        print(f"  {param} {value:>3}: recall@{k} {recall:.4f}")
         if recall >= 0.95:
-            chosen = nprobe
+            chosen = value
             break
     if chosen is None:
         chosen = max(sweep)
-    print(f"exact shortlist of {args.recall_queries} queries in one pass: {t_truth:.1f} s; nprobe {chosen} chosen")
+    knob = {"nprobe": chosen} if args.faiss == "ivf" else {"ef_search": chosen}
+    print(f"exact shortlist of {args.recall_queries} queries in one pass: {t_truth:.1f} s; {param} {chosen} chosen")
 
     # one query at a time, interleaved
     lat: Dict[str, List[float]] = {"exact": [], "faiss": [], "rerank": []}
@@ -169,16 +176,16 @@ def main() -> None:
         _, ex_i, _ = index.shortlist(q, k, exact=True)
         lat["exact"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        _, fa_i, how = index.shortlist(q, k, nprobe=chosen)
+        _, fa_i, how = index.shortlist(q, k, **knob)
         lat["faiss"].append(time.perf_counter() - t0)
-        assert how == "faiss ivf"
+        assert how == f"faiss {args.faiss}"
         t0 = time.perf_counter()
         rows = torch.from_numpy(index.rows(fa_i.numpy()))  # (1, k, d): the shortlisted rows of F only
         graph = torch.cat([qf[i : i + 1].unsqueeze(1), rows], dim=1)  # (1, 1 + k, d)
         scores = model.query_graph_scores(graph)
         lat["rerank"].append(time.perf_counter() - t0)
         assert scores.shape == (1, k)
-    for name, label in (("exact", "exact shortlist (blocked product)"), ("faiss", f"faiss IVF-Flat shortlist (nprobe {chosen})"),
+    for name, label in (("exact", "exact shortlist (blocked product)"), ("faiss", f"faiss {args.faiss} shortlist ({param} {chosen})"),
                         ("rerank", "relational re-ranking of the top 120")):
         v = lat[name]
         print(f"{label:<45} median {1e3 * statistics.median(v):9.2f} ms   p95 {1e3 * pct(v, 95):9.2f} ms")
