@@ -19,8 +19,8 @@ machine hits all alike; median and p95 latencies are reported.
 Why HNSW (measured, ``docs/performance.md``): on these features a top-120 shortlist reaches far
 beyond a query's own identity, and IVF-Flat needed more than 40% of its cells for recall 0.95 (at
 200,000 images 1.7x faster than the exact float32 product), while HNSW reached 0.97 at efSearch
-256, visiting a few thousand vectors. Its costs: the build inserts the vectors one at a time by a
-greedy graph search (not batched into matrix products; minutes at 10^5 x 2048 on 2 cores, about
+384, 12x faster. Its costs: the build inserts the vectors one at a time by a greedy graph search
+(not batched into matrix products: 11 minutes for 200,000 x 2048 on 2 busy cores, growing as about
 N log N), and the graph's links (M = 32: 256 B a vector, 3% of a 2048-d float32 vector). IVF's
 build is a k-means plus one assignment product and its lists take appended vectors without
 re-training. The flat faiss index equals the exact path (``tests/test_index.py``).
@@ -30,8 +30,8 @@ mapped to 2048-d by a fixed random matrix, plus ambient noise, through a ReLU (G
 non-negative). Trained CNN features have such a low intrinsic dimension; isotropic 2048-d noise
 would have none, and no approximate index finds neighbours in it.
 
-    python benchmarks/bench_index.py            # 1,000,000 images (~16 GiB of RAM, 8 GiB of disk)
-    python benchmarks/bench_index.py --quick    # 200,000 images, ~10 min on 2 busy cores
+    python benchmarks/bench_index.py            # 1,000,000 images (~20 GiB of RAM, 16 GiB of disk, > 1 h)
+    python benchmarks/bench_index.py --quick    # 200,000 images, ~15 min on 2 busy cores (HNSW build)
 
 Prints the latencies, the peak resident memory, ``RATIO index_recall_at_120=<faiss vs exact>``
 (target >= 0.95) and ``RATIO index_speedup_vs_exact=<median exact / median faiss shortlist>``
