@@ -21,6 +21,7 @@ _LAZY = {
     "IndividualRelationConv": "hrnet_pyg.layers",
     "PairwiseRelationConv": "hrnet_pyg.layers",
     "VerificationHead": "hrnet_pyg.layers",
+    "FeatureExtractor": "hrnet_pyg.extractor",
     "build_dataset": "hrnet_pyg.data",
     "evaluate_rank": "hrnet_pyg.evaluation",
     "relational_rerank": "hrnet_pyg.rerank",
@@ -74,6 +75,7 @@ if "torch_geometric" not in sys.modules:
     sys.meta_path.insert(0, _QuietPyGImport())
 
 __all__ = [
+    "FeatureExtractor",
     "HRNet",
     "HRNetConfig",
     "HRNetOutput",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Dict, Union
+from typing import Any, Dict, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,10 +43,12 @@ class ResNetBackbone(nn.Module):
         depth (int, optional): ResNet depth, one of 18, 34, 50, 101. The paper uses 50; the small
             depths exist for CPU demos. (default: :obj:`50`)
         pretrained (bool or str, optional): :obj:`True` loads torchvision's ImageNet weights
-            (``ResNet50_Weights.IMAGENET1K_V1`` etc., downloaded by torchvision); a string is a
-            path to a local ``.pth`` holding a torchvision state dict (``fc.*`` keys optional,
-            or a dict with a ``state_dict``/``model`` entry); :obj:`False` keeps the random
-            init. (default: :obj:`False`)
+            ``ResNet<depth>_Weights.IMAGENET1K_V1`` (downloaded by torchvision); a torchvision
+            weight name (``IMAGENET1K_V1``, ``IMAGENET1K_V2``, ``DEFAULT``) loads those; any
+            other string is a local file in one of the layouts of :func:`read_pretrained`
+            (torchvision, torchreid, fast-reid, ``.safetensors``, this project's checkpoint);
+            :obj:`False` keeps the random init. Loading prints one line with the number of
+            backbone tensors loaded and the key groups skipped. (default: :obj:`False`)
         last_stride (int, optional): stride of conv5_1 (``layer4[0]``); 1 as in the paper,
             2 gives torchvision's original trunk. (default: :obj:`1`)
 
@@ -79,10 +81,10 @@ class ResNetBackbone(nn.Module):
         self.out_channels: int = net.fc.in_features
         self._set_last_stride(last_stride)
 
-        if pretrained is True:
-            self.load_trunk_state_dict(_download_imagenet_state_dict(depth))
-        elif pretrained is not False:
-            self.load_trunk_state_dict(_read_state_dict_file(pretrained))
+        if pretrained is not False:
+            state, source, skipped = read_pretrained(pretrained, depth, trunk=_TRUNK)
+            loaded = self.load_trunk_state_dict(state, source=source)
+            print(weights_report(loaded, source, skipped))
 
     def _set_last_stride(self, stride: int) -> None:
         # conv5_1 = layer4[0]: the stride sits on conv2 (Bottleneck, torchvision's "ResNet v1.5")
@@ -94,10 +96,12 @@ class ResNetBackbone(nn.Module):
         block.downsample[0].stride = (stride, stride)
         block.stride = stride
 
-    def load_trunk_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Load a torchvision ResNet state dict, ignoring ``fc.*``; missing or unexpected trunk
-        keys raise a ``RuntimeError`` listing a few of them."""
+    def load_trunk_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> int:
+        """Load a torchvision ResNet state dict (``fc.*`` ignored) and return how many tensors it
+        gave; a missing or unexpected trunk key, or a shape mismatch, raises
+        :class:`PretrainedWeightsError` naming the keys and ``source``."""
         state = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        given = len(state)
         own = self.state_dict()
         for k in own:  # files from PyTorch < 0.4.1 (torchvision's V1 weights) lack these counters
             if k.endswith("num_batches_tracked") and k not in state:
@@ -105,17 +109,18 @@ class ResNetBackbone(nn.Module):
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
-            raise RuntimeError(
-                f"state dict does not fit a torchvision resnet{self.depth} trunk: "
+            raise PretrainedWeightsError(
+                f"{source} does not fit a torchvision resnet{self.depth} trunk: "
                 f"{len(missing)} missing key(s) {missing[:5]}, "
                 f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
         bad = [k for k in state if tuple(state[k].shape) != tuple(own[k].shape)]
         if bad:
-            raise RuntimeError(
-                f"state dict does not fit a torchvision resnet{self.depth} trunk: shape mismatch "
+            raise PretrainedWeightsError(
+                f"{source} does not fit a torchvision resnet{self.depth} trunk: shape mismatch "
                 + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                             for k in bad[:5]))
         self.load_state_dict(state, strict=True)
+        return given
 
     def feature_map(self, images: Tensor) -> Tensor:
         """Convolutional activation maps before pooling: :math:`(N, C, H/16, W/16)` at
@@ -137,12 +142,126 @@ class ResNetBackbone(nn.Module):
                 f"out_channels={self.out_channels}, last_stride={self.last_stride})")
 
 
-def _download_imagenet_state_dict(depth: int) -> Dict[str, Tensor]:
-    _, weights = _RESNETS[depth]
+class PretrainedWeightsError(RuntimeError, ValueError):
+    """Pretrained weights that cannot be used: an unknown weight name, an unreadable file, or a
+    state dict that does not fit the trunk (the message names the file and the keys).
+
+    A ``ValueError`` too, so that the command line reports it as bad input in one line.
+    """
+
+
+# Top-level key groups of the checkpoint layouts this module reads that are not the trunk:
+# torchvision's ImageNet classifier (fc), torchreid's ID classifier (classifier) and its optional
+# embedding layer (fc), fast-reid's heads and input normalisation buffers, and this project's
+# BNNecks and relationship modules. Anything else outside the trunk is an unexpected key.
+_HEAD_GROUPS = frozenset({
+    "fc", "classifier", "heads", "pixel_mean", "pixel_std",
+    "bnneck", "ir", "ir_neck", "pr", "verifier",
+})
+
+# The value of ``kind`` in this project's checkpoints (hrnet_pyg.engine writes them; this leaf
+# module only recognises them).
+_HRNET_CHECKPOINT_KIND = "hrnet_pyg.checkpoint"
+
+
+def torchvision_weights(depth: int, name: Union[bool, str] = True) -> Any:
+    """The torchvision ``Weights`` enum member for ``pretrained=name`` on a resnet ``depth``.
+
+    :obj:`True` is ``IMAGENET1K_V1``, the weights BoT (and so the paper) started from; a string
+    is a member name of ``ResNet<depth>_Weights`` (``IMAGENET1K_V1``, ``IMAGENET1K_V2``,
+    ``DEFAULT``), case-insensitive.
+    """
+    if depth not in _RESNETS:
+        raise ValueError(f"depth must be one of {', '.join(map(str, _RESNETS))}, got {depth!r}")
+    _, default = _RESNETS[depth]
+    enum = type(default)
+    if name is True:
+        return default
+    key = str(name).strip().upper()
+    if key not in enum.__members__:
+        raise PretrainedWeightsError(
+            f"pretrained={name!r}: {enum.__name__} has no such weights; valid names: "
+            f"{', '.join(enum.__members__)} (or a path to a local weights file)")
+    return enum[key]
+
+
+def _is_weight_name(value: str) -> bool:
+    # A weight name has no folder and no suffix (IMAGENET1K_V2, DEFAULT); a path has either.
+    p = str(value)
+    return (os.sep not in p and "/" not in p and "." not in p
+            and (p.upper() == "DEFAULT" or p.upper().startswith("IMAGENET")))
+
+
+def read_pretrained(
+    pretrained: Union[bool, str, "os.PathLike[str]"], depth: int, trunk: Tuple[str, ...] = (),
+) -> Tuple[Dict[str, Tensor], str, Dict[str, int]]:
+    """The trunk state dict that ``pretrained`` names, where it came from, and what was skipped.
+
+    Args:
+        pretrained: :obj:`True` or a torchvision weight name (downloaded by torchvision), or a
+            local file: a torchvision state dict, a torchreid checkpoint (``{'state_dict': ...}``,
+            ``module.`` prefix, ``classifier.*``), a fast-reid checkpoint (``{'model': ...}``,
+            ``backbone.`` prefix, ``heads.*``), a ``.safetensors`` file, or this project's own
+            checkpoint (``backbone.*`` of its model). Files are read with ``weights_only=True``.
+        depth: ResNet depth (for weight names and messages).
+        trunk: the trunk's top-level module names; keys under them are the backbone's.
+
+    Returns:
+        ``(state, source, skipped)``: trunk keys -> tensors, a description of the source for
+        messages, and the skipped key groups with their tensor counts.
+    """
+    if pretrained is True or (isinstance(pretrained, str) and _is_weight_name(pretrained)):
+        weights = torchvision_weights(depth, pretrained if isinstance(pretrained, str) else True)
+        return (_download_imagenet_state_dict(depth, weights),
+                f"torchvision {type(weights).__name__}.{weights.name}", {"fc": 2})
+    path = os.fspath(pretrained)  # type: ignore[arg-type]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
+    obj, layout = _read_weights_file(path)
+    state = _strip_prefix(obj, "module.")  # nn.DataParallel / DistributedDataParallel wrappers
+    skipped: Dict[str, int] = {}
+    if any(k.startswith("backbone.") for k in state):
+        # fast-reid and this project: the trunk sits under backbone., everything else is heads
+        backbone = {}
+        for k, v in state.items():
+            if k.startswith("backbone."):
+                backbone[k[len("backbone."):]] = v
+            else:
+                group = k.split(".", 1)[0]
+                skipped[group] = skipped.get(group, 0) + 1
+    else:
+        backbone, unexpected = {}, []
+        for k, v in state.items():
+            group = k.split(".", 1)[0]
+            if not trunk or group in trunk:
+                backbone[k] = v
+            elif group in _HEAD_GROUPS:
+                skipped[group] = skipped.get(group, 0) + 1
+            else:
+                unexpected.append(k)
+        if unexpected:
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path!r} ({layout}) does not fit a torchvision "
+                f"resnet{depth} trunk: {len(unexpected)} unexpected key(s) {sorted(unexpected)[:5]}")
+    if not backbone:
+        raise PretrainedWeightsError(
+            f"pretrained weights file {path!r} ({layout}) holds no backbone tensor; found key "
+            f"groups {sorted(skipped)[:8]}")
+    return backbone, f"{path} ({layout})", skipped
+
+
+def weights_report(loaded: int, source: str, skipped: Mapping[str, int]) -> str:
+    """The one line printed when pretrained weights are loaded."""
+    rest = ", ".join(f"{g} ({n} tensor{'s' if n != 1 else ''})" for g, n in sorted(skipped.items()))
+    return (f"pretrained weights: loaded {loaded} backbone tensors from {source}; "
+            f"skipped: {rest or 'nothing'}")
+
+
+def _download_imagenet_state_dict(depth: int, weights: Any) -> Dict[str, Tensor]:
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as err:  # offline, proxy, corrupt cache: all need the same advice
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"could not fetch torchvision's ImageNet weights {weights} for resnet{depth} "
             f"({type(err).__name__}: {err}). If this machine is offline, download "
             f"{weights.url} elsewhere and pass the local file, e.g. "
@@ -152,29 +271,183 @@ def _download_imagenet_state_dict(depth: int) -> Dict[str, Tensor]:
         ) from err
 
 
-def _read_state_dict_file(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Tensor]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
+def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> Dict[str, Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _read_weights_file(path: str) -> Tuple[Dict[str, Tensor], str]:
+    """A flat name -> tensor dict from ``path`` and the name of its layout."""
+    if path.lower().endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise PretrainedWeightsError(
+                f"reading {path!r} needs the safetensors package: pip install safetensors "
+                "(or pip install hrnet_pyg[safetensors])") from err
+        try:
+            return dict(load_file(path, device="cpu")), "safetensors"
+        except Exception as err:
+            raise PretrainedWeightsError(
+                f"could not read pretrained weights file {path!r} as safetensors "
+                f"({type(err).__name__}: {err})") from err
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"could not read pretrained weights file {path!r} as a torch state dict "
             f"({type(err).__name__}: {err})") from err
+    layout = "torchvision state dict"
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):  # common checkpoint wrappers
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
+        if obj.get("kind") == _HRNET_CHECKPOINT_KIND and isinstance(obj.get("model"), Mapping):
+            obj, layout = obj["model"], "hrnet_pyg checkpoint"
+        elif isinstance(obj.get("state_dict"), Mapping):
+            obj, layout = obj["state_dict"], "torchreid checkpoint"
+        elif isinstance(obj.get("model"), Mapping):
+            obj, layout = obj["model"], "fast-reid checkpoint"
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"pretrained weights file {path!r} must hold a state dict (name -> tensor), "
             f"or a dict with a 'state_dict' or 'model' entry; got {type(obj).__name__}")
-    # strip the prefix nn.DataParallel / DistributedDataParallel put on every key
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
+    return dict(obj), layout
+
+
+#: Backbone names of :func:`build_backbone` besides ``timm:<name>``.
+RESNET_NAMES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+TIMM_PREFIX = "timm:"
+
+
+class TimmBackbone(nn.Module):
+    r"""A `timm <https://github.com/huggingface/pytorch-image-models>`_ model as the CNN of
+    Sec. 3.1: its feature trunk, its own global pooling (``num_classes=0``), and, where the
+    architecture has one, the last downsampling stage's stride set to 1 (BoT's last stride).
+
+    Args:
+        name (str): a ``timm.create_model`` name, e.g. ``"resnet50"``, ``"resnet10t"``,
+            ``"efficientnet_b0"``, ``"convnext_tiny"``.
+        pretrained (bool or str, optional): :obj:`True` loads timm's own pretrained weights
+            through ``timm.create_model(pretrained=True)`` (timm downloads them); a string is a
+            local file read as :func:`read_pretrained` reads files (``weights_only=True``; the
+            classifier named by the model's ``pretrained_cfg``, and any ``fc``/``head``/
+            ``classifier`` group, is skipped). (default: :obj:`False`)
+        last_stride (int, optional): 1 sets every stride-2 convolution of the last stage
+            (``feature_info[-1]``) to stride 1 and drops its stride-2 pooling (ResNet-D's
+            average-pool shortcut); 2 keeps timm's network. Models without a stride-2 module in
+            the last stage (most ViTs) are left as they are. (default: :obj:`1`)
+
+    Shapes:
+        - **input:** images :math:`(N, 3, H, W)`
+        - **output:** features :math:`(N, C)`, :math:`C` = ``out_channels`` (timm's
+          ``num_features``)
+    """
+
+    def __init__(self, name: str, pretrained: Union[bool, str] = False, last_stride: int = 1) -> None:
+        super().__init__()
+        try:
+            import timm
+        except ImportError as err:
+            raise ImportError(
+                f"backbone 'timm:{name}' needs timm: pip install timm (or pip install hrnet_pyg[timm])"
+            ) from err
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        if not isinstance(pretrained, (bool, str, os.PathLike)):
+            raise TypeError(f"pretrained must be True, False or a path, got {type(pretrained).__name__}")
+        if not timm.is_model(name):
+            raise ValueError(f"timm has no model {name!r} (see timm.list_models())")
+        self.name = name
+        self.last_stride = last_stride
+        self.pretrained = pretrained
+        self.net = timm.create_model(name, pretrained=pretrained is True, num_classes=0)
+        self.out_channels: int = int(self.net.num_features)
+        self.strided_modules: list = []
+        if last_stride == 1:
+            self.strided_modules = self._set_last_stride_1()
+        if pretrained is not False and pretrained is not True:
+            self._load_file(os.fspath(pretrained))
+
+    def _set_last_stride_1(self) -> list:
+        info = getattr(self.net, "feature_info", None)  # timm's list of stages: num_chs, reduction, module
+        if not info or info[-1].get("reduction", 1) <= info[max(len(info) - 2, 0)].get("reduction", 1):
+            return []  # no last downsampling stage (a ViT: one resolution throughout)
+        stage_name = str(info[-1]["module"])
+        try:
+            stage = self.net.get_submodule(stage_name)
+        except AttributeError:  # some timm models name stages blocks_6 for blocks.6
+            stage = self.net.get_submodule(stage_name.replace("_", "."))
+        changed = []
+        for mod_name, mod in list(stage.named_modules()):
+            stride = getattr(mod, "stride", None)
+            if stride in (2, (2, 2)):
+                if isinstance(mod, nn.Conv2d):
+                    mod.stride = (1, 1)
+                    changed.append(f"{stage_name}.{mod_name}")
+                elif isinstance(mod, (nn.AvgPool2d, nn.MaxPool2d)):
+                    parent_name, _, child = mod_name.rpartition(".")
+                    parent = stage.get_submodule(parent_name) if parent_name else stage
+                    setattr(parent, child, nn.Identity())  # what timm builds at stride 1
+                    changed.append(f"{stage_name}.{mod_name}")
+        return changed
+
+    def _load_file(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
+        obj, layout = _read_weights_file(path)
+        state = _strip_prefix(_strip_prefix(obj, "module."), "backbone.")
+        own = self.net.state_dict()
+        head = str(self.net.pretrained_cfg.get("classifier") or "fc")
+        skipped: Dict[str, int] = {}
+        backbone = {}
+        for k, v in state.items():
+            if k in own:
+                backbone[k] = v
+            elif k.startswith(head + ".") or k.split(".", 1)[0] in _HEAD_GROUPS | {"head"}:
+                group = head if k.startswith(head + ".") else k.split(".", 1)[0]
+                skipped[group] = skipped.get(group, 0) + 1
+            else:
+                raise PretrainedWeightsError(
+                    f"pretrained weights file {path!r} ({layout}) does not fit timm {self.name}: "
+                    f"unexpected key {k!r}")
+        missing = sorted(k for k in own if k not in backbone and not k.endswith("num_batches_tracked"))
+        if missing:
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path!r} ({layout}) does not fit timm {self.name}: "
+                f"{len(missing)} missing key(s) {missing[:5]}")
+        bad = [k for k in backbone if tuple(backbone[k].shape) != tuple(own[k].shape)]
+        if bad:
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path!r} ({layout}) does not fit timm {self.name}: shape "
+                "mismatch " + ", ".join(f"{k} {tuple(backbone[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5]))
+        loaded = len(backbone)
+        for k in own:
+            backbone.setdefault(k, own[k])
+        self.net.load_state_dict(backbone, strict=True)
+        print(weights_report(loaded, f"{path} ({layout})", skipped))
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        """The trunk's output before pooling (``timm``'s ``forward_features``)."""
+        return self.net.forward_features(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.size(1) != 3:
+            raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+        return self.net(images)  # (N, C): timm's own pooling, no classifier
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.name!r}, out_channels={self.out_channels}, "
+                f"last_stride={self.last_stride})")
+
+
+def build_backbone(name: str, pretrained: Union[bool, str] = False, last_stride: int = 1) -> nn.Module:
+    """The CNN named by ``HRNetConfig.backbone``: ``resnet18/34/50/101`` (torchvision,
+    :class:`ResNetBackbone`) or ``timm:<name>`` (:class:`TimmBackbone`, needs ``timm``)."""
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        return TimmBackbone(name[len(TIMM_PREFIX):], pretrained=pretrained, last_stride=last_stride)
+    if name not in RESNET_NAMES:
+        raise ValueError(
+            f"unknown backbone {name!r}; valid: {', '.join(RESNET_NAMES)}, timm:<name> or None")
+    return ResNetBackbone(depth=RESNET_NAMES[name], pretrained=pretrained, last_stride=last_stride)
 
 
 class BNNeck(nn.Module):
@@ -230,4 +503,14 @@ class BNNeck(nn.Module):
         return f"{self.__class__.__name__}({self.in_features}, {self.num_classes})"
 
 
-__all__ = ["BNNeck", "ResNetBackbone"]
+__all__ = [
+    "BNNeck",
+    "PretrainedWeightsError",
+    "RESNET_NAMES",
+    "ResNetBackbone",
+    "TimmBackbone",
+    "build_backbone",
+    "read_pretrained",
+    "torchvision_weights",
+    "weights_report",
+]

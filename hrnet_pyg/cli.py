@@ -18,7 +18,8 @@ verbs:
   train      train one experiment (a YAML file of experiments/) and evaluate it
   eval       evaluate a checkpoint with the paper's test protocol (CNN vs relational re-ranking)
   extract    write CNN features of a dataset split or an image folder to an .npz file
-  search     rank a gallery (images or .npz) for query images; relational re-ranking by default
+  search     rank a gallery (images, .npz or an index) for query images; relational re-ranking by default
+  index      build / add to / describe a persistent gallery index (memory-mapped features, faiss)
   export     export the feature extractor (backbone + BNNeck) to TorchScript, ONNX or torch.export
   demo       generate a synthetic dataset, train CNN and HRNet on it, compare, draw Figure 5
   visualize  Figure 5 heat maps (A∘C and the summed G^n) and ranked-list image grids
@@ -208,6 +209,10 @@ def _cmd_extract_images(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if getattr(args, "index", None) is not None:
+        return _cmd_search_index(args)
+    if args.gallery is None:
+        raise ValueError("give --gallery (images, a CSV or an .npz) or --index (a gallery index)")
     from hrnet_pyg.engine import load_model
     from hrnet_pyg.search import search, write_grid
 
@@ -285,6 +290,88 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_count, default=0, help="data loader processes (default: 0)")
 
 
+# ---------------------------------------------------------------------------- gallery index
+# ``hrnet-pyg index build|add|info`` and ``search --index``: everything of the persistent
+# gallery index (hrnet_pyg/index.py) on the command line sits in this block.
+def _add_search_index_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", type=Path, metavar="GALLERY_IDX", help="search a gallery index written by hrnet-pyg index build instead of --gallery")
+    p.add_argument("--exact", action="store_true", help="with --index: exact blocked shortlist even when the index has a faiss part")
+    p.add_argument("--nprobe", type=int, help="with --index on an IVF faiss part: cells visited per query (default: the index's)")
+
+
+def _cmd_search_index(args: argparse.Namespace) -> int:
+    from hrnet_pyg.engine import load_model
+    from hrnet_pyg.index import search_index
+    from hrnet_pyg.search import write_grid
+
+    if args.gallery is not None:
+        raise ValueError("give either --gallery or --index, not both")
+    model = load_model(args.checkpoint)
+    result = search_index(
+        model, args.query, args.index, topk=args.topk, rerank=not args.no_rerank, shortlist=args.shortlist,
+        exclude_self=not args.keep_self, exact=args.exact, nprobe=args.nprobe, labels=args.labels,
+        batch_size=args.batch_size, num_workers=args.workers, device=args.device, progress=not args.no_progress,
+    )
+    print(result.format())
+    if args.csv is not None:
+        print(f"wrote {result.to_csv(args.csv)}")
+    if args.grid is not None:
+        print(f"wrote {write_grid(result, args.grid, max_queries=args.grid_queries).path}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from hrnet_pyg.index import GalleryIndex
+
+    if args.index_verb == "info":
+        print(GalleryIndex(args.index).summary())
+        return 0
+    from hrnet_pyg.engine import load_model
+
+    model = load_model(args.checkpoint)
+    kw = dict(labels=args.labels, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+              progress=not args.no_progress)
+    if args.index_verb == "build":
+        index = GalleryIndex.build(
+            args.out, model, args.images, dtype=args.dtype, faiss_type=args.faiss, nlist=args.nlist,
+            checkpoint=str(args.checkpoint), force=args.force, chunk=args.chunk, **kw,
+        )
+        print(f"wrote {index.path}: {len(index)} images, d={index.feat_dim}, {index.dtype}, faiss {index.faiss_type}")
+        return 0
+    index = GalleryIndex(args.index)
+    added, skipped = index.add(model, args.images, chunk=args.chunk, **kw)
+    already = f", {skipped} already in the index and skipped" if skipped else ""
+    print(f"added {added} images to {index.path} ({len(index)} in all{already})")
+    return 0
+
+
+def _add_index_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("index", help="persistent gallery index: build, add, info")
+    verbs = p.add_subparsers(dest="index_verb", metavar="INDEX_VERB", required=True)
+    for name, helptext in (("build", "extract a gallery once and write an index folder"),
+                           ("add", "append images to an index (paths already in it are skipped)")):
+        q = verbs.add_parser(name, help=helptext)
+        q.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
+        q.add_argument("--images", type=Path, required=True, metavar="DIR_OR_CSV", help="an image, a folder (recursive), a CSV with a path column (pid, camid optional), or an .npz from extract")
+        if name == "build":
+            q.add_argument("--out", type=Path, required=True, help="the index folder to write, e.g. gallery.idx")
+            q.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage of the memory-mapped features (default: float32)")
+            q.add_argument("--faiss", choices=("auto", "flat", "ivf", "hnsw", "none"), default="auto", help="faiss part for the shortlist: auto (flat when faiss-cpu is installed, default), flat (exact), ivf, hnsw, none (exact blocked product)")
+            q.add_argument("--nlist", type=int, help="IVF cells (default: sqrt of the number of images)")
+            q.add_argument("--force", action="store_true", help="replace an existing index (once the new one is complete)")
+        else:
+            q.add_argument("--index", type=Path, required=True, help="the index folder to append to")
+        q.add_argument("--chunk", type=int, default=50000, help="images per shard file (default: 50000)")
+        _add_image_args(q)
+        q.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
+        q.add_argument("--no-progress", action="store_true", help="no progress bars")
+        q.set_defaults(func=cmd_index)
+    q = verbs.add_parser("info", help="describe an index")
+    q.add_argument("--index", type=Path, required=True, help="the index folder")
+    q.set_defaults(func=cmd_index)
+# ---------------------------------------------------------------------------- end gallery index
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hrnet-pyg", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -322,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="rank gallery images for query images")
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
     p.add_argument("--query", type=Path, required=True, metavar="IMG_OR_DIR", help="a query image, a folder of them, a CSV or an .npz from extract")
-    p.add_argument("--gallery", type=Path, required=True, metavar="DIR_OR_FEATS", help="a folder of images, a CSV, or an .npz written by extract")
+    p.add_argument("--gallery", type=Path, metavar="DIR_OR_FEATS", help="a folder of images, a CSV, or an .npz written by extract (or give --index)")
+    _add_search_index_args(p)
     p.add_argument("--topk", type=_positive_int, default=10, help="gallery images listed per query (default: 10)")
     p.add_argument("--no-rerank", action="store_true", help="plain cosine distance of the BNNeck features instead of the relational re-ranking")
     p.add_argument("--shortlist", type=_positive_int, help="re-ranking shortlist length (default: the model's top_k_rerank = 120)")
@@ -358,8 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-queries", type=_positive_int, default=4, help="queries shown in the ranked-list grid (default: 4)")
     p.set_defaults(func=cmd_visualize)
 
+    _add_index_parser(sub)
+
     p = sub.add_parser("datasets", help="statistics table of a dataset")
-    p.add_argument("--name", required=True, help="market1501, dukemtmcreid, cuhk03, msmt17, synthetic, custom or folder")
+    p.add_argument("--name", required=True, help="market1501, dukemtmcreid, cuhk03, msmt17, synthetic, custom or folder; aliases DukeMTMC, msmt17_v2, cuhk03_labeled, cuhk03_detected (docs/datasets.md)")
     p.add_argument("--root", required=True, help="folder holding the dataset folder")
     p.add_argument("--verify", action="store_true", help="also decode every image once and list all unreadable ones")
     p.set_defaults(func=cmd_datasets)

@@ -85,7 +85,7 @@ class HRNetConfig:
     pr_head: str = "projected"
     pr_head_init: str = "distance"
     backbone: Optional[str] = "resnet50"  # None: graph modules on pre-extracted features
-    pretrained: Union[bool, str] = True  # True: torchvision ImageNet weights; str: local .pth
+    pretrained: Union[bool, str] = True  # True / IMAGENET1K_V2: torchvision weights; str: a local file (docs/ecosystem.md)
     last_stride: int = 1  # Sec. 3.1: stride of conv5_1
     feat_dim: int = 2048  # d
     random_erasing: float = 0.0  # probability; not in the paper, off

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 
-from hrnet_pyg.backbone import BNNeck, ResNetBackbone
+from hrnet_pyg.backbone import BNNeck, build_backbone
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.distributed import check_graph_scope, gather_graph_batch, get_world_size
 from hrnet_pyg.graphs import full_edges, knn_adjacency, knn_edges, pair_mask
@@ -37,8 +37,6 @@ from hrnet_pyg.losses import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.data import DataLoader
-
-_BACKBONE_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
 @dataclass
@@ -144,18 +142,10 @@ class HRNet(nn.Module):
         self.config = cfg
         self.num_classes = num_classes
         if cfg.backbone is None:
-            self.backbone: Optional[ResNetBackbone] = None
+            self.backbone: Optional[nn.Module] = None
             dim = cfg.feat_dim
         else:
-            if cfg.backbone not in _BACKBONE_DEPTHS:
-                raise ValueError(
-                    f"unknown backbone {cfg.backbone!r}; valid: {', '.join(_BACKBONE_DEPTHS)} or None"
-                )
-            self.backbone = ResNetBackbone(
-                depth=_BACKBONE_DEPTHS[cfg.backbone],
-                pretrained=cfg.pretrained,
-                last_stride=cfg.last_stride,
-            )
+            self.backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
             dim = self.backbone.out_channels
         self.feat_dim = dim
         # distributed (issue 6): "local" = graphs per rank, "global" = over all ranks' batch

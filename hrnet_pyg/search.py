@@ -315,7 +315,7 @@ def _inner(model: nn.Module) -> nn.Module:
 
 def extract_images(
     model: nn.Module,
-    source: Union[PathLike, ImageList],
+    source: Union[PathLike, ImageList, Sequence[PathLike]],
     *,
     labels: str = "auto",
     batch_size: int = 64,
@@ -328,7 +328,9 @@ def extract_images(
 
     Args:
         model: an :class:`~hrnet_pyg.model.HRNet` with a backbone.
-        source: an image, a folder, a CSV (see :func:`list_images`) or an :class:`ImageList`.
+        source: an image, a folder, a CSV (see :func:`list_images`), a list of image paths
+            (no labels) or an :class:`ImageList`. For PIL images, arrays and tensors use
+            :class:`~hrnet_pyg.extractor.FeatureExtractor`.
         labels: how labels of a folder are found (:data:`LABEL_MODES`). (default: ``"auto"``)
         batch_size: images per forward pass. (default: ``64``)
         num_workers: data loader processes. (default: ``0``)
@@ -351,7 +353,14 @@ def extract_images(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    images = source if isinstance(source, ImageList) else list_images(source, labels=labels)
+    if isinstance(source, ImageList):
+        images = source
+    elif isinstance(source, (list, tuple)):  # a list of image files, in the given order
+        images = ImageList([str(Path(p).expanduser().resolve()) for p in source], source="list of paths")
+        if not images.paths:
+            raise ValueError("the list of images is empty")
+    else:
+        images = list_images(source, labels=labels)
     h, w = inner.config.image_size
     dataset = ImageDataset([(p, 0, 0) for p in images.paths], build_transforms(h, w, is_train=False))
     dev = resolve_device(device)

@@ -201,6 +201,16 @@ def test_extract_images_equals_plain_transform_and_model(model, gallery_dir):
     torch.testing.assert_close(one_by_one.features, feats.features, atol=1e-5, rtol=1e-5)
 
 
+def test_extract_images_takes_a_list_of_paths(model, gallery_dir):
+    folder = extract_images(model, gallery_dir, device="cpu", progress=False)
+    order = [folder.paths[i] for i in (3, 0, 5)]
+    listed = extract_images(model, [Path(p) for p in order], device="cpu", progress=False)
+    assert listed.paths == order and listed.pids is None
+    torch.testing.assert_close(listed.features, folder.features[[3, 0, 5]], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="list of images is empty"):
+        extract_images(model, [], progress=False)
+
+
 def test_extract_images_names_unreadable_image(model, tmp_path):
     write_noise(tmp_path / "good.jpg", 1)
     (tmp_path / "broken.jpg").write_text("this is not a JPEG")
@@ -291,8 +301,10 @@ def test_search_rerank_orders_shortlist_by_relational_scores(model, q_feats, g_f
             scores = model.query_graph_scores(graph)[0]
         by_score = [short[j] for j in sorted(range(shortlist), key=lambda j: -float(scores[j]))]
         assert res.indices[i].tolist() == by_score + rest
+        # the default fusion z-scores each term over the shortlist: on 4 images of a random
+        # model that divides float rounding by a small spread, hence 1e-3
         np.testing.assert_allclose(
-            res.relational_score[i, :shortlist].numpy(), sorted(scores.tolist(), reverse=True), atol=1e-5
+            res.relational_score[i, :shortlist].numpy(), sorted(scores.tolist(), reverse=True), atol=1e-3
         )
         assert torch.isnan(res.relational_score[i, shortlist:]).all()
         np.testing.assert_allclose(res.cosine_distance[i].numpy(), cos[i, by_score + rest], atol=1e-5)

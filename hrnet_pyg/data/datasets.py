@@ -733,9 +733,13 @@ class MSMT17(ReIDDataset):
     name = "msmt17"
     max_camid = 15
 
-    def __init__(self, root: PathLike, combine_val: bool = True, verify: bool = False) -> None:
+    def __init__(
+        self, root: PathLike, combine_val: bool = True, verify: bool = False, version: Optional[str] = None
+    ) -> None:
+        if version is not None and version not in MSMT17_VERSIONS:
+            raise ValueError(f"msmt17 version must be one of {', '.join(MSMT17_VERSIONS)} or None, got {version!r}")
         base = _check_root(root, self.name)
-        main_dir, (train_name, test_name) = self._find(base)
+        main_dir, (train_name, test_name) = self._find(base, version)
         self.data_dir = str(main_dir)
         self.version = main_dir.name if main_dir.name in MSMT17_VERSIONS else "?"
         lists = {name: main_dir / name for name in MSMT17_LISTS}
@@ -756,22 +760,23 @@ class MSMT17(ReIDDataset):
             self.verify_images()
 
     @staticmethod
-    def _find(base: Path) -> Tuple[Path, Tuple[str, str]]:
+    def _find(base: Path, only: Optional[str] = None) -> Tuple[Path, Tuple[str, str]]:
+        versions = {v: d for v, d in MSMT17_VERSIONS.items() if only is None or v == only}
         tried = []
         for b in _unique_paths([base / "msmt17", base]):
-            for version, dirs in MSMT17_VERSIONS.items():
+            for version, dirs in versions.items():
                 cand = b / version
                 tried.append(cand)
                 if cand.is_dir():
                     return MSMT17._check_dirs(cand, dirs)
         # root may be the version folder itself (whatever it is called)
-        for dirs in MSMT17_VERSIONS.values():
+        for dirs in versions.values():
             if (base / dirs[0]).is_dir() or (base / dirs[1]).is_dir():
                 return MSMT17._check_dirs(base, dirs)
         tried_s = "\n  ".join(str(t) for t in tried)
+        wanted = " or ".join(f"{v} ({d[0]}/, {d[1]}/)" for v, d in versions.items())
         raise DatasetNotFoundError(
-            f"msmt17: no dataset found under {base}; looked for MSMT17_V1 (train/, test/) or "
-            f"MSMT17_V2 (mask_train_v2/, mask_test_v2/) with list_*.txt in:\n  {tried_s}"
+            f"msmt17: no dataset found under {base}; looked for {wanted} with list_*.txt in:\n  {tried_s}"
         )
 
     @staticmethod
@@ -1104,20 +1109,47 @@ DATASETS: Dict[str, Callable[..., ReIDDataset]] = {
 }
 
 
+#: Names other libraries use -> (the name here, the options the name implies). Keys are spelled
+#: as :func:`build_dataset` compares them (lower case, without ``-`` and ``_``); ALIAS_NAMES
+#: keeps the spellings people type.
+DATASET_ALIASES: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "dukemtmc": ("dukemtmcreid", {}),  # fast-reid's DukeMTMC
+    "msmt17v1": ("msmt17", {"version": "MSMT17_V1"}),
+    "msmt17v2": ("msmt17", {"version": "MSMT17_V2"}),  # torchreid's MSMT17_V2 folder
+    "cuhk03detected": ("cuhk03", {"cuhk03_labeled": False}),
+    "cuhk03labeled": ("cuhk03", {"cuhk03_labeled": True}),  # torchreid's cuhk03_labeled=True
+}
+ALIAS_NAMES = ("DukeMTMC", "msmt17_v1", "msmt17_v2", "cuhk03_detected", "cuhk03_labeled")
+
+
 def build_dataset(name: str, root: PathLike, **kwargs: Any) -> ReIDDataset:
     """Build a dataset by name.
 
     Args:
         name: one of ``market1501``, ``dukemtmcreid``, ``cuhk03``, ``msmt17``, ``synthetic``,
-            ``custom``, ``folder`` (case-insensitive; ``-``/``_`` ignored).
+            ``custom``, ``folder``, or an alias of :data:`DATASET_ALIASES` as torchreid and
+            fast-reid spell them (``DukeMTMC``, ``msmt17_v2``, ``cuhk03_labeled``, ...);
+            case-insensitive, ``-``/``_`` ignored.
         root: the data root (see ``docs/datasets.md`` for each layout).
         **kwargs: dataset options, e.g. ``verify=True`` (decode all images once),
             ``cuhk03_labeled``, ``combine_val`` (msmt17), the generator's parameters (synthetic),
             ``train``/``query``/``gallery`` CSV paths (custom).
     """
     key = name.lower().replace("-", "").replace("_", "")
+    if key in DATASET_ALIASES:
+        key, implied = DATASET_ALIASES[key]
+        for option, value in implied.items():
+            if option in kwargs and kwargs[option] != value:
+                raise ValueError(
+                    f"dataset name {name!r} means {option}={value!r}, but {option}={kwargs[option]!r} "
+                    f"was given; use the name {key!r} with the option instead"
+                )
+        kwargs = {**kwargs, **implied}
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise ValueError(
+            f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} "
+            f"(aliases: {', '.join(ALIAS_NAMES)})"
+        )
     return DATASETS[key](root, **kwargs)
 
 
@@ -1139,9 +1171,11 @@ def dataset_statistics(name: str, root: PathLike, **kwargs: Any) -> str:
 
 
 __all__ = [
+    "ALIAS_NAMES",
     "CUHK03",
     "CustomCSV",
     "DATASETS",
+    "DATASET_ALIASES",
     "DatasetError",
     "DatasetNotFoundError",
     "DukeMTMCreID",

@@ -493,3 +493,52 @@ def test_folder_dataset(tmp_path):
     write_image(tmp_path / "flat" / "loose.jpg")
     with pytest.raises(DatasetError, match="holds images directly"):
         build_dataset("folder", tmp_path / "flat")
+
+
+# ---------------------------------------------------------------------------------------------
+# Names as torchreid and fast-reid spell them
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["DukeMTMC", "dukemtmcreid", "DukeMTMC-reID", "dukemtmc_reid"])
+def test_duke_aliases(tmp_path, name):
+    data_dir = tmp_path / "dukemtmc-reid" / "DukeMTMC-reID"
+    write_tree(data_dir, DUKE_FILES)
+    ds = build_dataset(name, tmp_path)
+    assert ds.name == "dukemtmcreid"
+    _check(ds, market_like_expected(DUKE_FILES, data_dir.resolve()))
+
+
+@pytest.mark.parametrize("name", ["msmt17_v2", "MSMT17_V2", "msmt17-v2"])
+def test_msmt17_v2_alias_reads_the_v2_folder(tmp_path, name):
+    write_msmt(tmp_path / "msmt17" / "MSMT17_V1", "train", "test")
+    write_msmt(tmp_path / "msmt17" / "MSMT17_V2", "mask_train_v2", "mask_test_v2")
+    assert build_dataset("msmt17", tmp_path).version == "MSMT17_V1"  # the plain name takes V1 first
+    ds = build_dataset(name, tmp_path)
+    assert ds.version == "MSMT17_V2"
+    assert all("/MSMT17_V2/mask_" in r.img_path for r in ds.train + ds.query + ds.gallery)
+    assert build_dataset("msmt17_v1", tmp_path).version == "MSMT17_V1"
+
+
+def test_msmt17_v2_alias_without_v2_folder(tmp_path):
+    write_msmt(tmp_path / "msmt17" / "MSMT17_V1", "train", "test")
+    with pytest.raises(DatasetNotFoundError, match=r"looked for MSMT17_V2 \(mask_train_v2/, mask_test_v2/\)"):
+        build_dataset("msmt17_v2", tmp_path)
+
+
+def test_cuhk03_labeled_and_detected_aliases(tmp_path):
+    write_tree(tmp_path / "cuhk03-np" / "detected", CUHK03NP_FILES)
+    write_tree(tmp_path / "cuhk03-np" / "labeled", {k: v[:-1] for k, v in CUHK03NP_FILES.items()})
+    labeled = build_dataset("cuhk03_labeled", tmp_path)
+    assert labeled.kind == "labeled" and len(labeled.train) == 3
+    assert all("/labeled/" in r.img_path for r in labeled.train + labeled.query + labeled.gallery)
+    detected = build_dataset("CUHK03-detected", tmp_path)
+    assert detected.kind == "detected"
+    assert _as_sorted(detected.train) == _as_sorted(build_dataset("cuhk03", tmp_path).train)
+    with pytest.raises(ValueError, match=r"'cuhk03_labeled' means cuhk03_labeled=True"):
+        build_dataset("cuhk03_labeled", tmp_path, cuhk03_labeled=False)
+
+
+def test_unknown_name_lists_aliases(tmp_path):
+    with pytest.raises(ValueError, match=r"aliases: DukeMTMC, msmt17_v1, msmt17_v2, cuhk03_detected, cuhk03_labeled"):
+        build_dataset("viper", tmp_path)
