@@ -67,7 +67,8 @@ LEVELS: Dict[str, Dict[str, Any]] = {
 
 # --quick: the same code path at smoke-test sizes (tests, dry runs); its numbers mean nothing.
 QUICK_LEVELS: Dict[str, Dict[str, Any]] = {
-    "feature": dict(model=dict(LEVELS["feature"]["model"], epochs=2, milestones=(1, 2), top_k_rerank=20),
+    "feature": dict(model=dict(LEVELS["feature"]["model"], feat_dim=16, epochs=2, milestones=(1, 2),
+                               top_k_rerank=20),
                     world=dict(dim=16, num_train_ids=30, num_test_ids=20, imgs_per_id=6)),
     "image": dict(model=dict(LEVELS["image"]["model"], image_size=(32, 16), epochs=1, milestones=(1, 2),
                              top_k_rerank=20, k=3, num_identities=4, num_instances=3),
@@ -352,8 +353,11 @@ def run_one(level: str, row: str, seed: int, overrides: Dict[str, Any], results:
     return record
 
 
-def run_study(level: str, study: str, results: Path, seeds: Sequence[int]) -> None:
+def run_study(level: str, study: str, results: Path, seeds: Sequence[int],
+              only_rows: Optional[Sequence[str]] = None) -> None:
     _, rows, variants = STUDIES[study]
+    if only_rows:
+        rows = [r for r in only_rows if r in rows]
     cache: Dict[Tuple[str, int], Any] = {}
     for seed in seeds:  # seed-major: one generated data set at a time
         for row in rows:
@@ -472,6 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--study", default="main",
                    help=f"comma-separated studies ({', '.join(STUDIES)}) or 'all' (default: main)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated Table 1 rows to run, in this order (default: each study's rows)")
     p.add_argument("--results", type=Path, default=Path("results/efficacy"), help="one JSON per run")
     p.add_argument("--doc", type=Path, default=Path("docs/efficacy.md"), help="document whose tables are rewritten")
     p.add_argument("--report", action="store_true", help="only rewrite the tables from the results on disk")
@@ -489,8 +495,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if s not in STUDIES:
                 p.error(f"unknown study {s!r}; valid: {', '.join(STUDIES)} or all")
         seeds = [int(s) for s in args.seeds.split(",")]
+        rows = args.rows.split(",") if args.rows else None
         for s in studies:
-            run_study(args.level, s, args.results, seeds)
+            run_study(args.level, s, args.results, seeds, rows)
     print(report(args.results, args.doc))
     return 0
 
