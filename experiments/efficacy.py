@@ -161,7 +161,7 @@ def image_features(model, data: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def train_image_row(cfg, data: Dict[str, Any], seed: int, run_dir: Path):
+def train_image_row(cfg, data: Dict[str, Any], seed: int):
     from torch.utils.data import DataLoader
 
     from hrnet_pyg import HRNet
@@ -254,8 +254,11 @@ def pr_diagnostics(model, q: Tuple, g: Tuple, num_graphs: int = 200) -> Dict[str
       attends to the same sources with the same weights, so the complete graph's message
       sum_j g_ij u_j W_p = f_n W_p - sum_j g_ij f_j W_p is the same for every i).
     * ``pr message share``: ||u' - alpha u|| / ||alpha u|| (how far propagation moves a node).
-    * ``term pr_logit on u``: the verification head applied to the raw differences u (no
-      propagation): if it ranks as well as on u', the graph adds nothing to t_hat.
+    * ``pr shortlist AP, head on u'`` / ``head on u`` / ``cosine``: mean AP within the query
+      shortlists of t_hat on the propagated nodes, of the same head on the raw differences u (no
+      propagation: if it ranks as well, the graph adds nothing to t_hat), and of the cosine.
+
+    Each value is stored under ``"mAP"`` (``"rank1"`` NaN) so that the records keep one shape.
     """
     cfg = model.config
     terms = model.image_terms(torch.cat([q[0], g[0]]).float())
@@ -333,7 +336,7 @@ def run_one(level: str, row: str, seed: int, overrides: Dict[str, Any], results:
         model = train_feature_row(cfg, data, seed)
         q, g = data["query"], data["gallery"]
     else:
-        model = train_image_row(cfg, data, seed, results)
+        model = train_image_row(cfg, data, seed)
         feats = image_features(model, data)
         q, g = feats["query"], feats["gallery"]
     with torch.no_grad():
