@@ -178,14 +178,13 @@ class _StepProgress:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def atomic_save(obj: Any, path: Union[str, Path]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a torn file."""
-    path = Path(path)
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """``write(fh)`` into a temporary file in ``path``'s folder, then rename: never a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask)
@@ -197,6 +196,11 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: Union[str, Path]) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a torn file."""
+    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
@@ -335,20 +339,13 @@ def _write_csv(path: Path, history: List[Dict[str, Any]]) -> None:
     fields: List[str] = []
     for row in history:
         fields.extend(k for k in row if k not in fields)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields, restval="")
-            writer.writeheader()
-            writer.writerows(history)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(fh: Any) -> None:
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(history)
+
+    _atomic_write(path, write, mode="w")
 
 
 class _LossMeter:
