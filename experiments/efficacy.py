@@ -433,11 +433,13 @@ def report(results: Path, out: Path) -> str:
                      f"Training: `{LEVELS[level]['model']}` on top of each row's switches.\n")
         for study, (what, rows, variants) in STUDIES.items():
             spec = [(row, label, over) for row in rows for label, over in variants.items()]
+            own = [(row, label, over) for row, label, over in spec
+                   if _key(level, row, 0, over) != _key(level, row, 0, {})]
+            if study != "main" and table(recs, level, own, MAIN_PROTOCOLS).count("\n") < 2:
+                continue  # no run of this study differs from the defaults at this level
             if study in ("eq2", "cnc", "prhead", "igp"):  # the defaults' models are the reference
                 spec = [(row, "defaults", {}) for row in rows] + spec
             body = table(recs, level, spec, MAIN_PROTOCOLS)
-            if body.count("\n") < 2:
-                continue
             parts.append(f"### {what}\n\n`python experiments/efficacy.py --level {level} --study {study}`\n\n{body}\n")
         main = [(row, "defaults", {}) for row in ROWS]
         terms = [("relational", "fused (defaults)"), ("term ir_cosine", "IR cos(V')"),
