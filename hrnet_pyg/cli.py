@@ -9,7 +9,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 _DESCRIPTION = """\
 Hybrid Relationship Network (AAAI 2021) for person re-identification, on PyTorch Geometric.
@@ -214,7 +214,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.gallery is None:
         raise ValueError("give --gallery (images, a CSV or an .npz) or --index (a gallery index)")
     from hrnet_pyg.engine import load_model
-    from hrnet_pyg.search import search, write_grid
+    from hrnet_pyg.search import search
 
     _writable(args.csv)
     _writable(args.grid)
@@ -224,6 +224,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         exclude_self=not args.keep_self, labels=args.labels, batch_size=args.batch_size,
         num_workers=args.workers, device=args.device, progress=not args.no_progress,
     )
+    return _report_search(result, args)
+
+
+def _report_search(result: Any, args: argparse.Namespace) -> int:
+    """The ranked lists on stdout, and the CSV and grid files that ``search`` was asked for."""
+    from hrnet_pyg.search import write_grid
+
     print(result.format())
     if args.csv is not None:
         print(f"wrote {result.to_csv(args.csv)}")
@@ -302,7 +309,6 @@ def _add_search_index_args(p: argparse.ArgumentParser) -> None:
 def _cmd_search_index(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import load_model
     from hrnet_pyg.index import search_index
-    from hrnet_pyg.search import write_grid
 
     if args.gallery is not None:
         raise ValueError("give either --gallery or --index, not both")
@@ -312,12 +318,7 @@ def _cmd_search_index(args: argparse.Namespace) -> int:
         exclude_self=not args.keep_self, exact=args.exact, nprobe=args.nprobe, labels=args.labels,
         batch_size=args.batch_size, num_workers=args.workers, device=args.device, progress=not args.no_progress,
     )
-    print(result.format())
-    if args.csv is not None:
-        print(f"wrote {result.to_csv(args.csv)}")
-    if args.grid is not None:
-        print(f"wrote {write_grid(result, args.grid, max_queries=args.grid_queries).path}")
-    return 0
+    return _report_search(result, args)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
