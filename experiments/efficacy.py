@@ -398,20 +398,28 @@ def _select(records, level, row, overrides) -> List[Dict[str, Any]]:
     return [r for r in records if r.get("key") in keys]
 
 
-def table(records, level: str, rows: Sequence[Tuple[str, str, Dict[str, Any]]],
-          protocols: Sequence[Tuple[str, str]]) -> str:
-    head = "| row | variant | seeds | " + " | ".join(f"{t} mAP | {t} R1" for _, t in protocols) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(protocols))]
+def _rows_table(records, level: str, rows: Sequence[Tuple[str, str, Dict[str, Any]]],
+                headers: Sequence[str], cells: Callable[[str, List[Dict[str, Any]]], List[str]]) -> str:
+    """One markdown line per (row, variant) with runs on disk; ``cells(row, runs)`` fills it."""
+    lines = ["| row | variant | seeds | " + " | ".join(headers) + " |", "|" + "---|" * (3 + len(headers))]
     for row, label, over in rows:
         sel = _select(records, level, row, over)
-        if not sel:
-            continue
-        cells = []
-        for proto, _ in protocols:
-            cells += list(_cells(sel, proto)) if row != "CNN" or proto in ("cosine", "k-reciprocal") \
-                else list(_cells(sel, "cosine"))
-        lines.append(f"| {row} | {label} | {len(sel)} | " + " | ".join(cells) + " |")
+        if sel:
+            lines.append(f"| {row} | {label} | {len(sel)} | " + " | ".join(cells(row, sel)) + " |")
     return "\n".join(lines)
+
+
+def table(records, level: str, rows: Sequence[Tuple[str, str, Dict[str, Any]]],
+          protocols: Sequence[Tuple[str, str]]) -> str:
+    def cells(row: str, sel: List[Dict[str, Any]]) -> List[str]:
+        out: List[str] = []
+        for proto, _ in protocols:  # the CNN row has no graph module: its ranking is its cosine
+            use = proto if row != "CNN" or proto in ("cosine", "k-reciprocal") else "cosine"
+            out += list(_cells(sel, use))
+        return out
+
+    headers = [h for _, t in protocols for h in (f"{t} mAP", f"{t} R1")]
+    return _rows_table(records, level, rows, headers, cells)
 
 
 MAIN_PROTOCOLS = [("cosine", "own cosine"), ("relational", "relational re-ranking"),
@@ -481,18 +489,14 @@ def report(results: Path, out: Path) -> str:
 
 
 def _diag_table(records, level: str, rows, protocols) -> str:
-    lines = ["| row | variant | seeds | " + " | ".join(t for _, t in protocols) + " |",
-             "|" + "---|" * (3 + len(protocols))]
-    for row, label, over in rows:
-        sel = _select(records, level, row, over)
-        if not sel:
-            continue
-        cells = []
+    def cells(row: str, sel: List[Dict[str, Any]]) -> List[str]:
+        out = []
         for proto, _ in protocols:
             vals = [r["scores"][proto]["mAP"] for r in sel if proto in r["scores"]]
-            cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "-")
-        lines.append(f"| {row} | {label} | {len(sel)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            out.append(f"{sum(vals) / len(vals):.3f}" if vals else "-")
+        return out
+
+    return _rows_table(records, level, rows, [t for _, t in protocols], cells)
 
 
 def _transposed(records, level: str, row: str, over: Dict[str, Any], protocols) -> str:
