@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
-
-import sys
 from pathlib import Path
 
 import numpy as np

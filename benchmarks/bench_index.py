@@ -48,7 +48,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import torch
@@ -80,7 +79,7 @@ class Generator:
         return (z @ self.proj + 0.3 * torch.randn(len(ids), self.d, generator=self.g)).relu_() + 0.1
 
 
-def pct(values: List[float], q: float) -> float:
+def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
@@ -149,7 +148,7 @@ def main() -> None:
     t_truth = time.perf_counter() - t0
     exact_sets = [set(r) for r in exact_i.tolist()]
     chosen = None
-    sweep: Dict[int, float] = {}
+    sweep: dict[int, float] = {}
     param = "nprobe" if args.faiss == "ivf" else "efSearch"
     values = (4, 8, 16, 32, 64, 96, 128, 192, 256) if args.faiss == "ivf" else (120, 160, 256, 384, 512, 768)
     for value in values:
@@ -157,7 +156,7 @@ def main() -> None:
             break
         knob = {"nprobe": value} if args.faiss == "ivf" else {"ef_search": value}
         _, ann_i, _ = index.shortlist(q_ret[: args.recall_queries], k, **knob)
-        recall = float(np.mean([len(a & set(b)) / k for a, b in zip(exact_sets, ann_i.tolist())]))
+        recall = float(np.mean([len(a & set(b)) / k for a, b in zip(exact_sets, ann_i.tolist(), strict=False)]))
         sweep[value] = recall
         print(f"  {param} {value:>3}: recall@{k} {recall:.4f}")
         if recall >= 0.95:
@@ -169,7 +168,7 @@ def main() -> None:
     print(f"exact shortlist of {args.recall_queries} queries in one pass: {t_truth:.1f} s; {param} {chosen} chosen")
 
     # one query at a time, interleaved
-    lat: Dict[str, List[float]] = {"exact": [], "faiss": [], "rerank": []}
+    lat: dict[str, list[float]] = {"exact": [], "faiss": [], "rerank": []}
     for i in range(args.queries):
         q = q_ret[i : i + 1]
         t0 = time.perf_counter()
@@ -189,8 +188,8 @@ def main() -> None:
                         ("rerank", "relational re-ranking of the top 120")):
         v = lat[name]
         print(f"{label:<45} median {1e3 * statistics.median(v):9.2f} ms   p95 {1e3 * pct(v, 95):9.2f} ms")
-    total_exact = [a + c for a, c in zip(lat["exact"], lat["rerank"])]
-    total_faiss = [b + c for b, c in zip(lat["faiss"], lat["rerank"])]
+    total_exact = [a + c for a, c in zip(lat["exact"], lat["rerank"], strict=False)]
+    total_faiss = [b + c for b, c in zip(lat["faiss"], lat["rerank"], strict=False)]
     print(f"{'query total, exact + re-ranking':<45} median {1e3 * statistics.median(total_exact):9.2f} ms")
     print(f"{'query total, faiss + re-ranking':<45} median {1e3 * statistics.median(total_faiss):9.2f} ms")
     print(f"peak RSS {rss_mib():,.0f} MiB; load average {os.getloadavg()[0]:.2f}")

@@ -68,15 +68,14 @@ def main() -> None:
               f"pin_memory={pin}, device {dev}; {os.cpu_count()} cores, load average "
               f"{os.getloadavg()[0]:.1f}")
 
-        def batches():
+        def batches(loader):
             epoch = 0
             while True:
                 sampler.set_epoch(epoch)
-                for batch in loader:
-                    yield batch
+                yield from loader
                 epoch += 1
 
-        it = batches()
+        it = batches(loader)
         t0 = time.perf_counter()
         for _ in range(max(1, args.workers)):  # every worker's first batch: start-up excluded
             images = next(it)[0].to(dev, non_blocking=True)

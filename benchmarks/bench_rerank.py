@@ -48,8 +48,8 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List
 
 import numpy as np
 import torch
@@ -96,7 +96,7 @@ def per_graph_scores(model: HRNet, graph: torch.Tensor) -> torch.Tensor:
     return score + torch.sigmoid(model.verifier(u))[:, 0, 1:]
 
 
-def useful_flops(num_q: int, num_g: int, d: int, top_k: int, k_ir: int) -> Dict[str, float]:
+def useful_flops(num_q: int, num_g: int, d: int, top_k: int, k_ir: int) -> dict[str, float]:
     m = min(top_k, num_g) + 1
     return {
         "cosine shortlist": 2.0 * num_q * num_g * d,
@@ -112,7 +112,7 @@ def maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top_k: int) -> Dict[str, float]:
+def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top_k: int) -> dict[str, float]:
     """How far two (Q, G) re-ranked distance matrices order the gallery alike."""
     oa, ob = a.argsort(dim=1, stable=True), b.argsort(dim=1, stable=True)
     short = oa[:, :top_k]
@@ -201,9 +201,9 @@ def main() -> None:
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    times: Dict[str, List[float]] = {"mm": [], "rel": [], "kr": []}
-    fns: Dict[str, Callable] = {"mm": run_mm, "rel": run_rel, "kr": run_kr}
-    rss: Dict[str, float] = {}
+    times: dict[str, list[float]] = {"mm": [], "rel": [], "kr": []}
+    fns: dict[str, Callable] = {"mm": run_mm, "rel": run_rel, "kr": run_kr}
+    rss: dict[str, float] = {}
     order = ("mm", "rel") if args.skip_kreciprocal else ("mm", "rel", "mm", "kr")
     rel_out = None
     for _ in range(repeats):
@@ -268,7 +268,7 @@ def main() -> None:
     if args.tf32 == "both":
         set_tf32(True)
         run_rel()  # warm-up: TF32 kernels
-        t_on: List[float] = []
+        t_on: list[float] = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             on_out = run_rel()

@@ -52,7 +52,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -73,7 +72,7 @@ class Options:
         self.backbone: str = args.backbone
         self.p, self.k = args.batch
         self.channels_last: bool = args.channels_last
-        self.compile: Optional[str] = args.compile_backend if args.compile else None
+        self.compile: str | None = args.compile_backend if args.compile else None
         amp = args.amp
         if amp == "auto":
             amp = "off" if device.type != "cuda" else (
@@ -91,7 +90,7 @@ def feature_dim(backbone: str) -> int:
     return 512 if backbone in ("resnet18", "resnet34") else 2048
 
 
-def build(row: str, opts: Options, backbone: Optional[str] = "default") -> Tuple[torch.nn.Module, torch.optim.Optimizer]:
+def build(row: str, opts: Options, backbone: str | None = "default") -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """The model (compiled with ``--compile``) and its Adam; ``backbone=None``: graph modules only."""
     torch.manual_seed(0)
     bb = opts.backbone if backbone == "default" else backbone
@@ -132,7 +131,7 @@ def step(model: torch.nn.Module, opt: torch.optim.Optimizer, inputs: torch.Tenso
     return time.perf_counter() - t0
 
 
-def rss_high_water_mib() -> Tuple[float, str]:
+def rss_high_water_mib() -> tuple[float, str]:
     """This process's own resident-set high-water mark (Linux ``VmHWM``), else ``ru_maxrss``."""
     try:
         with open("/proc/self/status") as fh:
@@ -144,7 +143,7 @@ def rss_high_water_mib() -> Tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "ru_maxrss"
 
 
-def measure_memory(row: str, h: int, w: int, steps: int, opts: Options) -> Dict[str, float]:
+def measure_memory(row: str, h: int, w: int, steps: int, opts: Options) -> dict[str, float]:
     """Child process (CPU): peak memory of ``steps`` optimisation steps of one model."""
     model, opt = build(row, opts)
     inputs, pids = make_batch(h, w, opts)
@@ -154,7 +153,7 @@ def measure_memory(row: str, h: int, w: int, steps: int, opts: Options) -> Dict[
     return {"peak_mib": peak, "what": what}
 
 
-def peak_in_subprocess(row: str, h: int, w: int, steps: int, argv: List[str]) -> Dict[str, float]:
+def peak_in_subprocess(row: str, h: int, w: int, steps: int, argv: list[str]) -> dict[str, float]:
     cmd = [sys.executable, __file__, *argv, "--child-memory", row, "--image-size", str(h), str(w),
            "--memory-steps", str(steps)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -163,7 +162,7 @@ def peak_in_subprocess(row: str, h: int, w: int, steps: int, argv: List[str]) ->
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _child_argv(args: argparse.Namespace) -> List[str]:
+def _child_argv(args: argparse.Namespace) -> list[str]:
     """The options a memory subprocess must share with this run."""
     argv = ["--device", args.device, "--amp", args.amp, "--backbone", args.backbone,
             "--batch", str(args.batch[0]), str(args.batch[1])]
@@ -227,7 +226,7 @@ def main() -> None:
 
     rows = ("CNN", "HRNet")
     warmup = 2 if opts.compile else 1  # a compiled model may recompile at its second call
-    times: Dict[str, List[float]] = {row: [] for row in rows}
+    times: dict[str, list[float]] = {row: [] for row in rows}
     if device.type == "cuda":
         inputs, pids = make_batch(h, w, opts)
         models, mem = {}, {}
@@ -247,7 +246,7 @@ def main() -> None:
         mem = {row: peak_in_subprocess(row, h, w, args.memory_steps, _child_argv(args)) for row in rows}
         models = {row: build(row, opts) for row in rows}
         inputs, pids = make_batch(h, w, opts)
-        for row, (model, opt) in models.items():
+        for model, opt in models.values():
             for _ in range(warmup):
                 step(model, opt, inputs, pids, opts)
     for _ in range(repeats):
@@ -261,7 +260,7 @@ def main() -> None:
     base, base_opt = build("CNN", opts, backbone=None)
     gen = torch.Generator().manual_seed(1)
     feats = torch.randn(n, feature_dim(opts.backbone), generator=gen).relu_().to(device)
-    head_t: Dict[str, List[float]] = {"HRNet": [], "CNN": []}
+    head_t: dict[str, list[float]] = {"HRNet": [], "CNN": []}
     for i in range(repeats + 1):
         for row, (m, o) in (("CNN", (base, base_opt)), ("HRNet", (head, head_opt))):
             t = step(m, o, feats, pids, opts)

@@ -38,8 +38,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 if str(EXPERIMENTS_DIR.parent) not in sys.path:  # run as a script from a source checkout
@@ -54,7 +55,7 @@ from hrnet_pyg.config import PAPER_LITERAL  # noqa: E402
 
 # Per level: how a row is trained. The feature level trains the graph modules from scratch on
 # fixed features: the paper's lr and schedule shape (x0.1 twice), over fewer epochs.
-LEVELS: Dict[str, Dict[str, Any]] = {
+LEVELS: dict[str, dict[str, Any]] = {
     "feature": dict(model=dict(backbone=None, feat_dim=64, pretrained=False, lr=1e-3, epochs=20,
                                milestones=(14, 18)),
                     world=dict()),  # FeatureWorldConfig's defaults
@@ -66,7 +67,7 @@ LEVELS: Dict[str, Dict[str, Any]] = {
 }
 
 # --quick: the same code path at smoke-test sizes (tests, dry runs); its numbers mean nothing.
-QUICK_LEVELS: Dict[str, Dict[str, Any]] = {
+QUICK_LEVELS: dict[str, dict[str, Any]] = {
     "feature": dict(model=dict(LEVELS["feature"]["model"], feat_dim=16, epochs=2, milestones=(1, 2),
                                top_k_rerank=20),
                     world=dict(dim=16, num_train_ids=30, num_test_ids=20, imgs_per_id=6)),
@@ -79,7 +80,7 @@ QUICK_LEVELS: Dict[str, Dict[str, Any]] = {
 # Studies: name -> (what it varies, rows, {variant label: model overrides at training time}).
 # Test-time choices (fusion, shortlist, Fig. 4's end point) need no training of their own: they
 # are scored on the models of "main" (see TEST_TIME).
-STUDIES: Dict[str, Tuple[str, Sequence[str], Dict[str, Dict[str, Any]]]] = {
+STUDIES: dict[str, tuple[str, Sequence[str], dict[str, dict[str, Any]]]] = {
     "main": ("the defaults", ROWS, {"defaults": {}}),
     "paper": ("the paper-literal reading of every open detail", ROWS, {"paper-literal": PAPER_LITERAL}),
     "eq2": ("Eq. 2's denominator (ir_attention_norm)", ("CNN+IR+CNC", "HRNet"),
@@ -96,7 +97,7 @@ STUDIES: Dict[str, Tuple[str, Sequence[str], Dict[str, Dict[str, Any]]]] = {
 }
 
 # Test-time variants scored on every trained model: label -> config overrides at test time.
-TEST_TIME: Dict[str, Dict[str, Any]] = {
+TEST_TIME: dict[str, dict[str, Any]] = {
     **{f"{ir} + {pr}, {norm}": dict(rerank_ir_score=ir, rerank_pr_score=pr, rerank_norm=norm)
        for ir in ("ir_cosine", "ir_bn_cosine") for pr in ("pr_prob", "pr_logit")
        for norm in ("none", "zscore", "rank")},
@@ -106,7 +107,7 @@ TEST_TIME: Dict[str, Dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------------------------ data
-def feature_level_data(seed: int) -> Dict[str, Any]:
+def feature_level_data(seed: int) -> dict[str, Any]:
     from hrnet_pyg.data.synthetic_features import FeatureWorldConfig, generate_feature_world
 
     world = generate_feature_world(FeatureWorldConfig(seed=seed, **LEVELS["feature"]["world"]))
@@ -116,7 +117,7 @@ def feature_level_data(seed: int) -> Dict[str, Any]:
                 num_classes=world.num_train_pids, summary=world.summary())
 
 
-def image_level_data(seed: int, root: Path) -> Dict[str, Any]:
+def image_level_data(seed: int, root: Path) -> dict[str, Any]:
     from hrnet_pyg.data import build_dataset
 
     kwargs = dict(LEVELS["image"]["data"], seed=seed, progress=False)
@@ -125,13 +126,13 @@ def image_level_data(seed: int, root: Path) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ training
-def _model_config(level: str, row: str, seed: int, overrides: Dict[str, Any]):
+def _model_config(level: str, row: str, seed: int, overrides: dict[str, Any]):
     from hrnet_pyg.config import HRNetConfig
 
     return HRNetConfig.from_row(row, **{**LEVELS[level]["model"], "seed": seed, **overrides})
 
 
-def train_feature_row(cfg, data: Dict[str, Any], seed: int):
+def train_feature_row(cfg, data: dict[str, Any], seed: int):
     from torch.utils.data import DataLoader
 
     from hrnet_pyg import HRNet
@@ -147,7 +148,7 @@ def train_feature_row(cfg, data: Dict[str, Any], seed: int):
     return model.eval()
 
 
-def image_features(model, data: Dict[str, Any]) -> Dict[str, Any]:
+def image_features(model, data: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from hrnet_pyg.data import ImageDataset, build_transforms
@@ -161,7 +162,7 @@ def image_features(model, data: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def train_image_row(cfg, data: Dict[str, Any], seed: int):
+def train_image_row(cfg, data: dict[str, Any], seed: int):
     from torch.utils.data import DataLoader
 
     from hrnet_pyg import HRNet
@@ -179,26 +180,26 @@ def train_image_row(cfg, data: Dict[str, Any], seed: int):
 
 
 # ------------------------------------------------------------------------------------ scoring
-def _rank(dist, q, g) -> Dict[str, float]:
+def _rank(dist, q, g) -> dict[str, float]:
     from hrnet_pyg.evaluation import evaluate_rank
 
     r = evaluate_rank(dist, q[1].numpy(), g[1].numpy(), q[2].numpy(), g[2].numpy())
     return {"mAP": float(r.mAP), "rank1": float(r.cmc[0])}
 
 
-def score_model(model, q: Tuple, g: Tuple, extended: bool = True) -> Dict[str, Dict[str, float]]:
+def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, dict[str, float]]:
     """Every test protocol of the study on one trained model: name -> {mAP, rank1}.
 
     ``extended``: also the test-graph variants (shortlist lengths, Fig. 4's end point), which
     only the defaults' models need."""
     from hrnet_pyg.evaluation import cosine_distance
     from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
-    from hrnet_pyg.model import RERANK_SCORES, fuse_scores
+    from hrnet_pyg.model import fuse_scores
     from hrnet_pyg.rerank import relational_rerank
 
     cfg = model.config
     qb, gb = model.retrieval_features(q[0]), model.retrieval_features(g[0])
-    out: Dict[str, Dict[str, float]] = {"cosine": _rank(cosine_distance(qb, gb), q, g)}
+    out: dict[str, dict[str, float]] = {"cosine": _rank(cosine_distance(qb, gb), q, g)}
     kr = k_reciprocal_rerank_features(qb, gb, progress=False)
     out["k-reciprocal"] = _rank(kr, q, g)
     if model.ir is None and model.pr is None:
@@ -211,13 +212,13 @@ def score_model(model, q: Tuple, g: Tuple, extended: bool = True) -> Dict[str, D
     cos = terms.retrieval[:num_q] @ terms.retrieval[num_q:].T
     top = cos.topk(min(cfg.top_k_rerank, cos.size(1)), dim=1).indices
     index = torch.cat([torch.arange(num_q).unsqueeze(1), top + num_q], dim=1)
-    parts: Dict[str, List[torch.Tensor]] = {}
+    parts: dict[str, list[torch.Tensor]] = {}
     for s in range(0, num_q, 64):
         for name, value in model.graph_score_terms(terms, index[s:s + 64]).items():
             parts.setdefault(name, []).append(value)
     joined = {name: torch.cat(v) for name, v in parts.items()}
 
-    def ranked(score: torch.Tensor) -> Dict[str, float]:
+    def ranked(score: torch.Tensor) -> dict[str, float]:
         dist = (1.0 - cos).scatter_(1, top, score.amin(dim=1, keepdim=True) - score - 1.0)
         return _rank(dist, q, g)
 
@@ -246,7 +247,7 @@ def score_model(model, q: Tuple, g: Tuple, extended: bool = True) -> Dict[str, D
     return out
 
 
-def pr_diagnostics(model, q: Tuple, g: Tuple, num_graphs: int = 200) -> Dict[str, Dict[str, float]]:
+def pr_diagnostics(model, q: tuple, g: tuple, num_graphs: int = 200) -> dict[str, dict[str, float]]:
     """Why the PR branch scores as it does, measured on the query graphs of the first queries.
 
     * ``pr static attention``: how much the rows of G^n (Eq. 6) differ within a graph, as the
@@ -312,7 +313,7 @@ def _rerank_after(model, qf: torch.Tensor, gf: torch.Tensor, base: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------ runner
-def _key(level: str, row: str, seed: int, overrides: Dict[str, Any]) -> str:
+def _key(level: str, row: str, seed: int, overrides: dict[str, Any]) -> str:
     # Keyed by the resolved config, so a variant that equals the defaults reuses their run.
     resolved = _model_config(level, row, seed, overrides).to_dict()
     blob = json.dumps({"level": level, "model": resolved, "setup": LEVELS[level]},
@@ -321,8 +322,8 @@ def _key(level: str, row: str, seed: int, overrides: Dict[str, Any]) -> str:
     return f"{level}-{slug}-s{seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
-def run_one(level: str, row: str, seed: int, overrides: Dict[str, Any], results: Path,
-            cache: Dict[Tuple[str, int], Any]) -> Dict[str, Any]:
+def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results: Path,
+            cache: dict[tuple[str, int], Any]) -> dict[str, Any]:
     path = results / f"{_key(level, row, seed, overrides)}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -357,11 +358,11 @@ def run_one(level: str, row: str, seed: int, overrides: Dict[str, Any], results:
 
 
 def run_study(level: str, study: str, results: Path, seeds: Sequence[int],
-              only_rows: Optional[Sequence[str]] = None) -> None:
+              only_rows: Sequence[str] | None = None) -> None:
     _, rows, variants = STUDIES[study]
     if only_rows:
         rows = [r for r in only_rows if r in rows]
-    cache: Dict[Tuple[str, int], Any] = {}
+    cache: dict[tuple[str, int], Any] = {}
     for seed in seeds:  # seed-major: one generated data set at a time
         for row in rows:
             for over in variants.values():
@@ -370,11 +371,11 @@ def run_study(level: str, study: str, results: Path, seeds: Sequence[int],
 
 
 # ------------------------------------------------------------------------------------ report
-def _load(results: Path) -> List[Dict[str, Any]]:
+def _load(results: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
 
 
-def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     m = sum(values) / len(values)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return m, sd
@@ -387,19 +388,19 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{m:.1f} ± {sd:.1f}"
 
 
-def _cells(records: List[Dict[str, Any]], protocol: str) -> Tuple[str, str]:
+def _cells(records: list[dict[str, Any]], protocol: str) -> tuple[str, str]:
     hits = [r["scores"][protocol] for r in records if protocol in r["scores"]]
     return _fmt([h["mAP"] for h in hits]), _fmt([h["rank1"] for h in hits])
 
 
-def _select(records, level, row, overrides) -> List[Dict[str, Any]]:
+def _select(records, level, row, overrides) -> list[dict[str, Any]]:
     # The runs of exactly this resolved config (today's defaults), whatever label they ran under.
     keys = {_key(level, row, seed, overrides) for seed in range(16)}
     return [r for r in records if r.get("key") in keys]
 
 
-def _rows_table(records, level: str, rows: Sequence[Tuple[str, str, Dict[str, Any]]],
-                headers: Sequence[str], cells: Callable[[str, List[Dict[str, Any]]], List[str]]) -> str:
+def _rows_table(records, level: str, rows: Sequence[tuple[str, str, dict[str, Any]]],
+                headers: Sequence[str], cells: Callable[[str, list[dict[str, Any]]], list[str]]) -> str:
     """One markdown line per (row, variant) with runs on disk; ``cells(row, runs)`` fills it."""
     lines = ["| row | variant | seeds | " + " | ".join(headers) + " |", "|" + "---|" * (3 + len(headers))]
     for row, label, over in rows:
@@ -409,10 +410,10 @@ def _rows_table(records, level: str, rows: Sequence[Tuple[str, str, Dict[str, An
     return "\n".join(lines)
 
 
-def table(records, level: str, rows: Sequence[Tuple[str, str, Dict[str, Any]]],
-          protocols: Sequence[Tuple[str, str]]) -> str:
-    def cells(row: str, sel: List[Dict[str, Any]]) -> List[str]:
-        out: List[str] = []
+def table(records, level: str, rows: Sequence[tuple[str, str, dict[str, Any]]],
+          protocols: Sequence[tuple[str, str]]) -> str:
+    def cells(row: str, sel: list[dict[str, Any]]) -> list[str]:
+        out: list[str] = []
         for proto, _ in protocols:  # the CNN row has no graph module: its ranking is its cosine
             use = proto if row != "CNN" or proto in ("cosine", "k-reciprocal") else "cosine"
             out += list(_cells(sel, use))
@@ -428,7 +429,7 @@ MAIN_PROTOCOLS = [("cosine", "own cosine"), ("relational", "relational re-rankin
 
 def report(results: Path, out: Path) -> str:
     records = _load(results)
-    parts: List[str] = []
+    parts: list[str] = []
     for level in ("feature", "image"):
         recs = [r for r in records if r["level"] == level]
         if not recs:
@@ -489,7 +490,7 @@ def report(results: Path, out: Path) -> str:
 
 
 def _diag_table(records, level: str, rows, protocols) -> str:
-    def cells(row: str, sel: List[Dict[str, Any]]) -> List[str]:
+    def cells(row: str, sel: list[dict[str, Any]]) -> list[str]:
         out = []
         for proto, _ in protocols:
             vals = [r["scores"][proto]["mAP"] for r in sel if proto in r["scores"]]
@@ -499,7 +500,7 @@ def _diag_table(records, level: str, rows, protocols) -> str:
     return _rows_table(records, level, rows, [t for _, t in protocols], cells)
 
 
-def _transposed(records, level: str, row: str, over: Dict[str, Any], protocols) -> str:
+def _transposed(records, level: str, row: str, over: dict[str, Any], protocols) -> str:
     sel = _select(records, level, row, over)
     lines = ["| fusion (IR term + PR term, normalisation) | seeds | mAP | R1 |", "|---|---|---|---|"]
     if not sel:
@@ -510,7 +511,7 @@ def _transposed(records, level: str, row: str, over: Dict[str, Any], protocols) 
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--level", choices=tuple(LEVELS), default="feature", help="feature or image level")
     p.add_argument("--study", default="main",

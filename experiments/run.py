@@ -28,9 +28,10 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 if str(EXPERIMENTS_DIR.parent) not in sys.path:  # run as a script from a source checkout
@@ -39,7 +40,7 @@ if str(EXPERIMENTS_DIR.parent) not in sys.path:  # run as a script from a source
 log = logging.getLogger("hrnet_pyg")
 
 # Table 1 rows in the paper's order -> the file stem of each row's YAML.
-ROW_FILES: Dict[str, str] = {
+ROW_FILES: dict[str, str] = {
     "CNN": "cnn",
     "CNN+IR": "cnn_ir",
     "CNN+IR*": "cnn_ir_star",
@@ -48,9 +49,9 @@ ROW_FILES: Dict[str, str] = {
     "CNN+PR+IGP": "cnn_pr_igp",
     "HRNet": "hrnet",
 }
-PAPER_DATASETS: Tuple[str, ...] = ("market1501", "dukemtmcreid", "cuhk03", "msmt17")
-DATASETS: Tuple[str, ...] = PAPER_DATASETS + ("synthetic",)
-DATASET_TITLES: Dict[str, str] = {
+PAPER_DATASETS: tuple[str, ...] = ("market1501", "dukemtmcreid", "cuhk03", "msmt17")
+DATASETS: tuple[str, ...] = PAPER_DATASETS + ("synthetic",)
+DATASET_TITLES: dict[str, str] = {
     "market1501": "Market-1501",
     "dukemtmcreid": "DukeMTMC-reID",
     "cuhk03": "CUHK03",
@@ -59,7 +60,7 @@ DATASET_TITLES: Dict[str, str] = {
 }
 
 # Table 1 of the paper (Xu et al., AAAI 2021), typed in from the paper text: (mAP, rank-1) in %.
-PAPER_TABLE1: Dict[str, Dict[str, Tuple[float, float]]] = {
+PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
     "CNN": {"market1501": (84.2, 92.8), "dukemtmcreid": (74.7, 85.1), "cuhk03": (57.7, 59.4), "msmt17": (48.3, 72.2)},
     "CNN+IR": {"market1501": (89.0, 95.1), "dukemtmcreid": (80.1, 89.3), "cuhk03": (73.7, 77.1), "msmt17": (57.1, 79.6)},
     "CNN+IR*": {"market1501": (86.9, 93.7), "dukemtmcreid": (76.9, 87.5), "cuhk03": (70.3, 72.8), "msmt17": (52.1, 77.0)},
@@ -76,7 +77,7 @@ _MEASURED_RUN_KEYS = frozenset({"max_steps_per_epoch", "rerank"})
 
 
 # ---------------------------------------------------------------------------- names
-def parse_rows(spec: str) -> List[str]:
+def parse_rows(spec: str) -> list[str]:
     """``"all"`` or a comma list of row names (``CNN+IR*``) or file stems (``cnn_ir_star``)."""
     if spec.strip().lower() == "all":
         return list(ROW_FILES)
@@ -99,7 +100,7 @@ def parse_rows(spec: str) -> List[str]:
     return rows
 
 
-def parse_datasets(spec: str) -> List[str]:
+def parse_datasets(spec: str) -> list[str]:
     """``"all"`` (the paper's four) or a comma list of dataset folder names under experiments/."""
     if spec.strip().lower() == "all":
         return list(PAPER_DATASETS)
@@ -130,10 +131,10 @@ class Measured:
     rank1: float
     source: Path  # the metrics.json they came from
     protocol: str  # "hrnet" (relational re-ranking, Sec. 4.2) or "cnn" (CNN features only)
-    deviations: List[str] = dataclasses.field(default_factory=list)  # settings differing from the YAML
+    deviations: list[str] = dataclasses.field(default_factory=list)  # settings differing from the YAML
 
 
-def read_metrics(output_dir: Path) -> Optional[Dict[str, Any]]:
+def read_metrics(output_dir: Path) -> dict[str, Any] | None:
     """The parsed ``metrics.json`` of a run, ``None`` when the run has not finished."""
     path = Path(output_dir) / "metrics.json"
     if not path.is_file():
@@ -147,7 +148,7 @@ def read_metrics(output_dir: Path) -> Optional[Dict[str, Any]]:
     return data
 
 
-def headline(metrics: Dict[str, Any], source: Path) -> Measured:
+def headline(metrics: dict[str, Any], source: Path) -> Measured:
     """mAP and rank-1 in % of the paper's test protocol: ``hrnet`` entry, else ``cnn``.
 
     ``metrics.json`` holds fractions in [0, 1] (see :func:`hrnet_pyg.experiment.run_experiment`).
@@ -162,8 +163,8 @@ def headline(metrics: Dict[str, Any], source: Path) -> Measured:
     return Measured(mAP=100.0 * m, rank1=100.0 * r1, source=Path(source), protocol=protocol)
 
 
-def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}."))
@@ -173,8 +174,8 @@ def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def config_deviations(
-    output_dir: Path, expected_model: Dict[str, Any], expected_run: Optional[Dict[str, Any]] = None
-) -> List[str]:
+    output_dir: Path, expected_model: dict[str, Any], expected_run: dict[str, Any] | None = None
+) -> list[str]:
     """``key=value`` of settings the run used (its experiment.json) that differ from the YAML.
 
     Model settings, plus the run settings that change what is measured (``_MEASURED_RUN_KEYS``):
@@ -200,7 +201,7 @@ def config_deviations(
     return out
 
 
-def measured_of(exp: Any, reference: Any = None) -> Optional[Measured]:
+def measured_of(exp: Any, reference: Any = None) -> Measured | None:
     """The :class:`Measured` numbers of an experiment's output_dir, ``None`` if not run yet.
 
     ``reference``: the Experiment the run should have been (default: ``exp``); settings of the
@@ -217,15 +218,15 @@ def measured_of(exp: Any, reference: Any = None) -> Optional[Measured]:
 
 
 # ---------------------------------------------------------------------------- Table 1
-def _fmt(x: Optional[float]) -> str:
+def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
 def format_table1(
-    measured: Dict[str, Dict[str, Optional[Measured]]],
+    measured: dict[str, dict[str, Measured | None]],
     datasets: Sequence[str],
     rows: Sequence[str] = tuple(ROW_FILES),
-    paper: Dict[str, Dict[str, Tuple[float, float]]] = PAPER_TABLE1,
+    paper: dict[str, dict[str, tuple[float, float]]] = PAPER_TABLE1,
 ) -> str:
     """Table 1 in the paper's layout (rows x datasets, mAP and rank-1) as Markdown.
 
@@ -243,7 +244,7 @@ def format_table1(
         head,
         "|---|" + "---|---|" * len(datasets),
     ]
-    notes: List[str] = []
+    notes: list[str] = []
     for row in rows:
         cells = []
         for d in datasets:
@@ -272,7 +273,7 @@ def format_table1(
 
 
 def write_table1(
-    measured: Dict[str, Dict[str, Optional[Measured]]],
+    measured: dict[str, dict[str, Measured | None]],
     path: Path,
     datasets: Sequence[str],
     rows: Sequence[str] = tuple(ROW_FILES),
@@ -292,12 +293,12 @@ class Sweep:
     title: str
     base: Path  # experiment YAML the values are applied to
     parameter: str  # "section.key", e.g. "model.k"
-    values: List[Any]
+    values: list[Any]
     output_dir: str  # template with {dataset} and {value}
     xlabel: str
     paper_choice: Any = None  # the value the paper adopts (marked in the plot)
     paper_note: str = ""  # what the paper reports (Figures 3-4 are plots: no numbers in the text)
-    source: Optional[Path] = None
+    source: Path | None = None
 
 
 _SWEEP_KEYS = {f.name for f in dataclasses.fields(Sweep)} - {"source"}
@@ -334,7 +335,7 @@ def load_sweep(path: Path) -> Sweep:
     )
 
 
-def sweep_base_for(sweep: Sweep, dataset: Optional[str], experiments_dir: Path = EXPERIMENTS_DIR) -> Path:
+def sweep_base_for(sweep: Sweep, dataset: str | None, experiments_dir: Path = EXPERIMENTS_DIR) -> Path:
     """The sweep's base YAML, or the same row file of another dataset (``--dataset``)."""
     if dataset is None:
         return sweep.base
@@ -342,9 +343,9 @@ def sweep_base_for(sweep: Sweep, dataset: Optional[str], experiments_dir: Path =
 
 
 def sweep_experiments(
-    sweep: Sweep, dataset: Optional[str] = None, overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+    sweep: Sweep, dataset: str | None = None, overrides: dict[str, dict[str, Any]] | None = None,
     experiments_dir: Path = EXPERIMENTS_DIR,
-) -> List[Tuple[Any, Any]]:
+) -> list[tuple[Any, Any]]:
     """``[(value, Experiment)]``: the base experiment with ``parameter = value`` and its own output_dir."""
     from hrnet_pyg.experiment import load_experiment
 
@@ -352,7 +353,7 @@ def sweep_experiments(
     section, key = sweep.parameter.split(".")
     out = []
     for value in sweep.values:
-        ov: Dict[str, Dict[str, Any]] = {s: dict(v) for s, v in (overrides or {}).items()}
+        ov: dict[str, dict[str, Any]] = {s: dict(v) for s, v in (overrides or {}).items()}
         ov.setdefault(section, {})[key] = value
         probe = load_experiment(base, ov)
         ov.setdefault("run", {})["output_dir"] = sweep.output_dir.format(dataset=probe.data.name, value=value)
@@ -361,9 +362,9 @@ def sweep_experiments(
 
 
 def collect_sweep(
-    sweep: Sweep, points: Sequence[Tuple[Any, Any]], dataset: Optional[str] = None,
+    sweep: Sweep, points: Sequence[tuple[Any, Any]], dataset: str | None = None,
     experiments_dir: Path = EXPERIMENTS_DIR,
-) -> List[Tuple[Any, Optional[Measured]]]:
+) -> list[tuple[Any, Measured | None]]:
     """Measured numbers of each (value, experiment) of a sweep (``None`` where not run).
 
     Runs are compared with the base YAML plus the swept value only, so ``--set`` changes show
@@ -376,7 +377,7 @@ def collect_sweep(
     return [(value, measured_of(exp, load_experiment(base, {section: {key: value}}))) for value, exp in points]
 
 
-def format_sweep_table(sweep: Sweep, results: Sequence[Tuple[Any, Optional[Measured]]], dataset: str) -> str:
+def format_sweep_table(sweep: Sweep, results: Sequence[tuple[Any, Measured | None]], dataset: str) -> str:
     lines = [
         f"# {sweep.title} ({DATASET_TITLES.get(dataset, dataset)})",
         "",
@@ -397,8 +398,8 @@ def format_sweep_table(sweep: Sweep, results: Sequence[Tuple[Any, Optional[Measu
 
 
 def plot_sweep(
-    sweep: Sweep, results: Sequence[Tuple[Any, Optional[Measured]]], path: Path, dataset: str,
-    figsize: Tuple[float, float] = (6.0, 4.0), dpi: int = 100,
+    sweep: Sweep, results: Sequence[tuple[Any, Measured | None]], path: Path, dataset: str,
+    figsize: tuple[float, float] = (6.0, 4.0), dpi: int = 100,
 ) -> Path:
     """Line plot of mAP and rank-1 against the swept value (matplotlib, Agg); finished runs only."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -436,7 +437,7 @@ def plot_sweep(
 
 # ---------------------------------------------------------------------------- running
 def _run_all(
-    experiments: Sequence[Tuple[str, Any]], *, skip_done: bool, progress: bool, overwrite: bool = False
+    experiments: Sequence[tuple[str, Any]], *, skip_done: bool, progress: bool, overwrite: bool = False
 ) -> None:
     from hrnet_pyg.experiment import run_experiment
 
@@ -530,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from hrnet_pyg.experiment import load_experiment, parse_overrides
 
     args = build_parser().parse_args(argv)
@@ -556,12 +557,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.collect_only:
             _run_all(plan, skip_done=args.skip_done, progress=not args.no_progress, overwrite=args.overwrite)
         # Tables always show every row of their datasets, so earlier runs stay in them.
-        groups: Dict[Path, List[str]] = {}
+        groups: dict[Path, list[str]] = {}
         for d in datasets:
             members = list(PAPER_DATASETS) if d in PAPER_DATASETS else [d]
             groups.setdefault(table_path_for(args.results_dir, d), members)
         for path, members in groups.items():
-            measured: Dict[str, Dict[str, Optional[Measured]]] = {}
+            measured: dict[str, dict[str, Measured | None]] = {}
             for r in ROW_FILES:
                 for d in members:
                     path_rd = row_config_path(d, r, args.experiments_dir)
@@ -577,7 +578,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-def _main_sweep(args: argparse.Namespace, overrides: Dict[str, Dict[str, Any]]) -> int:
+def _main_sweep(args: argparse.Namespace, overrides: dict[str, dict[str, Any]]) -> int:
     sweep = load_sweep(args.sweep)
     dataset = None
     if args.dataset != "all":

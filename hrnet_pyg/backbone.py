@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Dict, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class ResNetBackbone(nn.Module):
           50/101, 512 for 18/34)
     """
 
-    def __init__(self, depth: int = 50, pretrained: Union[bool, str] = False,
+    def __init__(self, depth: int = 50, pretrained: bool | str = False,
                  last_stride: int = 1) -> None:
         super().__init__()
         if depth not in _RESNETS:
@@ -164,7 +164,7 @@ _HEAD_GROUPS = frozenset({
 _HRNET_CHECKPOINT_KIND = "hrnet_pyg.checkpoint"
 
 
-def torchvision_weights(depth: int, name: Union[bool, str] = True) -> Any:
+def torchvision_weights(depth: int, name: bool | str = True) -> Any:
     """The torchvision ``Weights`` enum member for ``pretrained=name`` on a resnet ``depth``.
 
     :obj:`True` is ``IMAGENET1K_V1``, the weights BoT (and so the paper) started from; a string
@@ -193,8 +193,8 @@ def _is_weight_name(value: str) -> bool:
 
 
 def read_pretrained(
-    pretrained: Union[bool, str, "os.PathLike[str]"], depth: int, trunk: Tuple[str, ...] = (),
-) -> Tuple[Dict[str, Tensor], str, Dict[str, int]]:
+    pretrained: bool | str | os.PathLike[str], depth: int, trunk: tuple[str, ...] = (),
+) -> tuple[dict[str, Tensor], str, dict[str, int]]:
     """The trunk state dict that ``pretrained`` names, where it came from, and what was skipped.
 
     Args:
@@ -219,7 +219,7 @@ def read_pretrained(
         raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
     obj, layout = _read_weights_file(path)
     state = _strip_prefix(obj, "module.")  # nn.DataParallel / DistributedDataParallel wrappers
-    skipped: Dict[str, int] = {}
+    skipped: dict[str, int] = {}
     if any(k.startswith("backbone.") for k in state):
         # fast-reid and this project: the trunk sits under backbone., everything else is heads
         backbone = {}
@@ -257,7 +257,7 @@ def weights_report(loaded: int, source: str, skipped: Mapping[str, int]) -> str:
             f"skipped: {rest or 'nothing'}")
 
 
-def _download_imagenet_state_dict(depth: int, weights: Any) -> Dict[str, Tensor]:
+def _download_imagenet_state_dict(depth: int, weights: Any) -> dict[str, Tensor]:
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as err:  # offline, proxy, corrupt cache: all need the same advice
@@ -271,13 +271,13 @@ def _download_imagenet_state_dict(depth: int, weights: Any) -> Dict[str, Tensor]
         ) from err
 
 
-def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> Dict[str, Tensor]:
+def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items()}
     return dict(state)
 
 
-def _read_weights_file(path: str) -> Tuple[Dict[str, Tensor], str]:
+def _read_weights_file(path: str) -> tuple[dict[str, Tensor], str]:
     """A flat name -> tensor dict from ``path`` and the name of its layout."""
     if path.lower().endswith(".safetensors"):
         try:
@@ -342,7 +342,7 @@ class TimmBackbone(nn.Module):
           ``num_features``)
     """
 
-    def __init__(self, name: str, pretrained: Union[bool, str] = False, last_stride: int = 1) -> None:
+    def __init__(self, name: str, pretrained: bool | str = False, last_stride: int = 1) -> None:
         super().__init__()
         try:
             import timm
@@ -397,7 +397,7 @@ class TimmBackbone(nn.Module):
         state = _strip_prefix(_strip_prefix(obj, "module."), "backbone.")
         own = self.net.state_dict()
         head = str(self.net.pretrained_cfg.get("classifier") or "fc")
-        skipped: Dict[str, int] = {}
+        skipped: dict[str, int] = {}
         backbone = {}
         for k, v in state.items():
             if k in own:
@@ -439,7 +439,7 @@ class TimmBackbone(nn.Module):
                 f"last_stride={self.last_stride})")
 
 
-def build_backbone(name: str, pretrained: Union[bool, str] = False, last_stride: int = 1) -> nn.Module:
+def build_backbone(name: str, pretrained: bool | str = False, last_stride: int = 1) -> nn.Module:
     """The CNN named by ``HRNetConfig.backbone``: ``resnet18/34/50/101`` (torchvision,
     :class:`ResNetBackbone`) or ``timm:<name>`` (:class:`TimmBackbone`, needs ``timm``)."""
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):

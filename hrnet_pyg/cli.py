@@ -9,7 +9,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 _DESCRIPTION = """\
 Hybrid Relationship Network (AAAI 2021) for person re-identification, on PyTorch Geometric.
@@ -45,7 +45,7 @@ def _count(text: str) -> int:
     return _int_at_least(text, 0, "0 or more")
 
 
-def _writable(path: Optional[Path], folder: bool = False) -> None:
+def _writable(path: Path | None, folder: bool = False) -> None:
     """Fail now, naming ``path``, if it cannot be written (before minutes of work, not after).
 
     ``folder``: ``path`` is a folder to write into; otherwise a file to create or replace.
@@ -99,7 +99,7 @@ def _experiment(args: argparse.Namespace):  # -> Experiment
     return load_experiment(args.config, over)
 
 
-def _resume_command(argv: List[str], checkpoint: Path) -> str:
+def _resume_command(argv: list[str], checkpoint: Path) -> str:
     """The command line that continues this run: the same arguments with ``--resume``."""
     import shlex
 
@@ -344,7 +344,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_index_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_index_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("index", help="persistent gallery index: build, add, info")
     verbs = p.add_subparsers(dest="index_verb", metavar="INDEX_VERB", required=True)
     for name, helptext in (("build", "extract a gallery once and write an index folder"),
@@ -488,7 +488,7 @@ def _os_message(exc: OSError) -> str:
     return f"{where}: {what}" if where else str(exc)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

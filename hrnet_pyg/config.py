@@ -6,10 +6,12 @@ and point to ``docs/paper_map.md`` where the choice is argued.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Union
 
 import yaml
 
@@ -53,7 +55,7 @@ class HRNetConfig:
     lr: float = 3.5e-4  # Adam
     weight_decay: float = 5e-4
     epochs: int = 200
-    milestones: Tuple[int, ...] = (40, 120)  # lr x gamma at these epochs
+    milestones: tuple[int, ...] = (40, 120)  # lr x gamma at these epochs
     gamma: float = 0.1
     warmup_epochs: int = 0  # not in the paper (BoT-style linear warm-up); 0 = off
     # --- test protocol (Sec. 4.2 "Testing") ---
@@ -64,7 +66,7 @@ class HRNetConfig:
     rerank_ir_score: str = "ir_bn_cosine"  # "ir_cosine": cos(v'_q, v'_g); "ir_bn_cosine": of BN(V')
     rerank_pr_score: str = "pr_logit"  # "pr_prob": t_hat (Eq. 13); "pr_logit": its logit
     rerank_norm: str = "zscore"  # "none" (literal sum), "zscore" or "rank" over the shortlist
-    image_size: Tuple[int, int] = (256, 128)  # (height, width), Sec. 3.1
+    image_size: tuple[int, int] = (256, 128)  # (height, width), Sec. 3.1
     # --- Table 1 switches ---
     use_ir: bool = True  # individual relationship (Eq. 1-3)
     ir_graph: str = "knn"  # "knn" (IR) or "full" (IR*, fully-connected)
@@ -77,15 +79,15 @@ class HRNetConfig:
     # "neighbors" best at both levels; "all" stays selectable (experiments/*/paper_literal.yaml).
     ir_attention_norm: str = "neighbors"
     ir_self_in_knn: bool = False  # whether a node counts among its own k neighbours (Eq. 1)
-    pr_edges: Optional[int] = None  # Fig. 4: edges per difference node; None = complete graph
+    pr_edges: int | None = None  # Fig. 4: edges per difference node; None = complete graph
     pr_edges_relative: bool = True  # pr_edges counts in a P x K graph; other sizes keep the share
     cnc_mining: str = "violation"  # Eq. 4-5 "hardest": "violation" or "batch_hard" (as Eq. 12)
     # Eq. 13's t_hat (the paper does not give the head): a learned metric on u', "diagonal" or
     # "projected" (through W_h); initialised "glorot" or as a squared "distance" (measured)
     pr_head: str = "projected"
     pr_head_init: str = "distance"
-    backbone: Optional[str] = "resnet50"  # None: graph modules on pre-extracted features
-    pretrained: Union[bool, str] = True  # True / IMAGENET1K_V2: torchvision weights; str: a local file (docs/ecosystem.md)
+    backbone: str | None = "resnet50"  # None: graph modules on pre-extracted features
+    pretrained: bool | str = True  # True / IMAGENET1K_V2: torchvision weights; str: a local file (docs/ecosystem.md)
     last_stride: int = 1  # Sec. 3.1: stride of conv5_1
     feat_dim: int = 2048  # d
     random_erasing: float = 0.0  # probability; not in the paper, off
@@ -120,14 +122,14 @@ class HRNetConfig:
         return self.num_identities * self.num_instances
 
     @classmethod
-    def from_row(cls, row: str, **overrides: Any) -> "HRNetConfig":
+    def from_row(cls, row: str, **overrides: Any) -> HRNetConfig:
         """The config of one row of Table 1 (``"CNN"``, ``"CNN+IR"``, ..., ``"HRNet"``)."""
         if row not in TABLE1_ROWS:
             raise ValueError(f"unknown Table 1 row {row!r}; valid rows: {', '.join(TABLE1_ROWS)}")
         return cls(**{**TABLE1_ROWS[row], **overrides})
 
     @classmethod
-    def from_dict(cls, values: dict) -> "HRNetConfig":
+    def from_dict(cls, values: dict) -> HRNetConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -143,7 +145,7 @@ class HRNetConfig:
         return d
 
     @classmethod
-    def from_yaml(cls, path: Union[str, Path]) -> "HRNetConfig":
+    def from_yaml(cls, path: str | Path) -> HRNetConfig:
         values = load_yaml_with_base(path).get("model", {})
         return cls.from_dict(values)
 
@@ -156,7 +158,7 @@ _FALSE = {"false", "no", "off", "0"}
 def _type_name(tp: Any) -> str:
     """``int``, ``float or null``, ``list of int``, ``list of 2 int``, ``bool or str`` ..."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Union:
+    if origin is Union or origin is types.UnionType:
         names = [_type_name(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or null" if type(None) in args else "")
     if origin in (tuple, list):
@@ -183,7 +185,7 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is Any:
         return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Union:
+    if origin is Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None
         members = [a for a in args if a is not type(None)]
@@ -205,7 +207,7 @@ def _coerce(value: Any, tp: Any) -> Any:
         elif args:
             if len(value) != len(args):
                 raise _Mismatch
-            items = [_coerce(v, a) for v, a in zip(value, args)]
+            items = [_coerce(v, a) for v, a in zip(value, args, strict=False)]
         else:
             items = list(value)
         return tuple(items) if origin is tuple else items
@@ -247,8 +249,8 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 
 def coerce_fields(
-    cls: Any, values: Dict[str, Any], where: str, label: Optional[Callable[[str], str]] = None
-) -> Dict[str, Any]:
+    cls: Any, values: dict[str, Any], where: str, label: Callable[[str], str] | None = None
+) -> dict[str, Any]:
     """``values`` converted to the types of the dataclass ``cls``'s fields.
 
     Raises ``ValueError`` naming the key (``where.key``, or ``label(key)`` when given), the
@@ -270,7 +272,7 @@ def coerce_fields(
     return out
 
 
-def load_yaml_with_base(path: Union[str, Path]) -> dict:
+def load_yaml_with_base(path: str | Path) -> dict:
     """Read a YAML file; a ``_base_`` key names a file (relative to this one) merged underneath.
 
     Nested dicts merge key by key, so a table-row file only states what differs from its base.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any
 
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.experiment import DataConfig, Experiment, RunConfig, run_experiment
@@ -31,7 +31,7 @@ QUICK_MODEL = dict(DEMO_MODEL, epochs=1, milestones=(40, 120))
 QUICK_DATA = dict(num_train_ids=16, num_test_ids=12, imgs_per_id=8, num_distractors=4, num_junk=2)
 
 
-def demo_experiment(row: str, output_dir: Union[str, Path], quick: bool = False, device: str = "auto") -> Experiment:
+def demo_experiment(row: str, output_dir: str | Path, quick: bool = False, device: str = "auto") -> Experiment:
     """The :class:`Experiment` the demo runs for one Table 1 row."""
     out = Path(output_dir)
     slug = row.lower().replace("+", "_").replace("*", "_star")
@@ -45,13 +45,13 @@ def demo_experiment(row: str, output_dir: Union[str, Path], quick: bool = False,
 
 
 def run_demo(
-    output_dir: Union[str, Path] = "demo_output", quick: bool = False, device: str = "auto", progress: bool = True
-) -> Dict[str, Any]:
+    output_dir: str | Path = "demo_output", quick: bool = False, device: str = "auto", progress: bool = True
+) -> dict[str, Any]:
     """Train and evaluate the CNN row and the HRNet row, print the comparison, draw Figure 5."""
     from hrnet_pyg.visualize import visualize_batch
 
     out = Path(output_dir)
-    results: Dict[str, Any] = {}
+    results: dict[str, Any] = {}
     for row in ("CNN", "HRNet"):
         t0 = time.perf_counter()
         print(f"== training the {row} row on the synthetic dataset ==", flush=True)

@@ -28,10 +28,11 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Sized, Tuple, Union
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -69,7 +70,7 @@ class DistributedContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-    backend: Optional[str] = None  # None: a single process, no process group
+    backend: str | None = None  # None: a single process, no process group
     initialized_here: bool = False  # init_distributed created the process group
 
     @property
@@ -82,7 +83,7 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
-def _env_int(name: str, default: Optional[int] = None) -> int:
+def _env_int(name: str, default: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None:
         if default is None:
@@ -98,7 +99,7 @@ def _env_int(name: str, default: Optional[int] = None) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def parse_device(device: Union[str, torch.device, None] = None) -> torch.device:
+def parse_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/``"auto"``: the first CUDA GPU when there is one, else the CPU; otherwise the device
     named (``cpu``, ``cuda``, ``cuda:N``, ...), checked here so that a wrong name fails in one line
     instead of deep inside the first ``.to(device)``.
@@ -128,7 +129,7 @@ def parse_device(device: Union[str, torch.device, None] = None) -> torch.device:
     return dev
 
 
-def _process_device(device: Union[str, torch.device, None], local_rank: int, world_size: int) -> torch.device:
+def _process_device(device: str | torch.device | None, local_rank: int, world_size: int) -> torch.device:
     """This process's device: ``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` when CUDA is present."""
     dev = parse_device(device)
     if dev.type != "cuda":
@@ -150,9 +151,9 @@ def _process_device(device: Union[str, torch.device, None], local_rank: int, wor
 
 
 def init_distributed(
-    device: Union[str, torch.device, None] = "auto",
-    backend: Optional[str] = None,
-    timeout_minutes: Optional[float] = 60.0,
+    device: str | torch.device | None = "auto",
+    backend: str | None = None,
+    timeout_minutes: float | None = 60.0,
 ) -> DistributedContext:
     """Join the process group that ``torchrun`` describes in the environment.
 
@@ -187,7 +188,7 @@ def init_distributed(
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
-    kwargs: Dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
     if timeout_minutes is not None:
         kwargs["timeout"] = timedelta(minutes=timeout_minutes)
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs)
@@ -220,21 +221,21 @@ def _comm_device(x: Tensor) -> torch.device:
     return x.device
 
 
-def _gather_sizes(n: int, device: torch.device) -> List[int]:
+def _gather_sizes(n: int, device: torch.device) -> list[int]:
     size = torch.tensor([n], dtype=torch.long, device=device)
     sizes = [torch.empty_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)
     return [int(s) for s in sizes]
 
 
-def _all_gather_padded(x: Tensor, sizes: Sequence[int]) -> List[Tensor]:
+def _all_gather_padded(x: Tensor, sizes: Sequence[int]) -> list[Tensor]:
     """``all_gather`` of tensors whose first dimension differs across ranks (padded, then cut)."""
     longest = max(sizes)
     if x.size(0) < longest:
         x = torch.cat([x, x.new_zeros((longest - x.size(0),) + tuple(x.shape[1:]))])
     parts = [torch.empty_like(x) for _ in sizes]
     dist.all_gather(parts, x.contiguous())
-    return [p[:s] for p, s in zip(parts, sizes)]
+    return [p[:s] for p, s in zip(parts, sizes, strict=False)]
 
 
 # ---------------------------------------------------------------------------- gathering
@@ -249,12 +250,12 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: Tuple[int, ...]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sizes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
         ctx.sizes, ctx.rank = sizes, dist.get_rank()
         return torch.cat(_all_gather_padded(x, sizes))
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         grad = grad.contiguous().clone()  # all_reduce is in place; autograd may reuse ``grad``
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])
@@ -294,7 +295,7 @@ def all_gather_cat(x: Tensor) -> Tensor:
     return torch.cat(_all_gather_padded(local, sizes)).to(x.device)
 
 
-def gather_graph_batch(feats: Tensor, pids: Tensor) -> Tuple[Tensor, Tensor]:
+def gather_graph_batch(feats: Tensor, pids: Tensor) -> tuple[Tensor, Tensor]:
     """The global batch for ``graph_scope="global"``: features with gradients, identities without."""
     return all_gather_with_grad(feats), all_gather_cat(pids)
 
@@ -325,7 +326,7 @@ class ShardSampler(Sampler[int]):
     """
 
     def __init__(
-        self, data_source: Union[Sized, int], num_replicas: Optional[int] = None, rank: Optional[int] = None
+        self, data_source: Sized | int, num_replicas: int | None = None, rank: int | None = None
     ) -> None:
         n = data_source if isinstance(data_source, int) else len(data_source)
         self.num_replicas = get_world_size() if num_replicas is None else int(num_replicas)
@@ -378,7 +379,7 @@ def prepare_for_training(
     train_loader: Any = None,
     *,
     sync_bn: bool = False,
-    graph_scope: Optional[str] = None,
+    graph_scope: str | None = None,
     find_unused_parameters: bool = False,
 ) -> nn.Module:
     """What :func:`hrnet_pyg.engine.fit` does before its first step; returns the model to train.
@@ -429,7 +430,7 @@ def broadcast_buffers(model: nn.Module) -> None:
         buf.copy_(b)
 
 
-def reduce_epoch_stats(sums: Dict[str, float], images: int) -> Tuple[Dict[str, float], int]:
+def reduce_epoch_stats(sums: dict[str, float], images: int) -> tuple[dict[str, float], int]:
     """Loss sums averaged over the ranks and the images counted over all of them (for logging)."""
     if not is_distributed():
         return sums, images

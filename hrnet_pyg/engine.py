@@ -12,14 +12,16 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
 # tqdm.std, not tqdm.auto: outside notebooks tqdm.auto is the asyncio variant, whose constructor
 # already calls iter() on the loader, so each epoch would draw the sampler's plan twice.
 from tqdm import tqdm
@@ -43,7 +45,7 @@ _CHECKPOINT_KIND = "hrnet_pyg.checkpoint"
 
 
 # ---------------------------------------------------------------------------- small helpers
-def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/"auto": the first CUDA GPU when there is one, else the CPU; ``cuda:N`` is checked
     against the visible GPUs (:func:`~hrnet_pyg.distributed.parse_device`)."""
     return parse_device(device)
@@ -52,7 +54,7 @@ def resolve_device(device: Union[str, torch.device, None] = None) -> torch.devic
 _AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
-def amp_dtype(device: torch.device, amp: Union[bool, str]) -> Optional[torch.dtype]:
+def amp_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
     """The autocast dtype of ``amp`` on ``device``, or ``None`` for fp32.
 
     ``True``/``"auto"`` (callers resolve "auto" to on for CUDA): bf16 on GPUs that support it,
@@ -72,7 +74,7 @@ def amp_dtype(device: torch.device, amp: Union[bool, str]) -> Optional[torch.dty
     return torch.bfloat16 if amp == "bf16" else None
 
 
-def autocast_context(device: torch.device, amp: Union[bool, str]) -> Any:
+def autocast_context(device: torch.device, amp: bool | str) -> Any:
     """bf16 autocast on GPUs that support it, fp16 otherwise; off on the CPU unless asked."""
     dtype = amp_dtype(device, amp)
     if dtype is None:
@@ -102,7 +104,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(inner, "_orig_mod", inner)  # torch.compile
 
 
-def _split_batch(batch: Any) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
     """(inputs, pids, camids) from a loader item: a tuple/list ``(x, pid[, camid, ...])`` or a dict."""
     if isinstance(batch, dict):
         return batch["inputs"], batch["pids"], batch.get("camids")
@@ -143,7 +145,7 @@ class _StepProgress:
     """
 
     def __init__(
-        self, desc: str, total: Optional[int], *, show: bool, print_freq: int, steps_after: Optional[int],
+        self, desc: str, total: int | None, *, show: bool, print_freq: int, steps_after: int | None,
     ) -> None:
         self.desc, self.total, self.print_freq = desc, total, max(int(print_freq), 1)
         self.steps_after = steps_after  # steps of the epochs still to come (for the run's ETA)
@@ -153,7 +155,7 @@ class _StepProgress:
             self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
         self.t0 = time.perf_counter()
 
-    def update(self, step: int, images: int, losses: Dict[str, float]) -> None:
+    def update(self, step: int, images: int, losses: dict[str, float]) -> None:
         """After ``step`` (1-based) steps and ``images`` images; ``losses`` are running means."""
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         rate = images / elapsed
@@ -198,12 +200,12 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
         raise
 
 
-def atomic_save(obj: Any, path: Union[str, Path]) -> None:
+def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: never a torn file."""
     _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
-def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check its format version."""
     path = Path(path)
     if path.is_dir():
@@ -254,7 +256,7 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
     return f"it is damaged or not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
 
 
-def _model_payload(model: nn.Module) -> Dict[str, Any]:
+def _model_payload(model: nn.Module) -> dict[str, Any]:
     inner = _unwrap(model)
     return {
         "kind": _CHECKPOINT_KIND,
@@ -265,12 +267,12 @@ def _model_payload(model: nn.Module) -> Dict[str, Any]:
     }
 
 
-def save_model(model: nn.Module, path: Union[str, Path]) -> None:
+def save_model(model: nn.Module, path: str | Path) -> None:
     """Write the whole HRNet (config, graph modules included) atomically."""
     atomic_save(_model_payload(model), path)
 
 
-def model_from_checkpoint(ckpt: Dict[str, Any]) -> nn.Module:
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     from hrnet_pyg.model import HRNet
 
     values = dict(ckpt["config"])
@@ -280,14 +282,14 @@ def model_from_checkpoint(ckpt: Dict[str, Any]) -> nn.Module:
     return model
 
 
-def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> nn.Module:
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """The HRNet saved by :func:`save_model` or by :func:`fit`'s checkpoints."""
     return model_from_checkpoint(load_checkpoint(path, map_location=map_location))
 
 
-def _rng_state() -> Dict[str, Any]:
+def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
-    state: Dict[str, Any] = {
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": random.getstate(),
@@ -297,7 +299,7 @@ def _rng_state() -> Dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
@@ -314,29 +316,29 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- training
 @dataclass
 class FitResult:
-    history: List[Dict[str, float]] = field(default_factory=list)  # one row per epoch
-    checkpoint: Optional[Path] = None  # last checkpoint written
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    checkpoint: Path | None = None  # last checkpoint written
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during :func:`fit`: where training stopped and which checkpoint can resume it."""
 
     def __init__(
-        self, epoch: int, total_epochs: int, step: int, steps: Optional[int], checkpoint: Optional[Path], done: int,
+        self, epoch: int, total_epochs: int, step: int, steps: int | None, checkpoint: Path | None, done: int,
     ) -> None:
         super().__init__(f"interrupted at epoch {epoch}/{total_epochs}, step {step}")
         self.epoch, self.total_epochs, self.step, self.steps = epoch, total_epochs, step, steps
         self.checkpoint, self.done = checkpoint, done  # done: epochs the checkpoint holds
 
 
-def _write_csv(path: Path, history: List[Dict[str, Any]]) -> None:
+def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
     """``metrics.csv`` rewritten from the history (atomically): one row per finished epoch.
 
     The history travels in ``last.pth``, so after a resume the file holds exactly the epochs of
     the checkpoint and those trained since, never a row twice; columns that only some rows have
     (evaluation metrics) stay empty elsewhere.
     """
-    fields: List[str] = []
+    fields: list[str] = []
     for row in history:
         fields.extend(k for k in row if k not in fields)
 
@@ -356,15 +358,15 @@ class _LossMeter:
     """
 
     def __init__(self) -> None:
-        self.pending: List[Tuple[int, Dict[str, Tensor]]] = []
+        self.pending: list[tuple[int, dict[str, Tensor]]] = []
 
-    def add(self, step: int, terms: Dict[str, Tensor], total: Tensor) -> None:
+    def add(self, step: int, terms: dict[str, Tensor], total: Tensor) -> None:
         values = {name: v.detach().float().reshape(()) for name, v in terms.items()}
         values["total"] = total.detach().float().reshape(())
         self.pending.append((step, values))
 
 
-def _read_losses(meter: _LossMeter, sums: Dict[str, float], tb: Any) -> None:
+def _read_losses(meter: _LossMeter, sums: dict[str, float], tb: Any) -> None:
     """Add the pending steps' losses to ``sums`` (and TensorBoard) with one device-to-host copy."""
     if not meter.pending:
         return
@@ -379,7 +381,7 @@ def _read_losses(meter: _LossMeter, sums: Dict[str, float], tb: Any) -> None:
     meter.pending.clear()
 
 
-def _tensorboard(log_dir: Optional[Path], wanted: Optional[bool]) -> Any:
+def _tensorboard(log_dir: Path | None, wanted: bool | None) -> Any:
     """A SummaryWriter; ``wanted=None``: when tensorboard is installed, ``True``: warn if not."""
     if log_dir is None or wanted is False:
         return None
@@ -403,7 +405,7 @@ def _stale_temporaries(out_dir: Path) -> None:
             tmp.unlink()
 
 
-def _config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> str:
+def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
     keys = [k for k in current if k in saved and saved[k] != current[k] and k not in ("pretrained", "epochs")]
     return ", ".join(f"model.{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now" for k in keys)
 
@@ -411,23 +413,23 @@ def _config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> str:
 def fit(
     model: nn.Module,
     train_loader: Iterable,
-    epochs: Optional[int] = None,
+    epochs: int | None = None,
     *,
-    device: Union[str, torch.device, None] = None,
-    amp: Union[bool, str] = "auto",
+    device: str | torch.device | None = None,
+    amp: bool | str = "auto",
     channels_last: bool = False,
-    compile: Union[bool, str] = False,
-    output_dir: Union[str, Path, None] = None,
-    resume: Union[str, Path, None] = None,
-    max_steps_per_epoch: Optional[int] = None,
+    compile: bool | str = False,
+    output_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    max_steps_per_epoch: int | None = None,
     progress: bool = True,
-    on_epoch_end: Optional[Any] = None,
+    on_epoch_end: Any | None = None,
     sync_bn: bool = False,
-    graph_scope: Optional[str] = None,
+    graph_scope: str | None = None,
     print_freq: int = 20,
-    eval_fn: Optional[Callable[[nn.Module], Optional[Dict[str, float]]]] = None,
+    eval_fn: Callable[[nn.Module], dict[str, float] | None] | None = None,
     eval_freq: int = 0,
-    tensorboard: Optional[bool] = None,
+    tensorboard: bool | None = None,
 ) -> FitResult:
     """Train ``model`` as in Sec. 4.2 and return the per-epoch history.
 
@@ -546,7 +548,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.train()
-            sums: Dict[str, float] = {}
+            sums: dict[str, float] = {}
             meter = _LossMeter()
             images, read, t0 = 0, 0, time.perf_counter()
             try:
@@ -663,10 +665,10 @@ def extract(
     model: nn.Module,
     loader: Iterable,
     *,
-    device: Union[str, torch.device, None] = None,
-    amp: Union[bool, str] = "auto",
+    device: str | torch.device | None = None,
+    amp: bool | str = "auto",
     progress: bool = True,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """CNN features F (before BNNeck), pids and camids of every item of ``loader`` (on the CPU).
 
     A loader on a :class:`~hrnet_pyg.distributed.ShardSampler` reads one shard per rank; the
@@ -724,8 +726,8 @@ def evaluate_features(
     rerank: bool = True,
     k_reciprocal: bool = False,
     use_camids: bool = True,
-    top_k: Optional[int] = None,
-    device: Union[str, torch.device, None] = None,
+    top_k: int | None = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Metrics of the CNN features and of the paper's relational re-ranking, side by side."""
@@ -764,10 +766,10 @@ def evaluate(
     rerank: bool = True,
     k_reciprocal: bool = False,
     use_camids: bool = True,
-    top_k: Optional[int] = None,
-    device: Union[str, torch.device, None] = None,
+    top_k: int | None = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
-) -> Optional[EvalReport]:
+) -> EvalReport | None:
     """Extract query and gallery features, then :func:`evaluate_features`.
 
     Under ``torch.distributed`` the metrics are computed on rank 0 (the other ranks return

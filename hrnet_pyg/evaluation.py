@@ -20,15 +20,16 @@ its ~10-20 match distances, and nothing loops over gallery items.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from typing import Any, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
+ArrayLike = np.ndarray | torch.Tensor | Sequence
 
 AP_MODES = ("torchreid", "market_trapezoid")
 PROTOCOLS = ("market", "cuhk03_single_shot")
@@ -40,7 +41,7 @@ _EVAL_CHUNK_ELEMENTS = 1 << 22
 # ----------------------------------------------------------------------------------------------
 # Distances
 # ----------------------------------------------------------------------------------------------
-def _as_features(x: Union[np.ndarray, torch.Tensor], name: str) -> torch.Tensor:
+def _as_features(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
@@ -68,7 +69,7 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> None:
 
 def _pairwise_chunks(
     a: torch.Tensor, b: torch.Tensor, metric: str, chunk_size: int, squared: bool = False
-) -> Iterator[Tuple[int, int, torch.Tensor]]:
+) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield ``(start, stop, block)`` with ``block`` = distances of ``a[start:stop]`` to ``b``.
 
     Blocks are in the promoted dtype of ``a`` and ``b`` (float32 or float64); at most one block
@@ -98,8 +99,8 @@ def _pairwise_chunks(
 
 
 def _full_matrix(
-    a: Union[np.ndarray, torch.Tensor],
-    b: Union[np.ndarray, torch.Tensor],
+    a: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor,
     metric: str,
     chunk_size: int,
     squared: bool = False,
@@ -114,8 +115,8 @@ def _full_matrix(
 
 
 def cosine_distance(
-    a: Union[np.ndarray, torch.Tensor],
-    b: Union[np.ndarray, torch.Tensor],
+    a: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor,
     chunk_size: int = 4096,
 ) -> torch.Tensor:
     """Cosine distance ``1 - <a_i, b_j> / (|a_i| |b_j|)`` as a ``(len(a), len(b))`` float32 tensor.
@@ -132,8 +133,8 @@ def cosine_distance(
 
 
 def euclidean_distance(
-    a: Union[np.ndarray, torch.Tensor],
-    b: Union[np.ndarray, torch.Tensor],
+    a: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor,
     chunk_size: int = 4096,
     squared: bool = False,
 ) -> torch.Tensor:
@@ -152,12 +153,12 @@ def euclidean_distance(
 
 
 def topk_neighbours(
-    a: Union[np.ndarray, torch.Tensor],
-    b: Union[np.ndarray, torch.Tensor],
+    a: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor,
     k: int,
     metric: str = "cosine",
     chunk_size: int = 4096,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest rows of ``b`` for every row of ``a``, without the full distance matrix.
 
     Returns ``(distances, indices)``, both ``(len(a), k)``, sorted by increasing distance
@@ -210,7 +211,7 @@ class RankResult:
     all_AP: np.ndarray
     all_INP: np.ndarray
 
-    def keys(self) -> Tuple[str, ...]:
+    def keys(self) -> tuple[str, ...]:
         return tuple(f.name for f in fields(self))
 
     def __getitem__(self, key: str) -> Any:
@@ -254,7 +255,7 @@ def _to_label_array(x: ArrayLike, name: str) -> np.ndarray:
 
 def _encode_pair(
     q: np.ndarray, g: np.ndarray, qname: str, gname: str
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes for query / gallery labels (any hashable dtype), equal labels equal codes."""
     if q.dtype.kind in "iub" and g.dtype.kind in "iub":
         return q.astype(np.int64), g.astype(np.int64)
@@ -266,7 +267,7 @@ def _encode_pair(
     return inv[: len(q)], inv[len(q) :]
 
 
-def _as_distmat(distmat: Union[np.ndarray, torch.Tensor]) -> Union[np.ndarray, torch.Tensor]:
+def _as_distmat(distmat: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """A C-contiguous float32/float64 numpy array (CPU data) or tensor (other devices)."""
     if isinstance(distmat, torch.Tensor):
         d = distmat.detach()
@@ -290,14 +291,14 @@ def _as_distmat(distmat: Union[np.ndarray, torch.Tensor]) -> Union[np.ndarray, t
     return np.ascontiguousarray(distmat)
 
 
-def _rows_numpy(d: Union[np.ndarray, torch.Tensor], rows: np.ndarray) -> np.ndarray:
+def _rows_numpy(d: np.ndarray | torch.Tensor, rows: np.ndarray) -> np.ndarray:
     if isinstance(d, np.ndarray):
         return d[rows]
     return d[torch.from_numpy(rows).to(d.device)].cpu().numpy()
 
 
 def _count_before(
-    d: Union[np.ndarray, torch.Tensor],
+    d: np.ndarray | torch.Tensor,
     q_idx: np.ndarray,
     g_idx: np.ndarray,
     dist: np.ndarray,
@@ -372,7 +373,7 @@ def _count_before(
     return out
 
 
-def _same_pid_pairs(q_code: np.ndarray, g_code: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _same_pid_pairs(q_code: np.ndarray, g_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All (query, gallery) pairs of equal identity codes; query-major, gallery ascending."""
     perm = np.argsort(g_code, kind="stable")
     uniq, starts, counts = np.unique(g_code[perm], return_index=True, return_counts=True)
@@ -395,15 +396,15 @@ def _warn(msg: str) -> None:
 
 
 def evaluate_rank(
-    distmat: Union[np.ndarray, torch.Tensor],
+    distmat: np.ndarray | torch.Tensor,
     q_pids: ArrayLike,
     g_pids: ArrayLike,
-    q_camids: Optional[ArrayLike] = None,
-    g_camids: Optional[ArrayLike] = None,
+    q_camids: ArrayLike | None = None,
+    g_camids: ArrayLike | None = None,
     max_rank: int = 50,
     ap_mode: str = "torchreid",
     protocol: str = "market",
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     num_repeats: int = 10,
     seed: int = 0,
 ) -> RankResult:
@@ -598,7 +599,7 @@ def single_shot_keys(seed: int, repeat: int, q_idx: ArrayLike, g_idx: ArrayLike)
 
 
 def _single_shot_cmc(
-    d: Union[np.ndarray, torch.Tensor],
+    d: np.ndarray | torch.Tensor,
     qp: np.ndarray,
     gp: np.ndarray,
     qc: np.ndarray,

@@ -17,7 +17,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any
 
 from hrnet_pyg.config import HRNetConfig, _merge, coerce_fields, load_yaml_with_base
 
@@ -31,22 +31,22 @@ log = logging.getLogger("hrnet_pyg")
 class DataConfig:
     name: str = "market1501"  # build_dataset name
     root: str = "data"  # folder holding the dataset folder
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra build_dataset arguments
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra build_dataset arguments
 
 
 @dataclass
 class RunConfig:
     output_dir: str = "runs/default"  # checkpoints, metrics.csv, metrics.json
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Union[bool, str] = "auto"  # auto (bf16/fp16 on CUDA), false, bf16, fp16 (CUDA, loss scaling)
+    amp: bool | str = "auto"  # auto (bf16/fp16 on CUDA), false, bf16, fp16 (CUDA, loss scaling)
     num_workers: int = 4  # data loader processes
     eval_batch_size: int = 128
-    max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke runs)
+    max_steps_per_epoch: int | None = None  # cut epochs short (smoke runs)
     rerank: bool = True  # the paper's relational re-ranking at test time
     k_reciprocal: bool = False  # also report k-reciprocal re-ranking (Zhong et al. 2017)
     channels_last: bool = False
-    compile: Union[bool, str] = False  # true: torch.compile (inductor); or a backend name
-    resume: Optional[str] = None  # checkpoint to continue from
+    compile: bool | str = False  # true: torch.compile (inductor); or a backend name
+    resume: str | None = None  # checkpoint to continue from
     # torchrun / DDP (docs/distributed.md): graphs per rank ("local") or over the batch of all
     # ranks ("global", features all-gathered with gradients); SyncBatchNorm in backbone + BNNeck
     graph_scope: str = "local"
@@ -54,7 +54,7 @@ class RunConfig:
     print_freq: int = 20  # steps between progress lines when the output is not a terminal
     eval_freq: int = 0  # evaluate every N epochs during training, keep best.pth by mAP; 0 = at the end only
     eval_rerank: bool = False  # those evaluations with the relational re-ranking (slower) instead of cosine
-    tensorboard: Optional[bool] = None  # None: when installed; true: warn if it is not; false: off
+    tensorboard: bool | None = None  # None: when installed; true: warn if it is not; false: off
 
 
 @dataclass
@@ -62,9 +62,9 @@ class Experiment:
     data: DataConfig
     model: HRNetConfig
     run: RunConfig
-    source: Optional[str] = None
+    source: str | None = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "data": dataclasses.asdict(self.data),
             "model": self.model.to_dict(),
@@ -72,7 +72,7 @@ class Experiment:
         }
 
 
-def _section(cls: Any, values: Dict[str, Any], where: str, label: Any = None) -> Any:
+def _section(cls: Any, values: dict[str, Any], where: str, label: Any = None) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -80,14 +80,14 @@ def _section(cls: Any, values: Dict[str, Any], where: str, label: Any = None) ->
     return cls(**coerce_fields(cls, values, where, label))
 
 
-def parse_overrides(items: List[str]) -> Dict[str, Any]:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["model.k=8", "data.kwargs.num_train_ids=16"]`` -> nested dict, values parsed as YAML.
 
     The values are typed later, against the dataclass fields (:func:`load_experiment`).
     """
     import yaml
 
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
@@ -108,7 +108,7 @@ def parse_overrides(items: List[str]) -> Dict[str, Any]:
     return out
 
 
-def _keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
+def _keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k, v in tree.items():
         out.append(prefix + k)
@@ -117,13 +117,13 @@ def _keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
     return out
 
 
-def load_experiment(path: Union[str, Path, None] = None, overrides: Optional[Dict[str, Any]] = None) -> Experiment:
+def load_experiment(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Experiment:
     """The experiment of a YAML file (``None``: the defaults) with ``overrides`` on top.
 
     Every value is converted to its field's type (YAML 1.1 reads ``3e-4`` as a string); one
     that does not fit raises ``ValueError`` naming where it came from, the key and the type.
     """
-    values: Dict[str, Any] = load_yaml_with_base(path) if path is not None else {}
+    values: dict[str, Any] = load_yaml_with_base(path) if path is not None else {}
     overrides = overrides or {}
     for section, entries in overrides.items():
         if not isinstance(entries, dict):
@@ -155,9 +155,8 @@ def load_experiment(path: Union[str, Path, None] = None, overrides: Optional[Dic
     )
 
 
-def build_loaders(exp: Experiment) -> Tuple[Any, "DataLoader", "DataLoader", "DataLoader"]:
+def build_loaders(exp: Experiment) -> tuple[Any, DataLoader, DataLoader, DataLoader]:
     """(dataset, train loader with P x K batches, query loader, gallery loader)."""
-    import torch
     from torch.utils.data import DataLoader
 
     from hrnet_pyg.data import ImageDataset, PKSampler, build_dataset, build_transforms
@@ -210,7 +209,7 @@ RUN_FILES = (
 _RUN_MARKERS = ("last.pth", "best.pth", "metrics.csv", "metrics.json")  # a folder with one of these holds a run
 
 
-def check_output_dir(out_dir: Union[str, Path], *, resume: Any = None, overwrite: bool = False) -> None:
+def check_output_dir(out_dir: str | Path, *, resume: Any = None, overwrite: bool = False) -> None:
     """Refuse to start a fresh run in a folder that already holds one (unless ``overwrite``)."""
     out_dir = Path(out_dir)
     if resume is not None and overwrite:
@@ -240,11 +239,11 @@ def _clear_run(out_dir: Path) -> None:
         tmp.unlink()
 
 
-def _environment(device: Any) -> List[str]:
+def _environment(device: Any) -> list[str]:
     import platform
+    from importlib import metadata
 
     import torch
-    from importlib import metadata
 
     def version(name: str) -> str:
         try:
@@ -285,7 +284,7 @@ class _RunLog:
         self.handler.close()
 
 
-def _rank_metrics(r: Any) -> Dict[str, float]:
+def _rank_metrics(r: Any) -> dict[str, float]:
     return {
         "mAP": float(r.mAP), "rank1": float(r.cmc[0]), "rank5": float(r.cmc[min(4, len(r.cmc) - 1)]),
         "rank10": float(r.cmc[min(9, len(r.cmc) - 1)]), "mINP": float(r.mINP),
@@ -294,7 +293,7 @@ def _rank_metrics(r: Any) -> Dict[str, float]:
 
 def run_experiment(
     exp: Experiment, *, progress: bool = True, train: bool = True, overwrite: bool = False
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Train (unless ``train=False``), evaluate, and write ``metrics.json``; returns the metrics.
 
     The output folder also gets ``train.log`` (timestamped: configuration, environment, epochs,
@@ -346,7 +345,7 @@ def run_experiment(
             log.info("data: %r", dataset)
         use_camids = getattr(dataset, "has_camids", True)
 
-        def eval_fn(m: Any) -> Optional[Dict[str, float]]:
+        def eval_fn(m: Any) -> dict[str, float] | None:
             rep = evaluate(
                 m, query_loader, gallery_loader, rerank=exp.run.eval_rerank, use_camids=use_camids,
                 device=device, progress=False,
@@ -372,7 +371,7 @@ def run_experiment(
         )
         if report is None:  # distributed: a rank other than 0, which computes and writes the metrics
             return {"metrics": {}, "report": None, "model": model, "dataset": dataset}
-        metrics: Dict[str, Any] = {}
+        metrics: dict[str, Any] = {}
         for name, r in (("cnn", report.cnn), ("hrnet", report.hrnet), ("kreciprocal", report.kreciprocal)):
             if r is not None:
                 metrics[name] = _rank_metrics(r)

@@ -31,10 +31,11 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Export formats and their usual file suffix.
-EXPORT_FORMATS: Dict[str, str] = {"torchscript": ".pt", "onnx": ".onnx", "torch.export": ".pt2"}
+EXPORT_FORMATS: dict[str, str] = {"torchscript": ".pt", "onnx": ".onnx", "torch.export": ".pt2"}
 
 
 class FeatureExtractor(nn.Module):
@@ -71,7 +72,7 @@ class FeatureExtractor(nn.Module):
         self.with_feats = with_feats
 
     @classmethod
-    def from_model(cls, model: nn.Module, with_feats: bool = False) -> "FeatureExtractor":
+    def from_model(cls, model: nn.Module, with_feats: bool = False) -> FeatureExtractor:
         inner = getattr(model, "module", model)
         inner = getattr(inner, "_orig_mod", inner)
         if getattr(inner, "backbone", None) is None:
@@ -82,7 +83,7 @@ class FeatureExtractor(nn.Module):
         extractor = cls(copy.deepcopy(inner.backbone), copy.deepcopy(inner.bnneck.bn), with_feats=with_feats)
         return extractor.float().cpu().eval()
 
-    def forward(self, images: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         feats = self.backbone(images)  # (N, d) F
         bn_feats = self.bn(feats)  # (N, d) BN(F), running statistics in eval mode
         if self.with_feats:
@@ -98,7 +99,7 @@ class ExportResult:
     path: Path
     format: str
     metadata_path: Path
-    max_abs_diff: Optional[float]  # exported vs eager on random input; None when not verified
+    max_abs_diff: float | None  # exported vs eager on random input; None when not verified
     verify_note: str  # how it was verified, or why not
 
 
@@ -106,13 +107,13 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _example(image_size: Tuple[int, int], batch: int, seed: int) -> Tensor:
+def _example(image_size: tuple[int, int], batch: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     h, w = image_size
     return torch.randn(batch, 3, h, w, generator=g)
 
 
-def _output_names(with_feats: bool) -> List[str]:
+def _output_names(with_feats: bool) -> list[str]:
     return ["bn_feats", "feats"] if with_feats else ["bn_feats"]
 
 
@@ -134,7 +135,7 @@ def _quiet_export_warnings() -> Iterator[None]:
         try:
             yield
         finally:
-            for lg, level in zip(loggers, levels):
+            for lg, level in zip(loggers, levels, strict=False):
                 lg.setLevel(level)
 
 
@@ -150,8 +151,8 @@ def export_onnx(
     path: Path,
     example: Tensor,
     *,
-    opset: Optional[int] = None,
-    dynamo: Union[bool, str] = "auto",
+    opset: int | None = None,
+    dynamo: bool | str = "auto",
 ) -> None:
     """ONNX with a dynamic batch axis (inputs ``images``; outputs ``bn_feats`` [, ``feats``])."""
     if not _has_module("onnx"):
@@ -163,7 +164,7 @@ def export_onnx(
     if use_dynamo and not _has_module("onnxscript"):
         raise ImportError("the torch.export-based ONNX exporter (dynamo=True) needs 'onnxscript': pip install onnxscript")
     outputs = _output_names(extractor.with_feats)
-    kwargs: Dict[str, Any] = dict(input_names=["images"], output_names=outputs, dynamo=use_dynamo)
+    kwargs: dict[str, Any] = dict(input_names=["images"], output_names=outputs, dynamo=use_dynamo)
     if opset is not None:
         kwargs["opset_version"] = opset
     if use_dynamo:
@@ -184,7 +185,7 @@ def export_program(extractor: FeatureExtractor, path: Path, example: Tensor) -> 
     torch.export.save(program, str(path))
 
 
-def load_exported(path: PathLike) -> Callable[[Tensor], Tuple[Tensor, ...]]:
+def load_exported(path: PathLike) -> Callable[[Tensor], tuple[Tensor, ...]]:
     """A function images -> tuple of output tensors for an exported file, by its suffix:
     ``.onnx`` (onnxruntime, CPU), ``.pt2`` (torch.export), anything else TorchScript."""
     path = Path(path)
@@ -198,7 +199,7 @@ def load_exported(path: PathLike) -> Callable[[Tensor], Tuple[Tensor, ...]]:
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-        def run_onnx(images: Tensor) -> Tuple[Tensor, ...]:
+        def run_onnx(images: Tensor) -> tuple[Tensor, ...]:
             outs = session.run(None, {"images": images.detach().cpu().float().numpy()})
             return tuple(torch.from_numpy(o) for o in outs)
 
@@ -210,14 +211,14 @@ def load_exported(path: PathLike) -> Callable[[Tensor], Tuple[Tensor, ...]]:
             module = torch.jit.load(str(path), map_location="cpu")
 
     @torch.no_grad()
-    def run_torch(images: Tensor) -> Tuple[Tensor, ...]:
+    def run_torch(images: Tensor) -> tuple[Tensor, ...]:
         out = module(images)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
     return run_torch
 
 
-def _metadata(model: nn.Module, fmt: str, with_feats: bool) -> Dict[str, Any]:
+def _metadata(model: nn.Module, fmt: str, with_feats: bool) -> dict[str, Any]:
     from hrnet_pyg import __version__
     from hrnet_pyg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -247,8 +248,8 @@ def export_model(
     format: str = "torchscript",
     *,
     with_feats: bool = False,
-    opset: Optional[int] = None,
-    dynamo: Union[bool, str] = "auto",
+    opset: int | None = None,
+    dynamo: bool | str = "auto",
     verify: bool = True,
     atol: float = 1e-4,
 ) -> ExportResult:
@@ -290,7 +291,7 @@ def export_model(
     meta_path = path.with_name(path.name + ".json")
     meta = _metadata(model, format, with_feats)
 
-    diff: Optional[float] = None
+    diff: float | None = None
     note = "not verified (verify=False)"
     if verify:
         if format == "onnx" and not _has_module("onnxruntime"):
@@ -303,7 +304,7 @@ def export_model(
             got = load_exported(path)(x)
             if len(got) != len(ref_t):
                 raise RuntimeError(f"the export {path} returned {len(got)} outputs, expected {len(ref_t)}")
-            diff = max(float((g.float() - r).abs().max()) for g, r in zip(got, ref_t))
+            diff = max(float((g.float() - r).abs().max()) for g, r in zip(got, ref_t, strict=False))
             if not diff <= atol:
                 raise RuntimeError(
                     f"the export {path} differs from the eager model by {diff:.3g} (> atol {atol:g}) "

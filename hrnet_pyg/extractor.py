@@ -13,8 +13,9 @@ test transform (resize to ``config.image_size``, ImageNet normalisation) and ret
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -48,11 +49,11 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        model: Union[PathLike, nn.Module],
+        model: PathLike | nn.Module,
         *,
-        device: Union[str, torch.device, None] = None,
+        device: str | torch.device | None = None,
         batch_size: int = 64,
-        amp: Union[bool, str] = "auto",
+        amp: bool | str = "auto",
         bnneck: bool = False,
     ) -> None:
         from hrnet_pyg.data.transforms import build_transforms
@@ -76,7 +77,7 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.amp = amp
         self.bnneck = bnneck
-        self.image_size: Tuple[int, int] = tuple(net.config.image_size)  # type: ignore[assignment]
+        self.image_size: tuple[int, int] = tuple(net.config.image_size)  # type: ignore[assignment]
         #: the model's test transform: PIL image -> normalised (3, H, W) tensor
         self.transform = build_transforms(*self.image_size, is_train=False)
         self.model.to(self.device).eval()
@@ -116,7 +117,7 @@ class FeatureExtractor:
         for s in range(0, x.size(0), self.batch_size):
             yield x[s : s + self.batch_size]
 
-    def _batches(self, inputs: Any) -> Tuple[int, Iterator[Tensor]]:
+    def _batches(self, inputs: Any) -> tuple[int, Iterator[Tensor]]:
         if isinstance(inputs, Tensor):
             n = 1 if inputs.dim() == 3 else inputs.size(0)
             return n, self._from_tensor(inputs)
@@ -169,4 +170,4 @@ def _to_pil(x: Any, index: int) -> Image.Image:
     )
 
 
-__all__: List[str] = ["FeatureExtractor"]
+__all__: list[str] = ["FeatureExtractor"]

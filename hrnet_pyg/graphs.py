@@ -14,7 +14,6 @@ Every ``edge_index`` follows PyG's ``source_to_target`` flow: ``edge_index[0]`` 
 from __future__ import annotations
 
 import importlib.util
-from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -37,7 +36,7 @@ def _pyg_has_knn() -> bool:
     return bool(getattr(torch_geometric.typing, "WITH_KNN", False))
 
 
-def _check_batch(batch: Optional[Tensor], num_nodes: int, where: str) -> Optional[Tensor]:
+def _check_batch(batch: Tensor | None, num_nodes: int, where: str) -> Tensor | None:
     if batch is None:
         return None
     if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != num_nodes:
@@ -53,7 +52,7 @@ def _check_batch(batch: Optional[Tensor], num_nodes: int, where: str) -> Optiona
     return batch.long()
 
 
-def _group(batch: Optional[Tensor], num_nodes: int, device) -> Tuple[Optional[Tensor], Tensor, Tensor]:
+def _group(batch: Tensor | None, num_nodes: int, device) -> tuple[Tensor | None, Tensor, Tensor]:
     """Nodes grouped by graph: (perm or None if already sorted, counts per graph, ptr).
 
     ``perm`` lists node ids so that ``batch[perm]`` is sorted (stable); graphs are then contiguous.
@@ -61,7 +60,7 @@ def _group(batch: Optional[Tensor], num_nodes: int, device) -> Tuple[Optional[Te
     if batch is None:
         counts = torch.tensor([num_nodes], device=device)
         return None, counts, torch.tensor([0, num_nodes], device=device)
-    perm: Optional[Tensor] = None
+    perm: Tensor | None = None
     if num_nodes > 1 and bool((batch[1:] < batch[:-1]).any()):
         perm = torch.argsort(batch, stable=True)
     counts = torch.bincount(batch) if num_nodes > 0 else batch.new_zeros(0)
@@ -111,7 +110,7 @@ def _knn_torch(
     x: Tensor,
     sq: Tensor,
     kk_graph: Tensor,
-    perm: Optional[Tensor],
+    perm: Tensor | None,
     counts: Tensor,
     ptr: Tensor,
     loop: bool,
@@ -125,8 +124,8 @@ def _knn_torch(
     num_graphs = counts.numel()
     nmax = int(counts.max()) if num_graphs > 0 else 0
     self_fill = float("-inf") if loop else float("inf")  # loop: self always chosen; else never
-    srcs: List[Tensor] = []
-    dsts: List[Tensor] = []
+    srcs: list[Tensor] = []
+    dsts: list[Tensor] = []
     if nmax * nmax <= budget:
         # (G, nmax, nmax) blocks, a group of graphs at a time. Graphs of equal size (a single
         # graph, re-ranking batches) are a free view of x; otherwise rows are padded to nmax.
@@ -184,7 +183,7 @@ def _knn_torch(
 def knn_edges(
     x: Tensor,
     k: int,
-    batch: Optional[Tensor] = None,
+    batch: Tensor | None = None,
     loop: bool = False,
     backend: str = "auto",
     clamp: bool = False,
@@ -307,7 +306,7 @@ def knn_edges(
         return edge_index
 
 
-def knn_adjacency(x: Tensor, k: int, loop: bool = False, sq_norms: Optional[Tensor] = None) -> Tensor:
+def knn_adjacency(x: Tensor, k: int, loop: bool = False, sq_norms: Tensor | None = None) -> Tensor:
     r"""Dense kNN adjacency :math:`C` (Eq. 1) of a batch of equal-sized graphs.
 
     The edges of :func:`knn_edges` (same ranking scores
@@ -339,9 +338,9 @@ def knn_adjacency(x: Tensor, k: int, loop: bool = False, sq_norms: Optional[Tens
 
 def full_edges(
     num_nodes: int,
-    batch: Optional[Tensor] = None,
+    batch: Tensor | None = None,
     loop: bool = False,
-    device: Optional[Union[torch.device, str]] = None,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     r"""Edges of the fully-connected graph (the IR* row of Table 1): every :math:`j \rightarrow i`
     with :math:`i, j` in the same graph, :math:`j \ne i` unless ``loop=True``.
@@ -388,9 +387,9 @@ def full_edges(
 def individual_graph(
     x: Tensor,
     k: int,
-    batch: Optional[Tensor] = None,
+    batch: Tensor | None = None,
     full: bool = False,
-    y: Optional[Tensor] = None,
+    y: Tensor | None = None,
     loop: bool = False,
     clamp: bool = False,
     backend: str = "auto",
@@ -420,7 +419,7 @@ def individual_graph(
     return data
 
 
-def pair_mask(f: Tensor, num_edges: Optional[int]) -> Optional[Tensor]:
+def pair_mask(f: Tensor, num_edges: int | None) -> Tensor | None:
     r"""Which difference nodes feed which in the pair graphs when they are not complete (Fig. 4).
 
     ``mask[i, j]`` is ``True`` when :math:`j` is among the ``num_edges`` nearest images of
@@ -460,8 +459,8 @@ def pair_mask(f: Tensor, num_edges: Optional[int]) -> Optional[Tensor]:
 
 def pair_graph(
     f: Tensor,
-    v: Optional[Tensor] = None,
-    num_edges: Optional[int] = None,
+    v: Tensor | None = None,
+    num_edges: int | None = None,
 ) -> HeteroData:
     r"""The N pair graphs of Eq. 6-9 for one batch of N images, as a :class:`~torch_geometric.data.HeteroData`.
 

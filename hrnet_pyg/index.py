@@ -29,9 +29,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -97,8 +98,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def exact_shortlist(
-    queries: Tensor, blocks: Iterator[Tuple[int, np.ndarray]], k: int
-) -> Tuple[Tensor, Tensor]:
+    queries: Tensor, blocks: Iterator[tuple[int, np.ndarray]], k: int
+) -> tuple[Tensor, Tensor]:
     """Top-``k`` inner products of ``queries`` (Q, d) over gallery ``blocks`` of rows.
 
     ``blocks`` yields ``(offset, rows)`` with ``rows`` (B, d) (any float dtype, memory-mapped or
@@ -147,16 +148,16 @@ class GalleryIndex:
                 f"{self.path} is not an hrnet_pyg gallery index of format {INDEX_FORMAT} "
                 f"(format {meta.get('format')!r})"
             )
-        self.meta: Dict[str, Any] = meta
+        self.meta: dict[str, Any] = meta
         self.shards = [_Shard(s["name"], int(s["count"])) for s in meta["shards"]]
         self.offsets = np.cumsum([0] + [s.count for s in self.shards])
-        self._feats: Dict[str, np.ndarray] = {}
-        self._retrieval: Dict[str, np.ndarray] = {}
-        self._paths: Optional[List[str]] = None
-        self._pids: Optional[np.ndarray] = None
-        self._camids: Optional[np.ndarray] = None
+        self._feats: dict[str, np.ndarray] = {}
+        self._retrieval: dict[str, np.ndarray] = {}
+        self._paths: list[str] | None = None
+        self._pids: np.ndarray | None = None
+        self._camids: np.ndarray | None = None
         self._faiss: Any = None
-        self.notes: List[str] = []
+        self.notes: list[str] = []
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -227,14 +228,14 @@ class GalleryIndex:
             cache[shard.name] = arr
         return cache[shard.name]
 
-    def blocks(self, kind: str = "retrieval", block: int = 32768) -> Iterator[Tuple[int, np.ndarray]]:
+    def blocks(self, kind: str = "retrieval", block: int = 32768) -> Iterator[tuple[int, np.ndarray]]:
         """``(offset, rows)`` of at most ``block`` rows, memory-mapped, in index order."""
         for s, shard in enumerate(self.shards):
             arr = self._open(kind, shard)
             for start in range(0, shard.count, block):
                 yield int(self.offsets[s]) + start, arr[start : start + block]
 
-    def rows(self, index: Union[np.ndarray, Tensor], kind: str = "feats") -> np.ndarray:
+    def rows(self, index: np.ndarray | Tensor, kind: str = "feats") -> np.ndarray:
         """float32 rows ``index`` (any shape) of F (``"feats"``) or of the retrieval features;
         reads only those rows of the memory-mapped files."""
         idx = np.asarray(index, dtype=np.int64)
@@ -256,9 +257,9 @@ class GalleryIndex:
             return
         import pandas as pd
 
-        paths: List[str] = []
-        pids: List[str] = []
-        camids: List[str] = []
+        paths: list[str] = []
+        pids: list[str] = []
+        camids: list[str] = []
         for shard in self.shards:
             file = self.path / f"meta_{shard.name}.csv"
             try:
@@ -275,18 +276,18 @@ class GalleryIndex:
         self._camids = _label_array(camids) if camids and all(c != "" for c in camids) else None
 
     @property
-    def paths(self) -> List[str]:
+    def paths(self) -> list[str]:
         self._load_metadata()
         assert self._paths is not None
         return self._paths
 
     @property
-    def pids(self) -> Optional[np.ndarray]:
+    def pids(self) -> np.ndarray | None:
         self._load_metadata()
         return self._pids
 
     @property
-    def camids(self) -> Optional[np.ndarray]:
+    def camids(self) -> np.ndarray | None:
         self._load_metadata()
         return self._camids
 
@@ -320,9 +321,9 @@ class GalleryIndex:
         return index
 
     def shortlist(
-        self, queries: Tensor, k: int, *, exact: bool = False, nprobe: Optional[int] = None,
-        ef_search: Optional[int] = None, block: int = 32768,
-    ) -> Tuple[Tensor, Tensor, str]:
+        self, queries: Tensor, k: int, *, exact: bool = False, nprobe: int | None = None,
+        ef_search: int | None = None, block: int = 32768,
+    ) -> tuple[Tensor, Tensor, str]:
         """Top-``k`` cosine of normalised retrieval features ``queries`` (Q, d):
         ``(sims, index, how)``, best first; ``how`` says which path ran."""
         if queries.dim() != 2 or queries.size(1) != self.feat_dim:
@@ -347,16 +348,16 @@ class GalleryIndex:
         cls,
         path: PathLike,
         model: nn.Module,
-        images: Union[PathLike, ImageList, ImageFeatures],
+        images: PathLike | ImageList | ImageFeatures,
         *,
         dtype: str = "float32",
         faiss_type: str = "auto",
-        nlist: Optional[int] = None,
-        checkpoint: Optional[str] = None,
+        nlist: int | None = None,
+        checkpoint: str | None = None,
         force: bool = False,
         chunk: int = 50000,
         **extract_kw: Any,
-    ) -> "GalleryIndex":
+    ) -> GalleryIndex:
         """Extract the features of ``images`` and write a new index at ``path``.
 
         Args:
@@ -420,9 +421,9 @@ class GalleryIndex:
         return cls(path)
 
     def add(
-        self, model: nn.Module, images: Union[PathLike, ImageList, ImageFeatures], *, chunk: int = 50000,
+        self, model: nn.Module, images: PathLike | ImageList | ImageFeatures, *, chunk: int = 50000,
         **extract_kw: Any,
-    ) -> Tuple[int, int]:
+    ) -> tuple[int, int]:
         """Append ``images`` (as :meth:`build` takes them) as new shards; images whose path is
         already in the index are skipped. Returns ``(added, skipped)``."""
         self.check_model(model)
@@ -431,9 +432,9 @@ class GalleryIndex:
         return self._append(model, images, chunk=chunk, **extract_kw)
 
     def _append(
-        self, model: nn.Module, images: Union[PathLike, ImageList, ImageFeatures], *, chunk: int,
+        self, model: nn.Module, images: PathLike | ImageList | ImageFeatures, *, chunk: int,
         **extract_kw: Any,
-    ) -> Tuple[int, int]:
+    ) -> tuple[int, int]:
         from hrnet_pyg.engine import resolve_device
         from hrnet_pyg.search import extract_images
 
@@ -460,7 +461,7 @@ class GalleryIndex:
             sources = (_select_list(listed, keep[s : s + chunk]) for s in range(0, len(keep), chunk))
         dev = resolve_device(extract_kw.get("device"))
         added = 0
-        new_shards: List[Dict[str, Any]] = []
+        new_shards: list[dict[str, Any]] = []
         for src in sources:
             feats = src if isinstance(src, ImageFeatures) else extract_images(inner, src, **extract_kw)
             for s in range(0, len(feats), chunk):
@@ -472,7 +473,7 @@ class GalleryIndex:
         self._commit(new_shards)
         return added, total - added
 
-    def _write_shard(self, model: nn.Module, feats: ImageFeatures, dev: torch.device, number: int) -> Dict[str, Any]:
+    def _write_shard(self, model: nn.Module, feats: ImageFeatures, dev: torch.device, number: int) -> dict[str, Any]:
         if feats.features.size(1) != self.feat_dim:
             raise GalleryIndexError(f"features of dimension {feats.features.size(1)}, the index has {self.feat_dim}")
         name = f"{number:05d}"
@@ -501,7 +502,7 @@ class GalleryIndex:
         }).to_csv(self.path / f"meta_{name}.csv", index=False)
         return {"name": name, "count": n}
 
-    def _commit(self, new_shards: List[Dict[str, Any]]) -> None:
+    def _commit(self, new_shards: list[dict[str, Any]]) -> None:
         meta = dict(self.meta)
         meta["shards"] = list(meta["shards"]) + new_shards
         self.shards = [_Shard(s["name"], int(s["count"])) for s in meta["shards"]]
@@ -513,7 +514,7 @@ class GalleryIndex:
         self.meta = meta
         self._faiss = None
 
-    def build_faiss(self, faiss_type: str, *, nlist: Optional[int] = None) -> None:
+    def build_faiss(self, faiss_type: str, *, nlist: int | None = None) -> None:
         """(Re)build the faiss part over every image of the index (``flat``, ``ivf``, ``hnsw``),
         or drop it (``none``); ``meta.json`` is replaced once the new part is written."""
         if faiss_type not in FAISS_TYPES:
@@ -532,9 +533,9 @@ class GalleryIndex:
         self._faiss = None
 
     def _update_faiss(
-        self, part: Dict[str, Any], new_shards: List[Dict[str, Any]], *, fresh: bool = False,
-        target: Optional[Path] = None,
-    ) -> Dict[str, Any]:
+        self, part: dict[str, Any], new_shards: list[dict[str, Any]], *, fresh: bool = False,
+        target: Path | None = None,
+    ) -> dict[str, Any]:
         faiss = _import_faiss()
         file = self.path / _FAISS_FILE
         target = file if target is None else target
@@ -614,20 +615,20 @@ def _select_list(images: ImageList, keep: Sequence[int]) -> ImageList:
 @torch.no_grad()
 def search_index(
     model: nn.Module,
-    query: Union[PathLike, ImageFeatures],
-    index: Union[PathLike, GalleryIndex],
+    query: PathLike | ImageFeatures,
+    index: PathLike | GalleryIndex,
     *,
     topk: int = 10,
     rerank: bool = True,
-    shortlist: Optional[int] = None,
+    shortlist: int | None = None,
     exclude_self: bool = True,
     exact: bool = False,
-    nprobe: Optional[int] = None,
+    nprobe: int | None = None,
     queries_per_pass: int = 16,
     labels: str = "auto",
     batch_size: int = 64,
     num_workers: int = 0,
-    device: Union[str, torch.device, None] = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> SearchResult:
     """Rank the images of a :class:`GalleryIndex` for each query (images, a CSV or an ``.npz``).
@@ -649,7 +650,7 @@ def search_index(
         raise ValueError(f"shortlist must be >= 1, got {shortlist}")
     if len(idx_obj) == 0:
         raise ValueError(f"index {idx_obj.path} holds no image")
-    kw: Dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device,
+    kw: dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device,
                               progress=progress)
     q = features_of(inner, query, **kw)
     if q.model_fingerprint is not None and q.model_fingerprint != idx_obj.fingerprint:
@@ -659,7 +660,7 @@ def search_index(
         )
     dev = resolve_device(device)
     inner.to(dev).eval()
-    notes: List[str] = []
+    notes: list[str] = []
     use_rerank = rerank and (inner.ir is not None or inner.pr is not None)
     if rerank and not use_rerank:
         notes.append("note: this model has no IR/PR module; ranked by cosine distance of BN(F)")

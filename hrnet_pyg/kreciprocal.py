@@ -26,14 +26,14 @@ local query expansion ``V[i] <- mean(V[initial_rank[i, :k2]])`` (if ``k2 != 1``)
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple, Union
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-TensorLike = Union[np.ndarray, torch.Tensor]
+TensorLike = np.ndarray | torch.Tensor
 
 # Work sizes of the chunked steps (entries of the largest temporary per chunk).
 _ROW_CHUNK = 2048
@@ -212,7 +212,7 @@ def _jaccard_into(
         b = int(torch.searchsorted(cum, cum[a] + _TRIPLE_BUDGET, side="right")) - 1
         bounds.append(min(max(b, a + 1), a + max_rows, num_q))
     bar = tqdm(total=num_q, desc="k-reciprocal jaccard", unit="query", disable=not progress)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
         e0, e1 = int(crow[a]), int(crow[b])
         qi = q_entries[e0:e1] - a
         qk, qv = col[e0:e1], val[e0:e1]
@@ -329,7 +329,7 @@ def k_reciprocal_rerank(
 # ----------------------------------------------------------------------------------------------
 def _merge_topk(
     best_v: torch.Tensor, best_i: torch.Tensor, v: torch.Tensor, i: torch.Tensor, k: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     cv = torch.cat([best_v, v], 1)
     ci = torch.cat([best_i, i], 1)
     nv, pos = torch.topk(cv, k, dim=1, largest=False, sorted=True)
@@ -395,7 +395,7 @@ def k_reciprocal_rerank_features(
     tbuf = torch.empty_like(buf)
 
     def d2_block(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        g = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+        g = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)  # noqa: F821 (deleted after the last call)
         if metric == "euclidean":  # |x_r|^2 + |x_c|^2 - 2 x_r.x_c, clamped at 0
             torch.addmm(sq[c0:c1].unsqueeze(0), x[r0:r1], x[c0:c1].t(), alpha=-2.0, out=g)
             g.add_(sq[r0:r1].unsqueeze(1)).clamp_(min=0.0)
@@ -426,7 +426,7 @@ def k_reciprocal_rerank_features(
         qr1, gc0 = min(a1, num_q), max(b, num_q)
         if a < qr1 and gc0 < b1:
             out[a:qr1, gc0 - num_q : b1 - num_q] = blk[: qr1 - a, gc0 - b :]
-    del buf, tbuf
+    del buf, tbuf  # freed before the od pass, after the last d2_block call
     # od[i, j] = d2[i, j] / max_k d2[i, k]  (d2 symmetric: the reference's column max)
     step = max(1, (1 << 22) // max(n - num_q, 1))
     for s in range(0, num_q, step):

@@ -11,14 +11,12 @@ used in any PyG model.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import BatchNorm1d, Parameter
-
 from torch_geometric.data import HeteroData
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
@@ -62,7 +60,7 @@ def _check_features(x: Tensor, channels: int, where: str, name: str, dims=(2,)) 
 def all_node_logsumexp(
     s_dst: Tensor,
     s_src: Tensor,
-    batch: Optional[Tensor] = None,
+    batch: Tensor | None = None,
     negative_slope: float = 0.2,
     budget: int = _LSE_BUDGET,
 ) -> Tensor:
@@ -137,10 +135,10 @@ class _InterGraphTerm(torch.autograd.Function):
         # batches, usually 1), never over nodes.
         if ctx.needs_input_grad[3]:  # sum_k grad[r, i, k] wr[i, k]
             out[3] = torch.stack([torch.bmm(gb.transpose(0, 1), wb.unsqueeze(-1)).squeeze(-1).t()
-                                  for gb, wb in zip(g4, wr.reshape(-1, n, d))]).view(qr.shape)
+                                  for gb, wb in zip(g4, wr.reshape(-1, n, d), strict=False)]).view(qr.shape)
         if ctx.needs_input_grad[4]:  # sum_r qr[r, i] grad[r, i, k]
             out[4] = torch.stack([torch.bmm(sb.t().unsqueeze(1), gb.transpose(0, 1)).squeeze(1)
-                                  for sb, gb in zip(qr.reshape(-1, r, n), g4)]).view(wr.shape)
+                                  for sb, gb in zip(qr.reshape(-1, r, n), g4, strict=False)]).view(wr.shape)
         return tuple(out)
 
 
@@ -210,7 +208,7 @@ class IndividualRelationConv(MessagePassing):
         normalize: str = "all",
         add_identity: bool = True,
         act: bool = True,
-        ref_nodes: Optional[int] = None,
+        ref_nodes: int | None = None,
         **kwargs,
     ):
         kwargs.setdefault("aggr", "add")
@@ -246,9 +244,9 @@ class IndividualRelationConv(MessagePassing):
         self,
         x: Tensor,
         edge_index: Tensor,
-        batch: Optional[Tensor] = None,
-        return_attention_weights: Optional[bool] = None,
-    ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+        batch: Tensor | None = None,
+        return_attention_weights: bool | None = None,
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         r"""Runs the forward pass of the module.
 
         Args:
@@ -305,8 +303,8 @@ class IndividualRelationConv(MessagePassing):
         x: Tensor,
         adj: Tensor,
         *,
-        x_lin: Optional[Tensor] = None,
-        dots: Optional[Tensor] = None,
+        x_lin: Tensor | None = None,
+        dots: Tensor | None = None,
     ) -> Tensor:
         r"""The layer on a batch of small dense graphs: :math:`B` graphs of :math:`M` nodes each.
 
@@ -362,8 +360,8 @@ class IndividualRelationConv(MessagePassing):
             out = F.relu(out, inplace=True)
         return out
 
-    def edge_update(self, s_j: Tensor, s_i: Tensor, lse_i: Optional[Tensor], index: Tensor,
-                    ptr: Optional[Tensor], dim_size: Optional[int]) -> Tensor:
+    def edge_update(self, s_j: Tensor, s_i: Tensor, lse_i: Tensor | None, index: Tensor,
+                    ptr: Tensor | None, dim_size: int | None) -> Tensor:
         e = F.leaky_relu(s_i + s_j, self.negative_slope)  # mu([x_i || x_j]^T H_s)
         if lse_i is not None:
             return torch.exp(e - lse_i)  # Eq. 2: all-node denominator, then masked by C
@@ -494,10 +492,10 @@ class PairwiseRelationConv(MessagePassing):
         self,
         x_pair: Tensor,
         edge_index: Tensor,
-        x_image: Optional[Tensor] = None,
-        left_index: Optional[Tensor] = None,
-        right_index: Optional[Tensor] = None,
-        return_attention_weights: Optional[bool] = None,
+        x_image: Tensor | None = None,
+        left_index: Tensor | None = None,
+        right_index: Tensor | None = None,
+        return_attention_weights: bool | None = None,
     ):
         r"""Message-passing forward over pair nodes.
 
@@ -564,7 +562,7 @@ class PairwiseRelationConv(MessagePassing):
             return out, (edge_index, g)
         return out
 
-    def forward_hetero(self, data: HeteroData, return_attention_weights: Optional[bool] = None):
+    def forward_hetero(self, data: HeteroData, return_attention_weights: bool | None = None):
         r"""Message-passing forward on the output of :func:`hrnet_pyg.graphs.pair_graph`.
 
         Reads ``data["pair"].x``, the ``("pair", "intra", "pair")`` edges and, with IGP,
@@ -590,8 +588,8 @@ class PairwiseRelationConv(MessagePassing):
         return self.forward(data["pair"].x, data["pair", "intra", "pair"].edge_index,
                             return_attention_weights=return_attention_weights, **kwargs)
 
-    def edge_update(self, s_j: Tensor, s_i: Tensor, index: Tensor, ptr: Optional[Tensor],
-                    dim_size: Optional[int]) -> Tensor:
+    def edge_update(self, s_j: Tensor, s_i: Tensor, index: Tensor, ptr: Tensor | None,
+                    dim_size: int | None) -> Tensor:
         e = F.leaky_relu(s_i + s_j, self.negative_slope)  # mu([u_{n,i} || u_{n,j}]^T H_p)
         if index.numel() == 0:
             return e
@@ -606,16 +604,16 @@ class PairwiseRelationConv(MessagePassing):
     def forward_dense(
         self,
         f: Tensor,
-        v: Optional[Tensor] = None,
-        mask: Optional[Tensor] = None,
-        rows: Optional[Tensor] = None,
+        v: Tensor | None = None,
+        mask: Tensor | None = None,
+        rows: Tensor | None = None,
         return_attention: bool = False,
         *,
-        f_lin: Optional[Tensor] = None,
-        f_dots: Optional[Tensor] = None,
-        v_lin_l: Optional[Tensor] = None,
-        v_lin_r: Optional[Tensor] = None,
-        v_dots: Optional[Tensor] = None,
+        f_lin: Tensor | None = None,
+        f_dots: Tensor | None = None,
+        v_lin_l: Tensor | None = None,
+        v_lin_r: Tensor | None = None,
+        v_dots: Tensor | None = None,
     ):
         r"""The layer on the :math:`N` pair graphs of Eq. 6 built from :math:`\mathbf{F}`, factorised.
 
@@ -857,7 +855,7 @@ class VerificationHead(torch.nn.Module):
     """
 
     def __init__(self, in_channels: int, projection: bool = False,
-                 hidden_channels: Optional[int] = None, init: str = "glorot"):
+                 hidden_channels: int | None = None, init: str = "glorot"):
         super().__init__()
         if init not in ("glorot", "distance"):
             raise ValueError(f"VerificationHead: init must be 'glorot' or 'distance', got {init!r}")

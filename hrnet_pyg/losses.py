@@ -6,14 +6,12 @@ the device except where it checks its input (label range) or a result (Eq. 14 Na
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 # Eq. 14 term names (canonical) -> the paper's symbol; aliases accepted by hrnet_total_loss.
-LOSS_TERMS: Dict[str, str] = {
+LOSS_TERMS: dict[str, str] = {
     "cl": "L_cl (Eq. 10-11)",
     "tr": "L_tr (Eq. 12)",
     "in": "L_in (Eq. 10-11 on the IR output)",
@@ -76,7 +74,7 @@ def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float =
     return (-p * log_prob).sum(dim=1).mean()  # Eq. 10, mean over the batch
 
 
-def pairwise_euclidean(x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+def pairwise_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
     r"""Euclidean distance matrix :math:`m(x_i, y_j) = \lVert x_i - y_j \rVert_2`, safe to
     differentiate: the squared distance is clamped at ``1e-12`` before the square root, so
     identical points (the diagonal when ``y`` is ``None``) get distance ``1e-6`` and a finite
@@ -106,7 +104,7 @@ def pairwise_euclidean(x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         return d2.clamp(min=1e-12).sqrt()
 
 
-def _masked_pick(key: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+def _masked_pick(key: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per row, the column maximising ``key`` among ``mask``; and whether the row has one.
 
     Shapes: key, mask (N, N) -> index (N,), valid (N,)."""
@@ -120,7 +118,7 @@ def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
     return values.sum() / valid.sum().clamp(min=1).to(values.dtype)
 
 
-def _pid_masks(pids: Tensor) -> Tuple[Tensor, Tensor]:
+def _pid_masks(pids: Tensor) -> tuple[Tensor, Tensor]:
     """(N, N) masks of positives (same pid, j != i) and negatives (different pid)."""
     same = pids.unsqueeze(0) == pids.unsqueeze(1)  # (N, N)
     eye = torch.eye(pids.numel(), dtype=torch.bool, device=pids.device)
@@ -162,7 +160,7 @@ def batch_hard_triplet_loss(feats: Tensor, pids: Tensor, margin: float = 0.3) ->
 
 
 def consistent_node_loss(v_in: Tensor, v_out: Tensor, pids: Tensor, margin: float = 0.3,
-                         mining: str = "violation") -> Tuple[Tensor, Tensor]:
+                         mining: str = "violation") -> tuple[Tensor, Tensor]:
     r"""Consistent node constraint, Eq. 4-5: after the graph convolution, same-identity nodes
     must not drift apart and different-identity nodes must not come closer (margin
     :math:`\omega`).
@@ -227,8 +225,8 @@ def consistent_node_loss(v_in: Tensor, v_out: Tensor, pids: Tensor, margin: floa
 
 
 def verification_loss(logits: Tensor, pids: Tensor, exclude_self: bool = True,
-                      rows_pids: Optional[Tensor] = None,
-                      rows_index: Optional[Tensor] = None) -> Tensor:
+                      rows_pids: Tensor | None = None,
+                      rows_index: Tensor | None = None) -> Tensor:
     r"""Pairwise verification loss, Eq. 13, averaged over pairs.
 
     .. math::
@@ -296,7 +294,7 @@ def _canonical(name: str) -> str:
     return key
 
 
-def hrnet_total_loss(terms: Dict[str, Tensor], lambda_cnc: float = 0.1) -> Tensor:
+def hrnet_total_loss(terms: dict[str, Tensor], lambda_cnc: float = 0.1) -> Tensor:
     r"""Total loss of HRNet, Eq. 14.
 
     .. math::
@@ -316,7 +314,7 @@ def hrnet_total_loss(terms: Dict[str, Tensor], lambda_cnc: float = 0.1) -> Tenso
     """
     if not terms:
         raise ValueError("hrnet_total_loss needs at least one loss term")
-    canon: Dict[str, Tuple[str, Tensor]] = {}
+    canon: dict[str, tuple[str, Tensor]] = {}
     for name, value in terms.items():
         key = _canonical(name)
         if key in canon:

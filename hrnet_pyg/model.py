@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as Fn
@@ -49,13 +49,13 @@ class HRNetOutput:
 
     feats: Tensor  # (N, d) F: pooled CNN features, the graph modules' input
     bn_feats: Tensor  # (N, d) BN(F): retrieval features of the CNN (BNNeck)
-    logits: Optional[Tensor] = None  # (N, S) ID logits on BN(F)
-    ir_feats: Optional[Tensor] = None  # (N, d) V' (Eq. 3)
-    ir_logits: Optional[Tensor] = None  # (N, S) ID logits on BN(V')
-    ir_attention: Optional[Tuple[Tensor, Tensor]] = None  # (edge_index, a_ij) of A∘C
-    pair_logits: Optional[Tensor] = None  # (N, N) verification logits of t_hat(n, i)
-    losses: Dict[str, Tensor] = field(default_factory=dict)  # named terms of Eq. 14
-    loss: Optional[Tensor] = None  # L_total (Eq. 14)
+    logits: Tensor | None = None  # (N, S) ID logits on BN(F)
+    ir_feats: Tensor | None = None  # (N, d) V' (Eq. 3)
+    ir_logits: Tensor | None = None  # (N, S) ID logits on BN(V')
+    ir_attention: tuple[Tensor, Tensor] | None = None  # (edge_index, a_ij) of A∘C
+    pair_logits: Tensor | None = None  # (N, N) verification logits of t_hat(n, i)
+    losses: dict[str, Tensor] = field(default_factory=dict)  # named terms of Eq. 14
+    loss: Tensor | None = None  # L_total (Eq. 14)
 
 
 @dataclass
@@ -70,14 +70,14 @@ class ImageTerms:
 
     feats: Tensor  # (N, d) F
     retrieval: Tensor  # (N, d) BN(F) / ||BN(F)||: the cosine shortlist features
-    sq_norms: Optional[Tensor] = None  # (N,) ||f||^2 for the kNN distances of Eq. 1 (IR module)
-    ir_lin: Optional[Tensor] = None  # (N, d') F W_s (Eq. 3)
-    ir_dots: Optional[Tensor] = None  # (N, 2) F H_s[:d], F H_s[d:] (Eq. 2)
-    pr_lin: Optional[Tensor] = None  # (N, d) F W_p (Eq. 7)
-    pr_dots: Optional[Tensor] = None  # (N, 2|4) F H_p halves; F H_l[:d], F H_r[:d] (Eq. 6, 8-9)
-    igp_lin_l: Optional[Tensor] = None  # (N, d) F W_l: IGP on v = f (no IR module), Eq. 7
-    igp_lin_r: Optional[Tensor] = None  # (N, d) F W_r
-    igp_dots: Optional[Tensor] = None  # (N, 2) F H_l[d:], F H_r[d:]
+    sq_norms: Tensor | None = None  # (N,) ||f||^2 for the kNN distances of Eq. 1 (IR module)
+    ir_lin: Tensor | None = None  # (N, d') F W_s (Eq. 3)
+    ir_dots: Tensor | None = None  # (N, 2) F H_s[:d], F H_s[d:] (Eq. 2)
+    pr_lin: Tensor | None = None  # (N, d) F W_p (Eq. 7)
+    pr_dots: Tensor | None = None  # (N, 2|4) F H_p halves; F H_l[:d], F H_r[:d] (Eq. 6, 8-9)
+    igp_lin_l: Tensor | None = None  # (N, d) F W_l: IGP on v = f (no IR module), Eq. 7
+    igp_lin_r: Tensor | None = None  # (N, d) F W_r
+    igp_dots: Tensor | None = None  # (N, 2) F H_l[d:], F H_r[d:]
 
 
 # Test-time similarities that fuse_scores can add (keys of HRNet.graph_score_terms).
@@ -102,7 +102,7 @@ def _normalise_over_shortlist(s: Tensor, norm: str) -> Tensor:
     return 1.0 - ranks.to(s.dtype) / k
 
 
-def fuse_scores(parts: Dict[str, Tensor], ir: str = "ir_cosine", pr: str = "pr_prob",
+def fuse_scores(parts: dict[str, Tensor], ir: str = "ir_cosine", pr: str = "pr_prob",
                 norm: str = "none") -> Tensor:
     """Sec. 4.2: "the similarity scores calculated from the two relationship learning modules are
     added". ``parts`` are :meth:`HRNet.graph_score_terms`; ``ir`` and ``pr`` name the term each
@@ -134,7 +134,7 @@ class HRNet(nn.Module):
         num_classes: number of training identities S (Eq. 10).
     """
 
-    def __init__(self, config: Optional[HRNetConfig] = None, num_classes: int = 751) -> None:
+    def __init__(self, config: HRNetConfig | None = None, num_classes: int = 751) -> None:
         super().__init__()
         cfg = config if config is not None else HRNetConfig()
         if num_classes < 2:
@@ -142,7 +142,7 @@ class HRNet(nn.Module):
         self.config = cfg
         self.num_classes = num_classes
         if cfg.backbone is None:
-            self.backbone: Optional[nn.Module] = None
+            self.backbone: nn.Module | None = None
             dim = cfg.feat_dim
         else:
             self.backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
@@ -151,16 +151,16 @@ class HRNet(nn.Module):
         # distributed (issue 6): "local" = graphs per rank, "global" = over all ranks' batch
         self.graph_scope = "local"
         self.bnneck = BNNeck(dim, num_classes)
-        self.ir: Optional[IndividualRelationConv] = None
-        self.ir_neck: Optional[BNNeck] = None
+        self.ir: IndividualRelationConv | None = None
+        self.ir_neck: BNNeck | None = None
         if cfg.use_ir:
             self.ir = IndividualRelationConv(
                 dim, dim, negative_slope=cfg.leaky_relu_slope, normalize=cfg.ir_attention_norm,
                 ref_nodes=cfg.batch_size if cfg.ir_attention_norm == "size" else None,
             )
             self.ir_neck = BNNeck(dim, num_classes)  # L_in: "its own classifier"
-        self.pr: Optional[PairwiseRelationConv] = None
-        self.verifier: Optional[VerificationHead] = None
+        self.pr: PairwiseRelationConv | None = None
+        self.verifier: VerificationHead | None = None
         if cfg.use_pr:
             self.pr = PairwiseRelationConv(
                 dim,
@@ -173,7 +173,7 @@ class HRNet(nn.Module):
                                              init=cfg.pr_head_init)
 
     # ------------------------------------------------------------------ graph construction
-    def individual_edges(self, feats: Tensor, batch: Optional[Tensor] = None, k: Optional[int] = None) -> Tensor:
+    def individual_edges(self, feats: Tensor, batch: Tensor | None = None, k: int | None = None) -> Tensor:
         """Edges of C (Eq. 1): kNN, or the fully-connected graph for the IR* row."""
         if self.config.ir_graph == "full":
             return full_edges(feats.size(0), batch=batch, device=feats.device)
@@ -193,7 +193,7 @@ class HRNet(nn.Module):
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(inputs.shape)}")
         return self.backbone(inputs)
 
-    def forward(self, inputs: Tensor, pids: Optional[Tensor] = None) -> HRNetOutput:
+    def forward(self, inputs: Tensor, pids: Tensor | None = None) -> HRNetOutput:
         feats = self.extract_features(inputs)  # (N, d)
         bn_feats, logits = self.bnneck(feats)
         out = HRNetOutput(feats=feats, bn_feats=bn_feats, logits=logits)
@@ -302,7 +302,7 @@ class HRNet(nn.Module):
                 terms.igp_dots = self.pr.node_dots(f)
         return terms
 
-    def individual_adjacency(self, graph_feats: Tensor, sq_norms: Optional[Tensor] = None) -> Tensor:
+    def individual_adjacency(self, graph_feats: Tensor, sq_norms: Tensor | None = None) -> Tensor:
         """C of Eq. 1 for B graphs of M nodes, dense: (B, M, M) bool, ``[b, i, j]`` = edge j -> i.
 
         The edges of :meth:`individual_edges` on the graphs' disjoint union, k clipped to M - 1 as
@@ -332,7 +332,7 @@ class HRNet(nn.Module):
         return fuse_scores(parts, ir=cfg.rerank_ir_score, pr=cfg.rerank_pr_score, norm=cfg.rerank_norm)
 
     @torch.no_grad()
-    def graph_score_terms(self, terms: ImageTerms, index: Tensor) -> Dict[str, Tensor]:
+    def graph_score_terms(self, terms: ImageTerms, index: Tensor) -> dict[str, Tensor]:
         """Every test-time similarity of each graph's query (node 0) to its other nodes.
 
         Only the work that depends on a graph's node set is done here: the kNN graph C (Eq. 1,
@@ -361,11 +361,11 @@ class HRNet(nn.Module):
             return (x[:, 1:] @ x[:, 0].unsqueeze(-1)).squeeze(-1) / (norm[:, :1] * norm[:, 1:])
 
         r = rows_of(terms.retrieval)  # (B, M, d), unit rows
-        out: Dict[str, Tensor] = {"cosine": (r[:, 1:] @ r[:, 0].unsqueeze(-1)).squeeze(-1)}
+        out: dict[str, Tensor] = {"cosine": (r[:, 1:] @ r[:, 0].unsqueeze(-1)).squeeze(-1)}
         if self.ir is None and self.pr is None:
             return out
         f = rows_of(terms.feats)  # (B, M, d)
-        v: Optional[Tensor] = None
+        v: Tensor | None = None
         if self.ir is not None and self.ir_neck is not None:
             assert terms.ir_lin is not None and terms.ir_dots is not None
             assert terms.sq_norms is not None
@@ -377,7 +377,7 @@ class HRNet(nn.Module):
             cfg = self.config
             mask = pair_mask(f, self.pr_edges_for(m)) if cfg.pr_edges else None  # (B, M, M) or None
             rows = torch.zeros(1, dtype=torch.long, device=f.device)  # graph n = the query
-            extra: Dict[str, Tensor] = {}
+            extra: dict[str, Tensor] = {}
             if cfg.use_igp:
                 assert self.pr.lin_l is not None and self.pr.lin_r is not None
                 if v is not None:  # v = V' (graph dependent): the per-graph GEMM of re-ranking
@@ -396,7 +396,7 @@ class HRNet(nn.Module):
             out["pr_prob"] = torch.sigmoid(logit)  # t_hat(q, g)
         return out
 
-    def pr_edges_for(self, num_nodes: int) -> Optional[int]:
+    def pr_edges_for(self, num_nodes: int) -> int | None:
         """Fig. 4's edges per difference node in a pair graph of ``num_nodes`` nodes.
 
         ``pr_edges`` counts edges in a training graph of P x K nodes; with
@@ -411,31 +411,31 @@ class HRNet(nn.Module):
         return max(1, min(num_nodes, round(cfg.pr_edges * num_nodes / cfg.batch_size)))
 
     # ------------------------------------------------------------------ user API (engine)
-    def fit(self, train_loader: "DataLoader", epochs: Optional[int] = None, **kwargs: Any) -> Any:
+    def fit(self, train_loader: DataLoader, epochs: int | None = None, **kwargs: Any) -> Any:
         """Train as in Sec. 4.2 (Adam, lr 3.5e-4, wd 5e-4, x0.1 at 40/120, 200 epochs)."""
         from hrnet_pyg.engine import fit
 
         return fit(self, train_loader, epochs=epochs, **kwargs)
 
-    def extract(self, loader: "DataLoader", **kwargs: Any) -> Tuple[Tensor, Tensor, Tensor]:
+    def extract(self, loader: DataLoader, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor]:
         """(F, pids, camids) of every image of ``loader``."""
         from hrnet_pyg.engine import extract
 
         return extract(self, loader, **kwargs)
 
-    def evaluate(self, query_loader: "DataLoader", gallery_loader: "DataLoader", **kwargs: Any) -> Any:
+    def evaluate(self, query_loader: DataLoader, gallery_loader: DataLoader, **kwargs: Any) -> Any:
         """CNN-only and relational re-ranking metrics side by side (Sec. 4.2 "Testing")."""
         from hrnet_pyg.engine import evaluate
 
         return evaluate(self, query_loader, gallery_loader, **kwargs)
 
-    def save(self, path: Union[str, Path]) -> None:
+    def save(self, path: str | Path) -> None:
         from hrnet_pyg.engine import save_model
 
         save_model(self, path)
 
     @classmethod
-    def load(cls, path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> "HRNet":
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> HRNet:
         from hrnet_pyg.engine import load_model
 
         return load_model(path, map_location=map_location)

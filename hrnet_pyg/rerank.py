@@ -17,12 +17,9 @@ images. Per query only what depends on its node set remains
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
-
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-
 
 # Bytes of one (queries, 1 + top_k, d) float32 tensor of a pass when queries_per_pass is not given.
 # CPU: glibc serves allocations above 32 MiB with fresh mmap()s, which page-fault on every pass (a
@@ -40,11 +37,11 @@ def relational_rerank(
     gallery_feats: Tensor,
     top_k: int = 120,
     *,
-    queries_per_pass: Optional[int] = None,
-    device: Union[str, torch.device, None] = None,
+    queries_per_pass: int | None = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
     return_scores: bool = False,
-) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Query x gallery distance matrix (lower = better) after relational re-ranking.
 
     Args:

@@ -22,9 +22,10 @@ import hashlib
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -62,9 +63,9 @@ UNKNOWN_COLOR = (150, 150, 150)
 class ImageList:
     """Image files plus their labels when known (``None`` when not)."""
 
-    paths: List[str]  # absolute paths, in a deterministic (sorted or CSV) order
-    pids: Optional[np.ndarray] = None  # (N,) int64, or str when identities are names
-    camids: Optional[np.ndarray] = None  # (N,) int64, 0-based
+    paths: list[str]  # absolute paths, in a deterministic (sorted or CSV) order
+    pids: np.ndarray | None = None  # (N,) int64, or str when identities are names
+    camids: np.ndarray | None = None  # (N,) int64, 0-based
     source: str = ""  # what the list was read from (for messages)
 
     def __len__(self) -> int:
@@ -75,9 +76,9 @@ def _is_image_file(p: Path) -> bool:
     return p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".") and p.is_file()
 
 
-def _scan_folder(folder: Path) -> List[Path]:
+def _scan_folder(folder: Path) -> list[Path]:
     """Image files below ``folder`` (recursively), sorted; hidden files and folders skipped."""
-    out: List[Path] = []
+    out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
@@ -87,7 +88,7 @@ def _scan_folder(folder: Path) -> List[Path]:
     return sorted(out, key=lambda p: str(p))
 
 
-def _market_labels(files: Sequence[Path], strict: bool) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+def _market_labels(files: Sequence[Path], strict: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
     pids, camids = [], []
     for p in files:
         m = MARKET_PATTERN.match(p.name)
@@ -117,7 +118,7 @@ def _folder_labels(files: Sequence[Path], root: Path) -> np.ndarray:
 
 def _label_array(values: Sequence[Any]) -> np.ndarray:
     """int64 when every label is an integer (or an integer string), else str."""
-    ints: List[int] = []
+    ints: list[int] = []
     for v in values:
         if isinstance(v, (bool, np.bool_)):
             break
@@ -157,7 +158,7 @@ def _read_csv(csv: Path) -> ImageList:
     for p in df["path"].astype(str):
         path = Path(p).expanduser()
         paths.append((path if path.is_absolute() else csv.parent / path).resolve())
-    seen: Dict[str, int] = {}
+    seen: dict[str, int] = {}
     for i, p in enumerate(paths):
         key = os.path.normcase(str(p))
         if key in seen:
@@ -239,10 +240,10 @@ class ImageFeatures:
     """CNN features F of a list of images, with paths and labels when known."""
 
     features: Tensor  # (N, d) float32 F: pooled CNN features before BNNeck (graph modules' input)
-    paths: List[str]  # (N,) image files
-    pids: Optional[np.ndarray] = None  # (N,) identities when known
-    camids: Optional[np.ndarray] = None  # (N,) 0-based cameras when known
-    model_fingerprint: Optional[str] = None  # feature_fingerprint() of the model that extracted them
+    paths: list[str]  # (N,) image files
+    pids: np.ndarray | None = None  # (N,) identities when known
+    camids: np.ndarray | None = None  # (N,) 0-based cameras when known
+    model_fingerprint: str | None = None  # feature_fingerprint() of the model that extracted them
 
     def __post_init__(self) -> None:
         if not isinstance(self.features, Tensor) or self.features.dim() != 2:
@@ -263,7 +264,7 @@ class ImageFeatures:
         """Write an ``.npz`` with ``features``, ``paths`` and, when known, ``pids``/``camids``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays: Dict[str, Any] = {
+        arrays: dict[str, Any] = {
             "format": np.asarray(FEATURES_FORMAT),
             "features": self.features.detach().cpu().float().numpy(),
             "paths": np.asarray(self.paths, dtype=str),
@@ -279,7 +280,7 @@ class ImageFeatures:
         return path
 
     @classmethod
-    def load(cls, path: PathLike) -> "ImageFeatures":
+    def load(cls, path: PathLike) -> ImageFeatures:
         """Read a feature file written by :meth:`save` or by ``hrnet-pyg extract`` (either mode)."""
         path = Path(path)
         if not path.is_file():
@@ -315,13 +316,13 @@ def _inner(model: nn.Module) -> nn.Module:
 
 def extract_images(
     model: nn.Module,
-    source: Union[PathLike, ImageList, Sequence[PathLike]],
+    source: PathLike | ImageList | Sequence[PathLike],
     *,
     labels: str = "auto",
     batch_size: int = 64,
     num_workers: int = 0,
-    device: Union[str, torch.device, None] = None,
-    amp: Union[bool, str] = "auto",
+    device: str | torch.device | None = None,
+    amp: bool | str = "auto",
     progress: bool = True,
 ) -> ImageFeatures:
     """CNN features F of one's own images (the test transform of the model's ``image_size``).
@@ -377,7 +378,7 @@ def extract_images(
 
 
 def features_of(
-    model: nn.Module, source: Union[PathLike, ImageFeatures], **kwargs: Any
+    model: nn.Module, source: PathLike | ImageFeatures, **kwargs: Any
 ) -> ImageFeatures:
     """``source`` as features: an :class:`ImageFeatures`, an ``.npz`` feature file, or images."""
     if isinstance(source, ImageFeatures):
@@ -392,23 +393,23 @@ def features_of(
 class SearchResult:
     """Ranked gallery lists, one row per query, best first."""
 
-    query_paths: List[str]
-    gallery_paths: List[str]
+    query_paths: list[str]
+    gallery_paths: list[str]
     indices: Tensor  # (Q, k) long: gallery indices, best first
     cosine_distance: Tensor  # (Q, k): 1 - cosine of BN(F) (the CNN's distance)
-    relational_score: Optional[Tensor]  # (Q, k): IR cosine + PR probability (higher = better); NaN outside the shortlist
+    relational_score: Tensor | None  # (Q, k): IR cosine + PR probability (higher = better); NaN outside the shortlist
     reranked: bool  # the relational re-ranking ordered the lists
-    q_pids: Optional[np.ndarray] = None
-    g_pids: Optional[np.ndarray] = None
-    notes: List[str] = field(default_factory=list)
+    q_pids: np.ndarray | None = None
+    g_pids: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def topk(self) -> int:
         return self.indices.size(1)
 
-    def format(self, max_queries: Optional[int] = None) -> str:
+    def format(self, max_queries: int | None = None) -> str:
         """The ranked lists as text: one block per query, one line per rank."""
-        lines: List[str] = []
+        lines: list[str] = []
         num_q = len(self.query_paths) if max_queries is None else min(max_queries, len(self.query_paths))
         known = self.q_pids is not None and self.g_pids is not None
         order = "relational re-ranking" if self.reranked else "cosine distance of BN(F)"
@@ -467,9 +468,9 @@ def search_features(
     *,
     topk: int = 10,
     rerank: bool = True,
-    shortlist: Optional[int] = None,
+    shortlist: int | None = None,
     exclude_self: bool = True,
-    device: Union[str, torch.device, None] = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> SearchResult:
     """Rank ``gallery`` for every query.
@@ -502,7 +503,7 @@ def search_features(
             raise ValueError(f"the {name} set is empty")
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
-    notes: List[str] = []
+    notes: list[str] = []
     fp = feature_fingerprint(inner)
     for name, feats in (("query", query), ("gallery", gallery)):
         if feats.model_fingerprint is not None and feats.model_fingerprint != fp:
@@ -553,17 +554,17 @@ def search_features(
 
 def search(
     model: nn.Module,
-    query: Union[PathLike, ImageFeatures],
-    gallery: Union[PathLike, ImageFeatures],
+    query: PathLike | ImageFeatures,
+    gallery: PathLike | ImageFeatures,
     *,
     topk: int = 10,
     rerank: bool = True,
-    shortlist: Optional[int] = None,
+    shortlist: int | None = None,
     exclude_self: bool = True,
     labels: str = "auto",
     batch_size: int = 64,
     num_workers: int = 0,
-    device: Union[str, torch.device, None] = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> SearchResult:
     """Search ``gallery`` (images, a CSV or an ``.npz`` feature file) for each ``query``.
@@ -571,7 +572,7 @@ def search(
     ``query`` and ``gallery`` take what :func:`features_of` takes; images are extracted with
     :func:`extract_images`. See :func:`search_features` for the ranking options.
     """
-    kw: Dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress)
+    kw: dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress)
     q = features_of(model, query, **kw)
     g = features_of(model, gallery, **kw)
     return search_features(
@@ -586,9 +587,9 @@ def write_grid(
     path: PathLike,
     *,
     max_queries: int = 8,
-    size: Tuple[int, int] = (128, 64),
+    size: tuple[int, int] = (128, 64),
     border: int = 4,
-) -> "RankedGrid":
+) -> RankedGrid:
     """The ranked lists as an image grid (:func:`hrnet_pyg.visualize.ranked_list_grid`).
 
     With identity labels on both sides, borders are green (same identity) or red; without,

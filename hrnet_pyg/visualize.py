@@ -12,9 +12,10 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 # Border colours of the ranked-list grid (RGB).
 MATCH_COLOR = (0, 200, 0)  # gallery image of the query's identity
@@ -81,7 +82,7 @@ def edge_attention_to_dense(edge_index: Tensor, alpha: Tensor, num_nodes: int) -
 
 
 @torch.no_grad()
-def attention_matrices(model: nn.Module, feats: Tensor, pids: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+def attention_matrices(model: nn.Module, feats: Tensor, pids: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """A∘C (Eq. 3) and :math:`\\sum_n G^n` (Eq. 6) of one batch, as in Figure 5.
 
     The graphs are built exactly as in :meth:`HRNet.forward` (kNN graph C of Eq. 1 or the
@@ -105,8 +106,8 @@ def attention_matrices(model: nn.Module, feats: Tensor, pids: Tensor) -> Tuple[O
     inner = getattr(inner, "_orig_mod", inner)
     _check_batch(feats, pids, inner.feat_dim)
     cfg = inner.config
-    ac: Optional[Tensor] = None
-    g_sum: Optional[Tensor] = None
+    ac: Tensor | None = None
+    g_sum: Tensor | None = None
     with _EvalMode(inner):
         f = feats.detach().float().to(next(inner.parameters()).device)
         n = f.size(0)
@@ -131,7 +132,7 @@ def attention_matrices(model: nn.Module, feats: Tensor, pids: Tensor) -> Tuple[O
 
 
 # ---------------------------------------------------------------------------- heat maps
-def _identity_boundaries(pids: Optional[Sequence[int]]) -> List[int]:
+def _identity_boundaries(pids: Sequence[int] | None) -> list[int]:
     """Indices i where pids[i] != pids[i - 1]: the identity block edges drawn on the maps."""
     if pids is None:
         return []
@@ -140,12 +141,12 @@ def _identity_boundaries(pids: Optional[Sequence[int]]) -> List[int]:
 
 
 def plot_attention_heatmaps(
-    ac: Optional[Tensor],
-    g_sum: Optional[Tensor],
+    ac: Tensor | None,
+    g_sum: Tensor | None,
     path: PathLike,
-    pids: Optional[Union[Tensor, Sequence[int]]] = None,
+    pids: Tensor | Sequence[int] | None = None,
     *,
-    figsize: Tuple[float, float] = (12.0, 5.5),
+    figsize: tuple[float, float] = (12.0, 5.5),
     dpi: int = 100,
     cmap: str = "Blues",
 ) -> Path:
@@ -177,7 +178,7 @@ def plot_attention_heatmaps(
         (ac, "(a) A∘C (Eq. 3, IR attention on the kNN graph)", "no IR module in this model"),
         (g_sum, "(b) Σ_n G^n (Eq. 6, PR attention summed over graphs)", "no PR module in this model"),
     )
-    for ax, (mat, title, missing) in zip(axes, panels):
+    for ax, (mat, title, missing) in zip(axes, panels, strict=False):
         ax.set_title(title, fontsize=10)
         if mat is None:
             ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes)
@@ -201,13 +202,13 @@ class RankedGrid:
     """What :func:`ranked_list_grid` drew: one row per query."""
 
     path: Path
-    queries: List[int]  # query indices, one per row
-    gallery: List[List[int]]  # shown gallery indices per row, best first
-    matches: List[List[bool]]  # same identity as the query, per shown gallery image
-    boxes: List[List[Tuple[int, int, int, int]]]  # (x0, y0, x1, y1) of each cell incl. border; [0] = query
+    queries: list[int]  # query indices, one per row
+    gallery: list[list[int]]  # shown gallery indices per row, best first
+    matches: list[list[bool]]  # same identity as the query, per shown gallery image
+    boxes: list[list[tuple[int, int, int, int]]]  # (x0, y0, x1, y1) of each cell incl. border; [0] = query
 
 
-def _ranking(ranking: Union[Tensor, np.ndarray], num_q: int, num_g: int) -> np.ndarray:
+def _ranking(ranking: Tensor | np.ndarray, num_q: int, num_g: int) -> np.ndarray:
     r = ranking.detach().cpu().numpy() if isinstance(ranking, Tensor) else np.asarray(ranking)
     if r.ndim != 2 or r.shape[0] != num_q:
         raise ValueError(f"ranked_list_grid: ranking must be (Q, G) = ({num_q}, ...), got shape {r.shape}")
@@ -220,7 +221,7 @@ def _ranking(ranking: Union[Tensor, np.ndarray], num_q: int, num_g: int) -> np.n
     return np.argsort(r, axis=1, kind="stable")  # distances: lower = better
 
 
-def _load_cell(path: PathLike, size: Tuple[int, int], border: int, color: Tuple[int, int, int]) -> "PILImage.Image":
+def _load_cell(path: PathLike, size: tuple[int, int], border: int, color: tuple[int, int, int]) -> PILImage.Image:
     from PIL import Image
 
     h, w = size
@@ -239,16 +240,16 @@ def _load_cell(path: PathLike, size: Tuple[int, int], border: int, color: Tuple[
 def ranked_list_grid(
     query_paths: Sequence[PathLike],
     gallery_paths: Sequence[PathLike],
-    ranking: Union[Tensor, np.ndarray],
-    q_pids: Union[Tensor, Sequence[int]],
-    g_pids: Union[Tensor, Sequence[int]],
+    ranking: Tensor | np.ndarray,
+    q_pids: Tensor | Sequence[int],
+    g_pids: Tensor | Sequence[int],
     path: PathLike,
     topk: int = 10,
-    queries: Optional[Sequence[int]] = None,
+    queries: Sequence[int] | None = None,
     *,
-    q_camids: Optional[Union[Tensor, Sequence[int]]] = None,
-    g_camids: Optional[Union[Tensor, Sequence[int]]] = None,
-    size: Tuple[int, int] = (128, 64),
+    q_camids: Tensor | Sequence[int] | None = None,
+    g_camids: Tensor | Sequence[int] | None = None,
+    size: tuple[int, int] = (128, 64),
     border: int = 4,
     gap: int = 4,
     query_gap: int = 16,
@@ -307,9 +308,9 @@ def ranked_list_grid(
     width = gap + cell_w + query_gap + topk * (cell_w + gap)
     height = gap + len(rows) * (cell_h + gap)
     canvas = Image.new("RGB", (width, height), BACKGROUND_COLOR)
-    shown: List[List[int]] = []
-    matches: List[List[bool]] = []
-    boxes: List[List[Tuple[int, int, int, int]]] = []
+    shown: list[list[int]] = []
+    matches: list[list[bool]] = []
+    boxes: list[list[tuple[int, int, int, int]]] = []
     for r, q in enumerate(rows):
         y0 = gap + r * (cell_h + gap)
         keep = order[q]
@@ -336,7 +337,7 @@ def ranked_list_grid(
 
 
 # ---------------------------------------------------------------------------- one call for the CLI
-def _record_fields(record: Any) -> Tuple[str, int, int]:
+def _record_fields(record: Any) -> tuple[str, int, int]:
     """(path, pid, camid) of a dataset record (attribute or tuple style)."""
     if all(hasattr(record, a) for a in ("path", "pid", "camid")):
         return str(record.path), int(record.pid), int(record.camid)
@@ -345,7 +346,7 @@ def _record_fields(record: Any) -> Tuple[str, int, int]:
     raise TypeError(f"dataset records must have path, pid and camid; got {type(record).__name__}")
 
 
-def sample_pk_batch(records: Sequence[Any], num_identities: int, num_instances: int, seed: int = 0) -> List[int]:
+def sample_pk_batch(records: Sequence[Any], num_identities: int, num_instances: int, seed: int = 0) -> list[int]:
     """Indices of one P x K batch, identity-major (Sec. 4.5: K images of y_1, then of y_2, ...).
 
     P identities with at least K images are drawn at random (all of them when fewer than P
@@ -360,7 +361,7 @@ def sample_pk_batch(records: Sequence[Any], num_identities: int, num_instances: 
     if not eligible:
         raise ValueError(f"no training identity has K = {num_instances} images; cannot draw a P x K batch")
     chosen = rng.choice(eligible, size=min(num_identities, len(eligible)), replace=False)
-    out: List[int] = []
+    out: list[int] = []
     for p in chosen:
         out.extend(int(i) for i in rng.choice(by_pid[int(p)], size=num_instances, replace=False))
     return out
@@ -372,16 +373,16 @@ def visualize_batch(
     out_dir: PathLike,
     *,
     num_queries: int = 4,
-    query_indices: Optional[Sequence[int]] = None,
+    query_indices: Sequence[int] | None = None,
     topk: int = 10,
-    distmat: Optional[Union[Tensor, np.ndarray]] = None,
+    distmat: Tensor | np.ndarray | None = None,
     rerank: bool = True,
     seed: int = 0,
-    device: Union[str, torch.device, None] = "auto",
+    device: str | torch.device | None = "auto",
     batch_size: int = 128,
     num_workers: int = 0,
     progress: bool = True,
-) -> List[Path]:
+) -> list[Path]:
     """Figure 5 heat maps for one P x K training batch and a ranked-list grid; returns the PNG paths.
 
     Args:
@@ -421,7 +422,7 @@ def visualize_batch(
     batch_ds = ImageDataset([dataset.train[i] for i in idx], test_tf)
     feats, pids, _ = extract(inner, DataLoader(batch_ds, batch_size=len(idx), shuffle=False), device=dev, progress=False)
     ac, g_sum = attention_matrices(inner, feats, pids)
-    paths: List[Path] = []
+    paths: list[Path] = []
     if ac is not None or g_sum is not None:
         paths.append(plot_attention_heatmaps(ac, g_sum, out / "fig5_attention.png", pids=pids))
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -65,7 +65,7 @@ def _image_config(device: torch.device, row: str = "HRNet", **kw) -> HRNetConfig
     return HRNetConfig.from_row(row, **{**size, "pretrained": False, "k": 3, **kw})
 
 
-def _images(cfg: HRNetConfig, device: torch.device, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def _images(cfg: HRNetConfig, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     h, w = cfg.image_size
     x = torch.randn(cfg.batch_size, 3, h, w, generator=g)
@@ -84,7 +84,7 @@ def _randomise_bn(model: torch.nn.Module, seed: int = 1) -> None:
 
 
 # ---------------------------------------------------------------------------- bf16 + channels_last
-def _step(model: HRNet, x: torch.Tensor, pids: torch.Tensor, amp) -> Tuple[Dict[str, float], torch.Tensor]:
+def _step(model: HRNet, x: torch.Tensor, pids: torch.Tensor, amp) -> tuple[dict[str, float], torch.Tensor]:
     model.zero_grad(set_to_none=True)
     with autocast_context(x.device, amp):  # the engine's own autocast choice
         out = model(x, pids)
@@ -189,7 +189,7 @@ def test_fit_two_epochs_on_generated_images_with_resume(synthetic_root, device, 
     assert all(math.isfinite(r["loss_total"]) for r in res_a.history + res_b.history)
     tol = dict(atol=1e-3, rtol=1e-3) if device.type == "cuda" else {}
     assert res_b.history[1]["loss_total"] == pytest.approx(res_a.history[1]["loss_total"], rel=1e-3 if tol else 1e-6)
-    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=False):
         torch.testing.assert_close(a, b, **tol, msg=f"parameter {name} differs after resume on {device}")
     # The checkpoint is device-free: it loads on the CPU.
     assert next(load_model(tmp_path / "b" / "last.pth").parameters()).device.type == "cpu"
@@ -219,7 +219,7 @@ def test_compiled_fit_matches_eager(device, tmp_path, no_tf32):
         results[mode] = fit(model, loader, epochs=1, device=device, amp=False, compile=mode,
                             max_steps_per_epoch=2, output_dir=tmp_path / str(mode), progress=False)
     eager, compiled = results.values()
-    for row_e, row_c in zip(eager.history, compiled.history):
+    for row_e, row_c in zip(eager.history, compiled.history, strict=False):
         for key in (k for k in row_e if k.startswith("loss_")):
             assert row_c[key] == pytest.approx(row_e[key], rel=1e-3, abs=1e-4), key
     state = load_checkpoint(compiled.checkpoint)["model"]
@@ -281,7 +281,7 @@ def _feature_model(d: int = 64) -> HRNet:
     return model.eval()
 
 
-def _clustered(num: int, ids: int, d: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _clustered(num: int, ids: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(ids, d, generator=torch.Generator().manual_seed(99)) * 1.5
     pids = torch.randint(0, ids, (num,), generator=g)
@@ -362,11 +362,11 @@ def test_export_from_a_device_model_with_channels_last(device, tmp_path, no_tf32
 
 # ---------------------------------------------------------------------------- host syncs
 @contextlib.contextmanager
-def _count_syncs(device: torch.device) -> Iterator[List[str]]:
+def _count_syncs(device: torch.device) -> Iterator[list[str]]:
     """Host-device synchronisations: on CUDA, the warnings of ``torch.cuda.set_sync_debug_mode``;
     on the CPU, calls of the Python-level ways to read a tensor's value (``item``, ``tolist``,
     ``bool``/``float``/``int`` of a tensor), which are what synchronise on a GPU."""
-    seen: List[str] = []
+    seen: list[str] = []
     if device.type == "cuda":
         torch.cuda.synchronize()
         with warnings.catch_warnings(record=True) as caught:
@@ -462,7 +462,7 @@ def test_resume_state_cuda_entry(monkeypatch):
     if not CUDA:
         _set_rng_state(saved)  # no GPU: the CPU streams come back, the GPU states are skipped
         torch.testing.assert_close(torch.rand(3), expected)
-    restored: List[Tuple[int, torch.Tensor]] = []
+    restored: list[tuple[int, torch.Tensor]] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((i, s)))

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 import torch
@@ -87,7 +87,7 @@ class _Recording(torch.utils.data.Dataset):
 
     def __init__(self, base: FeatureDataset) -> None:
         self.base = base
-        self.seen: List[int] = []
+        self.seen: list[int] = []
 
     def __len__(self) -> int:
         return len(self.base)
@@ -102,7 +102,7 @@ def _graph_losses(out: Any, lambda_cnc: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- the scenarios
-def _scenario_fit(ctx: Any, out_dir: str, scope: str) -> Dict[str, Any]:
+def _scenario_fit(ctx: Any, out_dir: str, scope: str) -> dict[str, Any]:
     """A few DDP steps from deliberately different initial weights per rank."""
     model = _model(seed=100 + ctx.rank)
     data = _Recording(_train_data())
@@ -119,10 +119,10 @@ def _scenario_fit(ctx: Any, out_dir: str, scope: str) -> Dict[str, Any]:
     }
 
 
-def _scenario_global_graph(ctx: Any) -> Dict[str, Any]:
+def _scenario_global_graph(ctx: Any) -> dict[str, Any]:
     feats, pids, parts = _graph_batch()
     rows = parts[ctx.rank]
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     # 1) plain module, graph over all ranks: losses and the gradient reaching this rank's features
     model = _model().train()
     model.graph_scope = "global"
@@ -157,7 +157,7 @@ def _scenario_global_graph(ctx: Any) -> Dict[str, Any]:
     out["gathered"], out["gathered_grad"] = gathered.detach(), y.grad.clone()
     out["gathered_ids"] = all_gather_cat(torch.arange(ctx.rank + 1) + 10 * ctx.rank)
     # 5) a training sampler that does not split the batches over the ranks is pointed out
-    records: List[str] = []
+    records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
     logging.getLogger("hrnet_pyg").addHandler(handler)
@@ -174,7 +174,7 @@ def _scenario_global_graph(ctx: Any) -> Dict[str, Any]:
     return out
 
 
-def _scenario_evaluate(ctx: Any) -> Dict[str, Any]:
+def _scenario_evaluate(ctx: Any) -> dict[str, Any]:
     model = _model().eval()
     q, gal = _test_split()
     ql = DataLoader(q, batch_size=2, sampler=ShardSampler(q))
@@ -189,7 +189,7 @@ def _scenario_evaluate(ctx: Any) -> Dict[str, Any]:
     }
 
 
-def _report_numbers(report: Any) -> Dict[str, Any]:
+def _report_numbers(report: Any) -> dict[str, Any]:
     return {name: (float(r.mAP), [float(c) for c in r.cmc], float(r.mINP))
             for name, r in (("cnn", report.cnn), ("hrnet", report.hrnet), ("kr", report.kreciprocal))}
 
@@ -245,7 +245,7 @@ def test_parameters_identical_across_ranks_after_steps(ranks, scope):
     assert any(n.startswith("ir.") for n in moved) and any(n.startswith("pr.") for n in moved)
     # epoch rows are reduced over the ranks: every rank logs the same numbers
     assert len(r0["history"]) == 2
-    for a, b in zip(r0["history"], r1["history"]):
+    for a, b in zip(r0["history"], r1["history"], strict=False):
         assert {k: v for k, v in a.items() if k != "images_per_s"} == {k: v for k, v in b.items() if k != "images_per_s"}
     # only rank 0 writes checkpoints and logs
     assert (out / f"{scope}_rank0" / "last.pth").is_file() and (out / f"{scope}_rank0" / "metrics.csv").is_file()
@@ -275,13 +275,13 @@ def test_pk_sampler_shards_in_process():
     full = PKSampler(pids, P=4, K=3, seed=5).batches(2)
     parts = [PKSampler(pids, P=4, K=3, seed=5, num_replicas=2, rank=r).batches(2) for r in range(2)]
     assert len(parts[0]) == len(parts[1]) == len(full)
-    for whole, a, b in zip(full, *parts):
+    for whole, a, b in zip(full, *parts, strict=False):
         assert a + b == whole and not {pids[i] for i in a} & {pids[i] for i in b}
 
 
 # ---------------------------------------------------------------------------- the global graph
-@functools.lru_cache(maxsize=None)
-def _single_process_reference() -> Dict[str, Any]:
+@functools.cache
+def _single_process_reference() -> dict[str, Any]:
     feats, pids, _ = _graph_batch()
     model = _model().train()
     x = feats.clone().requires_grad_(True)

@@ -92,7 +92,7 @@ def reference_single_shot(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, rep
             for g in valid:
                 by_pid.setdefault(g_pids[g], []).append(g)
             chosen = []
-            for pid, items in by_pid.items():
+            for _pid, items in by_pid.items():
                 keys = [int(single_shot_keys(seed, rep, q, g)) for g in items]
                 chosen.append(items[int(np.argmin(keys))])
             chosen.sort()  # gallery order, so the stable sort breaks ties by index

@@ -145,7 +145,7 @@ def test_sweeps_load_and_expand(path):
     assert [getattr(getattr(exp, section), key) for _, exp in points] == sweep.values
     assert len({exp.run.output_dir for _, exp in points}) == len(points)
     base = load_experiment(sweep.base)
-    for value, exp in points:  # only the swept value (and the output folder) change
+    for _value, exp in points:  # only the swept value (and the output folder) change
         assert dataclasses.replace(exp.model, **{key: getattr(base.model, key)}) == base.model
     for d in DATASET_DIRS:  # --dataset NAME retargets the sweep to NAME's copy of the base row
         assert run.sweep_base_for(sweep, d.name).is_file()

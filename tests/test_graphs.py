@@ -10,8 +10,8 @@ from hrnet_pyg.graphs import (
     _has_torch_cluster,
     _pyg_has_knn,
     full_edges,
-    knn_adjacency,
     individual_graph,
+    knn_adjacency,
     knn_edges,
     pair_graph,
     pair_mask,
@@ -19,7 +19,7 @@ from hrnet_pyg.graphs import (
 
 
 def edge_set(edge_index):
-    return set(zip(edge_index[0].tolist(), edge_index[1].tolist()))
+    return set(zip(edge_index[0].tolist(), edge_index[1].tolist(), strict=False))
 
 
 def brute_knn(x, k, batch=None, loop=False):

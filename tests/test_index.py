@@ -222,7 +222,7 @@ def test_exact_and_faiss_flat_give_the_same_shortlist(tmp_path):
     assert (how_ex, how_fa) == ("exact", "faiss flat")
     # the same 120 images per query, the same similarities; the order agrees up to ties within
     # float rounding (faiss's and torch's GEMMs sum in different orders)
-    assert all(set(a) == set(b) for a, b in zip(fa_i.tolist(), ex_i.tolist()))
+    assert all(set(a) == set(b) for a, b in zip(fa_i.tolist(), ex_i.tolist(), strict=False))
     torch.testing.assert_close(fa_s, ex_s, atol=1e-5, rtol=1e-5)
     gap = (ex_s[:, :-1] - ex_s[:, 1:]) > 1e-5  # position r is unambiguous when it differs from r + 1
     clear = torch.cat([gap[:, :1], gap[:, 1:] & gap[:, :-1]], dim=1)
@@ -234,14 +234,14 @@ def test_faiss_ivf_and_hnsw(tmp_path):
     index, queries = _random_index(tmp_path, "ivf", nlist=8)
     _, ex_i, _ = index.shortlist(queries, 120, exact=True)
     _, all_i, _ = index.shortlist(queries, 120, nprobe=8)  # every cell visited: exact
-    assert all(set(a) == set(b) for a, b in zip(all_i.tolist(), ex_i.tolist()))
+    assert all(set(a) == set(b) for a, b in zip(all_i.tolist(), ex_i.tolist(), strict=False))
     _, few_i, how = index.shortlist(queries, 120, nprobe=2)
-    recall = np.mean([len(set(a) & set(b)) / 120 for a, b in zip(few_i.tolist(), ex_i.tolist())])
+    recall = np.mean([len(set(a) & set(b)) / 120 for a, b in zip(few_i.tolist(), ex_i.tolist(), strict=False)])
     assert how == "faiss ivf" and 0.3 < recall < 1.0  # approximate, measured in benchmarks/bench_index.py
     hnsw, queries = _random_index(tmp_path, "hnsw")
     _, ex_i, _ = hnsw.shortlist(queries, 120, exact=True)
     _, h_i, how = hnsw.shortlist(queries, 120)
-    recall = np.mean([len(set(a) & set(b)) / 120 for a, b in zip(h_i.tolist(), ex_i.tolist())])
+    recall = np.mean([len(set(a) & set(b)) / 120 for a, b in zip(h_i.tolist(), ex_i.tolist(), strict=False)])
     assert how == "faiss hnsw" and recall > 0.9
 
 
@@ -266,11 +266,11 @@ def test_add_extends_the_faiss_part_and_build_faiss_rebuilds_it(tmp_path):
     assert index.meta["faiss"]["ntotal"] == 650 and index.meta["faiss"]["nlist"] == 8
     _, ex_i, _ = index.shortlist(queries, 30, exact=True)
     _, iv_i, _ = index.shortlist(queries, 30, nprobe=8)
-    assert all(set(a) == set(b) for a, b in zip(iv_i.tolist(), ex_i.tolist()))
+    assert all(set(a) == set(b) for a, b in zip(iv_i.tolist(), ex_i.tolist(), strict=False))
     index.build_faiss("flat")
     reopened = GalleryIndex(index.path)
     assert reopened.faiss_type == "flat" and reopened.meta["faiss"]["ntotal"] == 650
     _, fl_i, how = reopened.shortlist(queries, 30)
-    assert how == "faiss flat" and all(set(a) == set(b) for a, b in zip(fl_i.tolist(), ex_i.tolist()))
+    assert how == "faiss flat" and all(set(a) == set(b) for a, b in zip(fl_i.tolist(), ex_i.tolist(), strict=False))
     reopened.build_faiss("none")
     assert GalleryIndex(index.path).shortlist(queries, 5)[2] == "exact"

@@ -93,7 +93,7 @@ def test_individual_gradients_match_reference():
     conv.zero_grad()
     (ref_individual(x, edge_index, conv)[0] * w).sum().backward()
     want = [x.grad] + [p.grad for p in conv.parameters()]
-    for g, r in zip(got, want):
+    for g, r in zip(got, want, strict=False):
         torch.testing.assert_close(g, r)
 
 
@@ -363,7 +363,7 @@ def test_pairwise_mp_equals_dense_with_gradients(dtype, num_edges):
     (mp * w).sum().backward()
     g_mp = _all_grads(conv, f, v)
     torch.testing.assert_close(dense, mp, atol=1e-5, rtol=1e-5)
-    for a, b in zip(g_dense, g_mp):
+    for a, b in zip(g_dense, g_mp, strict=False):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -421,7 +421,7 @@ def test_pairwise_batched_parameter_gradients():
     conv.zero_grad()
     for b in range(3):
         (conv.forward_dense(f[b], v[b], rows=rows) * w[b]).sum().backward()
-    for a, b in zip(batched, [p.grad for p in conv.parameters()]):
+    for a, b in zip(batched, [p.grad for p in conv.parameters()], strict=False):
         torch.testing.assert_close(a, b)
 
 

@@ -135,7 +135,7 @@ def test_learning_on_identity_clusters_drives_losses_down_and_pr_head_separates_
 
     opt = torch.optim.Adam(list(model.parameters()) + list(embed.parameters()), lr=3e-3)
     history = []
-    for step in range(300):
+    for _step in range(300):
         x, pids = draw(torch.randperm(30, generator=g)[:P])
         out = model(embed(x), pids)
         opt.zero_grad()
@@ -154,7 +154,7 @@ def test_learning_on_identity_clusters_drives_losses_down_and_pr_head_separates_
     model.eval()
     scores, labels = [], []
     with torch.no_grad():
-        for s in range(5):
+        for _s in range(5):
             x, pids = draw(torch.arange(30, 40)[torch.randperm(10, generator=g)[:P]])
             f = embed(x)
             u = model.pr.forward_dense(f, model.ir(f, model.individual_edges(f)))

@@ -116,7 +116,7 @@ def test_each_epoch_walks_the_sampler_once_and_trains_its_plan(tmp_path):
     assert sampler.calls == [0, 1, 2]  # one iter() per epoch, each on its own epoch's plan
     planned = [b for e in range(3) for b in sampler.batches(e)]
     assert len(trained) == len(planned) == len(sampler.handed)
-    for x, idx in zip(trained, planned):
+    for x, idx in zip(trained, planned, strict=False):
         torch.testing.assert_close(x, feats[idx])
 
 
@@ -127,7 +127,7 @@ def test_resume_with_workers_equals_an_uninterrupted_run(tmp_path):
     _feature_run(tmp_path, epochs=1, num_workers=2, out="b")
     resumed, sampler, _, _ = _feature_run(tmp_path, epochs=3, num_workers=2, out="b", resume=tmp_path / "b" / "last.pth")
     assert sampler.calls == [1, 2]
-    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=False):
         torch.testing.assert_close(a, b, msg=f"parameter {name} differs after resume")
 
 

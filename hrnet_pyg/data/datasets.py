@@ -21,17 +21,11 @@ import os
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import (
     Any,
-    Callable,
-    Dict,
-    Iterable,
-    List,
     NamedTuple,
-    Optional,
-    Sequence,
-    Tuple,
     Union,
 )
 
@@ -69,7 +63,7 @@ class ReIDRecord(NamedTuple):
     camid: int
 
 
-Records = List[ReIDRecord]
+Records = list[ReIDRecord]
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,9 +91,9 @@ class ReIDDataset:
         query: Iterable[Sequence[Any]],
         gallery: Iterable[Sequence[Any]],
         *,
-        root: Optional[PathLike] = None,
+        root: PathLike | None = None,
         has_camids: bool = True,
-        name: Optional[str] = None,
+        name: str | None = None,
     ) -> None:
         self.train: Records = [ReIDRecord(str(p), int(i), int(c)) for p, i, c in train]
         self.query: Records = [ReIDRecord(str(p), int(i), int(c)) for p, i, c in query]
@@ -119,7 +113,7 @@ class ReIDDataset:
 
     # counts ------------------------------------------------------------------------------
     @staticmethod
-    def parse_data(records: Sequence[ReIDRecord]) -> Tuple[int, int]:
+    def parse_data(records: Sequence[ReIDRecord]) -> tuple[int, int]:
         """Number of distinct identities and of distinct cameras in ``records``."""
         return len({r.pid for r in records}), len({r.camid for r in records})
 
@@ -173,7 +167,7 @@ class ReIDDataset:
         self, splits: Sequence[str] = ("train", "query", "gallery"), progress: bool = True
     ) -> None:
         """Decode every image once; raise :class:`DatasetError` listing all unreadable files."""
-        bad: List[str] = []
+        bad: list[str] = []
         for split in splits:
             records = self.split(split)
             for rec in tqdm(records, desc=f"verify {split}", disable=not progress, leave=False):
@@ -224,7 +218,7 @@ class ImageDataset(Dataset):
     def __init__(
         self,
         records: Iterable[Sequence[Any]],
-        transform: Optional[Callable[[Image.Image], Any]] = None,
+        transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
         self.records: Records = [ReIDRecord(str(p), int(i), int(c)) for p, i, c in records]
         self.transform = transform
@@ -232,7 +226,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Tuple[Any, int, int, int]:
+    def __getitem__(self, index: int) -> tuple[Any, int, int, int]:
         img_path, pid, camid = self.records[index]
         img = read_image(img_path)
         if self.transform is not None:
@@ -240,16 +234,16 @@ class ImageDataset(Dataset):
         return img, pid, camid, index
 
     @property
-    def pids(self) -> List[int]:
+    def pids(self) -> list[int]:
         """The pid of every index (what :class:`PKSampler` takes)."""
         return [r.pid for r in self.records]
 
     @property
-    def camids(self) -> List[int]:
+    def camids(self) -> list[int]:
         return [r.camid for r in self.records]
 
     @property
-    def paths(self) -> List[str]:
+    def paths(self) -> list[str]:
         return [r.img_path for r in self.records]
 
 
@@ -267,8 +261,8 @@ class FeatureDataset(Dataset):
     def __init__(
         self,
         features: Tensor,
-        pids: Union[Sequence[int], Tensor, np.ndarray],
-        camids: Optional[Union[Sequence[int], Tensor, np.ndarray]] = None,
+        pids: Sequence[int] | Tensor | np.ndarray,
+        camids: Sequence[int] | Tensor | np.ndarray | None = None,
     ) -> None:
         if not isinstance(features, Tensor):
             raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
@@ -298,15 +292,15 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return self.features.size(0)
 
-    def __getitem__(self, index: int) -> Tuple[Tensor, int, int, int]:
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int, int]:
         return self.features[index], int(self._pids[index]), int(self._camids[index]), index
 
     @property
-    def pids(self) -> List[int]:
+    def pids(self) -> list[int]:
         return self._pids.tolist()
 
     @property
-    def camids(self) -> List[int]:
+    def camids(self) -> list[int]:
         return self._camids.tolist()
 
 
@@ -315,7 +309,7 @@ class FeatureDataset(Dataset):
 # --------------------------------------------------------------------------------------------
 
 
-def _unique_paths(paths: Iterable[Path]) -> List[Path]:
+def _unique_paths(paths: Iterable[Path]) -> list[Path]:
     seen, out = set(), []
     for p in paths:
         key = os.path.normpath(str(p))
@@ -325,13 +319,13 @@ def _unique_paths(paths: Iterable[Path]) -> List[Path]:
     return out
 
 
-def _relabel(records: Sequence[Tuple[str, int, int]]) -> Records:
+def _relabel(records: Sequence[tuple[str, int, int]]) -> Records:
     """Map train pids to ``0..P-1`` in sorted order of the original ids."""
     pid2label = {pid: label for label, pid in enumerate(sorted({r[1] for r in records}))}
     return [ReIDRecord(p, pid2label[pid], c) for p, pid, c in records]
 
 
-def _list_images(dir_path: Path) -> List[Path]:
+def _list_images(dir_path: Path) -> list[Path]:
     return sorted(
         p
         for p in dir_path.iterdir()
@@ -362,7 +356,7 @@ def parse_market_dir(
             f"{dataset}: split folder {dir_path} holds no images "
             f"({'/'.join(IMG_EXTENSIONS)}); expected files named like {example}"
         )
-    records: List[Tuple[str, int, int]] = []
+    records: list[tuple[str, int, int]] = []
     for path in files:
         match = MARKET_PATTERN.match(path.name)
         if match is None:
@@ -395,7 +389,7 @@ MARKET_SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 
 def parse_market_splits(
     data_dir: Path, *, max_camid: int, dataset: str, example: str = "0002_c1s1_000451_03.jpg"
-) -> Tuple[Records, Records, Records]:
+) -> tuple[Records, Records, Records]:
     """Train (relabelled), query and gallery of a folder holding the three Market split folders."""
     train, query, gallery = (
         parse_market_dir(data_dir / split, max_camid=max_camid, relabel=split == MARKET_SPLITS[0],
@@ -407,7 +401,7 @@ def parse_market_splits(
 
 def _locate_split_root(
     dataset: str, candidates: Sequence[Path], splits: Sequence[str] = MARKET_SPLITS
-) -> Optional[Path]:
+) -> Path | None:
     """The first candidate folder holding any split folder (all splits must then be there)."""
     for cand in _unique_paths(candidates):
         present = [s for s in splits if (cand / s).is_dir()]
@@ -466,7 +460,7 @@ class Market1501(ReIDDataset):
     name = "market1501"
     max_camid = 6
     dataset_dir = "market1501"
-    sub_dirs: Tuple[str, ...] = ("Market-1501-v15.09.15",)
+    sub_dirs: tuple[str, ...] = ("Market-1501-v15.09.15",)
     example = "0002_c1s1_000451_03.jpg"
 
     def __init__(self, root: PathLike, verify: bool = False) -> None:
@@ -575,7 +569,7 @@ class CUHK03(ReIDDataset):
             self.verify_images()
 
     @staticmethod
-    def _find_mat(bases: Sequence[Path], kind: str) -> Optional[Tuple[Path, Path, Path]]:
+    def _find_mat(bases: Sequence[Path], kind: str) -> tuple[Path, Path, Path] | None:
         for b in bases:
             raw = b / "cuhk03_release" / "cuhk-03.mat"
             if not raw.is_file():
@@ -661,7 +655,7 @@ def _mat_str(cell: Any) -> str:
     return str(cell)
 
 
-def _cuhk03_new_protocol(split_mat: Path, img_dir: Path) -> Tuple[Records, Records, Records]:
+def _cuhk03_new_protocol(split_mat: Path, img_dir: Path) -> tuple[Records, Records, Records]:
     try:
         from scipy.io import loadmat
     except ImportError as exc:  # optional dependency, only for the original release
@@ -684,7 +678,7 @@ def _cuhk03_new_protocol(split_mat: Path, img_dir: Path) -> Tuple[Records, Recor
             f"cuhk03: {split_mat} has {len(filelist)} file names but {len(labels)} labels"
         )
 
-    def take(key: str) -> List[Tuple[str, int, int]]:
+    def take(key: str) -> list[tuple[str, int, int]]:
         idxs = np.asarray(cfg[key]).reshape(-1).astype(np.int64) - 1  # MATLAB is 1-based
         if idxs.size == 0:
             raise DatasetError(f"cuhk03: split '{key}' of {split_mat} is empty")
@@ -734,7 +728,7 @@ class MSMT17(ReIDDataset):
     max_camid = 15
 
     def __init__(
-        self, root: PathLike, combine_val: bool = True, verify: bool = False, version: Optional[str] = None
+        self, root: PathLike, combine_val: bool = True, verify: bool = False, version: str | None = None
     ) -> None:
         if version is not None and version not in MSMT17_VERSIONS:
             raise ValueError(f"msmt17 version must be one of {', '.join(MSMT17_VERSIONS)} or None, got {version!r}")
@@ -743,7 +737,7 @@ class MSMT17(ReIDDataset):
         self.data_dir = str(main_dir)
         self.version = main_dir.name if main_dir.name in MSMT17_VERSIONS else "?"
         lists = {name: main_dir / name for name in MSMT17_LISTS}
-        for name, path in lists.items():
+        for _name, path in lists.items():
             if not path.is_file():
                 raise DatasetNotFoundError(
                     f"msmt17: list file {path} does not exist; expected {', '.join(MSMT17_LISTS)} "
@@ -760,7 +754,7 @@ class MSMT17(ReIDDataset):
             self.verify_images()
 
     @staticmethod
-    def _find(base: Path, only: Optional[str] = None) -> Tuple[Path, Tuple[str, str]]:
+    def _find(base: Path, only: str | None = None) -> tuple[Path, tuple[str, str]]:
         versions = {v: d for v, d in MSMT17_VERSIONS.items() if only is None or v == only}
         tried = []
         for b in _unique_paths([base / "msmt17", base]):
@@ -780,7 +774,7 @@ class MSMT17(ReIDDataset):
         )
 
     @staticmethod
-    def _check_dirs(main_dir: Path, dirs: Tuple[str, str]) -> Tuple[Path, Tuple[str, str]]:
+    def _check_dirs(main_dir: Path, dirs: tuple[str, str]) -> tuple[Path, tuple[str, str]]:
         for d in dirs:
             if not (main_dir / d).is_dir():
                 raise DatasetNotFoundError(
@@ -789,9 +783,9 @@ class MSMT17(ReIDDataset):
                 )
         return main_dir, dirs
 
-    def _read_list(self, list_path: Path, img_dir: Path) -> List[Tuple[str, int, int]]:
-        out: List[Tuple[str, int, int]] = []
-        missing: List[str] = []
+    def _read_list(self, list_path: Path, img_dir: Path) -> list[tuple[str, int, int]]:
+        out: list[tuple[str, int, int]] = []
+        missing: list[str] = []
         with open(list_path) as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
@@ -847,7 +841,7 @@ class SyntheticReID(ReIDDataset):
         root.mkdir(parents=True, exist_ok=True)
         data_dir = generate_synthetic_dataset(root / "synthetic", **kwargs)
         manifest = json.loads((data_dir / "manifest.json").read_text())
-        self.params: Dict[str, Any] = manifest["params"]
+        self.params: dict[str, Any] = manifest["params"]
         self.data_dir = str(data_dir)
         train, query, gallery = parse_market_splits(
             data_dir, max_camid=int(self.params["num_cams"]), dataset=self.name
@@ -857,7 +851,7 @@ class SyntheticReID(ReIDDataset):
             self.verify_images()
 
 
-def _labels_to_int(values: Sequence[Any]) -> Tuple[List[int], bool]:
+def _labels_to_int(values: Sequence[Any]) -> tuple[list[int], bool]:
     """Integer labels as ints; anything else (strings) mapped later. Returns (ints, all_int)."""
     out, all_int = [], True
     for v in values:
@@ -873,15 +867,15 @@ def _labels_to_int(values: Sequence[Any]) -> Tuple[List[int], bool]:
 
 def _build_from_split_tables(
     name: str,
-    splits: Dict[str, Optional[List[Tuple[str, Any, int]]]],
-    sources: Dict[str, str],
+    splits: dict[str, list[tuple[str, Any, int]] | None],
+    sources: dict[str, str],
     root: Path,
     has_camids: bool,
-) -> Tuple[Records, Records, Records]:
+) -> tuple[Records, Records, Records]:
     """Shared checks of the ``custom``/``folder`` datasets: duplicates, missing files, labels."""
     # duplicate paths, within a split or across splits
-    owner: Dict[str, str] = {}
-    dups: List[str] = []
+    owner: dict[str, str] = {}
+    dups: list[str] = []
     for split, rows in splits.items():
         for path, _, _ in rows or []:
             key = os.path.normcase(os.path.realpath(path))
@@ -932,12 +926,12 @@ def _build_from_split_tables(
     return train, query, gallery
 
 
-def _ints_or_map(rows: List[Tuple[str, Any, int]]) -> List[Tuple[str, int, int]]:
+def _ints_or_map(rows: list[tuple[str, Any, int]]) -> list[tuple[str, int, int]]:
     if not rows:
         return []
     ints, all_int = _labels_to_int([r[1] for r in rows])
     if all_int:
-        return [(p, pid, c) for (p, _, c), pid in zip(rows, ints)]
+        return [(p, pid, c) for (p, _, c), pid in zip(rows, ints, strict=False)]
     # non-numeric identity names: sorted string order, shared by query and gallery
     names = sorted({str(r[1]) for r in rows})
     lookup = {n: i for i, n in enumerate(names)}
@@ -965,16 +959,16 @@ class CustomCSV(ReIDDataset):
     def __init__(
         self,
         root: PathLike,
-        train: Optional[PathLike] = "train.csv",
-        query: Optional[PathLike] = "query.csv",
-        gallery: Optional[PathLike] = "gallery.csv",
+        train: PathLike | None = "train.csv",
+        query: PathLike | None = "query.csv",
+        gallery: PathLike | None = "gallery.csv",
         verify: bool = False,
     ) -> None:
         import pandas as pd
 
         base = _check_root(root, self.name)
-        splits: Dict[str, Optional[List[Tuple[str, Any, int]]]] = {}
-        sources: Dict[str, str] = {}
+        splits: dict[str, list[tuple[str, Any, int]] | None] = {}
+        sources: dict[str, str] = {}
         has_camids = True
         for split, spec in (("train", train), ("query", query), ("gallery", gallery)):
             if spec is None:
@@ -1015,7 +1009,7 @@ class CustomCSV(ReIDDataset):
                 has_camids = False
             folder = csv.parent
             rows = []
-            for p, pid, c in zip(df["path"].astype(str), df["pid"].tolist(), camids):
+            for p, pid, c in zip(df["path"].astype(str), df["pid"].tolist(), camids, strict=False):
                 path = Path(p).expanduser()
                 rows.append((str(path if path.is_absolute() else folder / path), pid, c))
             splits[split] = rows
@@ -1050,8 +1044,8 @@ class ImageFolderReID(ReIDDataset):
     def __init__(self, root: PathLike, verify: bool = False) -> None:
         base = _check_root(root, self.name)
         split_layout = any((base / s).is_dir() for s in ("train", "query", "gallery"))
-        splits: Dict[str, Optional[List[Tuple[str, Any, int]]]] = {}
-        sources: Dict[str, str] = {}
+        splits: dict[str, list[tuple[str, Any, int]] | None] = {}
+        sources: dict[str, str] = {}
         if split_layout:
             for s in ("train", "query", "gallery"):
                 d = base / s
@@ -1073,7 +1067,7 @@ class ImageFolderReID(ReIDDataset):
             self.verify_images()
 
     @staticmethod
-    def _scan(folder: Path) -> List[Tuple[str, Any, int]]:
+    def _scan(folder: Path) -> list[tuple[str, Any, int]]:
         loose = _list_images(folder)
         if loose:
             raise DatasetError(
@@ -1083,7 +1077,7 @@ class ImageFolderReID(ReIDDataset):
         ids = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not ids:
             raise DatasetError(f"folder: {folder} has no identity sub-folders")
-        rows: List[Tuple[str, Any, int]] = []
+        rows: list[tuple[str, Any, int]] = []
         for d in ids:
             files = _list_images(d)
             if not files:
@@ -1098,7 +1092,7 @@ class ImageFolderReID(ReIDDataset):
 # entry points
 # --------------------------------------------------------------------------------------------
 
-DATASETS: Dict[str, Callable[..., ReIDDataset]] = {
+DATASETS: dict[str, Callable[..., ReIDDataset]] = {
     "market1501": Market1501,
     "dukemtmcreid": DukeMTMCreID,
     "cuhk03": CUHK03,
@@ -1112,7 +1106,7 @@ DATASETS: Dict[str, Callable[..., ReIDDataset]] = {
 #: Names other libraries use -> (the name here, the options the name implies). Keys are spelled
 #: as :func:`build_dataset` compares them (lower case, without ``-`` and ``_``); ALIAS_NAMES
 #: keeps the spellings people type.
-DATASET_ALIASES: Dict[str, Tuple[str, Dict[str, Any]]] = {
+DATASET_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "dukemtmc": ("dukemtmcreid", {}),  # fast-reid's DukeMTMC
     "msmt17v1": ("msmt17", {"version": "MSMT17_V1"}),
     "msmt17v2": ("msmt17", {"version": "MSMT17_V2"}),  # torchreid's MSMT17_V2 folder

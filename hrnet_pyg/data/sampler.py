@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
 
-class PKSampler(Sampler[List[int]]):
+class PKSampler(Sampler[list[int]]):
     """Batch sampler yielding ``P * K`` indices per batch: ``K`` images of each of ``P`` identities.
 
     Pass it as ``DataLoader(dataset, batch_sampler=PKSampler(dataset.pids))``. A batch is
@@ -68,7 +69,7 @@ class PKSampler(Sampler[List[int]]):
         if num_replicas > 1 and not drop_last:
             raise ValueError("drop_last=False would give ranks different batch counts; "
                              "use drop_last=True with num_replicas > 1")
-        index_of: Dict[int, List[int]] = defaultdict(list)
+        index_of: dict[int, list[int]] = defaultdict(list)
         for idx, pid in enumerate(pids):
             index_of[int(pid)].append(idx)
         if len(index_of) < P:
@@ -82,16 +83,16 @@ class PKSampler(Sampler[List[int]]):
         self._index_of = {p: np.asarray(index_of[p], dtype=np.int64) for p in self._pids}
         self.epoch = 0
         self.start_batch = 0
-        self._cache: Optional[tuple] = None
+        self._cache: tuple | None = None
 
     # the plan ---------------------------------------------------------------------------------
-    def _global_plan(self, epoch: int) -> List[List[List[int]]]:
+    def _global_plan(self, epoch: int) -> list[list[list[int]]]:
         """Batches of the epoch as lists of per-identity groups (before the rank split)."""
         if self._cache is not None and self._cache[0] == (self.seed, epoch):
             return self._cache[1]
         rng = np.random.default_rng([self.seed, epoch])
         K = self.K
-        groups: Dict[int, List[List[int]]] = {}
+        groups: dict[int, list[list[int]]] = {}
         for pid in self._pids:
             idxs = self._index_of[pid]
             if len(idxs) < K:
@@ -100,7 +101,7 @@ class PKSampler(Sampler[List[int]]):
                 idxs = rng.permutation(idxs)
             groups[pid] = [idxs[i * K:(i + 1) * K].tolist() for i in range(len(idxs) // K)]
         available = list(self._pids)
-        plan: List[List[List[int]]] = []
+        plan: list[list[list[int]]] = []
         while len(available) >= self.P:
             chosen = [available[i] for i in rng.choice(len(available), size=self.P,
                                                        replace=False)]
@@ -113,7 +114,7 @@ class PKSampler(Sampler[List[int]]):
         self._cache = ((self.seed, epoch), plan)
         return plan
 
-    def batches(self, epoch: Optional[int] = None) -> List[List[int]]:
+    def batches(self, epoch: int | None = None) -> list[list[int]]:
         """This rank's batches of ``epoch`` (default: the current one), from the first."""
         plan = self._global_plan(self.epoch if epoch is None else epoch)
         # Uneven splits are allowed (P = 11 over 2 ranks: 6 + 5 identities); the global-graph
@@ -128,10 +129,9 @@ class PKSampler(Sampler[List[int]]):
         return out
 
     # Sampler protocol ---------------------------------------------------------------------
-    def __iter__(self) -> Iterator[List[int]]:
+    def __iter__(self) -> Iterator[list[int]]:
         batches = self.batches()
-        for batch in batches[self.start_batch:]:
-            yield batch
+        yield from batches[self.start_batch:]
         # a full pass moves on to the next epoch's plan unless set_epoch says otherwise
         self.epoch += 1
         self.start_batch = 0
@@ -146,7 +146,7 @@ class PKSampler(Sampler[List[int]]):
             raise ValueError(f"epoch and start_batch must be >= 0, got {epoch}, {start_batch}")
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
             "epoch": self.epoch,
@@ -158,7 +158,7 @@ class PKSampler(Sampler[List[int]]):
             "num_samples": self.num_samples,
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("P", "K", "drop_last", "num_replicas", "num_samples"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(

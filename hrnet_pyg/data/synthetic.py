@@ -24,9 +24,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -36,7 +36,7 @@ from tqdm import tqdm
 GENERATOR_VERSION = 1
 _DRAW_H, _DRAW_W = 256, 128  # drawing canvas; images are resized to (height, width) afterwards
 
-Color = Tuple[int, int, int]
+Color = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ _TROUSERS = [(40, 60, 110), (25, 25, 30), (170, 150, 110), (90, 90, 95), (60, 80
              (200, 200, 205)]
 
 
-def _hsv(rng: np.random.Generator, s: Tuple[float, float], v: Tuple[float, float]) -> Color:
+def _hsv(rng: np.random.Generator, s: tuple[float, float], v: tuple[float, float]) -> Color:
     h = rng.uniform(0.0, 1.0)
     sat, val = rng.uniform(*s), rng.uniform(*v)
     i = int(h * 6) % 6
@@ -178,7 +178,7 @@ class Camera:
     gains: np.ndarray  # per-channel colour cast
     brightness: float
     contrast: float
-    scale: Tuple[float, float]  # person height / image height
+    scale: tuple[float, float]  # person height / image height
     blur: float  # Gaussian blur radius at the saved resolution
     lowres: float  # >1: captured at lower resolution and upscaled
     noise: float  # std of additive Gaussian noise (0-255 scale)
@@ -235,7 +235,7 @@ def _draw_scene(rng: np.random.Generator) -> Image.Image:
 # --------------------------------------------------------------------------------------------
 
 
-def _limb(draw: ImageDraw.ImageDraw, p0: Tuple[float, float], p1: Tuple[float, float],
+def _limb(draw: ImageDraw.ImageDraw, p0: tuple[float, float], p1: tuple[float, float],
           width: float, fill: Color) -> None:
     w = max(1, int(round(width)))
     draw.line([p0, p1], fill=fill + (255,), width=w)
@@ -244,7 +244,7 @@ def _limb(draw: ImageDraw.ImageDraw, p0: Tuple[float, float], p1: Tuple[float, f
         draw.ellipse([px - r, py - r, px + r, py + r], fill=fill + (255,))
 
 
-def _lerp(p0: Tuple[float, float], p1: Tuple[float, float], t: float) -> Tuple[float, float]:
+def _lerp(p0: tuple[float, float], p1: tuple[float, float], t: float) -> tuple[float, float]:
     return p0[0] + (p1[0] - p0[0]) * t, p0[1] + (p1[1] - p0[1]) * t
 
 
@@ -395,7 +395,7 @@ def _background(cam: Camera, rng: np.random.Generator) -> Image.Image:
 
 
 def _finish(img: Image.Image, cam: Camera, rng: np.random.Generator,
-            size: Tuple[int, int]) -> Image.Image:
+            size: tuple[int, int]) -> Image.Image:
     """Camera response: resolution, blur, colour cast, brightness, contrast, noise."""
     h, w = size
     lw, lh = max(4, int(w / cam.lowres)), max(8, int(h / cam.lowres))
@@ -415,7 +415,7 @@ def render_image(
     ident: Identity,
     cam: Camera,
     rng: np.random.Generator,
-    size: Tuple[int, int],
+    size: tuple[int, int],
     occlusion_p: float,
 ) -> Image.Image:
     """One image of ``ident`` seen by ``cam`` (``rng`` carries the per-image randomness)."""
@@ -435,7 +435,7 @@ def render_image(
 
 
 def render_distractor(seed: int, cam: Camera, rng: np.random.Generator,
-                      size: Tuple[int, int], junk: bool) -> Image.Image:
+                      size: tuple[int, int], junk: bool) -> Image.Image:
     """pid 0 (distractor): background or a zoomed body fragment; pid -1 (junk): clutter."""
     img = _background(cam, rng)
     if junk or rng.uniform() < 0.4:
@@ -465,10 +465,10 @@ class _Job:
     serial: int
 
 
-def _plan(cfg: SyntheticConfig) -> List[_Job]:
+def _plan(cfg: SyntheticConfig) -> list[_Job]:
     """Which image goes where: cameras per identity, query/gallery assignment."""
     rng = np.random.default_rng([cfg.seed, 33])
-    jobs: List[_Job] = []
+    jobs: list[_Job] = []
     serial = 0
     all_pids = list(range(1, cfg.num_train_ids + cfg.num_test_ids + 1))
     for pid in all_pids:
@@ -507,7 +507,7 @@ def _file_name(job: _Job) -> str:
 
 
 def generate_synthetic_dataset(
-    root: Union[str, "os.PathLike[str]"],
+    root: str | os.PathLike[str],
     *,
     num_train_ids: int = 60,
     num_test_ids: int = 60,
@@ -590,7 +590,7 @@ def generate_synthetic_dataset(
     return root
 
 
-def _manifest_matches(root: Path, params: Dict[str, object]) -> bool:
+def _manifest_matches(root: Path, params: dict[str, object]) -> bool:
     try:
         old = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -598,11 +598,11 @@ def _manifest_matches(root: Path, params: Dict[str, object]) -> bool:
     return old.get("params") == params and old.get("version") == GENERATOR_VERSION
 
 
-def _write_images(cfg: SyntheticConfig, out: Path, progress: bool) -> Dict[str, int]:
+def _write_images(cfg: SyntheticConfig, out: Path, progress: bool) -> dict[str, int]:
     size = (cfg.height, cfg.width)
     cams = {c: draw_camera(cfg.seed, c) for c in range(1, cfg.num_cams + 1)}
-    idents: Dict[int, Identity] = {}
-    counts: Dict[str, int] = {}
+    idents: dict[int, Identity] = {}
+    counts: dict[str, int] = {}
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         (out / split).mkdir()
     jobs = _plan(cfg)

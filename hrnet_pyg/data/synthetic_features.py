@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -63,7 +62,7 @@ class FeatureWorldConfig:
     view_personal: float = 0.55  # norm of an identity's own per-view offset w_{p,v}
     camera_bias: float = 0.4  # norm of a camera's bias b_c
     occlusion_p: float = 0.3  # probability that an image is occluded
-    occlusion_share: Tuple[float, float] = (0.3, 0.6)  # range of the share of dims covered
+    occlusion_share: tuple[float, float] = (0.3, 0.6)  # range of the share of dims covered
     num_occluders: int = 8  # occluder patterns shared by all identities
     occluder_norm: float = 1.5  # norm of a whole occluder pattern (covered dims take its values)
     noise: float = 0.3  # norm of the isotropic noise
@@ -124,7 +123,7 @@ def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _gaussian(rng: np.random.Generator, shape: Tuple[int, ...], norm: float, d: int) -> np.ndarray:
+def _gaussian(rng: np.random.Generator, shape: tuple[int, ...], norm: float, d: int) -> np.ndarray:
     # Entries N(0, norm^2 / d): the expected vector norm is ``norm`` whatever d is.
     return rng.standard_normal(shape) * (norm / math.sqrt(d))
 
@@ -150,7 +149,7 @@ def generate_feature_world(config: FeatureWorldConfig = FeatureWorldConfig()) ->
     scale = math.sqrt((1.0 + c.view_shared ** 2 + c.view_personal ** 2 + c.camera_bias ** 2
                        + c.noise ** 2) / d)
 
-    def draw(ids: np.ndarray, cams_for: List[np.ndarray]) -> Dict[str, np.ndarray]:
+    def draw(ids: np.ndarray, cams_for: list[np.ndarray]) -> dict[str, np.ndarray]:
         n = len(ids)
         views = rng.integers(0, c.num_views, n)
         cams = np.array([rng.choice(cs) for cs in cams_for])
@@ -193,7 +192,7 @@ def generate_feature_world(config: FeatureWorldConfig = FeatureWorldConfig()) ->
     query = draw(np.array(q_ids), q_cams)
     gallery = draw(np.array(g_ids), g_cams)
 
-    def split(s: Dict[str, np.ndarray]) -> FeatureSplit:
+    def split(s: dict[str, np.ndarray]) -> FeatureSplit:
         pids = s["pids"]  # train ids are 0..P-1 already; test ids follow them
         return FeatureSplit(
             feats=torch.from_numpy(s["feats"].astype(np.float32)),
@@ -207,7 +206,7 @@ def generate_feature_world(config: FeatureWorldConfig = FeatureWorldConfig()) ->
                         gallery=split(gallery))
 
 
-def world_params(config: FeatureWorldConfig) -> Dict[str, object]:
+def world_params(config: FeatureWorldConfig) -> dict[str, object]:
     """The config as a plain dict (for result files)."""
     out = asdict(config)
     out["occlusion_share"] = list(config.occlusion_share)

@@ -3,7 +3,7 @@ random cropping (zero-pad 10 px, crop back, as in the BoT baseline), ImageNet no
 erasing is optional and off by default (the paper does not use it)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torchvision.transforms as T
 

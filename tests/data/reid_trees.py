@@ -1,23 +1,23 @@
 """Helpers that write tiny dataset trees with each dataset's exact file naming."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 from PIL import Image
 
 
-def write_image(path: Path, color: Tuple[int, int, int] = (120, 60, 30), size=(4, 8)) -> Path:
+def write_image(path: Path, color: tuple[int, int, int] = (120, 60, 30), size=(4, 8)) -> Path:
     """A tiny valid image (``size`` = (width, height)); the format follows the suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path)
     return path
 
 
-def write_tree(base: Path, files: Dict[str, Iterable[str]]) -> Dict[str, List[Path]]:
+def write_tree(base: Path, files: dict[str, Iterable[str]]) -> dict[str, list[Path]]:
     """``files`` maps a folder (relative to ``base``) to file names; non-images get text."""
-    out: Dict[str, List[Path]] = {}
+    out: dict[str, list[Path]] = {}
     for folder, names in files.items():
         d = base / folder
         d.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ CUHK03NP_FILES = {
 }
 
 
-def market_like_expected(files: Dict[str, List[str]], base: Path):
+def market_like_expected(files: dict[str, list[str]], base: Path):
     """An independent statement of the convention: drop -1, camid-1, relabel train sorted."""
     def rows(folder):
         out = []

@@ -19,7 +19,7 @@ def _pids(counts):
 
 
 COUNTS = {p: n for p, n in zip(range(20), [6, 7, 12, 13, 3, 1, 6, 18, 9, 6, 6, 24, 2, 6, 11,
-                                            6, 8, 5, 6, 30])}
+                                            6, 8, 5, 6, 30], strict=False)}
 
 
 def _check_epoch(batches, pids, P, K, drop_last=True):
@@ -174,7 +174,7 @@ def test_distributed_split_of_p_11_over_2_ranks_is_uneven_and_complete():
     ranks = [PKSampler(pids, P=5, K=2, seed=3, num_replicas=2, rank=r) for r in range(2)]
     for s in [single] + ranks:
         s.set_epoch(1)
-    for gb, b0, b1 in zip(list(single), list(ranks[0]), list(ranks[1])):
+    for gb, b0, b1 in zip(list(single), list(ranks[0]), list(ranks[1]), strict=False):
         assert (len(b0), len(b1)) == (2 * 2, 3 * 2)  # 5 // 2 and the rest, K = 2 each
         assert b0 + b1 == gb
         assert not {pids[i] for i in b0} & {pids[i] for i in b1}

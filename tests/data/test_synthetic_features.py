@@ -27,7 +27,7 @@ def test_splits_sizes_labels_and_cross_camera_matches():
     assert set(w.train.pids.tolist()) == set(range(20)) and w.num_train_pids == 20
     assert not set(w.train.pids.tolist()) & set(w.query.pids.tolist())  # disjoint identities
     assert set(w.query.pids.tolist()) == set(w.gallery.pids.tolist())
-    for p, c in zip(w.query.pids.tolist(), w.query.camids.tolist()):  # a match the protocol keeps
+    for p, c in zip(w.query.pids.tolist(), w.query.camids.tolist(), strict=False):  # a match the protocol keeps
         same = (w.gallery.pids == p) & (w.gallery.camids != c)
         assert bool(same.any())
     # queries of one identity come from distinct cameras
