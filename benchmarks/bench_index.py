@@ -90,8 +90,14 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--queries", type=int, default=40, help="queries timed one at a time (default: 40)")
     ap.add_argument("--recall-queries", type=int, default=200, help="queries of the recall measurement")
-    ap.add_argument("--dtype", choices=("float16", "float32"), default="float32", help="index storage (default: float32; float16 makes the exact path convert every block)")
-    ap.add_argument("--faiss", choices=("hnsw", "ivf"), default="hnsw", help="approximate faiss type measured (default: hnsw)")
+    ap.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float32",
+        help="index storage (default: float32; float16 makes the exact path convert every block)",
+    )
+    ap.add_argument(
+        "--faiss", choices=("hnsw", "ivf"), default="hnsw",
+        help="approximate faiss type measured (default: hnsw)",
+    )
     ap.add_argument("--chunk", type=int, default=50000, help="images per shard")
     ap.add_argument("--threads", type=int, help="torch and faiss threads (default: torch's)")
     ap.add_argument("--workdir", help="where the index is written (default: a temporary folder)")
@@ -184,8 +190,11 @@ def main() -> None:
         scores = model.query_graph_scores(graph)
         lat["rerank"].append(time.perf_counter() - t0)
         assert scores.shape == (1, k)
-    for name, label in (("exact", "exact shortlist (blocked product)"), ("faiss", f"faiss {args.faiss} shortlist ({param} {chosen})"),
-                        ("rerank", "relational re-ranking of the top 120")):
+    for name, label in (
+        ("exact", "exact shortlist (blocked product)"),
+        ("faiss", f"faiss {args.faiss} shortlist ({param} {chosen})"),
+        ("rerank", "relational re-ranking of the top 120"),
+    ):
         v = lat[name]
         print(f"{label:<45} median {1e3 * statistics.median(v):9.2f} ms   p95 {1e3 * pct(v, 95):9.2f} ms")
     total_exact = [a + c for a, c in zip(lat["exact"], lat["rerank"], strict=False)]

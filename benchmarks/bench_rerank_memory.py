@@ -44,8 +44,12 @@ def main() -> None:
     model = HRNet(HRNetConfig(backbone=None, feat_dim=args.d), num_classes=1041).eval()
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(3060, args.d, generator=g)
-    qf = (centres[torch.randint(0, 3060, (args.queries,), generator=g)] + torch.randn(args.queries, args.d, generator=g)).relu_()
-    gf = (centres[torch.randint(0, 3060, (args.gallery,), generator=g)] + torch.randn(args.gallery, args.d, generator=g)).relu_()
+    qf = (
+        centres[torch.randint(0, 3060, (args.queries,), generator=g)] + torch.randn(args.queries, args.d, generator=g)
+    ).relu_()
+    gf = (
+        centres[torch.randint(0, 3060, (args.gallery,), generator=g)] + torch.randn(args.gallery, args.d, generator=g)
+    ).relu_()
     base = vm_hwm_gib()
     out_gib = args.queries * args.gallery * 4 / 2**30
     inputs_gib = (args.queries + args.gallery) * args.d * 4 / 2**30

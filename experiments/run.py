@@ -60,14 +60,18 @@ DATASET_TITLES: dict[str, str] = {
 }
 
 # Table 1 of the paper (Xu et al., AAAI 2021), typed in from the paper text: (mAP, rank-1) in %.
+_PAPER_TABLE1_COLUMNS = ("market1501", "dukemtmcreid", "cuhk03", "msmt17")
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
-    "CNN": {"market1501": (84.2, 92.8), "dukemtmcreid": (74.7, 85.1), "cuhk03": (57.7, 59.4), "msmt17": (48.3, 72.2)},
-    "CNN+IR": {"market1501": (89.0, 95.1), "dukemtmcreid": (80.1, 89.3), "cuhk03": (73.7, 77.1), "msmt17": (57.1, 79.6)},
-    "CNN+IR*": {"market1501": (86.9, 93.7), "dukemtmcreid": (76.9, 87.5), "cuhk03": (70.3, 72.8), "msmt17": (52.1, 77.0)},
-    "CNN+IR+CNC": {"market1501": (90.6, 96.0), "dukemtmcreid": (82.8, 90.7), "cuhk03": (77.1, 79.6), "msmt17": (58.9, 81.3)},
-    "CNN+PR": {"market1501": (87.4, 94.7), "dukemtmcreid": (78.1, 88.9), "cuhk03": (71.9, 76.1), "msmt17": (52.3, 76.6)},
-    "CNN+PR+IGP": {"market1501": (89.7, 95.2), "dukemtmcreid": (80.8, 90.2), "cuhk03": (75.9, 77.5), "msmt17": (57.4, 79.7)},
-    "HRNet": {"market1501": (91.3, 96.7), "dukemtmcreid": (83.7, 91.9), "cuhk03": (78.4, 81.1), "msmt17": (60.6, 82.0)},
+    row: dict(zip(_PAPER_TABLE1_COLUMNS, cells, strict=True))
+    for row, cells in {
+        "CNN": ((84.2, 92.8), (74.7, 85.1), (57.7, 59.4), (48.3, 72.2)),
+        "CNN+IR": ((89.0, 95.1), (80.1, 89.3), (73.7, 77.1), (57.1, 79.6)),
+        "CNN+IR*": ((86.9, 93.7), (76.9, 87.5), (70.3, 72.8), (52.1, 77.0)),
+        "CNN+IR+CNC": ((90.6, 96.0), (82.8, 90.7), (77.1, 79.6), (58.9, 81.3)),
+        "CNN+PR": ((87.4, 94.7), (78.1, 88.9), (71.9, 76.1), (52.3, 76.6)),
+        "CNN+PR+IGP": ((89.7, 95.2), (80.8, 90.2), (75.9, 77.5), (57.4, 79.7)),
+        "HRNet": ((91.3, 96.7), (83.7, 91.9), (78.4, 81.1), (60.6, 82.0)),
+    }.items()
 }
 
 # Settings that do not change what is measured (ignored when flagging deviating runs).
@@ -190,10 +194,7 @@ def config_deviations(
     except json.JSONDecodeError:
         return [f"unreadable {path.name}"]
     want, got = _flatten(expected_model), _flatten(used.get("model", {}))
-    out = [
-        f"{k}={got[k]}" for k in sorted(got)
-        if k in want and k not in _NEUTRAL_MODEL_KEYS and got[k] != want[k]
-    ]
+    out = [f"{k}={got[k]}" for k in sorted(got) if k in want and k not in _NEUTRAL_MODEL_KEYS and got[k] != want[k]]
     used_run = used.get("run", {})
     for k in sorted(_MEASURED_RUN_KEYS):
         if expected_run is not None and k in used_run and used_run[k] != expected_run.get(k):
@@ -233,7 +234,11 @@ def format_table1(
     Each cell reads ``measured (paper)`` in %; ``–`` where a run has not finished; the paper's
     number is left out for datasets it did not use.
     """
-    head = "| Methods | " + " | ".join(f"{DATASET_TITLES.get(d, d)} mAP | {DATASET_TITLES.get(d, d)} rank-1" for d in datasets) + " |"
+    head = (
+        "| Methods | "
+        + " | ".join(f"{DATASET_TITLES.get(d, d)} mAP | {DATASET_TITLES.get(d, d)} rank-1" for d in datasets)
+        + " |"
+    )
     lines = [
         "# Table 1: ablation study (measured vs. paper)",
         "",
@@ -262,7 +267,8 @@ def format_table1(
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     sources = [
         f"- {row} / {DATASET_TITLES.get(d, d)}: `{m.source}` ({m.protocol})"
-        for row in rows for d in datasets
+        for row in rows
+        for d in datasets
         if (m := measured.get(row, {}).get(d)) is not None
     ]
     if notes:
@@ -329,9 +335,16 @@ def load_sweep(path: Path) -> Sweep:
     if "{value}" not in str(data["output_dir"]):
         raise ValueError(f"{path}: output_dir must contain {{value}} so each value gets its own run folder")
     return Sweep(
-        name=str(data["name"]), title=str(data.get("title", data["name"])), base=(path.parent / data["base"]).resolve(),
-        parameter=param, values=values, output_dir=str(data["output_dir"]), xlabel=str(data.get("xlabel", param)),
-        paper_choice=data.get("paper_choice"), paper_note=str(data.get("paper_note", "")), source=path,
+        name=str(data["name"]),
+        title=str(data.get("title", data["name"])),
+        base=(path.parent / data["base"]).resolve(),
+        parameter=param,
+        values=values,
+        output_dir=str(data["output_dir"]),
+        xlabel=str(data.get("xlabel", param)),
+        paper_choice=data.get("paper_choice"),
+        paper_note=str(data.get("paper_note", "")),
+        source=path,
     )
 
 
@@ -343,7 +356,9 @@ def sweep_base_for(sweep: Sweep, dataset: str | None, experiments_dir: Path = EX
 
 
 def sweep_experiments(
-    sweep: Sweep, dataset: str | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+    sweep: Sweep,
+    dataset: str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
     experiments_dir: Path = EXPERIMENTS_DIR,
 ) -> list[tuple[Any, Any]]:
     """``[(value, Experiment)]``: the base experiment with ``parameter = value`` and its own output_dir."""
@@ -362,7 +377,9 @@ def sweep_experiments(
 
 
 def collect_sweep(
-    sweep: Sweep, points: Sequence[tuple[Any, Any]], dataset: str | None = None,
+    sweep: Sweep,
+    points: Sequence[tuple[Any, Any]],
+    dataset: str | None = None,
     experiments_dir: Path = EXPERIMENTS_DIR,
 ) -> list[tuple[Any, Measured | None]]:
     """Measured numbers of each (value, experiment) of a sweep (``None`` where not run).
@@ -392,14 +409,19 @@ def format_sweep_table(sweep: Sweep, results: Sequence[tuple[Any, Measured | Non
         dev = f" † {', '.join(m.deviations)}" if m and m.deviations else ""
         lines.append(
             f"| {value}{mark} | {_fmt(m.mAP if m else None)} | {_fmt(m.rank1 if m else None)} | "
-            + (f"`{m.source}`{dev}" if m else "–") + " |"
+            + (f"`{m.source}`{dev}" if m else "–")
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
 
 def plot_sweep(
-    sweep: Sweep, results: Sequence[tuple[Any, Measured | None]], path: Path, dataset: str,
-    figsize: tuple[float, float] = (6.0, 4.0), dpi: int = 100,
+    sweep: Sweep,
+    results: Sequence[tuple[Any, Measured | None]],
+    path: Path,
+    dataset: str,
+    figsize: tuple[float, float] = (6.0, 4.0),
+    dpi: int = 100,
 ) -> Path:
     """Line plot of mAP and rank-1 against the swept value (matplotlib, Agg); finished runs only."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -429,8 +451,12 @@ def plot_sweep(
     ax.legend()
     fig.tight_layout()
     # The plotted series travel in the PNG (tEXt "Description") so the figure can be traced to its files.
-    series = {"x": [v for v, _ in done], "mAP": [m.mAP for _, m in done], "rank1": [m.rank1 for _, m in done],
-              "sources": [str(m.source) for _, m in done]}
+    series = {
+        "x": [v for v, _ in done],
+        "mAP": [m.mAP for _, m in done],
+        "rank1": [m.rank1 for _, m in done],
+        "sources": [str(m.source) for _, m in done],
+    }
     fig.savefig(path, dpi=dpi, metadata={"Title": sweep.title, "Description": json.dumps(series)})
     return path
 
@@ -493,40 +519,74 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="experiments/run.py",
         description=_HELP_DESCRIPTION,
-        epilog=_HELP_EXAMPLES + "\n\nRow and dataset names: rows " + ", ".join(ROW_FILES) + "; datasets " + ", ".join(DATASETS)
+        epilog=_HELP_EXAMPLES
+        + "\n\nRow and dataset names: rows "
+        + ", ".join(ROW_FILES)
+        + "; datasets "
+        + ", ".join(DATASETS)
         + ". Quote row lists containing '*' in the shell ('CNN+IR*') or use file stems (cnn_ir_star).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", default="all",
-                   help="comma list of datasets (folders of experiments/) or 'all' = the paper's four "
-                        "(default: all). With --sweep: run the sweep on this one dataset instead of the "
-                        "sweep's own base")
-    p.add_argument("--rows", default="all",
-                   help="comma list of Table 1 rows or 'all' (default: all); ignored with --sweep")
-    p.add_argument("--sweep", type=Path, default=None,
-                   help="a sweep file (experiments/sweeps/*.yaml): run its values and write "
-                        "<results-dir>/<name>.md and .png instead of Table 1")
-    p.add_argument("--data-root", default=None,
-                   help="folder holding the dataset folders; overrides data.root of every experiment")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting of every experiment, e.g. --set model.epochs=120 "
-                        "--set run.device=cuda:1 (repeatable; values parsed as YAML). Runs whose "
-                        "model settings (or run.max_steps_per_epoch, run.rerank) differ from "
-                        "their YAML are marked † in the tables")
-    p.add_argument("--results-dir", type=Path, default=Path("results"),
-                   help="where tables and plots go (default: results)")
-    p.add_argument("--experiments-dir", type=Path, default=EXPERIMENTS_DIR,
-                   help=f"folder of the per-dataset YAML files (default: {EXPERIMENTS_DIR})")
-    p.add_argument("--skip-done", action="store_true",
-                   help="do not re-run experiments whose output_dir already holds metrics.json")
-    p.add_argument("--overwrite", action="store_true",
-                   help="re-run experiments whose output_dir already holds a run, deleting it first "
-                        "(without it such an experiment stops with an error)")
-    p.add_argument("--collect-only", action="store_true",
-                   help="run nothing; write the tables/plots from the metrics.json files on disk")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the experiments that would run (config file, output_dir, switches, "
-                        "done or not) and exit; nothing is run or written")
+    p.add_argument(
+        "--dataset",
+        default="all",
+        help="comma list of datasets (folders of experiments/) or 'all' = the paper's four "
+        "(default: all). With --sweep: run the sweep on this one dataset instead of the "
+        "sweep's own base",
+    )
+    p.add_argument(
+        "--rows", default="all", help="comma list of Table 1 rows or 'all' (default: all); ignored with --sweep"
+    )
+    p.add_argument(
+        "--sweep",
+        type=Path,
+        default=None,
+        help="a sweep file (experiments/sweeps/*.yaml): run its values and write "
+        "<results-dir>/<name>.md and .png instead of Table 1",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="folder holding the dataset folders; overrides data.root of every experiment"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting of every experiment, e.g. --set model.epochs=120 "
+        "--set run.device=cuda:1 (repeatable; values parsed as YAML). Runs whose "
+        "model settings (or run.max_steps_per_epoch, run.rerank) differ from "
+        "their YAML are marked † in the tables",
+    )
+    p.add_argument(
+        "--results-dir", type=Path, default=Path("results"), help="where tables and plots go (default: results)"
+    )
+    p.add_argument(
+        "--experiments-dir",
+        type=Path,
+        default=EXPERIMENTS_DIR,
+        help=f"folder of the per-dataset YAML files (default: {EXPERIMENTS_DIR})",
+    )
+    p.add_argument(
+        "--skip-done", action="store_true", help="do not re-run experiments whose output_dir already holds metrics.json"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="re-run experiments whose output_dir already holds a run, deleting it first "
+        "(without it such an experiment stops with an error)",
+    )
+    p.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="run nothing; write the tables/plots from the metrics.json files on disk",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the experiments that would run (config file, output_dir, switches, "
+        "done or not) and exit; nothing is run or written",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -541,8 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.data_root is not None:
             overrides.setdefault("data", {})["root"] = args.data_root
         if "output_dir" in overrides.get("run", {}):
-            raise ValueError("--set run.output_dir would send every experiment to one folder; "
-                             "each YAML names its own output_dir")
+            raise ValueError(
+                "--set run.output_dir would send every experiment to one folder; each YAML names its own output_dir"
+            )
         if args.sweep is not None:
             return _main_sweep(args, overrides)
         datasets, rows = parse_datasets(args.dataset), parse_rows(args.rows)

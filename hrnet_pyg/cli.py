@@ -178,10 +178,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     exp.model = model.config
     dataset, _, query_loader, gallery_loader = build_loaders(exp)
-    loader, records = {"query": (query_loader, dataset.query), "gallery": (gallery_loader, dataset.gallery)}[args.split or "gallery"]
+    splits = {"query": (query_loader, dataset.query), "gallery": (gallery_loader, dataset.gallery)}
+    loader, records = splits[args.split or "gallery"]
     feats, pids, camids = extract(model, loader, device=exp.run.device, progress=not args.no_progress)
     np.savez(
-        args.out, features=feats.numpy(), pids=pids.numpy(), camids=camids.numpy(),
+        args.out,
+        features=feats.numpy(),
+        pids=pids.numpy(),
+        camids=camids.numpy(),
         paths=np.array([r[0] for r in records]),
     )
     print(f"wrote {len(feats)} features of dimension {feats.size(1)} to {args.out}")
@@ -197,8 +201,13 @@ def _cmd_extract_images(args: argparse.Namespace) -> int:
         raise ValueError("give either --images (your own images) or --split (a dataset split), not both")
     model = load_model(args.checkpoint)
     feats = extract_images(
-        model, args.images, labels=args.labels, batch_size=args.batch_size, num_workers=args.workers,
-        device=args.device, progress=not args.no_progress,
+        model,
+        args.images,
+        labels=args.labels,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
     )
     feats.save(args.out)
     labels = "with pids" if feats.pids is not None else "without pids"
@@ -218,9 +227,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     _writable(args.grid)
     model = load_model(args.checkpoint)
     result = search(
-        model, args.query, args.gallery, topk=args.topk, rerank=not args.no_rerank, shortlist=args.shortlist,
-        exclude_self=not args.keep_self, labels=args.labels, batch_size=args.batch_size,
-        num_workers=args.workers, device=args.device, progress=not args.no_progress,
+        model,
+        args.query,
+        args.gallery,
+        topk=args.topk,
+        rerank=not args.no_rerank,
+        shortlist=args.shortlist,
+        exclude_self=not args.keep_self,
+        labels=args.labels,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
     )
     return _report_search(result, args)
 
@@ -245,7 +263,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     try:
         res = export_model(
-            model, args.out, args.format, with_feats=args.with_feats, opset=args.opset, verify=not args.no_verify,
+            model,
+            args.out,
+            args.format,
+            with_feats=args.with_feats,
+            opset=args.opset,
+            verify=not args.no_verify,
         )
     except ImportError as exc:  # an optional package is missing: say which, no traceback
         print(f"hrnet-pyg export: error: {exc}", file=sys.stderr)
@@ -290,7 +313,13 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 def _add_image_args(p: argparse.ArgumentParser) -> None:
     """Options of the verbs that read one's own images (extract --images, search)."""
-    p.add_argument("--labels", choices=("auto", "market", "folder", "none"), default="auto", help="identity labels of folder images: auto (Market-1501 file names when all parse, default), market, folder (parent folder = identity) or none")
+    p.add_argument(
+        "--labels",
+        choices=("auto", "market", "folder", "none"),
+        default="auto",
+        help="identity labels of folder images: auto (Market-1501 file names when all parse, default), market, folder "
+        "(parent folder = identity) or none",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--workers", type=_count, default=0, help="data loader processes (default: 0)")
 
@@ -299,9 +328,22 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 # ``hrnet-pyg index build|add|info`` and ``search --index``: everything of the persistent
 # gallery index (hrnet_pyg/index.py) on the command line sits in this block.
 def _add_search_index_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index", type=Path, metavar="GALLERY_IDX", help="search a gallery index written by hrnet-pyg index build instead of --gallery")
-    p.add_argument("--exact", action="store_true", help="with --index: exact blocked shortlist even when the index has a faiss part")
-    p.add_argument("--nprobe", type=int, help="with --index on an IVF faiss part: cells visited per query (default: the index's)")
+    p.add_argument(
+        "--index",
+        type=Path,
+        metavar="GALLERY_IDX",
+        help="search a gallery index written by hrnet-pyg index build instead of --gallery",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="with --index: exact blocked shortlist even when the index has a faiss part",
+    )
+    p.add_argument(
+        "--nprobe",
+        type=int,
+        help="with --index on an IVF faiss part: cells visited per query (default: the index's)",
+    )
 
 
 def _cmd_search_index(args: argparse.Namespace) -> int:
@@ -312,9 +354,20 @@ def _cmd_search_index(args: argparse.Namespace) -> int:
         raise ValueError("give either --gallery or --index, not both")
     model = load_model(args.checkpoint)
     result = search_index(
-        model, args.query, args.index, topk=args.topk, rerank=not args.no_rerank, shortlist=args.shortlist,
-        exclude_self=not args.keep_self, exact=args.exact, nprobe=args.nprobe, labels=args.labels,
-        batch_size=args.batch_size, num_workers=args.workers, device=args.device, progress=not args.no_progress,
+        model,
+        args.query,
+        args.index,
+        topk=args.topk,
+        rerank=not args.no_rerank,
+        shortlist=args.shortlist,
+        exclude_self=not args.keep_self,
+        exact=args.exact,
+        nprobe=args.nprobe,
+        labels=args.labels,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
     )
     return _report_search(result, args)
 
@@ -328,12 +381,25 @@ def cmd_index(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import load_model
 
     model = load_model(args.checkpoint)
-    kw = dict(labels=args.labels, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-              progress=not args.no_progress)
+    kw = dict(
+        labels=args.labels,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     if args.index_verb == "build":
         index = GalleryIndex.build(
-            args.out, model, args.images, dtype=args.dtype, faiss_type=args.faiss, nlist=args.nlist,
-            checkpoint=str(args.checkpoint), force=args.force, chunk=args.chunk, **kw,
+            args.out,
+            model,
+            args.images,
+            dtype=args.dtype,
+            faiss_type=args.faiss,
+            nlist=args.nlist,
+            checkpoint=str(args.checkpoint),
+            force=args.force,
+            chunk=args.chunk,
+            **kw,
         )
         print(f"wrote {index.path}: {len(index)} images, d={index.feat_dim}, {index.dtype}, faiss {index.faiss_type}")
         return 0
@@ -347,17 +413,41 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _add_index_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("index", help="persistent gallery index: build, add, info")
     verbs = p.add_subparsers(dest="index_verb", metavar="INDEX_VERB", required=True)
-    for name, helptext in (("build", "extract a gallery once and write an index folder"),
-                           ("add", "append images to an index (paths already in it are skipped)")):
+    for name, helptext in (
+        ("build", "extract a gallery once and write an index folder"),
+        ("add", "append images to an index (paths already in it are skipped)"),
+    ):
         q = verbs.add_parser(name, help=helptext)
         q.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
-        q.add_argument("--images", type=Path, required=True, metavar="DIR_OR_CSV", help="an image, a folder (recursive), a CSV with a path column (pid, camid optional), or an .npz from extract")
+        q.add_argument(
+            "--images",
+            type=Path,
+            required=True,
+            metavar="DIR_OR_CSV",
+            help="an image, a folder (recursive), a CSV with a path column (pid, camid optional), or an .npz from "
+            "extract",
+        )
         if name == "build":
             q.add_argument("--out", type=Path, required=True, help="the index folder to write, e.g. gallery.idx")
-            q.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage of the memory-mapped features (default: float32)")
-            q.add_argument("--faiss", choices=("auto", "flat", "ivf", "hnsw", "none"), default="auto", help="faiss part for the shortlist: auto (flat when faiss-cpu is installed, default), flat (exact), ivf, hnsw, none (exact blocked product)")
+            q.add_argument(
+                "--dtype",
+                choices=("float32", "float16"),
+                default="float32",
+                help="storage of the memory-mapped features (default: float32)",
+            )
+            q.add_argument(
+                "--faiss",
+                choices=("auto", "flat", "ivf", "hnsw", "none"),
+                default="auto",
+                help="faiss part for the shortlist: auto (flat when faiss-cpu is installed, default), flat (exact), "
+                "ivf, hnsw, none (exact blocked product)",
+            )
             q.add_argument("--nlist", type=int, help="IVF cells (default: sqrt of the number of images)")
-            q.add_argument("--force", action="store_true", help="replace an existing index (once the new one is complete)")
+            q.add_argument(
+                "--force",
+                action="store_true",
+                help="replace an existing index (once the new one is complete)",
+            )
         else:
             q.add_argument("--index", type=Path, required=True, help="the index folder to append to")
         q.add_argument("--chunk", type=int, default=50000, help="images per shard file (default: 50000)")
@@ -368,6 +458,8 @@ def _add_index_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     q = verbs.add_parser("info", help="describe an index")
     q.add_argument("--index", type=Path, required=True, help="the index folder")
     q.set_defaults(func=cmd_index)
+
+
 # ---------------------------------------------------------------------------- end gallery index
 
 
@@ -382,38 +474,93 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(p)
     p.add_argument("--epochs", type=int, help="total epochs (overrides model.epochs; the paper: 200)")
     p.add_argument("--resume", type=Path, help="continue from a last.pth written by an earlier run")
-    p.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds a run, deleting that run's files")
-    p.add_argument("--no-progress", action="store_true", help="no progress output (bars or lines); the epoch lines remain")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an output folder that holds a run, deleting that run's files",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress output (bars or lines); the epoch lines remain",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint")
     _add_experiment_args(p, output_dir=False)
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
     p.add_argument("--no-rerank", action="store_true", help="skip the relational re-ranking (CNN cosine only)")
-    p.add_argument("--k-reciprocal", action="store_true", help="also report k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
-    p.add_argument("--top-k", type=_positive_int, help="shortlist length of the re-ranking (default: model.top_k_rerank = 120)")
+    p.add_argument(
+        "--k-reciprocal",
+        action="store_true",
+        help="also report k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=_positive_int,
+        help="shortlist length of the re-ranking (default: model.top_k_rerank = 120)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("extract", help="write CNN features of a split or of your own images to .npz")
     _add_experiment_args(p, output_dir=False)
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
-    p.add_argument("--split", choices=("query", "gallery"), default=None, help="which split of the experiment's dataset (default: gallery)")
-    p.add_argument("--images", type=Path, metavar="DIR_OR_CSV", help="your own images instead of a split: an image, a folder (recursive) or a CSV with a path column (pid, camid optional); no --config needed")
+    p.add_argument(
+        "--split",
+        choices=("query", "gallery"),
+        default=None,
+        help="which split of the experiment's dataset (default: gallery)",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        metavar="DIR_OR_CSV",
+        help="your own images instead of a split: an image, a folder (recursive) or a CSV with a path column (pid, "
+        "camid optional); no --config needed",
+    )
     _add_image_args(p)
-    p.add_argument("--out", type=Path, required=True, help="output .npz (features F, paths; pids and camids when known)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output .npz (features F, paths; pids and camids when known)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("search", help="rank gallery images for query images")
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
-    p.add_argument("--query", type=Path, required=True, metavar="IMG_OR_DIR", help="a query image, a folder of them, a CSV or an .npz from extract")
-    p.add_argument("--gallery", type=Path, metavar="DIR_OR_FEATS", help="a folder of images, a CSV, or an .npz written by extract (or give --index)")
+    p.add_argument(
+        "--query",
+        type=Path,
+        required=True,
+        metavar="IMG_OR_DIR",
+        help="a query image, a folder of them, a CSV or an .npz from extract",
+    )
+    p.add_argument(
+        "--gallery",
+        type=Path,
+        metavar="DIR_OR_FEATS",
+        help="a folder of images, a CSV, or an .npz written by extract (or give --index)",
+    )
     _add_search_index_args(p)
     p.add_argument("--topk", type=_positive_int, default=10, help="gallery images listed per query (default: 10)")
-    p.add_argument("--no-rerank", action="store_true", help="plain cosine distance of the BNNeck features instead of the relational re-ranking")
-    p.add_argument("--shortlist", type=_positive_int, help="re-ranking shortlist length (default: the model's top_k_rerank = 120)")
-    p.add_argument("--keep-self", action="store_true", help="keep a query's own file in its ranked list (dropped by default)")
+    p.add_argument(
+        "--no-rerank",
+        action="store_true",
+        help="plain cosine distance of the BNNeck features instead of the relational re-ranking",
+    )
+    p.add_argument(
+        "--shortlist",
+        type=_positive_int,
+        help="re-ranking shortlist length (default: the model's top_k_rerank = 120)",
+    )
+    p.add_argument(
+        "--keep-self",
+        action="store_true",
+        help="keep a query's own file in its ranked list (dropped by default)",
+    )
     p.add_argument("--grid", type=Path, metavar="PNG", help="also write the ranked lists as an image grid")
     p.add_argument("--grid-queries", type=_positive_int, default=8, help="queries (rows) in the grid (default: 8)")
     p.add_argument("--csv", type=Path, help="also write the ranked lists as CSV")
@@ -424,15 +571,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export the feature extractor (TorchScript, ONNX, torch.export)")
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
-    p.add_argument("--format", choices=("torchscript", "onnx", "torch.export"), default="torchscript", help="torchscript (.pt, default), onnx (.onnx, needs: pip install hrnet_pyg[export]) or torch.export (.pt2)")
-    p.add_argument("--out", type=Path, required=True, help="output file; a JSON with input size and normalisation is written beside it")
-    p.add_argument("--with-feats", action="store_true", help="also output F (before BNNeck), the input of the relational re-ranking")
+    p.add_argument(
+        "--format",
+        choices=("torchscript", "onnx", "torch.export"),
+        default="torchscript",
+        help="torchscript (.pt, default), onnx (.onnx, needs: pip install hrnet_pyg[export]) or torch.export (.pt2)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output file; a JSON with input size and normalisation is written beside it",
+    )
+    p.add_argument(
+        "--with-feats",
+        action="store_true",
+        help="also output F (before BNNeck), the input of the relational re-ranking",
+    )
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-verify", action="store_true", help="skip comparing the exported model with the eager one")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="end-to-end demo on generated data (CPU; --quick for a short run)")
-    p.add_argument("--output-dir", type=Path, default=Path("demo_output"), help="where data, runs and PNGs go (default: demo_output)")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("demo_output"),
+        help="where data, runs and PNGs go (default: demo_output)",
+    )
     p.add_argument("--quick", action="store_true", help="a much smaller run (about a minute) that exercises every step")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -442,13 +608,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(p, output_dir=False)
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pth or a file written by HRNet.save")
     p.add_argument("--out-dir", type=Path, default=Path("figures"), help="where the PNGs go (default: figures)")
-    p.add_argument("--num-queries", type=_positive_int, default=4, help="queries shown in the ranked-list grid (default: 4)")
+    p.add_argument(
+        "--num-queries",
+        type=_positive_int,
+        default=4,
+        help="queries shown in the ranked-list grid (default: 4)",
+    )
     p.set_defaults(func=cmd_visualize)
 
     _add_index_parser(sub)
 
     p = sub.add_parser("datasets", help="statistics table of a dataset")
-    p.add_argument("--name", required=True, help="market1501, dukemtmcreid, cuhk03, msmt17, synthetic, custom or folder; aliases DukeMTMC, msmt17_v2, cuhk03_labeled, cuhk03_detected (docs/datasets.md)")
+    p.add_argument(
+        "--name",
+        required=True,
+        help="market1501, dukemtmcreid, cuhk03, msmt17, synthetic, custom or folder; aliases DukeMTMC, msmt17_v2, "
+        "cuhk03_labeled, cuhk03_detected (docs/datasets.md)",
+    )
     p.add_argument("--root", required=True, help="folder holding the dataset folder")
     p.add_argument("--verify", action="store_true", help="also decode every image once and list all unreadable ones")
     p.set_defaults(func=cmd_datasets)
@@ -469,7 +645,7 @@ def _message(exc: BaseException) -> str:
         for i in range(len(lines) - 1, -1, -1):
             match = re.match(rf"^(?:[\w.]+\.)?{name}: (.*)$", lines[i])
             if match:
-                return "\n".join([match.group(1), *lines[i + 1:]])
+                return "\n".join([match.group(1), *lines[i + 1 :]])
     return text
 
 
@@ -483,7 +659,10 @@ class _ConsoleOnly(logging.Filter):
 def _os_message(exc: OSError) -> str:
     where = exc.filename if exc.filename is not None else ""
     what = exc.strerror or type(exc).__name__
-    if isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)) or exc.errno in (30, 28):
+    if isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)) or exc.errno in (
+        30,
+        28,
+    ):
         return f"cannot write {where}: {what}" if where else str(exc)
     return f"{where}: {what}" if where else str(exc)
 

@@ -124,8 +124,12 @@ def _quiet_export_warnings() -> Iterator[None]:
     check, not part of the traced graph), and the ONNX optimiser's INFO log."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python boolean", module=r"hrnet_pyg\.backbone")
-        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"Converting a tensor to a Python boolean", module=r"hrnet_pyg\.backbone"
+        )
+        warnings.filterwarnings(
+            "ignore", message=r"You are using the legacy TorchScript-based ONNX", category=DeprecationWarning
+        )
         warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
         # The ONNX graph optimiser logs every pass at INFO; keep a CLI's INFO log readable.
         loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
@@ -157,12 +161,13 @@ def export_onnx(
     """ONNX with a dynamic batch axis (inputs ``images``; outputs ``bn_feats`` [, ``feats``])."""
     if not _has_module("onnx"):
         raise ImportError(
-            "ONNX export needs the 'onnx' package: pip install 'hrnet_pyg[export]' (or pip install "
-            "onnx onnxruntime)"
+            "ONNX export needs the 'onnx' package: pip install 'hrnet_pyg[export]' (or pip install onnx onnxruntime)"
         )
     use_dynamo = _has_module("onnxscript") if dynamo == "auto" else bool(dynamo)
     if use_dynamo and not _has_module("onnxscript"):
-        raise ImportError("the torch.export-based ONNX exporter (dynamo=True) needs 'onnxscript': pip install onnxscript")
+        raise ImportError(
+            "the torch.export-based ONNX exporter (dynamo=True) needs 'onnxscript': pip install onnxscript"
+        )
     outputs = _output_names(extractor.with_feats)
     kwargs: dict[str, Any] = dict(input_names=["images"], output_names=outputs, dynamo=use_dynamo)
     if opset is not None:
@@ -307,10 +312,13 @@ def export_model(
             diff = max(float((g.float() - r).abs().max()) for g, r in zip(got, ref_t, strict=False))
             if not diff <= atol:
                 raise RuntimeError(
-                    f"the export {path} differs from the eager model by {diff:.3g} (> atol {atol:g}) "
-                    "on a random batch"
+                    f"the export {path} differs from the eager model by {diff:.3g} (> atol {atol:g}) on a random batch"
                 )
-            runtime = "onnxruntime" if format == "onnx" else ("torch.export.load" if format == "torch.export" else "torch.jit.load")
+            runtime = (
+                "onnxruntime"
+                if format == "onnx"
+                else ("torch.export.load" if format == "torch.export" else "torch.jit.load")
+            )
             note = f"verified with {runtime}: max |exported - eager| = {diff:.2e} on a random batch of 3"
     meta["verification"] = note
     meta_path.write_text(json.dumps(meta, indent=2))

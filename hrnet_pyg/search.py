@@ -458,7 +458,8 @@ class SearchResult:
 @torch.no_grad()
 def _retrieval(model: nn.Module, feats: Tensor, dev: torch.device, chunk: int = 8192) -> Tensor:
     """BN(F) on the CPU, ``chunk`` rows at a time (large galleries never sit whole on the GPU)."""
-    return torch.cat([model.retrieval_features(feats[s : s + chunk].to(dev)).float().cpu() for s in range(0, len(feats), chunk)])
+    blocks = (feats[s : s + chunk].to(dev) for s in range(0, len(feats), chunk))
+    return torch.cat([model.retrieval_features(b).float().cpu() for b in blocks])
 
 
 def search_features(
@@ -523,8 +524,9 @@ def search_features(
     score = None
     if use_rerank:
         k = min(shortlist or inner.config.top_k_rerank, len(gallery))
-        dist, score = relational_rerank(inner, qf, gf, top_k=k, device=dev, progress=progress,
-                                        return_scores=True)  # score: NaN outside the shortlist
+        dist, score = relational_rerank(
+            inner, qf, gf, top_k=k, device=dev, progress=progress, return_scores=True
+        )  # score: NaN outside the shortlist
     else:
         dist = cos.clone()
     num_excluded = 0
@@ -572,12 +574,21 @@ def search(
     ``query`` and ``gallery`` take what :func:`features_of` takes; images are extracted with
     :func:`extract_images`. See :func:`search_features` for the ranking options.
     """
-    kw: dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress)
+    kw: dict[str, Any] = dict(
+        labels=labels, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress
+    )
     q = features_of(model, query, **kw)
     g = features_of(model, gallery, **kw)
     return search_features(
-        model, q, g, topk=topk, rerank=rerank, shortlist=shortlist, exclude_self=exclude_self,
-        device=device, progress=progress,
+        model,
+        q,
+        g,
+        topk=topk,
+        rerank=rerank,
+        shortlist=shortlist,
+        exclude_self=exclude_self,
+        device=device,
+        progress=progress,
     )
 
 
@@ -610,8 +621,16 @@ def write_grid(
         q_pids, g_pids = [0] * len(result.query_paths), [1] * len(result.gallery_paths)
     rows = list(range(min(max_queries, len(result.query_paths))))
     grid = ranked_list_grid(
-        result.query_paths, result.gallery_paths, result.indices.numpy(), q_pids, g_pids, path,
-        topk=result.topk, queries=rows, size=size, border=border,
+        result.query_paths,
+        result.gallery_paths,
+        result.indices.numpy(),
+        q_pids,
+        g_pids,
+        path,
+        topk=result.topk,
+        queries=rows,
+        size=size,
+        border=border,
     )
     if not known:  # repaint the (meaningless) red borders grey
         with Image.open(grid.path) as im:

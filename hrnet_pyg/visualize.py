@@ -126,7 +126,9 @@ def attention_matrices(model: nn.Module, feats: Tensor, pids: Tensor) -> tuple[T
             mask = pair_mask(f, cfg.pr_edges) if cfg.pr_edges else None
             _, g, _ = inner.pr.forward_dense(f, v if cfg.use_igp else None, mask=mask, return_attention=True)
             if g.shape != (n, n, n):
-                raise RuntimeError(f"PairwiseRelationConv returned attention of shape {tuple(g.shape)}, expected {(n, n, n)}")
+                raise RuntimeError(
+                    f"PairwiseRelationConv returned attention of shape {tuple(g.shape)}, expected {(n, n, n)}"
+                )
             g_sum = g.float().sum(dim=0).cpu()  # (N, N): sum over the N pair graphs
     return ac, g_sum
 
@@ -420,7 +422,9 @@ def visualize_batch(
     # (1) Figure 5 on one P x K training batch, identity-major as in Sec. 4.5.
     idx = sample_pk_batch(dataset.train, cfg.num_identities, cfg.num_instances, seed=seed)
     batch_ds = ImageDataset([dataset.train[i] for i in idx], test_tf)
-    feats, pids, _ = extract(inner, DataLoader(batch_ds, batch_size=len(idx), shuffle=False), device=dev, progress=False)
+    feats, pids, _ = extract(
+        inner, DataLoader(batch_ds, batch_size=len(idx), shuffle=False), device=dev, progress=False
+    )
     ac, g_sum = attention_matrices(inner, feats, pids)
     paths: list[Path] = []
     if ac is not None or g_sum is not None:
@@ -430,8 +434,11 @@ def visualize_batch(
     q_fields = [_record_fields(r) for r in dataset.query]
     g_fields = [_record_fields(r) for r in dataset.gallery]
     if distmat is None:
+
         def loader(records: Any) -> DataLoader:
-            return DataLoader(ImageDataset(records, test_tf), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+            return DataLoader(
+                ImageDataset(records, test_tf), batch_size=batch_size, shuffle=False, num_workers=num_workers
+            )
 
         qf, _, _ = extract(inner, loader(dataset.query), device=dev, progress=progress)
         gf, _, _ = extract(inner, loader(dataset.gallery), device=dev, progress=progress)
@@ -444,14 +451,25 @@ def visualize_batch(
 
             with torch.no_grad():
                 inner.to(dev).eval()
-                distmat = cosine_distance(inner.retrieval_features(qf.to(dev)).cpu(), inner.retrieval_features(gf.to(dev)).cpu())
+                distmat = cosine_distance(
+                    inner.retrieval_features(qf.to(dev)).cpu(), inner.retrieval_features(gf.to(dev)).cpu()
+                )
     if query_indices is None:
         rng = np.random.default_rng(seed)
-        query_indices = sorted(int(i) for i in rng.choice(len(q_fields), size=min(num_queries, len(q_fields)), replace=False))
+        query_indices = sorted(
+            int(i) for i in rng.choice(len(q_fields), size=min(num_queries, len(q_fields)), replace=False)
+        )
     grid = ranked_list_grid(
-        [f[0] for f in q_fields], [f[0] for f in g_fields], distmat,
-        [f[1] for f in q_fields], [f[1] for f in g_fields], out / "ranked_list.png", topk=topk,
-        queries=query_indices, q_camids=[f[2] for f in q_fields], g_camids=[f[2] for f in g_fields],
+        [f[0] for f in q_fields],
+        [f[0] for f in g_fields],
+        distmat,
+        [f[1] for f in q_fields],
+        [f[1] for f in g_fields],
+        out / "ranked_list.png",
+        topk=topk,
+        queries=query_indices,
+        q_camids=[f[2] for f in q_fields],
+        g_camids=[f[2] for f in g_fields],
     )
     paths.append(grid.path)
     return paths

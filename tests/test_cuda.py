@@ -115,15 +115,28 @@ def test_bf16_channels_last_step_is_finite_and_matches_fp32(row, device, no_tf32
     assert all(math.isfinite(v) for v in losses.values()), losses
     assert bool(torch.isfinite(grads).all()), "non-finite gradient under bf16 autocast"
     for name, ref in ref_losses.items():
-        assert abs(losses[name] - ref) <= 0.02 + 0.05 * abs(ref), f"{row} L_{name}: bf16 {losses[name]:.4f} vs fp32 {ref:.4f}"
+        assert abs(losses[name] - ref) <= 0.02 + 0.05 * abs(ref), (
+            f"{row} L_{name}: bf16 {losses[name]:.4f} vs fp32 {ref:.4f}"
+        )
     cos = float(torch.nn.functional.cosine_similarity(grads, ref_grads, dim=0))
     assert cos >= 0.9, f"{row}: gradient cosine bf16 vs fp32 = {cos:.3f}"
 
 
 # ---------------------------------------------------------------------------- fit on images + resume
-_SYNTH = dict(num_train_ids=6, num_test_ids=4, num_cams=2, imgs_per_id=4, min_cams_per_id=2,
-              max_cams_per_id=2, queries_per_id=1, num_distractors=2, num_junk=0, height=32,
-              width=16, progress=False)
+_SYNTH = dict(
+    num_train_ids=6,
+    num_test_ids=4,
+    num_cams=2,
+    imgs_per_id=4,
+    min_cams_per_id=2,
+    max_cams_per_id=2,
+    queries_per_id=1,
+    num_distractors=2,
+    num_junk=0,
+    height=32,
+    width=16,
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +156,19 @@ def _amp(device: torch.device):
 def _experiment(root: Path, device: torch.device, out: Path):
     from hrnet_pyg.experiment import load_experiment
 
-    cfg = _image_config(device, backbone="resnet18", image_size=(32, 16), num_identities=3,
-                        num_instances=2, epochs=2)
+    cfg = _image_config(device, backbone="resnet18", image_size=(32, 16), num_identities=3, num_instances=2, epochs=2)
     over = {
         "data": {"name": "synthetic", "root": str(root), "kwargs": dict(_SYNTH)},
         "model": cfg.to_dict(),
-        "run": {"output_dir": str(out), "device": str(device), "amp": _amp(device), "channels_last": True,
-                "num_workers": 0, "max_steps_per_epoch": 1,
-                "eval_batch_size": 16},
+        "run": {
+            "output_dir": str(out),
+            "device": str(device),
+            "amp": _amp(device),
+            "channels_last": True,
+            "num_workers": 0,
+            "max_steps_per_epoch": 1,
+            "eval_batch_size": 16,
+        },
     }
     return load_experiment(None, over)
 
@@ -204,20 +222,30 @@ def test_compiled_fit_matches_eager(device, tmp_path, no_tf32):
     tracing with the ``eager`` backend (graph capture and graph breaks, no C++ code generation).
     The graph modules on features keep the compilation to seconds; the compiled ResNet-50 step
     is ``benchmarks/bench_train_step.py --compile``'s."""
-    cfg = HRNetConfig(backbone=None, pretrained=False, feat_dim=32, k=3, num_identities=4,
-                      num_instances=3, epochs=1)
+    cfg = HRNetConfig(backbone=None, pretrained=False, feat_dim=32, k=3, num_identities=4, num_instances=3, epochs=1)
     g = torch.Generator().manual_seed(0)
     pids = torch.arange(8).repeat_interleave(6)
     inputs = ((torch.randn(8, 32, generator=g) * 2)[pids] + torch.randn(48, 32, generator=g)).relu()
-    loader = DataLoader(FeatureDataset(inputs, pids, pids % 2),
-                        batch_sampler=PKSampler(pids.tolist(), P=cfg.num_identities, K=cfg.num_instances, seed=0))
+    loader = DataLoader(
+        FeatureDataset(inputs, pids, pids % 2),
+        batch_sampler=PKSampler(pids.tolist(), P=cfg.num_identities, K=cfg.num_instances, seed=0),
+    )
     results = {}
     for mode in (False, True if device.type == "cuda" else "eager"):
         torch._dynamo.reset()
         torch.manual_seed(0)
         model = HRNet(cfg, num_classes=8)
-        results[mode] = fit(model, loader, epochs=1, device=device, amp=False, compile=mode,
-                            max_steps_per_epoch=2, output_dir=tmp_path / str(mode), progress=False)
+        results[mode] = fit(
+            model,
+            loader,
+            epochs=1,
+            device=device,
+            amp=False,
+            compile=mode,
+            max_steps_per_epoch=2,
+            output_dir=tmp_path / str(mode),
+            progress=False,
+        )
     eager, compiled = results.values()
     for row_e, row_c in zip(eager.history, compiled.history, strict=False):
         for key in (k for k in row_e if k.startswith("loss_")):
@@ -264,8 +292,16 @@ def test_sync_bn_single_device_trains_like_batchnorm_and_saves_plain_weights(dev
     for sync in (False, True):
         torch.manual_seed(0)
         model = HRNet(cfg, num_classes=cfg.num_identities)
-        rows[sync] = fit(model, loader, epochs=1, device=device, amp=False, sync_bn=sync,
-                         output_dir=tmp_path / str(sync), progress=False)
+        rows[sync] = fit(
+            model,
+            loader,
+            epochs=1,
+            device=device,
+            amp=False,
+            sync_bn=sync,
+            output_dir=tmp_path / str(sync),
+            progress=False,
+        )
         assert isinstance(model.bnneck.bn, torch.nn.SyncBatchNorm) == sync
     for key in (k for k in rows[False].history[0] if k.startswith("loss_")):
         assert rows[True].history[0][key] == pytest.approx(rows[False].history[0][key], rel=1e-5, abs=1e-6)
@@ -298,8 +334,9 @@ def test_relational_rerank_and_evaluate_on_device_equal_cpu(device, no_tf32):
     gf, gp, gc = _clustered(300, 12, 64, seed=2)
     ref = relational_rerank(model, qf, gf, top_k=30, device="cpu", progress=False)
     for per_pass in (7, None):
-        got = relational_rerank(model, qf.to(device), gf.to(device), top_k=30, queries_per_pass=per_pass,
-                                device=device, progress=False)
+        got = relational_rerank(
+            model, qf.to(device), gf.to(device), top_k=30, queries_per_pass=per_pass, device=device, progress=False
+        )
         assert got.device.type == "cpu" and got.dtype == torch.float32
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
         order = ref.argsort(dim=1, stable=True)
@@ -309,8 +346,9 @@ def test_relational_rerank_and_evaluate_on_device_equal_cpu(device, no_tf32):
         assert bool((got.gather(1, order).diff(dim=1) >= -1e-6).all())
     assert next(model.parameters()).device.type == device.type  # the model stays where it ran
     on_cpu = evaluate_features(model, qf, qp, qc, gf, gp, gc, top_k=30, device="cpu", progress=False)
-    on_dev = evaluate_features(model, qf, qp, qc, gf, gp, gc, top_k=30, device=device, progress=False,
-                               k_reciprocal=True)
+    on_dev = evaluate_features(
+        model, qf, qp, qc, gf, gp, gc, top_k=30, device=device, progress=False, k_reciprocal=True
+    )
     for name in ("cnn", "hrnet"):
         a, b = getattr(on_cpu, name), getattr(on_dev, name)
         assert a.mAP == pytest.approx(b.mAP, abs=1e-6) and a.mINP == pytest.approx(b.mINP, abs=1e-6)
@@ -325,8 +363,7 @@ def test_k_reciprocal_on_device_equals_dense_reference(device, no_tf32):
 
     qf, _, _ = _clustered(30, 10, 32, seed=3)
     gf, _, _ = _clustered(200, 10, 32, seed=4)
-    dense = k_reciprocal_rerank(euclidean_distance(qf, gf), euclidean_distance(qf, qf),
-                                euclidean_distance(gf, gf))
+    dense = k_reciprocal_rerank(euclidean_distance(qf, gf), euclidean_distance(qf, qf), euclidean_distance(gf, gf))
     got = k_reciprocal_rerank_features(qf.to(device), gf.to(device), chunk_size=64, progress=False)
     assert got.device.type == device.type
     torch.testing.assert_close(got.cpu(), dense, atol=1e-4, rtol=0)
@@ -344,8 +381,7 @@ def test_export_from_a_device_model_with_channels_last(device, tmp_path, no_tf32
     from hrnet_pyg.export import export_model, load_exported
 
     torch.manual_seed(0)
-    model = HRNet(HRNetConfig(backbone="resnet18", pretrained=False, image_size=(64, 32), k=3),
-                  num_classes=4)
+    model = HRNet(HRNetConfig(backbone="resnet18", pretrained=False, image_size=(64, 32), k=3), num_classes=4)
     _randomise_bn(model)
     model = model.to(device, memory_format=torch.channels_last).eval()
     result = export_model(model, tmp_path / "m.pt", "torchscript", with_feats=True)
@@ -386,6 +422,7 @@ def _count_syncs(device: torch.device) -> Iterator[list[str]]:
         def wrapper(self, *a, **kw):
             seen.append(n)
             return saved[n](self, *a, **kw)
+
         return wrapper
 
     for n in names:
@@ -400,8 +437,7 @@ def _count_syncs(device: torch.device) -> Iterator[list[str]]:
 def test_training_loop_reads_losses_once_per_logging_interval(device):
     """``fit`` adds no host sync per step to the model's own: the loss values are read once per
     ``print_freq`` steps (here: 6 steps, print_freq 3 -> 2 reads, plus the end of the epoch)."""
-    cfg = HRNetConfig(backbone=None, pretrained=False, feat_dim=16, k=3, num_identities=4,
-                      num_instances=3, epochs=1)
+    cfg = HRNetConfig(backbone=None, pretrained=False, feat_dim=16, k=3, num_identities=4, num_instances=3, epochs=1)
     g = torch.Generator().manual_seed(0)
     pids = torch.arange(8).repeat_interleave(6)
     feats = ((torch.randn(8, 16, generator=g) * 2)[pids] + torch.randn(48, 16, generator=g)).relu()
@@ -436,7 +472,9 @@ def test_device_names_are_checked_in_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(ValueError, match=r"device=cuda:2 names GPU 2, but this machine has 2 visible GPU\(s\): use cuda:0..cuda:1"):
+    with pytest.raises(
+        ValueError, match=r"device=cuda:2 names GPU 2, but this machine has 2 visible GPU\(s\): use cuda:0..cuda:1"
+    ):
         resolve_device("cuda:2")
 
 

@@ -82,7 +82,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     fit(first, _loader(cfg), epochs=1, output_dir=tmp_path / "b", progress=False)  # "interrupted"
     torch.manual_seed(123)  # a different process state: resume must restore it
     resumed = HRNet(cfg, num_classes=8)
-    result = fit(resumed, _loader(cfg), epochs=3, output_dir=tmp_path / "b", resume=tmp_path / "b" / "last.pth", progress=False)
+    result = fit(
+        resumed, _loader(cfg), epochs=3, output_dir=tmp_path / "b", resume=tmp_path / "b" / "last.pth", progress=False
+    )
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=False):
         torch.testing.assert_close(a, b, msg=f"parameter {name} differs after resume")

@@ -255,7 +255,9 @@ def test_shortened_runs_are_flagged(tmp_path, monkeypatch):
     _fake_run(tmp_path / "runs/msmt17/hrnet", 0.6, 0.8, model=exp.model.to_dict(), run_section=run_section)
     m = run.measured_of(exp)
     assert m.deviations == ["run.max_steps_per_epoch=5"]
-    _fake_run(tmp_path / "runs/msmt17/hrnet", 0.6, 0.8, model=exp.model.to_dict(), run_section=dataclasses.asdict(exp.run))
+    _fake_run(
+        tmp_path / "runs/msmt17/hrnet", 0.6, 0.8, model=exp.model.to_dict(), run_section=dataclasses.asdict(exp.run)
+    )
     assert run.measured_of(exp).deviations == []
 
 
@@ -296,8 +298,20 @@ def test_sweep_table_and_plot_from_metrics_files(tmp_path, monkeypatch):
     assert plotted["mAP"] == pytest.approx([61.1, 83.3, 65.5]) and plotted["rank1"] == pytest.approx([72.2, 94.4, 76.6])
 
     # the same sweep on another dataset goes to its own folders and files
-    assert run.main(["--sweep", str(EXP / "sweeps" / "fig3_k.yaml"), "--dataset", "synthetic", "--collect-only",
-                     "--results-dir", "res"]) == 0
+    assert (
+        run.main(
+            [
+                "--sweep",
+                str(EXP / "sweeps" / "fig3_k.yaml"),
+                "--dataset",
+                "synthetic",
+                "--collect-only",
+                "--results-dir",
+                "res",
+            ]
+        )
+        == 0
+    )
     assert "| 10 (paper's choice) | – | – |" in (tmp_path / "res" / "fig3_k_synthetic.md").read_text()
     assert not (tmp_path / "res" / "fig3_k_synthetic.png").exists()  # nothing finished: no plot
 

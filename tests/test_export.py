@@ -117,7 +117,9 @@ def test_verification_catches_a_wrong_export(model, tmp_path, monkeypatch):
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript_exporter", "dynamo_exporter"])
 def test_onnx_export_equals_eager_with_dynamic_batch(model, tmp_path, dynamo):
     pytest.importorskip("onnx", reason="ONNX export needs the optional 'onnx' package (pip install hrnet_pyg[export])")
-    ort = pytest.importorskip("onnxruntime", reason="checking an ONNX export needs 'onnxruntime' (pip install hrnet_pyg[export])")
+    ort = pytest.importorskip(
+        "onnxruntime", reason="checking an ONNX export needs 'onnxruntime' (pip install hrnet_pyg[export])"
+    )
     if dynamo:
         pytest.importorskip("onnxscript", reason="the torch.export-based ONNX exporter needs 'onnxscript'")
     res = export_model(model, tmp_path / "m.onnx", "onnx", with_feats=True, dynamo=dynamo)
@@ -215,4 +217,3 @@ def test_checkpoint_of_another_format_version_is_refused_clearly(model, tmp_path
     msg = str(exc.value)
     assert str(path) in msg and f"format version {version}" in msg
     assert f"reads version {CHECKPOINT_FORMAT_VERSION}" in msg
-

@@ -199,7 +199,8 @@ def _random_index(tmp_path, faiss_type, n=600, d=64, nlist=None):
     gallery = ImageFeatures(feats, [f"/g/{i}.jpg" for i in range(n)])
     index = GalleryIndex.build(tmp_path / f"{faiss_type}.idx", model, gallery, faiss_type=faiss_type, nlist=nlist,
                                chunk=250, device="cpu", progress=False)
-    queries = torch.nn.functional.normalize(model.retrieval_features(feats[:40] + 0.3 * torch.randn(40, d, generator=g)), dim=1)
+    noisy = feats[:40] + 0.3 * torch.randn(40, d, generator=g)
+    queries = torch.nn.functional.normalize(model.retrieval_features(noisy), dim=1)
     return index, queries
 
 

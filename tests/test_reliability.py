@@ -125,7 +125,8 @@ def test_resume_with_workers_equals_an_uninterrupted_run(tmp_path):
 
     straight, _, _, _ = _feature_run(tmp_path, epochs=3, num_workers=2, out="a")
     _feature_run(tmp_path, epochs=1, num_workers=2, out="b")
-    resumed, sampler, _, _ = _feature_run(tmp_path, epochs=3, num_workers=2, out="b", resume=tmp_path / "b" / "last.pth")
+    resume = tmp_path / "b" / "last.pth"
+    resumed, sampler, _, _ = _feature_run(tmp_path, epochs=3, num_workers=2, out="b", resume=resume)
     assert sampler.calls == [1, 2]
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=False):
         torch.testing.assert_close(a, b, msg=f"parameter {name} differs after resume")
@@ -142,9 +143,7 @@ def _tiny_args(tmp_path, *extra):
 
 
 def _cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "hrnet_pyg", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "hrnet_pyg", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _damaged_dataset(tmp_path):
@@ -160,8 +159,21 @@ def _damaged_dataset(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_truncated_jpeg_is_one_line_naming_the_file_with_or_without_workers(tmp_path, workers, capsys):
     _damaged_dataset(tmp_path)
-    code = main(["train", *_tiny_args(tmp_path, "--output-dir", str(tmp_path / "run"), "--epochs", "1",
-                                      "--set", f"run.num_workers={workers}", "--no-progress")])
+    code = main(
+        [
+            "train",
+            *_tiny_args(
+                tmp_path,
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--epochs",
+                "1",
+                "--set",
+                f"run.num_workers={workers}",
+                "--no-progress",
+            ),
+        ]
+    )
     assert code == 2
     _one_line_error(capsys, "cannot decode image", str(tmp_path / "data"))
 
@@ -226,8 +238,9 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
 
     run = tmp_path / "run"
     args = ["train", *_tiny_args(tmp_path, "--output-dir", str(run), "--epochs", "60", "--no-progress")]
-    proc = subprocess.Popen([sys.executable, "-m", "hrnet_pyg", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hrnet_pyg", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 240
     while not (run / "last.pth").is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -256,7 +269,17 @@ def test_unwritable_outputs_are_one_line_naming_the_path(finished, tmp_path, cap
     cases = [
         ["train", *_tiny_args(finished, "--output-dir", str(blocker / "run"), "--epochs", "1")],
         ["extract", *_tiny_args(finished, "--checkpoint", ckpt, "--out", str(blocker / "f.npz"))],
-        ["search", "--checkpoint", ckpt, "--query", str(img), "--gallery", str(img.parent), "--grid", str(blocker / "g.png")],
+        [
+            "search",
+            "--checkpoint",
+            ckpt,
+            "--query",
+            str(img),
+            "--gallery",
+            str(img.parent),
+            "--grid",
+            str(blocker / "g.png"),
+        ],
         ["visualize", *_tiny_args(finished, "--checkpoint", ckpt, "--out-dir", str(blocker / "figs"))],
         ["export", "--checkpoint", ckpt, "--out", str(blocker / "m.pt")],
         ["datasets", "--name", "synthetic", "--root", str(blocker / "data")],
@@ -281,8 +304,10 @@ def test_permission_denied_names_the_path(tmp_path, capsys, monkeypatch):
 
 # ---------------------------------------------------------------------------- smaller items
 def test_zero_shortlists_are_argument_errors(capsys):
-    for argv in (["eval", "--checkpoint", "x.pth", "--top-k", "0"],
-                 ["search", "--checkpoint", "x", "--query", "q", "--gallery", "g", "--shortlist", "0"]):
+    for argv in (
+        ["eval", "--checkpoint", "x.pth", "--top-k", "0"],
+        ["search", "--checkpoint", "x", "--query", "q", "--gallery", "g", "--shortlist", "0"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
@@ -361,11 +386,23 @@ def test_a_redirected_run_leaves_clean_files_a_log_and_a_best_checkpoint(tmp_pat
 
     run = tmp_path / "run"
     out = tmp_path / "output.txt"
-    args = _tiny_args(tmp_path, "--output-dir", str(run), "--epochs", "2", "--set", "run.eval_freq=1",
-                      "--set", "run.print_freq=1", "--set", "run.tensorboard=true")
+    args = _tiny_args(
+        tmp_path,
+        "--output-dir",
+        str(run),
+        "--epochs",
+        "2",
+        "--set",
+        "run.eval_freq=1",
+        "--set",
+        "run.print_freq=1",
+        "--set",
+        "run.tensorboard=true",
+    )
     with open(out, "w") as fh:  # like nohup / SLURM: stdout and stderr to one file
-        proc = subprocess.run([sys.executable, "-m", "hrnet_pyg", "train", *args], stdout=fh,
-                              stderr=subprocess.STDOUT, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "hrnet_pyg", "train", *args], stdout=fh, stderr=subprocess.STDOUT, timeout=300
+        )
     text = out.read_text()
     assert proc.returncode == 0, text
     assert "\r" not in text and "█" not in text
@@ -378,11 +415,25 @@ def test_a_redirected_run_leaves_clean_files_a_log_and_a_best_checkpoint(tmp_pat
         assert text.count("tensorboard is not installed") == 1
     log = (run / "train.log").read_text()
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", log)
-    for needle in ("configuration (also in config.yaml)", "use_ir: true", "packages: ", "torch ", "device: cpu",
-                   "epoch 1/2:", "epoch 2/2:", "best.pth: epoch", "results (also in metrics.json)", "| method |"):
+    for needle in (
+        "configuration (also in config.yaml)",
+        "use_ir: true",
+        "packages: ",
+        "torch ",
+        "device: cpu",
+        "epoch 1/2:",
+        "epoch 2/2:",
+        "best.pth: epoch",
+        "results (also in metrics.json)",
+        "| method |",
+    ):
         assert needle in log, needle
-    assert load_experiment(run / "config.yaml").model == load_experiment(None, parse_overrides(
-        [a for a in args[1::2] if "=" in a and a.startswith("model.")] + ["model.epochs=2"])).model
+    assert (
+        load_experiment(run / "config.yaml").model
+        == load_experiment(
+            None, parse_overrides([a for a in args[1::2] if "=" in a and a.startswith("model.")] + ["model.epochs=2"])
+        ).model
+    )
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(0 <= float(r["eval_mAP"]) <= 1 for r in rows)
     best_epoch = max(rows, key=lambda r: float(r["eval_mAP"]))["epoch"]

@@ -401,21 +401,66 @@ def test_cli_clear_errors(checkpoint, gallery_dir, tmp_path, capsys):
         assert main(list(argv)) == 2
         return capsys.readouterr().err
 
-    err = run("search", "--checkpoint", str(tmp_path / "none.pth"), "--query", str(gallery_dir), "--gallery", str(gallery_dir))
+    missing = str(tmp_path / "none.pth")
+    err = run("search", "--checkpoint", missing, "--query", str(gallery_dir), "--gallery", str(gallery_dir))
     assert "none.pth does not exist" in err and "Traceback" not in err
     torch.save({"state_dict": {}}, tmp_path / "other.pth")
-    err = run("search", "--checkpoint", str(tmp_path / "other.pth"), "--query", str(gallery_dir), "--gallery", str(gallery_dir))
+    err = run(
+        "search",
+        "--checkpoint",
+        str(tmp_path / "other.pth"),
+        "--query",
+        str(gallery_dir),
+        "--gallery",
+        str(gallery_dir),
+    )
     assert "not an hrnet_pyg checkpoint" in err
-    err = run("search", "--checkpoint", str(checkpoint), "--query", str(tmp_path / "q.jpg"), "--gallery", str(gallery_dir), "--no-progress")
+    err = run(
+        "search",
+        "--checkpoint",
+        str(checkpoint),
+        "--query",
+        str(tmp_path / "q.jpg"),
+        "--gallery",
+        str(gallery_dir),
+        "--no-progress",
+    )
     assert "q.jpg does not exist" in err
     (tmp_path / "empty").mkdir()
-    err = run("extract", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "x.npz"))
+    err = run(
+        "extract",
+        "--checkpoint",
+        str(checkpoint),
+        "--images",
+        str(tmp_path / "empty"),
+        "--out",
+        str(tmp_path / "x.npz"),
+    )
     assert "holds no images" in err
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"\x89PNG broken")
-    err = run("extract", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "bad"), "--out", str(tmp_path / "x.npz"), "--no-progress")
+    err = run(
+        "extract",
+        "--checkpoint",
+        str(checkpoint),
+        "--images",
+        str(tmp_path / "bad"),
+        "--out",
+        str(tmp_path / "x.npz"),
+        "--no-progress",
+    )
     assert "x.png" in err and "cannot decode" in err
-    err = run("extract", "--checkpoint", str(checkpoint), "--images", str(gallery_dir), "--split", "query", "--out", str(tmp_path / "x.npz"))
+    err = run(
+        "extract",
+        "--checkpoint",
+        str(checkpoint),
+        "--images",
+        str(gallery_dir),
+        "--split",
+        "query",
+        "--out",
+        str(tmp_path / "x.npz"),
+    )
     assert "either --images" in err
 
 
@@ -430,10 +475,44 @@ def test_cli_extract_split_mode_still_works_and_agrees_with_images_mode(checkpoi
                 write_noise(root / split / pid / f"{n}.jpg", seed=seed)
     split_out, images_out = tmp_path / "split.npz", tmp_path / "images.npz"
     with pytest.warns(UserWarning, match="no camera ids"):
-        assert main(["extract", "--checkpoint", str(checkpoint), "--set", "data.name=folder", "--data-root", str(root),
-                     "--set", "run.num_workers=0", "--split", "query", "--out", str(split_out), "--no-progress"]) == 0
-    assert main(["extract", "--checkpoint", str(checkpoint), "--images", str(root / "query"), "--labels", "folder",
-                 "--out", str(images_out), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "extract",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--set",
+                    "data.name=folder",
+                    "--data-root",
+                    str(root),
+                    "--set",
+                    "run.num_workers=0",
+                    "--split",
+                    "query",
+                    "--out",
+                    str(split_out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "extract",
+                "--checkpoint",
+                str(checkpoint),
+                "--images",
+                str(root / "query"),
+                "--labels",
+                "folder",
+                "--out",
+                str(images_out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     a, b = ImageFeatures.load(split_out), ImageFeatures.load(images_out)
     assert [Path(p).resolve() for p in a.paths] == [Path(p) for p in b.paths]

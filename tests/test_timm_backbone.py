@@ -97,5 +97,8 @@ def test_timm_local_weights_file(tmp_path, capsys):
 def test_bad_names():
     with pytest.raises(ValueError, match="timm has no model 'no_such_net'"):
         build_backbone("timm:no_such_net")
-    with pytest.raises(ValueError, match=r"unknown backbone 'resnet9'; valid: resnet18, resnet34, resnet50, resnet101, timm:<name> or None"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown backbone 'resnet9'; valid: resnet18, resnet34, resnet50, resnet101, timm:<name> or None",
+    ):
         HRNet(HRNetConfig(backbone="resnet9", pretrained=False), num_classes=2)

@@ -98,12 +98,18 @@ def test_missing_tensor_and_shape_mismatch_name_the_key(tmp_path, resnet18, caps
     sd = {f"backbone.{k}": v for k, v in _trunk(resnet18).items()}
     del sd["backbone.layer3.1.bn2.weight"]
     torch.save({"model": sd}, tmp_path / "missing.pth")
-    with pytest.raises(PretrainedWeightsError, match=r"missing.pth \(fast-reid checkpoint\).*1 missing key\(s\) \['layer3\.1\.bn2\.weight'\]"):
+    with pytest.raises(
+        PretrainedWeightsError,
+        match=r"missing.pth \(fast-reid checkpoint\).*1 missing key\(s\) \['layer3\.1\.bn2\.weight'\]",
+    ):
         ResNetBackbone(18, pretrained=str(tmp_path / "missing.pth"))
     sd = _trunk(resnet18)
     sd["layer4.0.conv1.weight"] = torch.zeros(512, 256, 1, 1)
     torch.save({"state_dict": sd}, tmp_path / "shape.pth")
-    with pytest.raises(PretrainedWeightsError, match=r"shape mismatch layer4\.0\.conv1\.weight \(512, 256, 1, 1\) vs \(512, 256, 3, 3\)"):
+    with pytest.raises(
+        PretrainedWeightsError,
+        match=r"shape mismatch layer4\.0\.conv1\.weight \(512, 256, 1, 1\) vs \(512, 256, 3, 3\)",
+    ):
         ResNetBackbone(18, pretrained=str(tmp_path / "shape.pth"))
     torch.save({"state_dict": {"classifier.weight": torch.zeros(3, 512)}}, tmp_path / "heads_only.pth")
     with pytest.raises(PretrainedWeightsError, match="holds no backbone tensor"):
@@ -114,21 +120,30 @@ def test_missing_tensor_and_shape_mismatch_name_the_key(tmp_path, resnet18, caps
 
 
 def test_weights_only_refuses_pickled_objects(tmp_path):
-    torch.save({"state_dict": _trunk(torchvision.models.resnet18(weights=None)), "cfg": object()}, tmp_path / "pickle.pth")
+    torch.save(
+        {"state_dict": _trunk(torchvision.models.resnet18(weights=None)), "cfg": object()}, tmp_path / "pickle.pth"
+    )
     with pytest.raises(PretrainedWeightsError, match="could not read pretrained weights file"):
         ResNetBackbone(18, pretrained=str(tmp_path / "pickle.pth"))
 
 
-@pytest.mark.parametrize("name, member", [
-    (True, "IMAGENET1K_V1"), ("IMAGENET1K_V1", "IMAGENET1K_V1"), ("imagenet1k_v2", "IMAGENET1K_V2"),
-    ("DEFAULT", "IMAGENET1K_V2"),
-])
+@pytest.mark.parametrize(
+    "name, member",
+    [
+        (True, "IMAGENET1K_V1"),
+        ("IMAGENET1K_V1", "IMAGENET1K_V1"),
+        ("imagenet1k_v2", "IMAGENET1K_V2"),
+        ("DEFAULT", "IMAGENET1K_V2"),
+    ],
+)
 def test_torchvision_weight_names(name, member):
     assert torchvision_weights(50, name) is getattr(torchvision.models.ResNet50_Weights, member)
 
 
 def test_unknown_weight_name_lists_valid_ones():
-    with pytest.raises(PretrainedWeightsError, match=r"ResNet18_Weights has no such weights; valid names: IMAGENET1K_V1, DEFAULT"):
+    with pytest.raises(
+        PretrainedWeightsError, match=r"ResNet18_Weights has no such weights; valid names: IMAGENET1K_V1, DEFAULT"
+    ):
         torchvision_weights(18, "IMAGENET1K_V2")  # resnet18 has only V1
     with pytest.raises(PretrainedWeightsError, match="valid names"):
         ResNetBackbone(18, pretrained="IMAGENET1K_V2")
@@ -148,5 +163,7 @@ def test_weight_name_through_config_downloads_that_enum(monkeypatch, capsys):
     assert calls == [torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url]
     out = capsys.readouterr().out
     n = len(_trunk(net))
-    assert f"loaded {n} backbone tensors from torchvision ResNet50_Weights.IMAGENET1K_V2; skipped: fc (2 tensors)" in out
+    assert (
+        f"loaded {n} backbone tensors from torchvision ResNet50_Weights.IMAGENET1K_V2; skipped: fc (2 tensors)" in out
+    )
     torch.testing.assert_close(model.backbone.conv1.weight, net.conv1.weight)
