@@ -52,6 +52,7 @@ ROWS = ("CNN", "CNN+IR+CNC", "CNN+PR+IGP", "HRNet")
 SEEDS = (0, 1, 2)
 
 from hrnet_pyg.config import PAPER_LITERAL  # noqa: E402
+from hrnet_pyg.demo import DEMO_DATA, DEMO_MODEL  # noqa: E402
 
 # Per level: how a row is trained. The feature level trains the graph modules from scratch on
 # fixed features: the paper's lr and schedule shape (x0.1 twice), over fewer epochs.
@@ -59,11 +60,8 @@ LEVELS: dict[str, dict[str, Any]] = {
     "feature": dict(model=dict(backbone=None, feat_dim=64, pretrained=False, lr=1e-3, epochs=20,
                                milestones=(14, 18)),
                     world=dict()),  # FeatureWorldConfig's defaults
-    "image": dict(model=dict(backbone="resnet18", pretrained=False, image_size=(64, 32), lr=1e-3,
-                             epochs=40, milestones=(30, 37)),
-                  data=dict(num_train_ids=60, num_test_ids=250, imgs_per_id=12, queries_per_id=4,
-                            min_cams_per_id=5, max_cams_per_id=6, num_distractors=100,
-                            num_junk=20)),
+    # The demo's setting (hrnet_pyg.demo), so that the demo prints what this level measures.
+    "image": dict(model=dict(DEMO_MODEL), data=dict(DEMO_DATA)),
 }
 
 # --quick: the same code path at smoke-test sizes (tests, dry runs); its numbers mean nothing.
