@@ -269,3 +269,15 @@ def test_block_shares_weights_repr_reset_and_errors():
     del data["image", "left", "pair"]
     with pytest.raises(ValueError, match=r"data lacks \('image', 'left', 'pair'\)\.edge_index"):
         block(data)
+
+
+def test_readme_example_runs():
+    """The README's hybrid-graph example, executed as written."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### The whole relation step on one hybrid graph", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert torch.isfinite(scope["loss"]) and scope["t_hat"].shape == (36 + 64 + 49,)
