@@ -4,9 +4,12 @@
   Euclidean distance), with a pure-torch backend and the compiled PyG / torch-cluster ones.
 * :func:`full_edges` -- the fully-connected graph (the IR* ablation row of Table 1).
 * :func:`individual_graph` -- a :class:`~torch_geometric.data.Data` for the individual module.
-* :func:`pair_graph` / :func:`pair_mask` -- the N complete graphs over difference nodes
-  :math:`u_{n,i} = f_n - f_i` of Eq. 6 as a :class:`~torch_geometric.data.HeteroData`, and the
-  (N, N) neighbour mask used by the dense path when a graph is not complete (Fig. 4 sweep).
+* :func:`hybrid_graph` -- the whole hybrid graph of Fig. 2 as one
+  :class:`~torch_geometric.data.HeteroData` (:class:`HybridGraph`): the individual kNN graph of
+  Eq. 1, the N complete graphs over difference nodes :math:`u_{n,i} = f_n - f_i` of Eq. 6 and the
+  inter-graph links of Eq. 7-9; :func:`pair_graph` is its pair part alone.
+* :func:`pair_mask` -- the (N, N) neighbour mask of the pair graphs when they are not complete
+  (Fig. 4 sweep), used by :func:`hybrid_graph` and by the dense path.
 
 Every ``edge_index`` follows PyG's ``source_to_target`` flow: ``edge_index[0]`` is the neighbour
 :math:`j` (source), ``edge_index[1]`` the centre :math:`i` (target) whose update aggregates it.
@@ -18,6 +21,7 @@ import importlib.util
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
+from torch_geometric.data.storage import NodeStorage
 
 # Entries of the dense distance block computed at once by the pure-torch path (2**24 floats = 64 MiB
 # in fp32). A re-ID batch (66^2) and a re-ranking graph (121^2) are far below it.
@@ -457,48 +461,38 @@ def pair_mask(f: Tensor, num_edges: int | None) -> Tensor | None:
     return mask.view(f.size(0), n, n) if batched else mask
 
 
-def pair_graph(
-    f: Tensor,
-    v: Tensor | None = None,
-    num_edges: int | None = None,
-) -> HeteroData:
-    r"""The N pair graphs of Eq. 6-9 for one batch of N images, as a :class:`~torch_geometric.data.HeteroData`.
+class HybridGraph(HeteroData):
+    r"""The :class:`~torch_geometric.data.HeteroData` of :func:`hybrid_graph` (and :func:`pair_graph`).
 
-    Node types:
-
-    * ``"image"``: ``x`` = :math:`f_n` :math:`(N, d)`; ``v`` = the individual-module outputs
-      :math:`v_n` used by the inter-graph propagation (``f`` when ``v`` is not given, as for the
-      CNN+PR+IGP row of Table 1).
-    * ``"pair"``: :math:`N^2` difference nodes; node :math:`n N + i` is
-      :math:`u_{n,i} = f_n - f_i` (``x``, :math:`(N^2, d)`), with ``n`` and ``i`` index vectors.
-
-    Edge types (source -> target):
-
-    * ``("pair", "intra", "pair")``: inside graph :math:`n`, :math:`u_{n,j} \rightarrow u_{n,i}` for
-      all :math:`i, j` including :math:`j = i` (:math:`N^3` edges), or only the ``num_edges``
-      nearest :math:`j` of each :math:`i` (:func:`pair_mask`).
-    * ``("image", "left", "pair")``: :math:`v_n \rightarrow u_{n,i}` (the :math:`q^n_{i,n}` edge).
-    * ``("image", "right", "pair")``: :math:`v_i \rightarrow u_{n,i}` (the :math:`q^n_{i,i}` edge).
-
-    This materialises :math:`N^2 d` pair features and :math:`N^3` edges; it is the general
-    message-passing representation. The HRNet model uses the dense factorised path
-    (:meth:`hrnet_pyg.layers.PairwiseRelationConv.forward_dense`) instead.
+    It differs from a plain :class:`HeteroData` only in how it batches: the pair-node attributes
+    ``n`` and ``i`` are image-node indices, so :class:`torch_geometric.loader.DataLoader` shifts
+    them by the number of image nodes of the graphs before (as it shifts ``edge_index``), and they
+    keep pointing at the right rows of the batch's ``data["image"]``.
     """
-    where = "pair_graph"
-    if not isinstance(f, Tensor) or f.dim() != 2:
-        shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
-        raise ValueError(f"{where}: f must be a 2-D tensor (N, d), got {shape}")
-    if v is not None and (not isinstance(v, Tensor) or v.shape != f.shape):
-        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-        raise ValueError(f"{where}: v must have the shape of f {tuple(f.shape)}, got {shape}")
+
+    def __inc__(self, key: str, value, store=None, *args, **kwargs):
+        if key in ("n", "i") and isinstance(store, NodeStorage) and store._key == "pair":
+            return self["image"].num_nodes
+        return super().__inc__(key, value, store, *args, **kwargs)
+
+
+def _check_rows(rows: Tensor | None, n: int, device, where: str) -> Tensor:
+    if rows is None:
+        return torch.arange(n, device=device)
+    if (not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.long
+            or (rows.numel() > 0 and (int(rows.min()) < 0 or int(rows.max()) >= n))):
+        raise ValueError(f"{where}: rows must be a 1-D LongTensor of image indices in [0, {n}), got {rows!r}")
+    return rows.to(device)
+
+
+def _add_pair_part(data: HeteroData, f: Tensor, num_edges: int | None, rows: Tensor) -> None:
+    """The pair nodes of the graphs ``rows`` of Eq. 6 and their intra / left / right edges."""
     n, device = f.size(0), f.device
+    r = rows.numel()
     ar = torch.arange(n, device=device)
-    pn = ar.repeat_interleave(n)  # graph n of pair node n*N + i
-    pi = ar.repeat(n)  # image i of pair node n*N + i
-    data = HeteroData()
-    data["image"].x = f
-    data["image"].v = f if v is None else v
-    data["pair"].x = (f.unsqueeze(1) - f.unsqueeze(0)).reshape(n * n, f.size(1))  # (N^2, d)
+    pn = rows.repeat_interleave(n)  # graph n of pair node r*N + i
+    pi = ar.repeat(r)  # image i of pair node r*N + i
+    data["pair"].x = f[pn] - f[pi]  # (R N, d): u_{n,i} = f_n - f_i
     data["pair"].n = pn
     data["pair"].i = pi
 
@@ -507,15 +501,133 @@ def pair_graph(
         tgt_i = ar.repeat_interleave(n)  # (N^2,) base pairs (i, j) of one graph
         src_j = ar.repeat(n)
     else:
+        # ||u_{n,i} - u_{n,j}|| = ||f_i - f_j||: the same neighbour pattern in every graph
         tgt_i, src_j = mask.nonzero(as_tuple=True)
-    offset = (ar * n).repeat_interleave(tgt_i.numel())  # the same pattern in each graph n
-    src = src_j.repeat(n) + offset
-    dst = tgt_i.repeat(n) + offset
-    data["pair", "intra", "pair"].edge_index = torch.stack([src, dst])
-    pair_ids = torch.arange(n * n, device=device)
+    offset = (torch.arange(r, device=device) * n).repeat_interleave(tgt_i.numel())
+    data["pair", "intra", "pair"].edge_index = torch.stack([src_j.repeat(r) + offset,
+                                                            tgt_i.repeat(r) + offset])
+    pair_ids = torch.arange(r * n, device=device)
     data["image", "left", "pair"].edge_index = torch.stack([pn, pair_ids])
     data["image", "right", "pair"].edge_index = torch.stack([pi, pair_ids])
+
+
+def hybrid_graph(
+    f: Tensor,
+    k: int,
+    *,
+    full: bool = False,
+    loop: bool = False,
+    pr_edges: int | None = None,
+    rows: Tensor | None = None,
+    y: Tensor | None = None,
+    clamp: bool = False,
+    backend: str = "auto",
+) -> HybridGraph:
+    r"""The hybrid graph of one batch of :math:`N` images (Fig. 2) as one
+    :class:`~torch_geometric.data.HeteroData`: the individual graph of Eq. 1, the :math:`N`
+    complete graphs over difference nodes of Eq. 6, and the inter-graph links of Eq. 7-9 between
+    them. :class:`hrnet_pyg.hybrid.HybridRelationBlock` runs the whole relation step on it.
+
+    Node types:
+
+    * ``"image"``: ``x`` = :math:`\mathbf{f}_n` :math:`(N, d)` (and ``y`` when given).
+    * ``"pair"``: the difference nodes of the graphs :math:`n` in ``rows`` (all :math:`N` by
+      default); node :math:`rN + i` is :math:`\mathbf{u}_{n,i} = \mathbf{f}_n - \mathbf{f}_i`
+      with :math:`n` = ``rows[r]`` (``x``, :math:`(RN, d)`), and ``n``, ``i`` hold the two image
+      indices (they batch as image indices, see :class:`HybridGraph`). :math:`\mathbf{u}_{n,n} =
+      \mathbf{0}` is a node of graph :math:`n`: Eq. 6 sums over :math:`j = 1..N`.
+
+    Edge types (source -> target, PyG's ``source_to_target`` flow):
+
+    * ``("image", "knn", "image")``: :math:`\mathbf{C}` of Eq. 1, :math:`v_j \rightarrow v_i`
+      for the :math:`k` nearest :math:`j` of :math:`i` (:func:`knn_edges`, the edges
+      :class:`~hrnet_pyg.model.HRNet` trains on), or every :math:`j` with ``full=True`` (IR*).
+    * ``("pair", "intra", "pair")``: inside graph :math:`n`, :math:`u_{n,j} \rightarrow u_{n,i}`
+      for all :math:`i, j` including :math:`j = i` (:math:`RN^2` edges), or only the
+      ``pr_edges`` nearest :math:`j` of each :math:`i` (:func:`pair_mask`, Fig. 4).
+    * ``("image", "left", "pair")``: :math:`v_n \rightarrow u_{n,i}` (the :math:`q^n_{i,n}` link).
+    * ``("image", "right", "pair")``: :math:`v_i \rightarrow u_{n,i}` (the :math:`q^n_{i,i}` link).
+
+    The pair part materialises :math:`R N d` features and :math:`R N^2` edges: this is the general,
+    readable message-passing representation. :class:`~hrnet_pyg.model.HRNet` trains on the dense
+    factorised path (:meth:`~hrnet_pyg.layers.PairwiseRelationConv.forward_dense`) instead, which
+    gives the same result.
+
+    Args:
+        f (torch.Tensor): Image features :math:`(N, d)`.
+        k (int): Neighbours per image node of the individual graph (``HRNetConfig.k``).
+        full (bool, optional): Fully-connected individual graph instead of kNN (the IR* row).
+            (default: :obj:`False`)
+        loop (bool, optional): Count a node among its own :math:`k` neighbours
+            (``HRNetConfig.ir_self_in_knn``); with ``full``, add self loops. (default: :obj:`False`)
+        pr_edges (int, optional): Incoming edges per difference node, itself included
+            (:meth:`HRNet.pr_edges_for(N) <hrnet_pyg.model.HRNet.pr_edges_for>`); :obj:`None` or
+            :math:`\ge N`: complete graphs. (default: :obj:`None`)
+        rows (torch.LongTensor, optional): The graphs :math:`n` to build, :math:`(R,)` (e.g. only
+            the query's graph at test time). (default: all :math:`N`)
+        y (torch.Tensor, optional): Identity labels :math:`(N,)`, stored as ``data["image"].y``.
+            (default: :obj:`None`)
+        clamp, backend: As in :func:`knn_edges`.
+
+    Returns:
+        HybridGraph: the graph; ``torch_geometric.loader.DataLoader`` batches several of them.
+    """
+    where = "hybrid_graph"
+    if not isinstance(f, Tensor) or f.dim() != 2:
+        shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+        raise ValueError(f"{where}: f must be a 2-D tensor (N, d), got {shape}")
+    if y is not None and (not isinstance(y, Tensor) or y.shape != f.shape[:1]):
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"{where}: y must have one label per image ({f.size(0)},), got {shape}")
+    rows = _check_rows(rows, f.size(0), f.device, where)
+    if full:
+        knn = full_edges(f.size(0), loop=loop, device=f.device)
+    else:
+        knn = knn_edges(f, k, loop=loop, backend=backend, clamp=clamp)
+    data = HybridGraph()
+    data["image"].x = f
+    if y is not None:
+        data["image"].y = y
+    data["image", "knn", "image"].edge_index = knn
+    _add_pair_part(data, f, pr_edges, rows)
     return data
 
 
-__all__ = ["knn_edges", "knn_adjacency", "full_edges", "individual_graph", "pair_graph", "pair_mask"]
+def pair_graph(
+    f: Tensor,
+    v: Tensor | None = None,
+    num_edges: int | None = None,
+    rows: Tensor | None = None,
+) -> HybridGraph:
+    r"""The pair part of :func:`hybrid_graph` (no individual graph), with given image nodes
+    :math:`\mathbf{v}`: the input of :meth:`~hrnet_pyg.layers.PairwiseRelationConv.forward_hetero`.
+
+    ``data["image"].x`` = :math:`\mathbf{f}`, ``data["image"].v`` = the image nodes the
+    inter-graph propagation reads (the individual-module outputs, or ``f`` when ``v`` is not given,
+    as for the CNN+PR+IGP row of Table 1); the ``"pair"`` nodes and the ``intra``, ``left`` and
+    ``right`` edges are those of :func:`hybrid_graph` with ``pr_edges=num_edges``.
+    """
+    where = "pair_graph"
+    if not isinstance(f, Tensor) or f.dim() != 2:
+        shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+        raise ValueError(f"{where}: f must be a 2-D tensor (N, d), got {shape}")
+    if v is not None and (not isinstance(v, Tensor) or v.shape != f.shape):
+        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+        raise ValueError(f"{where}: v must have the shape of f {tuple(f.shape)}, got {shape}")
+    data = HybridGraph()
+    data["image"].x = f
+    data["image"].v = f if v is None else v
+    _add_pair_part(data, f, num_edges, _check_rows(rows, f.size(0), f.device, where))
+    return data
+
+
+__all__ = [
+    "HybridGraph",
+    "full_edges",
+    "hybrid_graph",
+    "individual_graph",
+    "knn_adjacency",
+    "knn_edges",
+    "pair_graph",
+    "pair_mask",
+]
