@@ -20,6 +20,8 @@ from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.utils import to_dense_batch
 
+from hrnet_pyg.topk import k_smallest_mask
+
 # Entries of the dense distance block computed at once by the pure-torch path (2**24 floats = 64 MiB
 # in fp32). A re-ID batch (66^2) and a re-ranking graph (121^2) are far below it.
 DEFAULT_DENSE_BUDGET = 1 << 24
@@ -67,27 +69,6 @@ def _group(batch: Tensor | None, num_nodes: int, device) -> tuple[Tensor | None,
     counts = torch.bincount(batch) if num_nodes > 0 else batch.new_zeros(0)
     ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     return perm, counts, ptr
-
-
-def _select_k_smallest(dist: Tensor, kk: Tensor, kmax: int | None = None) -> Tensor:
-    """Boolean mask of the ``kk[r]`` smallest entries of each row ``dist[r]`` (any leading dims).
-
-    Ties are broken by column index (lower index first), so the result is deterministic, unlike
-    :func:`torch.topk` whose choice among equal values is unspecified: everything strictly below the
-    ``kk``-th smallest value is taken, then the lowest-index entries equal to it fill up the row.
-    ``kmax`` (``kk.max()``, when the caller knows it) spares a device-to-host sync.
-    """
-    if kmax is None:
-        kmax = int(kk.max()) if kk.numel() > 0 else 0
-    if kmax == 0:
-        return torch.zeros_like(dist, dtype=torch.bool)
-    vals = torch.topk(dist, kmax, dim=-1, largest=False, sorted=True).values
-    thr = vals.gather(-1, (kk - 1).clamp(min=0).unsqueeze(-1))  # (..., 1): kk-th smallest
-    below = dist < thr
-    equal = dist == thr
-    need = (kk - below.sum(-1)).unsqueeze(-1)  # >= 1 wherever kk >= 1
-    sel = below | (equal & (equal.cumsum(-1) <= need))
-    return sel & (kk > 0).unsqueeze(-1)
 
 
 def _sq_norms(x: Tensor) -> Tensor:
@@ -155,7 +136,7 @@ def _knn_torch(
             kk = kk_graph[g0:g1].unsqueeze(1).expand(-1, nmax)
             if not equal:
                 kk = kk * (ar.unsqueeze(0) < counts[g0:g1].unsqueeze(1))  # padding rows: k = 0
-            grp, i, j = _select_k_smallest(score, kk).nonzero(as_tuple=True)
+            grp, i, j = k_smallest_mask(score, kk).nonzero(as_tuple=True)
             base = ptr[g0:g1][grp]
             dsts.append(base + i)
             srcs.append(base + j)
@@ -173,7 +154,7 @@ def _knn_torch(
                 r_ar = torch.arange(r1 - r0, device=device)
                 score[r_ar, r_ar + r0] = self_fill
                 kk = kk_graph[g].expand(r1 - r0)
-                i, j = _select_k_smallest(score, kk).nonzero(as_tuple=True)
+                i, j = k_smallest_mask(score, kk).nonzero(as_tuple=True)
                 dsts.append(start + r0 + i)
                 srcs.append(start + j)
     if not srcs:
@@ -337,7 +318,7 @@ def knn_adjacency(x: Tensor, k: int, loop: bool = False, sq_norms: Tensor | None
     score.masked_fill_(eye, float("-inf") if loop else float("inf"))  # self: always / never
     kmax = max(0, min(k, m - 1))
     kk = torch.full((b, m), kmax, dtype=torch.long, device=xb.device)
-    adj = _select_k_smallest(score, kk, kmax)  # (B, M, M), the tie rule of knn_edges
+    adj = k_smallest_mask(score, kk, kmax)  # (B, M, M), the tie rule of knn_edges
     return adj[0] if single else adj
 
 
