@@ -78,10 +78,11 @@ def edge_attention_to_dense(edge_index: Tensor, alpha: Tensor, num_nodes: int) -
         raise ValueError(
             f"edge attention must have one weight per edge ({edge_index.size(1)}), got shape {tuple(alpha.shape)}"
         )
-    dense = a.new_zeros(num_nodes, num_nodes)
-    # accumulate: a repeated edge adds its messages twice in propagate, so its weights add up here
-    dense.index_put_((edge_index[1], edge_index[0]), a, accumulate=True)
-    return dense
+    from torch_geometric.utils import to_dense_adj
+
+    # to_dense_adj sums repeated edges, as propagate adds a repeated edge's messages; the flipped
+    # edge_index puts targets on the rows.
+    return to_dense_adj(edge_index.flip(0), edge_attr=a, max_num_nodes=num_nodes)[0]
 
 
 @torch.no_grad()
