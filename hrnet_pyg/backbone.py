@@ -89,9 +89,14 @@ class ResNetBackbone(nn.Module):
     def _set_last_stride(self, stride: int) -> None:
         # conv5_1 = layer4[0]: the stride sits on conv2 (Bottleneck, torchvision's "ResNet v1.5")
         # or conv1 (BasicBlock), and on the 1x1 projection of the shortcut.
-        block = self.layer4[0]
-        is_bottleneck = isinstance(block, torchvision.models.resnet.Bottleneck)
-        conv = block.conv2 if is_bottleneck else block.conv1
+        layer4 = self.get_submodule("layer4")
+        assert isinstance(layer4, nn.Sequential)
+        block = layer4[0]
+        if isinstance(block, torchvision.models.resnet.Bottleneck):
+            conv = block.conv2
+        else:
+            assert isinstance(block, torchvision.models.resnet.BasicBlock)
+            conv = block.conv1
         conv.stride = (stride, stride)
         block.downsample[0].stride = (stride, stride)
         block.stride = stride
@@ -341,6 +346,10 @@ class TimmBackbone(nn.Module):
         - **output:** features :math:`(N, C)`, :math:`C` = ``out_channels`` (timm's
           ``num_features``)
     """
+
+    # Any: timm models carry attributes nn.Module does not declare (num_features,
+    # pretrained_cfg, feature_info, forward_features).
+    net: Any
 
     def __init__(self, name: str, pretrained: bool | str = False, last_stride: int = 1) -> None:
         super().__init__()

@@ -161,7 +161,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         use_camids=getattr(dataset, "has_camids", True),
         top_k=args.top_k, device=exp.run.device, progress=not args.no_progress,
     )
-    print(report.table())
+    if report is not None:  # None on the ranks other than 0 of a distributed run
+        print(report.table())
     return 0
 
 

@@ -250,12 +250,12 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sizes: tuple[int, ...]) -> Tensor:
         ctx.sizes, ctx.rank = sizes, dist.get_rank()
         return torch.cat(_all_gather_padded(x, sizes))
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous().clone()  # all_reduce is in place; autograd may reuse ``grad``
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])

@@ -324,7 +324,7 @@ def _count_before(
         rows = uq[s:e]
         p0, p1 = int(first[s]), int(first[e - 1] + cnt[e - 1])
         vals = dist[p0:p1]
-        if on_cpu:
+        if isinstance(d, np.ndarray):
             if rows[-1] - rows[0] + 1 == len(rows):  # contiguous: a slice copy is cheapest
                 srt = np.array(d[rows[0] : rows[-1] + 1])
             else:
@@ -341,16 +341,16 @@ def _count_before(
                 right[a:b] = np.searchsorted(srt[k], vals[a:b], side="right")
         else:
             rows_t = torch.from_numpy(rows).to(d.device)
-            srt = torch.sort(d[rows_t], dim=1).values
-            if torch.isnan(srt[:, -1]).any():
+            srt_t = torch.sort(d[rows_t], dim=1).values
+            if torch.isnan(srt_t[:, -1]).any():
                 raise ValueError("distmat contains NaN values")
             seg = np.repeat(np.arange(e - s), cnt[s:e])
             pos = np.arange(p1 - p0) - np.repeat(first[s:e] - p0, cnt[s:e])
             pad = np.full((e - s, int(cnt[s:e].max())), np.inf, dtype=vals.dtype)
             pad[seg, pos] = vals
-            pad_t = torch.from_numpy(pad).to(device=d.device, dtype=srt.dtype)
-            left = torch.searchsorted(srt, pad_t, side="left").cpu().numpy()[seg, pos]
-            right = torch.searchsorted(srt, pad_t, side="right").cpu().numpy()[seg, pos]
+            pad_t = torch.from_numpy(pad).to(device=d.device, dtype=srt_t.dtype)
+            left = torch.searchsorted(srt_t, pad_t, side="left").cpu().numpy()[seg, pos]
+            right = torch.searchsorted(srt_t, pad_t, side="right").cpu().numpy()[seg, pos]
         tie = np.flatnonzero(right - left > 1)
         if len(tie):
             # Other gallery items at exactly this distance: count those with a smaller index.
@@ -482,6 +482,7 @@ def evaluate_rank(
         qc = np.zeros(num_q, dtype=np.int64)
         gc = np.ones(num_g, dtype=np.int64)  # never equal to a query's camera
     else:
+        assert g_camids is not None  # both or neither, checked above
         qc = _to_label_array(q_camids, "q_camids")
         gc = _to_label_array(g_camids, "g_camids")
         if len(qc) != num_q:

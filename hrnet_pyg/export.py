@@ -35,10 +35,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hrnet_pyg.model import HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -72,10 +75,10 @@ class FeatureExtractor(nn.Module):
         self.with_feats = with_feats
 
     @classmethod
-    def from_model(cls, model: nn.Module, with_feats: bool = False) -> FeatureExtractor:
+    def from_model(cls, model: HRNet, with_feats: bool = False) -> FeatureExtractor:
         inner = getattr(model, "module", model)
         inner = getattr(inner, "_orig_mod", inner)
-        if getattr(inner, "backbone", None) is None:
+        if inner.backbone is None:
             raise ValueError(
                 "this HRNet has no backbone (it was trained on pre-extracted features): there is "
                 "no image-to-feature network to export"
@@ -223,7 +226,7 @@ def load_exported(path: PathLike) -> Callable[[Tensor], tuple[Tensor, ...]]:
     return run_torch
 
 
-def _metadata(model: nn.Module, fmt: str, with_feats: bool) -> dict[str, Any]:
+def _metadata(model: HRNet, fmt: str, with_feats: bool) -> dict[str, Any]:
     from hrnet_pyg import __version__
     from hrnet_pyg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -248,7 +251,7 @@ def _metadata(model: nn.Module, fmt: str, with_feats: bool) -> dict[str, Any]:
 
 
 def export_model(
-    model: nn.Module,
+    model: HRNet,
     path: PathLike,
     format: str = "torchscript",
     *,

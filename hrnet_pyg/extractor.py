@@ -58,15 +58,18 @@ class FeatureExtractor:
     ) -> None:
         from hrnet_pyg.data.transforms import build_transforms
         from hrnet_pyg.engine import _unwrap, load_model, resolve_device
+        from hrnet_pyg.model import HRNet
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(model, nn.Module):
             net = _unwrap(model)
         elif isinstance(model, (str, os.PathLike)):
-            net = load_model(model)
+            net = load_model(os.fspath(model))
         else:
             raise TypeError(f"model must be an HRNet or a checkpoint path, got {type(model).__name__}")
+        if not isinstance(net, HRNet):
+            raise TypeError(f"model must be an HRNet or a checkpoint path, got {type(net).__name__}")
         if getattr(net, "backbone", None) is None:
             raise ValueError(
                 "this HRNet has no backbone (it was trained on pre-extracted features), so it cannot "
@@ -77,7 +80,8 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.amp = amp
         self.bnneck = bnneck
-        self.image_size: tuple[int, int] = tuple(net.config.image_size)  # type: ignore[assignment]
+        h, w = net.config.image_size
+        self.image_size = (h, w)
         #: the model's test transform: PIL image -> normalised (3, H, W) tensor
         self.transform = build_transforms(*self.image_size, is_train=False)
         self.model.to(self.device).eval()

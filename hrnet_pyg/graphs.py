@@ -22,6 +22,9 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.data.storage import NodeStorage
+from torch_geometric.utils import to_dense_batch
+
+from hrnet_pyg.topk import k_smallest_mask
 
 # Entries of the dense distance block computed at once by the pure-torch path (2**24 floats = 64 MiB
 # in fp32). A re-ID batch (66^2) and a re-ranking graph (121^2) are far below it.
@@ -72,25 +75,6 @@ def _group(batch: Tensor | None, num_nodes: int, device) -> tuple[Tensor | None,
     return perm, counts, ptr
 
 
-def _select_k_smallest(dist: Tensor, kk: Tensor) -> Tensor:
-    """Boolean mask of the ``kk[r]`` smallest entries of each row ``dist[r]`` (any leading dims).
-
-    Ties are broken by column index (lower index first), so the result is deterministic, unlike
-    :func:`torch.topk` whose choice among equal values is unspecified: everything strictly below the
-    ``kk``-th smallest value is taken, then the lowest-index entries equal to it fill up the row.
-    """
-    kmax = int(kk.max()) if kk.numel() > 0 else 0
-    if kmax == 0:
-        return torch.zeros_like(dist, dtype=torch.bool)
-    vals = torch.topk(dist, kmax, dim=-1, largest=False, sorted=True).values
-    thr = vals.gather(-1, (kk - 1).clamp(min=0).unsqueeze(-1))  # (..., 1): kk-th smallest
-    below = dist < thr
-    equal = dist == thr
-    need = (kk - below.sum(-1)).unsqueeze(-1)  # >= 1 wherever kk >= 1
-    sel = below | (equal & (equal.cumsum(-1) <= need))
-    return sel & (kk > 0).unsqueeze(-1)
-
-
 def _sq_norms(x: Tensor) -> Tensor:
     """Row sums of squares (exact sums, unlike ``vector_norm(x) ** 2``, so exactly tied distances
     stay tied), in row chunks of ~1 MiB temporaries: one big ``x * x`` would cost a page-faulting
@@ -134,10 +118,9 @@ def _knn_torch(
         # (G, nmax, nmax) blocks, a group of graphs at a time. Graphs of equal size (a single
         # graph, re-ranking batches) are a free view of x; otherwise rows are padded to nmax.
         equal = bool((counts == nmax).all())
-        batch_sorted = slot = None
+        batch_sorted = None
         if not equal:
             batch_sorted = torch.repeat_interleave(torch.arange(num_graphs, device=device), counts)
-            slot = torch.arange(xs.size(0), device=device) - ptr[batch_sorted]
         per_group = max(1, budget // max(1, nmax * nmax))
         ar = torch.arange(nmax, device=device)
         for g0 in range(0, num_graphs, per_group):
@@ -146,17 +129,19 @@ def _knn_torch(
                 dense = xs[g0 * nmax:g1 * nmax].view(g1 - g0, nmax, xs.size(1))
                 dsq = sqs[g0 * nmax:g1 * nmax].view(g1 - g0, nmax)
             else:
+                assert batch_sorted is not None
                 sel = (batch_sorted >= g0) & (batch_sorted < g1)
-                idx = (batch_sorted[sel] - g0, slot[sel])
-                dense = xs.new_zeros(g1 - g0, nmax, xs.size(1)).index_put_(idx, xs[sel])
-                dsq = sqs.new_full((g1 - g0, nmax), float("inf")).index_put_(idx, sqs[sel])
+                bsel = batch_sorted[sel] - g0
+                dense, _ = to_dense_batch(xs[sel], bsel, fill_value=0.0, max_num_nodes=nmax, batch_size=g1 - g0)
+                dsq, _ = to_dense_batch(sqs[sel], bsel, fill_value=float("inf"), max_num_nodes=nmax,
+                                        batch_size=g1 - g0)
             score = _rank_scores(dense, dense, dsq)  # (G, nmax, nmax); padding columns: +inf
             score.diagonal(dim1=-2, dim2=-1).fill_(self_fill)
             kk = kk_graph[g0:g1].unsqueeze(1).expand(-1, nmax)
             if not equal:
                 kk = kk * (ar.unsqueeze(0) < counts[g0:g1].unsqueeze(1))  # padding rows: k = 0
-            g, i, j = _select_k_smallest(score, kk).nonzero(as_tuple=True)
-            base = ptr[g0:g1][g]
+            grp, i, j = k_smallest_mask(score, kk).nonzero(as_tuple=True)
+            base = ptr[g0:g1][grp]
             dsts.append(base + i)
             srcs.append(base + j)
     else:
@@ -173,7 +158,7 @@ def _knn_torch(
                 r_ar = torch.arange(r1 - r0, device=device)
                 score[r_ar, r_ar + r0] = self_fill
                 kk = kk_graph[g].expand(r1 - r0)
-                i, j = _select_k_smallest(score, kk).nonzero(as_tuple=True)
+                i, j = k_smallest_mask(score, kk).nonzero(as_tuple=True)
                 dsts.append(start + r0 + i)
                 srcs.append(start + j)
     if not srcs:
@@ -335,8 +320,9 @@ def knn_adjacency(x: Tensor, k: int, loop: bool = False, sq_norms: Tensor | None
     sq = (xb * xb).sum(-1) if sq_norms is None else sq_norms.reshape(b, m)  # (B, M)
     score = torch.baddbmm(sq.unsqueeze(-2), xb, xb.transpose(-1, -2), alpha=-2.0)  # (B, M, M)
     score.masked_fill_(eye, float("-inf") if loop else float("inf"))  # self: always / never
-    nbr = torch.sort(score, dim=-1, stable=True).indices[..., : min(k, m - 1)]  # (B, M, k)
-    adj = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, nbr, True)
+    kmax = max(0, min(k, m - 1))
+    kk = torch.full((b, m), kmax, dtype=torch.long, device=xb.device)
+    adj = k_smallest_mask(score, kk, kmax)  # (B, M, M), the tie rule of knn_edges
     return adj[0] if single else adj
 
 

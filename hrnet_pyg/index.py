@@ -32,12 +32,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as Fn
-from torch import Tensor, nn
+from torch import Tensor
 
 from hrnet_pyg.search import (
     ImageFeatures,
@@ -50,6 +50,10 @@ from hrnet_pyg.search import (
     features_of,
     list_images,
 )
+from hrnet_pyg.topk import merge_topk
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hrnet_pyg.model import HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -114,11 +118,7 @@ def exact_shortlist(
         s = q @ g.T  # (Q, B)
         kk = min(k, s.size(1))
         ts, ti = s.topk(kk, dim=1)
-        cat_s = torch.cat([best_s, ts], dim=1)
-        cat_i = torch.cat([best_i, ti + offset], dim=1)
-        kk = min(k, cat_s.size(1))
-        best_s, pos = cat_s.topk(kk, dim=1)
-        best_i = cat_i.gather(1, pos)
+        best_s, best_i = merge_topk(best_s, best_i, ts, ti + offset, k, largest=True)
     return best_s, best_i
 
 
@@ -198,7 +198,7 @@ class GalleryIndex:
         ])
 
     # ------------------------------------------------------------------ checks
-    def check_model(self, model: nn.Module, what: str = "this checkpoint") -> None:
+    def check_model(self, model: HRNet, what: str = "this checkpoint") -> None:
         """Refuse a model whose features are not the index's (another checkpoint)."""
         inner = _inner(model)
         fp = feature_fingerprint(inner)
@@ -313,9 +313,10 @@ class GalleryIndex:
             self.meta["faiss"] = None
             return None
         part = self.meta["faiss"]
-        if "nprobe" in part:
+        # read_index hands back the concrete class (IndexIVFFlat, IndexHNSWFlat) the meta describes.
+        if "nprobe" in part and isinstance(index, faiss.IndexIVF):
             index.nprobe = int(part["nprobe"])
-        if "ef_search" in part:
+        if "ef_search" in part and isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = int(part["ef_search"])
         self._faiss = index
         return index
@@ -347,7 +348,7 @@ class GalleryIndex:
     def build(
         cls,
         path: PathLike,
-        model: nn.Module,
+        model: HRNet,
         images: PathLike | ImageList | ImageFeatures,
         *,
         dtype: str = "float32",
@@ -421,7 +422,7 @@ class GalleryIndex:
         return cls(path)
 
     def add(
-        self, model: nn.Module, images: PathLike | ImageList | ImageFeatures, *, chunk: int = 50000,
+        self, model: HRNet, images: PathLike | ImageList | ImageFeatures, *, chunk: int = 50000,
         **extract_kw: Any,
     ) -> tuple[int, int]:
         """Append ``images`` (as :meth:`build` takes them) as new shards; images whose path is
@@ -432,7 +433,7 @@ class GalleryIndex:
         return self._append(model, images, chunk=chunk, **extract_kw)
 
     def _append(
-        self, model: nn.Module, images: PathLike | ImageList | ImageFeatures, *, chunk: int,
+        self, model: HRNet, images: PathLike | ImageList | ImageFeatures, *, chunk: int,
         **extract_kw: Any,
     ) -> tuple[int, int]:
         from hrnet_pyg.engine import resolve_device
@@ -473,7 +474,7 @@ class GalleryIndex:
         self._commit(new_shards)
         return added, total - added
 
-    def _write_shard(self, model: nn.Module, feats: ImageFeatures, dev: torch.device, number: int) -> dict[str, Any]:
+    def _write_shard(self, model: HRNet, feats: ImageFeatures, dev: torch.device, number: int) -> dict[str, Any]:
         if feats.features.size(1) != self.feat_dim:
             raise GalleryIndexError(f"features of dimension {feats.features.size(1)}, the index has {self.feat_dim}")
         name = f"{number:05d}"
@@ -614,7 +615,7 @@ def _select_list(images: ImageList, keep: Sequence[int]) -> ImageList:
 # ---------------------------------------------------------------------------- search
 @torch.no_grad()
 def search_index(
-    model: nn.Module,
+    model: HRNet,
     query: PathLike | ImageFeatures,
     index: PathLike | GalleryIndex,
     *,

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hrnet_pyg.topk import merge_topk, stable_k_smallest
+
 TensorLike = np.ndarray | torch.Tensor
 
 # Work sizes of the chunked steps (entries of the largest temporary per chunk).
@@ -254,15 +256,6 @@ def _rerank_core(
 # ----------------------------------------------------------------------------------------------
 # Classic entry point: three distance matrices, dense (Q+G)^2
 # ----------------------------------------------------------------------------------------------
-def _stable_knn_rows(od: torch.Tensor, k: int) -> torch.Tensor:
-    """First ``k`` columns of a stable argsort of each row (ties by column index)."""
-    out = torch.empty(od.shape[0], k, dtype=torch.long, device=od.device)
-    step = max(1, (1 << 22) // od.shape[1])
-    for s in range(0, od.shape[0], step):
-        out[s : s + step] = torch.sort(od[s : s + step], dim=1, stable=True).indices[:, :k]
-    return out
-
-
 def k_reciprocal_rerank(
     q_g_dist: TensorLike,
     q_q_dist: TensorLike,
@@ -311,7 +304,7 @@ def k_reciprocal_rerank(
     del full
     od = (d2 / d2.amax(0, keepdim=True)).t().contiguous()  # od[i, j] = d2[j, i] / max_k d2[k, i]
     del d2
-    nbr = _stable_knn_rows(od, min(max(k1 + 1, k2), od.shape[0]))
+    nbr = stable_k_smallest(od, min(max(k1 + 1, k2), od.shape[0]))  # ties by column index
     od_qg = od[:num_q, num_q:].clone()
     return _rerank_core(
         nbr,
@@ -327,15 +320,6 @@ def k_reciprocal_rerank(
 # ----------------------------------------------------------------------------------------------
 # Memory-bounded entry point: features, blocked pass, sparse encoding
 # ----------------------------------------------------------------------------------------------
-def _merge_topk(
-    best_v: torch.Tensor, best_i: torch.Tensor, v: torch.Tensor, i: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    cv = torch.cat([best_v, v], 1)
-    ci = torch.cat([best_i, i], 1)
-    nv, pos = torch.topk(cv, k, dim=1, largest=False, sorted=True)
-    return nv, ci.gather(1, pos)
-
-
 def k_reciprocal_rerank_features(
     query_feats: TensorLike,
     gallery_feats: TensorLike,
@@ -416,12 +400,12 @@ def k_reciprocal_rerank_features(
         blk = d2_block(a, a1, b, b1)  # rows a:a1, columns b:b1; symmetric pairs computed once
         row_max[a:a1] = torch.maximum(row_max[a:a1], blk.amax(1))
         v, i = torch.topk(blk, min(k, b1 - b), dim=1, largest=False, sorted=True)
-        best_v[a:a1], best_i[a:a1] = _merge_topk(best_v[a:a1], best_i[a:a1], v, i + b, k)
+        best_v[a:a1], best_i[a:a1] = merge_topk(best_v[a:a1], best_i[a:a1], v, i + b, k)
         if b != a:  # the same block serves rows b:b1 through its transpose
             row_max[b:b1] = torch.maximum(row_max[b:b1], blk.amax(0))
             bt = tbuf[: blk.numel()].view(b1 - b, a1 - a).copy_(blk.t())
             v, i = torch.topk(bt, min(k, a1 - a), dim=1, largest=False, sorted=True)
-            best_v[b:b1], best_i[b:b1] = _merge_topk(best_v[b:b1], best_i[b:b1], v, i + a, k)
+            best_v[b:b1], best_i[b:b1] = merge_topk(best_v[b:b1], best_i[b:b1], v, i + a, k)
         # Query rows x gallery columns of this block go to the output (raw d2 for now).
         qr1, gc0 = min(a1, num_q), max(b, num_q)
         if a < qr1 and gc0 < b1:

@@ -44,7 +44,8 @@ def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float =
         p_s = \begin{cases} 1 - \frac{S-1}{S}\varepsilon & s = y \\
                             \frac{\varepsilon}{S} & s \neq y \end{cases}
 
-    averaged over the batch. Equals ``F.cross_entropy(logits, targets, label_smoothing=epsilon)``.
+    averaged over the batch: ``F.cross_entropy(logits, targets, label_smoothing=epsilon)`` after the
+    input checks.
 
     Args:
         logits (Tensor): class scores (pre-softmax).
@@ -67,11 +68,8 @@ def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float =
             raise ValueError(
                 f"targets must lie in [0, {num_classes}) (the number of logits), "
                 f"got values in [{lo}, {hi}]")
-    log_prob = F.log_softmax(logits, dim=1)  # (N, S): log y_hat_s
-    # Eq. 11: eps/S everywhere, 1 - (S-1)/S eps at the ground truth.
-    p = log_prob.new_full(log_prob.shape, epsilon / num_classes)  # (N, S)
-    p.scatter_(1, targets.long().unsqueeze(1), 1.0 - (num_classes - 1) / num_classes * epsilon)
-    return (-p * log_prob).sum(dim=1).mean()  # Eq. 10, mean over the batch
+    # torch's label smoothing is Eq. 11's target: (1 - eps) one-hot + eps/S everywhere.
+    return F.cross_entropy(logits, targets.long(), label_smoothing=epsilon)  # Eq. 10, mean over the batch
 
 
 def pairwise_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:

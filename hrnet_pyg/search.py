@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hrnet_pyg.data.datasets import (
     IMG_EXTENSIONS,
@@ -38,8 +38,10 @@ from hrnet_pyg.data.datasets import (
     DatasetNotFoundError,
     ImageDataset,
 )
+from hrnet_pyg.topk import stable_k_smallest
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hrnet_pyg.model import HRNet
     from hrnet_pyg.visualize import RankedGrid
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -218,7 +220,7 @@ def list_images(source: PathLike, labels: str = "auto") -> ImageList:
 
 
 # ---------------------------------------------------------------------------- features
-def feature_fingerprint(model: nn.Module) -> str:
+def feature_fingerprint(model: HRNet) -> str:
     """A short hash of the weights that determine the features (backbone + BNNeck's BN).
 
     Stored in feature files so that :func:`search_features` can warn when gallery features
@@ -309,13 +311,13 @@ class ImageFeatures:
         )
 
 
-def _inner(model: nn.Module) -> nn.Module:
+def _inner(model: HRNet) -> HRNet:
     inner = getattr(model, "module", model)
     return getattr(inner, "_orig_mod", inner)
 
 
 def extract_images(
-    model: nn.Module,
+    model: HRNet,
     source: PathLike | ImageList | Sequence[PathLike],
     *,
     labels: str = "auto",
@@ -360,8 +362,13 @@ def extract_images(
         images = ImageList([str(Path(p).expanduser().resolve()) for p in source], source="list of paths")
         if not images.paths:
             raise ValueError("the list of images is empty")
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         images = list_images(source, labels=labels)
+    else:
+        raise TypeError(
+            "source must be an image, a folder, a CSV, an ImageList or a list of image paths; "
+            f"got {type(source).__name__}"
+        )
     h, w = inner.config.image_size
     dataset = ImageDataset([(p, 0, 0) for p in images.paths], build_transforms(h, w, is_train=False))
     dev = resolve_device(device)
@@ -378,7 +385,7 @@ def extract_images(
 
 
 def features_of(
-    model: nn.Module, source: PathLike | ImageFeatures, **kwargs: Any
+    model: HRNet, source: PathLike | ImageFeatures, **kwargs: Any
 ) -> ImageFeatures:
     """``source`` as features: an :class:`ImageFeatures`, an ``.npz`` feature file, or images."""
     if isinstance(source, ImageFeatures):
@@ -426,7 +433,7 @@ class SearchResult:
                 if self.relational_score is not None:
                     s = float(self.relational_score[q, r])
                     row += f"  {'-':>6}" if math.isnan(s) else f"  {s:6.3f}"  # NaN: outside the shortlist
-                if known:
+                if self.q_pids is not None and self.g_pids is not None:  # known
                     row += "  " + ("  yes" if str(self.g_pids[j]) == str(self.q_pids[q]) else "   no")
                 lines.append(f"{row}  {self.gallery_paths[j]}")
         if num_q < len(self.query_paths):
@@ -449,21 +456,21 @@ class SearchResult:
                     j = int(self.indices[q, r])
                     score = "" if self.relational_score is None else float(self.relational_score[q, r])
                     row = [qpath, r + 1, self.gallery_paths[j], float(self.cosine_distance[q, r]), score]
-                    if known:
+                    if self.q_pids is not None and self.g_pids is not None:  # known
                         row += [self.q_pids[q], self.g_pids[j]]
                     writer.writerow(row)
         return path
 
 
 @torch.no_grad()
-def _retrieval(model: nn.Module, feats: Tensor, dev: torch.device, chunk: int = 8192) -> Tensor:
+def _retrieval(model: HRNet, feats: Tensor, dev: torch.device, chunk: int = 8192) -> Tensor:
     """BN(F) on the CPU, ``chunk`` rows at a time (large galleries never sit whole on the GPU)."""
     blocks = (feats[s : s + chunk].to(dev) for s in range(0, len(feats), chunk))
     return torch.cat([model.retrieval_features(b).float().cpu() for b in blocks])
 
 
 def search_features(
-    model: nn.Module,
+    model: HRNet,
     query: ImageFeatures,
     gallery: ImageFeatures,
     *,
@@ -540,7 +547,7 @@ def search_features(
     k = min(topk, len(gallery) - num_excluded)
     if k < 1:
         raise ValueError("the gallery holds only the query image itself; nothing to rank")
-    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]  # (Q, k)
+    order = stable_k_smallest(dist, k)  # (Q, k), equal distances in gallery order
     return SearchResult(
         query_paths=list(query.paths),
         gallery_paths=list(gallery.paths),
@@ -555,7 +562,7 @@ def search_features(
 
 
 def search(
-    model: nn.Module,
+    model: HRNet,
     query: PathLike | ImageFeatures,
     gallery: PathLike | ImageFeatures,
     *,
@@ -614,9 +621,12 @@ def write_grid(
     if max_queries < 1:
         raise ValueError(f"max_queries must be >= 1, got {max_queries}")
     known = result.q_pids is not None and result.g_pids is not None
-    if known:  # compare as text: a CSV may give "7" where file names give 7
-        q_pids = [str(p) for p in result.q_pids]  # type: ignore[union-attr]
-        g_pids = [str(p) for p in result.g_pids]  # type: ignore[union-attr]
+    q_pids: list[str] | list[int]
+    g_pids: list[str] | list[int]
+    # Compared as text: a CSV may give "7" where file names give 7.
+    if result.q_pids is not None and result.g_pids is not None:
+        q_pids = [str(p) for p in result.q_pids]
+        g_pids = [str(p) for p in result.g_pids]
     else:
         q_pids, g_pids = [0] * len(result.query_paths), [1] * len(result.gallery_paths)
     rows = list(range(min(max_queries, len(result.query_paths))))

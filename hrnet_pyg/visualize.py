@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
-PathLike = str | Path
+    from hrnet_pyg.model import HRNet
+
+PathLike = str | os.PathLike[str]
 
 # Border colours of the ranked-list grid (RGB).
 MATCH_COLOR = (0, 200, 0)  # gallery image of the query's identity
@@ -75,14 +78,15 @@ def edge_attention_to_dense(edge_index: Tensor, alpha: Tensor, num_nodes: int) -
         raise ValueError(
             f"edge attention must have one weight per edge ({edge_index.size(1)}), got shape {tuple(alpha.shape)}"
         )
-    dense = a.new_zeros(num_nodes, num_nodes)
-    # accumulate: a repeated edge adds its messages twice in propagate, so its weights add up here
-    dense.index_put_((edge_index[1], edge_index[0]), a, accumulate=True)
-    return dense
+    from torch_geometric.utils import to_dense_adj
+
+    # to_dense_adj sums repeated edges, as propagate adds a repeated edge's messages; the flipped
+    # edge_index puts targets on the rows.
+    return to_dense_adj(edge_index.flip(0), edge_attr=a, max_num_nodes=num_nodes)[0]
 
 
 @torch.no_grad()
-def attention_matrices(model: nn.Module, feats: Tensor, pids: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def attention_matrices(model: HRNet, feats: Tensor, pids: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """A∘C (Eq. 3) and :math:`\\sum_n G^n` (Eq. 6) of one batch, as in Figure 5.
 
     The graphs are built exactly as in :meth:`HRNet.forward` (kNN graph C of Eq. 1 or the
@@ -134,7 +138,7 @@ def attention_matrices(model: nn.Module, feats: Tensor, pids: Tensor) -> tuple[T
 
 
 # ---------------------------------------------------------------------------- heat maps
-def _identity_boundaries(pids: Sequence[int] | None) -> list[int]:
+def _identity_boundaries(pids: Tensor | Sequence[int] | None) -> list[int]:
     """Indices i where pids[i] != pids[i - 1]: the identity block edges drawn on the maps."""
     if pids is None:
         return []
@@ -229,7 +233,7 @@ def _load_cell(path: PathLike, size: tuple[int, int], border: int, color: tuple[
     h, w = size
     try:
         with Image.open(path) as im:
-            img = im.convert("RGB").resize((w, h), Image.BILINEAR)
+            img = im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
     except FileNotFoundError:
         raise FileNotFoundError(f"ranked_list_grid: image {path} does not exist") from None
     except OSError as exc:
@@ -243,8 +247,8 @@ def ranked_list_grid(
     query_paths: Sequence[PathLike],
     gallery_paths: Sequence[PathLike],
     ranking: Tensor | np.ndarray,
-    q_pids: Tensor | Sequence[int],
-    g_pids: Tensor | Sequence[int],
+    q_pids: Tensor | Sequence[int] | Sequence[str],
+    g_pids: Tensor | Sequence[int] | Sequence[str],
     path: PathLike,
     topk: int = 10,
     queries: Sequence[int] | None = None,
@@ -370,7 +374,7 @@ def sample_pk_batch(records: Sequence[Any], num_identities: int, num_instances: 
 
 
 def visualize_batch(
-    model: nn.Module,
+    model: HRNet,
     dataset: Any,
     out_dir: PathLike,
     *,
@@ -445,7 +449,9 @@ def visualize_batch(
         if rerank and (inner.ir is not None or inner.pr is not None):
             from hrnet_pyg.rerank import relational_rerank
 
-            distmat = relational_rerank(inner, qf, gf, top_k=cfg.top_k_rerank, device=dev, progress=progress)
+            ranked = relational_rerank(inner, qf, gf, top_k=cfg.top_k_rerank, device=dev, progress=progress)
+            assert isinstance(ranked, Tensor)  # without return_scores: the distance matrix alone
+            distmat = ranked
         else:
             from hrnet_pyg.evaluation import cosine_distance
 

@@ -285,3 +285,26 @@ def test_knn_adjacency_equals_knn_edges_on_a_batch_of_graphs():
         ref[dst // 9, dst % 9, src % 9] = True
         assert torch.equal(adj, ref)
         assert torch.equal(knn_adjacency(x[0], 3, loop=loop), ref[0])
+
+
+def test_knn_padded_path_ties_and_an_empty_graph_id():
+    # Uneven graphs (padded blocks), integer features (exact ties) and graph id 1 unused.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, (19, 2), generator=g).float()
+    batch = torch.tensor([0] * 7 + [2] * 4 + [3] * 8)
+    for loop in (False, True):
+        out = knn_edges(x, 3, batch=batch, loop=loop, backend="torch")
+        assert edge_set(out) == brute_knn(x, 3, batch, loop=loop)
+
+
+def test_knn_adjacency_ties_clipping_and_single_nodes():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 3, (4, 6, 2), generator=g).float()  # many exactly equal distances
+    for k, loop in ((2, False), (2, True), (9, False)):  # k = 9 is clipped to M - 1 = 5
+        adj = knn_adjacency(x, k, loop=loop)
+        for b in range(4):
+            kk = min(k, 5)
+            ref = brute_knn(x[b], kk, loop=loop)
+            assert {(int(j), int(i)) for i, j in adj[b].nonzero().tolist()} == ref
+    assert not knn_adjacency(torch.randn(3, 1, 4), 2).any()  # one node: no neighbour
+    assert knn_adjacency(torch.randn(0, 5, 4), 2).shape == (0, 5, 5)

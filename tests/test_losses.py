@@ -58,6 +58,33 @@ def test_label_smooth_ce_gradient_matches_torch():
     torch.testing.assert_close(g_ours, g_ref)
 
 
+def _hand_written_label_smooth_ce(logits, targets, eps):
+    """The package's former vectorised Eq. 10-11: an explicit smoothed target times log-softmax."""
+    num_classes = logits.size(1)
+    log_prob = F.log_softmax(logits, dim=1)
+    p = log_prob.new_full(log_prob.shape, eps / num_classes)
+    p.scatter_(1, targets.long().unsqueeze(1), 1.0 - (num_classes - 1) / num_classes * eps)
+    return (-p * log_prob).sum(dim=1).mean()
+
+
+@pytest.mark.parametrize("shape, eps", [((1, 2), 0.1), ((9, 3), 0.0), ((33, 751), 0.1), ((16, 7), 1.0)])
+def test_label_smooth_ce_equals_the_hand_written_formula_with_gradients(shape, eps):
+    gen = torch.Generator().manual_seed(shape[0])
+    logits = (torch.randn(*shape, generator=gen, dtype=torch.float64) * 4).requires_grad_()
+    targets = torch.randint(0, shape[1], (shape[0],), generator=gen)
+    ours = cross_entropy_label_smooth(logits, targets, epsilon=eps)
+    ref = _hand_written_label_smooth_ce(logits, targets, eps)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
+    # float32, the training dtype: equal to rounding
+    l32 = logits.detach().float().requires_grad_()
+    o32, r32 = cross_entropy_label_smooth(l32, targets, eps), _hand_written_label_smooth_ce(l32, targets, eps)
+    torch.testing.assert_close(o32, r32)
+    torch.testing.assert_close(torch.autograd.grad(o32, l32)[0], torch.autograd.grad(r32, l32)[0])
+
+
 def test_label_smooth_ce_bad_input():
     logits = torch.randn(3, 4)
     with pytest.raises(ValueError, match=r"targets must lie in \[0, 4\)"):

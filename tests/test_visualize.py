@@ -168,6 +168,18 @@ def test_edge_attention_to_dense_accumulates_and_checks():
         edge_attention_to_dense(ei, torch.ones(2), 3)
 
 
+def test_edge_attention_to_dense_equals_an_explicit_scatter():
+    g = torch.Generator().manual_seed(0)
+    ei = torch.randint(0, 7, (2, 40), generator=g)  # repeated edges and self loops included
+    alpha = torch.rand(40, generator=g)
+    ref = torch.zeros(7, 7)
+    for e in range(40):
+        ref[ei[1, e], ei[0, e]] += alpha[e]  # row = target i, column = source j
+    torch.testing.assert_close(edge_attention_to_dense(ei, alpha, 7), ref)
+    torch.testing.assert_close(edge_attention_to_dense(ei, alpha.unsqueeze(1).repeat(1, 2), 7), ref)  # heads
+    assert edge_attention_to_dense(ei[:, :0], alpha[:0], 3).equal(torch.zeros(3, 3))
+
+
 # ---------------------------------------------------------------------------- heat maps
 def test_heatmap_png_written_with_expected_size(tmp_path):
     model = tiny_model()

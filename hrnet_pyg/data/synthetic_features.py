@@ -171,9 +171,9 @@ def generate_feature_world(config: FeatureWorldConfig = FeatureWorldConfig()) ->
     # train: every identity's images spread over its cameras
     train_ids = np.arange(c.num_train_ids)
     t_ids, t_cams = [], []
-    for p in train_ids:
+    for tp in train_ids:
         cs = cams_of()
-        t_ids += [p] * c.imgs_per_id
+        t_ids += [tp] * c.imgs_per_id
         t_cams += [cs] * c.imgs_per_id
     train = draw(np.array(t_ids), t_cams)
 

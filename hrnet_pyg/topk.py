@@ -1,0 +1,65 @@
+"""The package's top-k routines: every kNN graph, neighbour list and shortlist is built from these.
+
+* :func:`k_smallest_mask` -- the ``k`` smallest entries of each row as a mask, ties towards the
+  lower column index (the kNN graphs of :mod:`hrnet_pyg.graphs`, Eq. 1).
+* :func:`stable_k_smallest` -- the ``k`` smallest entries of each row as sorted column indices,
+  ties towards the lower index (k-reciprocal neighbour lists, ranked lists of ``search``).
+* :func:`merge_topk` -- a running top-k over column blocks (blocked passes that never hold a
+  whole distance or similarity matrix: k-reciprocal re-ranking, the gallery index shortlist).
+
+A leaf module: torch only.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def k_smallest_mask(dist: Tensor, kk: Tensor, kmax: int | None = None) -> Tensor:
+    """Boolean mask of the ``kk[r]`` smallest entries of each row ``dist[r]`` (any leading dims).
+
+    Ties are broken by column index (lower index first), so the result is deterministic, unlike
+    :func:`torch.topk` whose choice among equal values is unspecified: everything strictly below the
+    ``kk``-th smallest value is taken, then the lowest-index entries equal to it fill up the row.
+    ``kmax`` (``kk.max()``, when the caller knows it) spares a device-to-host sync.
+    """
+    if kmax is None:
+        kmax = int(kk.max()) if kk.numel() > 0 else 0
+    if kmax == 0:
+        return torch.zeros_like(dist, dtype=torch.bool)
+    vals = torch.topk(dist, kmax, dim=-1, largest=False, sorted=True).values
+    thr = vals.gather(-1, (kk - 1).clamp(min=0).unsqueeze(-1))  # (..., 1): kk-th smallest
+    below = dist < thr
+    equal = dist == thr
+    need = (kk - below.sum(-1)).unsqueeze(-1)  # >= 1 wherever kk >= 1
+    sel = below | (equal & (equal.cumsum(-1) <= need))
+    return sel & (kk > 0).unsqueeze(-1)
+
+
+def stable_k_smallest(dist: Tensor, k: int, chunk_elements: int = 1 << 22) -> Tensor:
+    """Column indices of the ``k`` smallest entries of each row of ``dist`` (R, C), smallest first.
+
+    Equal values keep column order (a stable sort), so the result is deterministic. Rows are
+    sorted ``chunk_elements // C`` at a time, which bounds the sort's temporaries. Returns (R, k).
+    """
+    out = torch.empty(dist.shape[0], k, dtype=torch.long, device=dist.device)
+    step = max(1, chunk_elements // max(1, dist.shape[1]))
+    for s in range(0, dist.shape[0], step):
+        out[s : s + step] = torch.sort(dist[s : s + step], dim=1, stable=True).indices[:, :k]
+    return out
+
+
+def merge_topk(
+    best_v: Tensor, best_i: Tensor, v: Tensor, i: Tensor, k: int, largest: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The running top-``k`` of each row after one more block of candidates.
+
+    ``(best_v, best_i)`` (R, k0) hold the best values and their indices so far, ``(v, i)`` (R, b)
+    those of the new block (indices already offset to the whole set). Returns the best
+    ``min(k, k0 + b)`` of both, sorted best first (smallest, or largest with ``largest=True``);
+    the order among equal values is :func:`torch.topk`'s.
+    """
+    cv = torch.cat([best_v, v], 1)
+    ci = torch.cat([best_i, i], 1)
+    nv, pos = torch.topk(cv, min(k, cv.size(1)), dim=1, largest=largest, sorted=True)
+    return nv, ci.gather(1, pos)
