@@ -40,6 +40,10 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from hrnet_pyg import __version__
+from hrnet_pyg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hrnet_pyg.runtime import unwrap_model
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Export formats and their usual file suffix.
@@ -73,8 +77,7 @@ class FeatureExtractor(nn.Module):
 
     @classmethod
     def from_model(cls, model: nn.Module, with_feats: bool = False) -> FeatureExtractor:
-        inner = getattr(model, "module", model)
-        inner = getattr(inner, "_orig_mod", inner)
+        inner = unwrap_model(model)
         if getattr(inner, "backbone", None) is None:
             raise ValueError(
                 "this HRNet has no backbone (it was trained on pre-extracted features): there is "
@@ -219,11 +222,7 @@ def load_exported(path: PathLike) -> Callable[[Tensor], tuple[Tensor, ...]]:
 
 
 def _metadata(model: nn.Module, fmt: str, with_feats: bool) -> dict[str, Any]:
-    from hrnet_pyg import __version__
-    from hrnet_pyg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = unwrap_model(model)
     h, w = inner.config.image_size
     return {
         "format": fmt,
@@ -276,8 +275,7 @@ def export_model(
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     extractor = FeatureExtractor.from_model(model, with_feats=with_feats)
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = unwrap_model(model)
     image_size = tuple(inner.config.image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
