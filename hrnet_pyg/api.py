@@ -27,7 +27,8 @@ class HRNet(model.HRNet):
     """
 
     def fit(self, train_loader: Iterable, epochs: int | None = None, **kwargs: Any) -> FitResult:
-        """Train as in Sec. 4.2 (Adam, lr 3.5e-4, wd 5e-4, x0.1 at 40/120, 200 epochs): :func:`~hrnet_pyg.engine.fit`."""
+        """Train as in Sec. 4.2 (Adam, lr 3.5e-4, wd 5e-4, x0.1 at 40/120, 200 epochs):
+        :func:`~hrnet_pyg.engine.fit`."""
         return engine.fit(self, train_loader, epochs=epochs, **kwargs)
 
     def extract(self, loader: Iterable, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor]:
