@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -47,7 +47,7 @@ class HRNet(model.HRNet):
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> HRNet:
         """The model saved by :meth:`save` or by ``fit``'s checkpoints, as an instance of ``cls``."""
-        return engine.load_model(path, map_location=map_location, cls=cls)
+        return cast(HRNet, engine.load_model(path, map_location=map_location, cls=cls))
 
 
 __all__ = ["HRNet"]
