@@ -16,7 +16,9 @@ from hrnet_pyg.model import HRNet
 from hrnet_pyg.runtime import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KIND, atomic_save, load_checkpoint, unwrap_model
 
 
-def _model_payload(model: nn.Module) -> dict[str, Any]:
+def model_payload(model: nn.Module) -> dict[str, Any]:
+    """What every checkpoint holds of the model: kind, format version, config, class count, weights
+    (on the CPU); ``fit`` adds its training state to it."""
     inner = unwrap_model(model)
     return {
         "kind": CHECKPOINT_KIND,
@@ -29,7 +31,7 @@ def _model_payload(model: nn.Module) -> dict[str, Any]:
 
 def save_model(model: nn.Module, path: str | Path) -> None:
     """Write the whole HRNet (config, graph modules included) atomically."""
-    atomic_save(_model_payload(model), path)
+    atomic_save(model_payload(model), path)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], cls: type[HRNet] = HRNet) -> HRNet:

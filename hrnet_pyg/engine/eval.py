@@ -21,7 +21,7 @@ from hrnet_pyg.rerank import relational_rerank
 from hrnet_pyg.runtime import autocast_context, is_main_process, on_terminal, resolve_device, unwrap_model
 
 
-def _split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+def split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
     """(inputs, pids, camids) from a loader item: a tuple/list ``(x, pid[, camid, ...])`` or a dict."""
     if isinstance(batch, dict):
         return batch["inputs"], batch["pids"], batch.get("camids")
@@ -32,7 +32,6 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
         "a data loader item must be (inputs, pids[, camids, ...]) or a dict with 'inputs' and "
         f"'pids'; got {type(batch).__name__}"
     )
-
 
 
 @torch.no_grad()
@@ -55,7 +54,7 @@ def extract(
     feats, pids, camids = [], [], []
     show = progress and is_main_process() and on_terminal()  # no bar fragments in log files
     for batch in tqdm(loader, desc="extract", disable=not show, leave=False):
-        inputs, pid, camid = _split_batch(batch)
+        inputs, pid, camid = split_batch(batch)
         with autocast_context(dev, use_amp):
             f = unwrap_model(model).extract_features(inputs.to(dev, non_blocking=True))
         feats.append(f.float().cpu())

@@ -30,8 +30,8 @@ from hrnet_pyg.distributed import (
     prepare_for_training,
     reduce_epoch_stats,
 )
-from hrnet_pyg.engine.checkpoint import _model_payload
-from hrnet_pyg.engine.eval import _split_batch
+from hrnet_pyg.engine.checkpoint import model_payload
+from hrnet_pyg.engine.eval import split_batch
 from hrnet_pyg.runtime import (
     amp_dtype,
     atomic_save,
@@ -59,13 +59,11 @@ def lr_at_epoch(cfg: HRNetConfig, epoch: int) -> float:
     return lr
 
 
-
 def _batch_sampler_of(loader: Any) -> Any:
     for candidate in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
         if candidate is not None and hasattr(candidate, "set_epoch"):
             return candidate
     return None
-
 
 
 def _duration(seconds: float) -> str:
@@ -113,7 +111,6 @@ class _StepProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
 
 
 def _rng_state() -> dict[str, Any]:
@@ -395,7 +392,7 @@ def fit(
             for step, batch in enumerate(train_loader):
                 if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
                     break
-                inputs, pids, _ = _split_batch(batch)
+                inputs, pids, _ = split_batch(batch)
                 inputs = inputs.to(dev, non_blocking=True)
                 if channels_last and inputs.dim() == 4:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -451,11 +448,11 @@ def fit(
                 best = {"epoch": epoch + 1, "mAP": row["eval_mAP"]}
             if out_dir is not None and main:
                 if improved:  # before last.pth: a kill in between leaves a best no older than last
-                    payload = _model_payload(model)
+                    payload = model_payload(model)
                     payload.update(epoch=epoch, metrics={k[5:]: v for k, v in row.items() if k.startswith("eval_")})
                     atomic_save(payload, out_dir / "best.pth")
                     log.info("best.pth: epoch %d, mAP %.1f", epoch + 1, 100 * row["eval_mAP"])
-                payload = _model_payload(model)
+                payload = model_payload(model)
                 payload.update(
                     optimizer=optimizer.state_dict(),
                     scaler=scaler.state_dict() if scaler.is_enabled() else None,
@@ -486,7 +483,6 @@ def fit(
         tb.close()
     broadcast_buffers(model)  # distributed: every rank ends with rank 0's BN statistics (the checkpoint's)
     return result
-
 
 
 __all__ = ["FitResult", "TrainingInterrupted", "fit", "lr_at_epoch"]
