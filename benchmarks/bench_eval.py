@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hrnet_pyg.engine import resolve_device  # noqa: E402
 from hrnet_pyg.evaluation import cosine_distance, evaluate_rank  # noqa: E402
+from hrnet_pyg.runtime import resolve_device  # noqa: E402
 
 
 def make_problem(

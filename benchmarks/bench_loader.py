@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hrnet_pyg.data import ImageDataset, PKSampler, build_dataset, build_transforms  # noqa: E402
-from hrnet_pyg.engine import resolve_device  # noqa: E402
+from hrnet_pyg.runtime import resolve_device  # noqa: E402
 
 
 def main() -> None:

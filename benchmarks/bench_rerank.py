@@ -58,12 +58,12 @@ import torch.nn.functional as Fn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
-from hrnet_pyg.engine import resolve_device  # noqa: E402
 from hrnet_pyg.evaluation import evaluate_rank  # noqa: E402
 from hrnet_pyg.graphs import pair_mask  # noqa: E402
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features  # noqa: E402
 from hrnet_pyg.model import HRNet  # noqa: E402
 from hrnet_pyg.rerank import relational_rerank  # noqa: E402
+from hrnet_pyg.runtime import resolve_device  # noqa: E402
 
 
 def make_features(num_q: int, num_g: int, d: int, num_ids: int, seed: int, with_ids: bool = False):

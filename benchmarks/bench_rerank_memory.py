@@ -1,4 +1,4 @@
-"""Peak memory of the relational re-ranking on an MSMT17-sized test set (issue 7).
+"""Peak memory of the relational re-ranking on an MSMT17-sized test set.
 
 Generated features (11,659 queries x 82,161 gallery, d = 2048 by default) pass through
 ``relational_rerank`` with a randomly initialised HRNet (backbone-free: the graph modules and

@@ -15,7 +15,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "HRNet": "hrnet_pyg.model",
+    "HRNet": "hrnet_pyg.api",
     "HRNetConfig": "hrnet_pyg.config",
     "HRNetOutput": "hrnet_pyg.model",
     "IndividualRelationConv": "hrnet_pyg.layers",

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from hrnet_pyg.runtime import CHECKPOINT_KIND
+
 # depth -> (torchvision constructor, weights enum member used for ``pretrained=True``).
 # IMAGENET1K_V1 are the weights BoT (and so the paper) started from.
 _RESNETS = {
@@ -164,11 +166,6 @@ _HEAD_GROUPS = frozenset({
     "bnneck", "ir", "ir_neck", "pr", "verifier",
 })
 
-# The value of ``kind`` in this project's checkpoints (hrnet_pyg.engine writes them; this leaf
-# module only recognises them).
-_HRNET_CHECKPOINT_KIND = "hrnet_pyg.checkpoint"
-
-
 def torchvision_weights(depth: int, name: bool | str = True) -> Any:
     """The torchvision ``Weights`` enum member for ``pretrained=name`` on a resnet ``depth``.
 
@@ -305,7 +302,7 @@ def _read_weights_file(path: str) -> tuple[dict[str, Tensor], str]:
             f"({type(err).__name__}: {err})") from err
     layout = "torchvision state dict"
     if isinstance(obj, Mapping):
-        if obj.get("kind") == _HRNET_CHECKPOINT_KIND and isinstance(obj.get("model"), Mapping):
+        if obj.get("kind") == CHECKPOINT_KIND and isinstance(obj.get("model"), Mapping):
             obj, layout = obj["model"], "hrnet_pyg checkpoint"
         elif isinstance(obj.get("state_dict"), Mapping):
             obj, layout = obj["state_dict"], "torchreid checkpoint"

@@ -82,6 +82,8 @@ def _add_experiment_args(p: argparse.ArgumentParser, output_dir: bool = True) ->
     )
 
 
+# Every verb imports the modules it runs inside its handler: ``--help``, argument errors and the
+# verbs that need neither torch nor torch_geometric start without importing them.
 def _experiment(args: argparse.Namespace):  # -> Experiment
     from hrnet_pyg.experiment import load_experiment, parse_overrides
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.experiment import DataConfig, Experiment, RunConfig, run_experiment
+from hrnet_pyg.visualize import visualize_batch
 
 log = logging.getLogger("hrnet_pyg")
 
@@ -57,8 +58,6 @@ def run_demo(
     output_dir: str | Path = "demo_output", quick: bool = False, device: str = "auto", progress: bool = True
 ) -> dict[str, Any]:
     """Train and evaluate the CNN row and the HRNet row, print the comparison, draw Figure 5."""
-    from hrnet_pyg.visualize import visualize_batch
-
     out = Path(output_dir)
     results: dict[str, Any] = {}
     for row in ("CNN", "HRNet"):

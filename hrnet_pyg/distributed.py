@@ -39,6 +39,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from hrnet_pyg.runtime import is_main_process, resolve_device, unwrap_model
+
 log = logging.getLogger("hrnet_pyg")
 
 GRAPH_SCOPES = ("local", "global")  # graphs per rank | over the batch of all ranks
@@ -56,10 +58,6 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
 
 
 @dataclass(frozen=True)
@@ -99,39 +97,9 @@ def _env_int(name: str, default: int | None = None) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def parse_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"``: the first CUDA GPU when there is one, else the CPU; otherwise the device
-    named (``cpu``, ``cuda``, ``cuda:N``, ...), checked here so that a wrong name fails in one line
-    instead of deep inside the first ``.to(device)``.
-
-    Raises:
-        ValueError: a name torch does not know, a CUDA device on a machine without CUDA, or a GPU
-            index beyond the visible GPUs.
-    """
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N (N = GPU index)"
-        ) from None
-    if dev.type != "cuda":
-        return dev
-    if not torch.cuda.is_available():
-        raise ValueError(f"device={device} was requested but CUDA is not available on this machine")
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise ValueError(
-            f"device={device} names GPU {dev.index}, but this machine has {count} visible GPU(s): "
-            f"use cuda:0..cuda:{count - 1} (CUDA_VISIBLE_DEVICES renumbers them from 0)"
-        )
-    return dev
-
-
 def _process_device(device: str | torch.device | None, local_rank: int, world_size: int) -> torch.device:
     """This process's device: ``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` when CUDA is present."""
-    dev = parse_device(device)
+    dev = resolve_device(device)
     if dev.type != "cuda":
         return dev
     if world_size == 1:
@@ -365,7 +333,7 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     The IR module's own BNNeck is left alone: with ``graph_scope="global"`` it already sees the
     global batch, and with ``"local"`` its graph is per rank too.
     """
-    inner = getattr(model, "module", model)
+    inner = unwrap_model(model)
     for name in ("backbone", "bnneck"):
         sub = getattr(inner, name, None)
         if sub is not None:
@@ -388,7 +356,7 @@ def prepare_for_training(
     the model in ``DistributedDataParallel`` inside a process group of more than one rank (DDP
     broadcasts rank 0's parameters, so all ranks start equal). A no-op wrapper-wise otherwise.
     """
-    inner = getattr(model, "module", model)
+    inner = unwrap_model(model)
     if graph_scope is not None:
         inner.graph_scope = check_graph_scope(graph_scope)
     if sync_bn:
@@ -423,7 +391,7 @@ def broadcast_buffers(model: nn.Module) -> None:
     """
     if not is_distributed():
         return
-    for buf in getattr(model, "module", model).buffers():
+    for buf in unwrap_model(model).buffers():
         comm = _comm_device(buf)
         b = buf.to(comm)
         dist.broadcast(b, src=0)
@@ -460,7 +428,6 @@ __all__ = [
     "is_main_process",
     "loader_is_sharded",
     "main_process_first",
-    "parse_device",
     "prepare_for_training",
     "reduce_epoch_stats",
 ]

@@ -157,26 +157,26 @@ def load_experiment(path: str | Path | None = None, overrides: dict[str, Any] | 
 
 def build_loaders(exp: Experiment) -> tuple[Any, DataLoader, DataLoader, DataLoader]:
     """(dataset, train loader with P x K batches, query loader, gallery loader)."""
+    # torch and everything built on it load when a run starts: reading and checking a config
+    # (``hrnet-pyg train --set ...`` with a bad value, ``--help``) must not pay for them.
     from torch.utils.data import DataLoader
 
     from hrnet_pyg.data import ImageDataset, PKSampler, build_dataset, build_transforms
     from hrnet_pyg.distributed import ShardSampler, get_rank, get_world_size, main_process_first
-    from hrnet_pyg.engine import _on_terminal
+    from hrnet_pyg.runtime import on_terminal, resolve_device
 
     cfg, run = exp.model, exp.run
     with main_process_first():  # distributed: rank 0 generates / checks the data alone first
         kwargs = dict(exp.data.kwargs)
         if exp.data.name == "synthetic":  # the generator's bar only where it can redraw itself
-            kwargs.setdefault("progress", _on_terminal())
+            kwargs.setdefault("progress", on_terminal())
         dataset = build_dataset(exp.data.name, exp.data.root, **kwargs)
     h, w = cfg.image_size
     train_tf = build_transforms(h, w, is_train=True, random_erasing=cfg.random_erasing)
     test_tf = build_transforms(h, w, is_train=False)
-    from hrnet_pyg.engine import resolve_device
-
     # Page-locked batches: the training loop's non_blocking copies then overlap the GPU's work.
     pin = resolve_device(run.device).type == "cuda"
-    # distributed (issue 6): one global P x K plan, whole identities split over the ranks
+    # under torchrun: one global P x K plan, whole identities split over the ranks
     world, rank = get_world_size(), get_rank()
     if cfg.num_identities < world:
         raise ValueError(
@@ -301,12 +301,13 @@ def run_experiment(
     ``best.pth`` when ``run.eval_freq > 0``. A folder that already holds a run is refused unless
     the run resumes it (``run.resume``) or ``overwrite`` (which deletes that run first).
     """
-    import torch
+    import torch  # as in build_loaders: only once a run starts
     import yaml
 
+    from hrnet_pyg.api import HRNet
     from hrnet_pyg.distributed import init_distributed
-    from hrnet_pyg.engine import evaluate, load_model, resolve_device
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.engine import evaluate
+    from hrnet_pyg.runtime import resolve_device
 
     out_dir = Path(exp.run.output_dir)
     if train:
@@ -314,7 +315,7 @@ def run_experiment(
         if exp.run.resume is not None and not Path(exp.run.resume).exists():
             raise FileNotFoundError(f"checkpoint {exp.run.resume} does not exist")
     resolve_device(exp.run.device)  # a wrong device name fails now, not after the data is read
-    # distributed (issue 6): under torchrun, join its process group (each rank on cuda:LOCAL_RANK,
+    # Under torchrun, join its process group (each rank on cuda:LOCAL_RANK,
     # or the CPU with gloo); only rank 0 writes files and logs. A no-op for a plain python run.
     ctx = init_distributed(exp.run.device)
     device = ctx.device if ctx.world_size > 1 else exp.run.device
@@ -364,7 +365,7 @@ def run_experiment(
                 eval_fn=eval_fn, eval_freq=exp.run.eval_freq, tensorboard=exp.run.tensorboard,
             )
         else:
-            model = load_model(out_dir / "last.pth")
+            model = HRNet.load(out_dir / "last.pth")
         report = evaluate(
             model, query_loader, gallery_loader, rerank=exp.run.rerank, k_reciprocal=exp.run.k_reciprocal,
             use_camids=use_camids, device=device, progress=progress,

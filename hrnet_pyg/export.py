@@ -40,6 +40,10 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 from torch import Tensor, nn
 
+from hrnet_pyg import __version__
+from hrnet_pyg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hrnet_pyg.runtime import unwrap_model
+
 if TYPE_CHECKING:  # pragma: no cover
     from hrnet_pyg.model import HRNet
 
@@ -76,8 +80,7 @@ class FeatureExtractor(nn.Module):
 
     @classmethod
     def from_model(cls, model: HRNet, with_feats: bool = False) -> FeatureExtractor:
-        inner = getattr(model, "module", model)
-        inner = getattr(inner, "_orig_mod", inner)
+        inner = unwrap_model(model)
         if inner.backbone is None:
             raise ValueError(
                 "this HRNet has no backbone (it was trained on pre-extracted features): there is "
@@ -227,11 +230,7 @@ def load_exported(path: PathLike) -> Callable[[Tensor], tuple[Tensor, ...]]:
 
 
 def _metadata(model: HRNet, fmt: str, with_feats: bool) -> dict[str, Any]:
-    from hrnet_pyg import __version__
-    from hrnet_pyg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = unwrap_model(model)
     h, w = inner.config.image_size
     return {
         "format": fmt,
@@ -284,8 +283,7 @@ def export_model(
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     extractor = FeatureExtractor.from_model(model, with_feats=with_feats)
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = unwrap_model(model)
     image_size = tuple(inner.config.image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,12 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from hrnet_pyg.data.base import read_image
+from hrnet_pyg.data.transforms import build_transforms
+from hrnet_pyg.engine import extract, load_model
+from hrnet_pyg.model import HRNet
+from hrnet_pyg.runtime import resolve_device, unwrap_model
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -56,14 +62,10 @@ class FeatureExtractor:
         amp: bool | str = "auto",
         bnneck: bool = False,
     ) -> None:
-        from hrnet_pyg.data.transforms import build_transforms
-        from hrnet_pyg.engine import _unwrap, load_model, resolve_device
-        from hrnet_pyg.model import HRNet
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(model, nn.Module):
-            net = _unwrap(model)
+            net = unwrap_model(model)
         elif isinstance(model, (str, os.PathLike)):
             net = load_model(os.fspath(model))
         else:
@@ -139,8 +141,6 @@ class FeatureExtractor:
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(self, inputs: Any) -> Tensor:
-        from hrnet_pyg.engine import extract
-
         n, batches = self._batches(inputs)
         if n == 0:
             return torch.empty(0, self.feat_dim)
@@ -157,8 +157,6 @@ class FeatureExtractor:
 
 
 def _to_pil(x: Any, index: int) -> Image.Image:
-    from hrnet_pyg.data.datasets import read_image
-
     if isinstance(x, (str, os.PathLike)):
         return read_image(Path(x))
     if isinstance(x, Image.Image):

@@ -39,13 +39,14 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor
 
+from hrnet_pyg.runtime import atomic_write, resolve_device, unwrap_model
 from hrnet_pyg.search import (
     ImageFeatures,
     ImageList,
     SearchResult,
-    _inner,
     _label_array,
     _retrieval,
+    extract_images,
     feature_fingerprint,
     features_of,
     list_images,
@@ -87,18 +88,9 @@ def _import_faiss() -> Any:
     return faiss
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=1)
+    atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
 def exact_shortlist(
@@ -200,7 +192,7 @@ class GalleryIndex:
     # ------------------------------------------------------------------ checks
     def check_model(self, model: HRNet, what: str = "this checkpoint") -> None:
         """Refuse a model whose features are not the index's (another checkpoint)."""
-        inner = _inner(model)
+        inner = unwrap_model(model)
         fp = feature_fingerprint(inner)
         if fp != self.fingerprint:
             raise GalleryIndexError(
@@ -391,7 +383,7 @@ class GalleryIndex:
             )
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        inner = _inner(model)
+        inner = unwrap_model(model)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
         try:
@@ -436,10 +428,7 @@ class GalleryIndex:
         self, model: HRNet, images: PathLike | ImageList | ImageFeatures, *, chunk: int,
         **extract_kw: Any,
     ) -> tuple[int, int]:
-        from hrnet_pyg.engine import resolve_device
-        from hrnet_pyg.search import extract_images
-
-        inner = _inner(model)
+        inner = unwrap_model(model)
         labels = extract_kw.pop("labels", "auto")
         known = set(os.path.normcase(p) for p in self.paths) if len(self) else set()
         if isinstance(images, ImageFeatures) or (
@@ -511,7 +500,7 @@ class GalleryIndex:
         self._paths = None
         if meta.get("faiss"):
             meta["faiss"] = self._update_faiss(dict(meta["faiss"]), new_shards)
-        _atomic_write_text(self.path / "meta.json", json.dumps(meta, indent=1))
+        _write_json(self.path / "meta.json", meta)
         self.meta = meta
         self._faiss = None
 
@@ -529,7 +518,7 @@ class GalleryIndex:
                                       fresh=True, target=tmp_file)
             os.replace(tmp_file, self.path / _FAISS_FILE)
             meta["faiss"] = part
-        _atomic_write_text(self.path / "meta.json", json.dumps(meta, indent=1))
+        _write_json(self.path / "meta.json", meta)
         self.meta = meta
         self._faiss = None
 
@@ -640,10 +629,8 @@ def search_index(
     order; only the shortlist's rows of F are read. ``exact=True`` takes the exact blocked
     product even when the index has a faiss part; ``nprobe`` overrides an IVF index's.
     """
-    from hrnet_pyg.engine import resolve_device
-
     idx_obj = index if isinstance(index, GalleryIndex) else GalleryIndex(index)
-    inner = _inner(model)
+    inner = unwrap_model(model)
     idx_obj.check_model(inner)
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")

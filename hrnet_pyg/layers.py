@@ -22,6 +22,8 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.utils import softmax
 
+from hrnet_pyg.runtime import check_features as _check_features
+
 # Scalars of the (targets x graph nodes) logit block evaluated at once for the all-node denominator
 # of Eq. 2 (4M floats = 16 MiB in fp32).
 _LSE_BUDGET = 1 << 22
@@ -48,13 +50,6 @@ def _check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, where: str
                 f"{where}: {name} refers to node {int(edge_index.max())} but there are only "
                 f"{num_src} source / {num_dst} target nodes"
             )
-
-
-def _check_features(x: Tensor, channels: int, where: str, name: str, dims=(2,)) -> None:
-    if not isinstance(x, Tensor) or x.dim() not in dims or x.size(-1) != channels:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        want = " or ".join(f"{d}-D" for d in dims)
-        raise ValueError(f"{where}: {name} must be a {want} tensor with {channels} channels, got {shape}")
 
 
 def all_node_logsumexp(

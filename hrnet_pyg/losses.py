@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hrnet_pyg.runtime import check_features
+
 # Eq. 14 term names (canonical) -> the paper's symbol; aliases accepted by hrnet_total_loss.
 LOSS_TERMS: dict[str, str] = {
     "cl": "L_cl (Eq. 10-11)",
@@ -29,11 +31,6 @@ def _check_labels(name: str, labels: Tensor, n: int) -> None:
         raise ValueError(f"{name} must have shape ({n},), got {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"{name} must hold integer labels, got dtype {labels.dtype}")
-
-
-def _check_features(name: str, x: Tensor) -> None:
-    if x.dim() != 2:
-        raise ValueError(f"{name} must have shape (N, d), got {tuple(x.shape)}")
 
 
 def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float = 0.1) -> Tensor:
@@ -84,10 +81,10 @@ def pairwise_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
         - **input:** x :math:`(N, d)`, y :math:`(M, d)` (default: ``x``)
         - **output:** :math:`(N, M)`
     """
-    _check_features("x", x)
+    check_features(x, name="x")
     if y is None:
         y = x
-    _check_features("y", y)
+    check_features(y, name="y")
     if x.size(1) != y.size(1):
         raise ValueError(
             f"x and y must have the same feature size, got {x.size(1)} and {y.size(1)}")
@@ -145,7 +142,7 @@ def batch_hard_triplet_loss(feats: Tensor, pids: Tensor, margin: float = 0.3) ->
         - **input:** feats :math:`(N, d)`, pids :math:`(N,)`
         - **output:** scalar
     """
-    _check_features("feats", feats)
+    check_features(feats, name="feats")
     _check_labels("pids", pids, feats.size(0))
     dist = pairwise_euclidean(feats)  # (N, N)
     pos, neg = _pid_masks(pids.to(feats.device))
@@ -194,8 +191,8 @@ def consistent_node_loss(v_in: Tensor, v_out: Tensor, pids: Tensor, margin: floa
         - **input:** v_in :math:`(N, d)`, v_out :math:`(N, d')`, pids :math:`(N,)`
         - **output:** ``(L_c+, L_c-)``, two scalars
     """
-    _check_features("v_in", v_in)
-    _check_features("v_out", v_out)
+    check_features(v_in, name="v_in")
+    check_features(v_out, name="v_out")
     if v_in.size(0) != v_out.size(0):
         raise ValueError(
             f"v_in and v_out must have the same number of nodes, got {v_in.size(0)} and "

@@ -15,8 +15,6 @@ modules on pre-extracted features (the forward then takes F instead of images).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as Fn
@@ -34,9 +32,6 @@ from hrnet_pyg.losses import (
     hrnet_total_loss,
     verification_loss,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from torch.utils.data import DataLoader
 
 
 @dataclass
@@ -127,7 +122,11 @@ def fuse_scores(parts: dict[str, Tensor], ir: str = "ir_cosine", pr: str = "pr_p
 
 
 class HRNet(nn.Module):
-    """Hybrid Relationship Network (Xu et al., AAAI 2021).
+    """Hybrid Relationship Network (Xu et al., AAAI 2021): the modeling alone.
+
+    Training, evaluation and checkpoints are the engine's (:mod:`hrnet_pyg.engine`);
+    :class:`hrnet_pyg.HRNet` is this class with ``fit``/``extract``/``evaluate``/``save``/``load``
+    methods that call it.
 
     Args:
         config: hyperparameters and Table 1 switches (defaults: the paper's values).
@@ -148,7 +147,7 @@ class HRNet(nn.Module):
             self.backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
             dim = self.backbone.out_channels
         self.feat_dim = dim
-        # distributed (issue 6): "local" = graphs per rank, "global" = over all ranks' batch
+        # under torch.distributed: "local" = graphs per rank, "global" = over all ranks' batch
         self.graph_scope = "local"
         self.bnneck = BNNeck(dim, num_classes)
         self.ir: IndividualRelationConv | None = None
@@ -207,7 +206,7 @@ class HRNet(nn.Module):
             f32 = feats.float()
             losses = out.losses
             losses["cl"] = cross_entropy_label_smooth(logits.float(), pids, cfg.label_smoothing)
-            # --- distributed (issue 6): with graph_scope "global", L_tr and the graph modules below
+            # --- under torch.distributed, with graph_scope "global", L_tr and the graph modules below
             # see the batch of all ranks (features gathered with gradients); L_cl above stays per
             # rank, weighted so that DDP's average over the ranks is the mean over the global batch
             # (the weight is 1 when the ranks hold equally many images). See hrnet_pyg/distributed.py.
@@ -409,36 +408,6 @@ class HRNet(nn.Module):
         if not cfg.pr_edges_relative:
             return cfg.pr_edges
         return max(1, min(num_nodes, round(cfg.pr_edges * num_nodes / cfg.batch_size)))
-
-    # ------------------------------------------------------------------ user API (engine)
-    def fit(self, train_loader: DataLoader, epochs: int | None = None, **kwargs: Any) -> Any:
-        """Train as in Sec. 4.2 (Adam, lr 3.5e-4, wd 5e-4, x0.1 at 40/120, 200 epochs)."""
-        from hrnet_pyg.engine import fit
-
-        return fit(self, train_loader, epochs=epochs, **kwargs)
-
-    def extract(self, loader: DataLoader, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor]:
-        """(F, pids, camids) of every image of ``loader``."""
-        from hrnet_pyg.engine import extract
-
-        return extract(self, loader, **kwargs)
-
-    def evaluate(self, query_loader: DataLoader, gallery_loader: DataLoader, **kwargs: Any) -> Any:
-        """CNN-only and relational re-ranking metrics side by side (Sec. 4.2 "Testing")."""
-        from hrnet_pyg.engine import evaluate
-
-        return evaluate(self, query_loader, gallery_loader, **kwargs)
-
-    def save(self, path: str | Path) -> None:
-        from hrnet_pyg.engine import save_model
-
-        save_model(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> HRNet:
-        from hrnet_pyg.engine import load_model
-
-        return load_model(path, map_location=map_location)
 
 
 __all__ = ["HRNet", "HRNetOutput", "ImageTerms", "fuse_scores", "RERANK_SCORES"]

@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from hrnet_pyg.runtime import resolve_device
+
 # Bytes of one (queries, 1 + top_k, d) float32 tensor of a pass when queries_per_pass is not given.
-# CPU: glibc serves allocations above 32 MiB with fresh mmap()s, which page-fault on every pass (a
-# 64 MiB tensor cost 28 ms to fill against 1.2 ms for a 31 MiB one on the team's machine), and a
-# pass allocates about a dozen such tensors; below the threshold freed blocks are reused. GPUs
-# (caching allocator) gain from larger passes: fewer kernel launches per query.
+# CPU: glibc serves allocations above 32 MiB with fresh mmap()s, which page-fault again on every
+# pass, and a pass allocates about a dozen such tensors; below the threshold freed blocks are
+# reused. GPUs (caching allocator) gain from larger passes: fewer kernel launches per query.
 _PASS_TENSOR_BYTES = {"cpu": 24 << 20}
 _PASS_TENSOR_BYTES_OTHER = 128 << 20
 
@@ -67,8 +68,6 @@ def relational_rerank(
         every cosine distance (>= 0) of the items left in cosine order, whatever the scores' range
         (the fusion of ``config.rerank_norm`` need not be bounded).
     """
-    from hrnet_pyg.engine import resolve_device
-
     if query_feats.dim() != 2 or gallery_feats.dim() != 2 or query_feats.size(1) != gallery_feats.size(1):
         raise ValueError(
             "query_feats and gallery_feats must be (Q, d) and (G, d) with the same d; got "

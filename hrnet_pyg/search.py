@@ -31,18 +31,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hrnet_pyg.data.datasets import (
+from hrnet_pyg.data.base import (
     IMG_EXTENSIONS,
     MARKET_PATTERN,
     DatasetError,
     DatasetNotFoundError,
     ImageDataset,
 )
+from hrnet_pyg.data.transforms import build_transforms
+from hrnet_pyg.evaluation import cosine_distance
+from hrnet_pyg.rerank import relational_rerank
+from hrnet_pyg.runtime import resolve_device, unwrap_model
 from hrnet_pyg.topk import stable_k_smallest
+from hrnet_pyg.visualize import RankedGrid, ranked_list_grid
 
 if TYPE_CHECKING:  # pragma: no cover
     from hrnet_pyg.model import HRNet
-    from hrnet_pyg.visualize import RankedGrid
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -226,8 +230,7 @@ def feature_fingerprint(model: HRNet) -> str:
     Stored in feature files so that :func:`search_features` can warn when gallery features
     came from another checkpoint than the one searching with them.
     """
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = unwrap_model(model)
     h = hashlib.sha1()
     state = inner.state_dict()
     for key in sorted(state):
@@ -311,11 +314,6 @@ class ImageFeatures:
         )
 
 
-def _inner(model: HRNet) -> HRNet:
-    inner = getattr(model, "module", model)
-    return getattr(inner, "_orig_mod", inner)
-
-
 def extract_images(
     model: HRNet,
     source: PathLike | ImageList | Sequence[PathLike],
@@ -345,10 +343,9 @@ def extract_images(
     """
     from torch.utils.data import DataLoader
 
-    from hrnet_pyg.data.transforms import build_transforms
-    from hrnet_pyg.engine import extract, resolve_device
+    from hrnet_pyg.engine import extract  # the engine imports the model and torch_geometric
 
-    inner = _inner(model)
+    inner = unwrap_model(model)
     if getattr(inner, "backbone", None) is None:
         raise ValueError(
             "this HRNet has no backbone (it was trained on pre-extracted features), so it cannot "
@@ -495,11 +492,7 @@ def search_features(
         exclude_self: drop the gallery image whose file is the query's own file (a query
             searched in the folder it comes from). (default: ``True``)
     """
-    from hrnet_pyg.engine import resolve_device
-    from hrnet_pyg.evaluation import cosine_distance
-    from hrnet_pyg.rerank import relational_rerank
-
-    inner = _inner(model)
+    inner = unwrap_model(model)
     d = inner.feat_dim
     for name, feats in (("query", query), ("gallery", gallery)):
         if feats.features.size(1) != d:
@@ -615,8 +608,6 @@ def write_grid(
     (``.path``, and the cell ``boxes`` of each row).
     """
     from PIL import Image, ImageDraw
-
-    from hrnet_pyg.visualize import ranked_list_grid
 
     if max_queries < 1:
         raise ValueError(f"max_queries must be >= 1, got {max_queries}")

@@ -22,6 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hrnet_pyg.data import ImageDataset, build_transforms
+from hrnet_pyg.evaluation import cosine_distance
+from hrnet_pyg.rerank import relational_rerank
+from hrnet_pyg.runtime import resolve_device, unwrap_model
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
@@ -106,8 +111,7 @@ def attention_matrices(model: HRNet, feats: Tensor, pids: Tensor) -> tuple[Tenso
         ``G_sum[i, j] = sum_n g^n_ij`` (each row sums to N), or ``None`` without the PR module.
         Both on the CPU, float32.
     """
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = unwrap_model(model)
     _check_batch(feats, pids, inner.feat_dim)
     cfg = inner.config
     ac: Tensor | None = None
@@ -125,7 +129,7 @@ def attention_matrices(model: HRNet, feats: Tensor, pids: Tensor) -> tuple[Tenso
             v, (att_index, alpha) = inner.ir(f, edge_index, return_attention_weights=True)
             ac = edge_attention_to_dense(att_index, alpha, n).cpu()
         if inner.pr is not None:
-            from hrnet_pyg.graphs import pair_mask
+            from hrnet_pyg.graphs import pair_mask  # torch_geometric, which the image grids do not need
 
             mask = pair_mask(f, cfg.pr_edges) if cfg.pr_edges else None
             _, g, _ = inner.pr.forward_dense(f, v if cfg.use_igp else None, mask=mask, return_attention=True)
@@ -407,10 +411,9 @@ def visualize_batch(
     """
     from torch.utils.data import DataLoader
 
-    from hrnet_pyg.data import ImageDataset, build_transforms
-    from hrnet_pyg.engine import extract, resolve_device
+    from hrnet_pyg.engine import extract  # the engine imports the model and torch_geometric
 
-    inner = getattr(model, "module", model)
+    inner = unwrap_model(model)
     if getattr(inner, "backbone", None) is None:
         raise ValueError(
             "visualize_batch needs a model with a backbone (it reads images); for a feature-level "
@@ -447,14 +450,10 @@ def visualize_batch(
         qf, _, _ = extract(inner, loader(dataset.query), device=dev, progress=progress)
         gf, _, _ = extract(inner, loader(dataset.gallery), device=dev, progress=progress)
         if rerank and (inner.ir is not None or inner.pr is not None):
-            from hrnet_pyg.rerank import relational_rerank
-
             ranked = relational_rerank(inner, qf, gf, top_k=cfg.top_k_rerank, device=dev, progress=progress)
             assert isinstance(ranked, Tensor)  # without return_scores: the distance matrix alone
             distmat = ranked
         else:
-            from hrnet_pyg.evaluation import cosine_distance
-
             with torch.no_grad():
                 inner.to(dev).eval()
                 distmat = cosine_distance(

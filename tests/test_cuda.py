@@ -22,19 +22,11 @@ from torch.utils.data import DataLoader
 
 from hrnet_pyg.config import TABLE1_ROWS, HRNetConfig
 from hrnet_pyg.data import FeatureDataset, PKSampler
-from hrnet_pyg.engine import (
-    _rng_state,
-    _set_rng_state,
-    autocast_context,
-    evaluate,
-    evaluate_features,
-    fit,
-    load_checkpoint,
-    load_model,
-    resolve_device,
-)
+from hrnet_pyg.engine import evaluate, evaluate_features, fit, load_model
+from hrnet_pyg.engine.train import _rng_state, _set_rng_state
 from hrnet_pyg.evaluation import euclidean_distance
 from hrnet_pyg.model import HRNet
+from hrnet_pyg.runtime import autocast_context, load_checkpoint, resolve_device
 
 CUDA = torch.cuda.is_available()
 _ON_GPU = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")]

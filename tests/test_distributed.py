@@ -1,4 +1,4 @@
-"""hrnet_pyg.distributed: DDP training, the global graph, sharded evaluation (issue 6).
+"""hrnet_pyg.distributed: DDP training, the global graph, sharded evaluation.
 
 Two CPU processes on the gloo backend over the loopback interface (127.0.0.1, ``lo``), started
 once for the whole module with torch.multiprocessing (spawn); each runs every scenario and

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from hrnet_pyg import HRNet
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.data import FeatureDataset, PKSampler
 from hrnet_pyg.engine import (
@@ -16,7 +17,6 @@ from hrnet_pyg.engine import (
     load_model,
     lr_at_epoch,
 )
-from hrnet_pyg.model import HRNet
 
 D = 16
 
@@ -162,7 +162,7 @@ def test_evaluation_without_camera_ids_warns_instead_of_dropping_every_match():
 
 def test_distributed_ranks_draw_different_augmentation_but_resume_exactly(monkeypatch):
     """Each rank reseeds per epoch from (seed, epoch, rank): decorrelated, yet reproducible."""
-    import hrnet_pyg.engine as engine
+    import hrnet_pyg.engine.train as train
 
     feats, pids, camids = _features()
 
@@ -175,8 +175,8 @@ def test_distributed_ranks_draw_different_augmentation_but_resume_exactly(monkey
             return f, p, c, idx
 
     def draws_on(rank):
-        monkeypatch.setattr(engine, "get_world_size", lambda: 2)
-        monkeypatch.setattr(engine, "get_rank", lambda: rank)
+        monkeypatch.setattr(train, "get_world_size", lambda: 2)
+        monkeypatch.setattr(train, "get_rank", lambda: rank)
         Noisy.draws = []
         torch.manual_seed(0)
         cfg = _cfg()

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import hrnet_pyg.export as export_mod
+from hrnet_pyg import HRNet
 from hrnet_pyg.cli import main
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.engine import CHECKPOINT_FORMAT_VERSION, load_checkpoint, load_model
 from hrnet_pyg.export import FeatureExtractor, export_model, load_exported
-from hrnet_pyg.model import HRNet
 
 
 def tiny_model(seed: int = 0) -> HRNet:

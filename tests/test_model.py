@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as Fn
 
+from hrnet_pyg import HRNet
 from hrnet_pyg.config import TABLE1_ROWS, HRNetConfig
 from hrnet_pyg.losses import (
     batch_hard_triplet_loss,
@@ -10,7 +11,6 @@ from hrnet_pyg.losses import (
     cross_entropy_label_smooth,
     verification_loss,
 )
-from hrnet_pyg.model import HRNet
 
 D = 16
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from hrnet_pyg import HRNet
 from hrnet_pyg.cli import main
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.data import DatasetError, DatasetNotFoundError
-from hrnet_pyg.model import HRNet
 from hrnet_pyg.search import (
     UNKNOWN_COLOR,
     ImageFeatures,

@@ -27,10 +27,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from tqdm import tqdm
+
+from hrnet_pyg.data.base import DatasetError, PathLike, ReIDDataset, parse_market_splits
 
 # Bump when the drawing changes, so an old folder is regenerated rather than silently reused.
 GENERATOR_VERSION = 1
@@ -552,8 +555,6 @@ def generate_synthetic_dataset(
             if not overwrite and _manifest_matches(root, params):
                 return root
         elif any(root.iterdir()):
-            from hrnet_pyg.data.datasets import DatasetError
-
             raise DatasetError(
                 f"synthetic: {root} exists, is not empty and has no manifest.json, so it was not "
                 f"written by this generator; refusing to overwrite it (remove it or pick another "
@@ -620,9 +621,36 @@ def _write_images(cfg: SyntheticConfig, out: Path, progress: bool) -> dict[str, 
     return counts
 
 
+# ---------------------------------------------------------------------------- the dataset
+class SyntheticReID(ReIDDataset):
+    """Procedurally drawn pedestrians in Market-1501 format (see :mod:`hrnet_pyg.data.synthetic`).
+
+    Generated into ``root/synthetic`` on first use (a ``manifest.json`` records the generator
+    parameters; a matching manifest means the images are reused), then parsed with the
+    Market-1501 parser. Keyword arguments go to :func:`generate_synthetic_dataset`.
+    """
+
+    name = "synthetic"
+
+    def __init__(self, root: PathLike, verify: bool = False, **kwargs: Any) -> None:
+        root = Path(root).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        data_dir = generate_synthetic_dataset(root / "synthetic", **kwargs)
+        manifest = json.loads((data_dir / "manifest.json").read_text())
+        self.params: dict[str, Any] = manifest["params"]
+        self.data_dir = str(data_dir)
+        train, query, gallery = parse_market_splits(
+            data_dir, max_camid=int(self.params["num_cams"]), dataset=self.name
+        )
+        super().__init__(train, query, gallery, root=data_dir)
+        if verify:
+            self.verify_images()
+
+
 __all__ = [
     "GENERATOR_VERSION",
     "SyntheticConfig",
+    "SyntheticReID",
     "draw_camera",
     "draw_identity",
     "generate_synthetic_dataset",

@@ -1,4 +1,4 @@
-"""Training, feature extraction, evaluation and checkpoints (paper Sec. 4.2).
+"""The training loop (paper Sec. 4.2): schedule, progress, logging, checkpoints and resume.
 
 ``fit`` is the one training loop: end-to-end on images, or on pre-extracted features when the
 model has no backbone (fast ablations on a CPU) -- the same code path either way.
@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import random
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,58 +24,27 @@ from tqdm import tqdm
 
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.distributed import (
-    all_gather_cat,
     broadcast_buffers,
     get_rank,
     get_world_size,
-    loader_is_sharded,
-    parse_device,
     prepare_for_training,
     reduce_epoch_stats,
 )
+from hrnet_pyg.engine.checkpoint import model_payload
+from hrnet_pyg.engine.eval import split_batch
+from hrnet_pyg.runtime import (
+    amp_dtype,
+    atomic_save,
+    atomic_write,
+    autocast_context,
+    is_main_process,
+    load_checkpoint,
+    on_terminal,
+    resolve_device,
+    unwrap_model,
+)
 
 log = logging.getLogger("hrnet_pyg")
-
-CHECKPOINT_FORMAT_VERSION = 1
-_CHECKPOINT_KIND = "hrnet_pyg.checkpoint"
-
-
-# ---------------------------------------------------------------------------- small helpers
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto": the first CUDA GPU when there is one, else the CPU; ``cuda:N`` is checked
-    against the visible GPUs (:func:`~hrnet_pyg.distributed.parse_device`)."""
-    return parse_device(device)
-
-
-_AMP_MODES = ("auto", "off", "bf16", "fp16")
-
-
-def amp_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
-    """The autocast dtype of ``amp`` on ``device``, or ``None`` for fp32.
-
-    ``True``/``"auto"`` (callers resolve "auto" to on for CUDA): bf16 on GPUs that support it,
-    fp16 otherwise; ``"bf16"``: bf16 (fp16 on a GPU without bf16), also on the CPU; ``"fp16"``:
-    fp16, on CUDA only (``fit`` then scales the loss); ``False``/``"off"``: fp32.
-    """
-    if amp is False or amp == "off":
-        return None
-    if not (amp is True or amp in _AMP_MODES):
-        raise ValueError(f"amp={amp!r} is not an AMP mode; valid: auto, off (or false), bf16, fp16")
-    if device.type == "cuda":
-        if amp == "fp16" or not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    if amp == "fp16":
-        raise ValueError("amp='fp16' needs a CUDA device (fp16 with loss scaling); use amp='bf16' on the CPU")
-    return torch.bfloat16 if amp == "bf16" else None
-
-
-def autocast_context(device: torch.device, amp: bool | str) -> Any:
-    """bf16 autocast on GPUs that support it, fp16 otherwise; off on the CPU unless asked."""
-    dtype = amp_dtype(device, amp)
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def lr_at_epoch(cfg: HRNetConfig, epoch: int) -> float:
@@ -94,42 +59,11 @@ def lr_at_epoch(cfg: HRNetConfig, epoch: int) -> float:
     return lr
 
 
-def is_main_process() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(inner, "_orig_mod", inner)  # torch.compile
-
-
-def _split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(inputs, pids, camids) from a loader item: a tuple/list ``(x, pid[, camid, ...])`` or a dict."""
-    if isinstance(batch, dict):
-        return batch["inputs"], batch["pids"], batch.get("camids")
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        camids = batch[2] if len(batch) >= 3 and isinstance(batch[2], Tensor) else None
-        return batch[0], batch[1], camids
-    raise TypeError(
-        "a data loader item must be (inputs, pids[, camids, ...]) or a dict with 'inputs' and "
-        f"'pids'; got {type(batch).__name__}"
-    )
-
-
 def _batch_sampler_of(loader: Any) -> Any:
     for candidate in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
         if candidate is not None and hasattr(candidate, "set_epoch"):
             return candidate
     return None
-
-
-def _on_terminal() -> bool:
-    """Whether progress bars fit the output: stderr (where tqdm draws) is a terminal."""
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _duration(seconds: float) -> str:
@@ -150,7 +84,7 @@ class _StepProgress:
         self.desc, self.total, self.print_freq = desc, total, max(int(print_freq), 1)
         self.steps_after = steps_after  # steps of the epochs still to come (for the run's ETA)
         self.bar = None
-        self.plain = show and not _on_terminal()
+        self.plain = show and not on_terminal()
         if show and not self.plain:
             self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
         self.t0 = time.perf_counter()
@@ -177,114 +111,6 @@ class _StepProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """``write(fh)`` into a temporary file in ``path``'s folder, then rename: never a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a torn file."""
-    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` and check its format version."""
-    path = Path(path)
-    if path.is_dir():
-        hint = " (did you mean its last.pth?)" if (path / "last.pth").is_file() else ""
-        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file{hint}")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        # torch's message carries internals and advice to load with weights_only=False, which
-        # would let the file run code; name the file and the reason instead.
-        raise ValueError(f"checkpoint {path} could not be read: {_unreadable_reason(path, exc)}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != _CHECKPOINT_KIND:
-        raise ValueError(
-            f"{path} is not an hrnet_pyg checkpoint (no 'kind': '{_CHECKPOINT_KIND}' entry); "
-            "for backbone weights pass it as HRNetConfig(pretrained=path) instead"
-        )
-    version = ckpt.get("format_version")
-    if version != CHECKPOINT_FORMAT_VERSION:
-        newer = isinstance(version, int) and version > CHECKPOINT_FORMAT_VERSION
-        advice = (
-            "upgrade hrnet_pyg to read it" if newer
-            else "load it with the hrnet_pyg release that wrote it and save it again with this one"
-        )
-        raise ValueError(
-            f"checkpoint {path} has format version {version}, this hrnet_pyg reads version "
-            f"{CHECKPOINT_FORMAT_VERSION}; {advice}"
-        )
-    return ckpt
-
-
-def _unreadable_reason(path: Path, exc: Exception) -> str:
-    import pickle
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        if not head or head[:1] != b"\x80":  # neither torch's zip format nor a pickle
-            return "it is not a PyTorch checkpoint (truncated, or another kind of file)"
-    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc).lower():
-        return (
-            "it holds Python objects other than tensors and plain containers, which are never "
-            "unpickled (hrnet_pyg loads checkpoints with weights_only=True)"
-        )
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"it is damaged or not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
-
-
-def _model_payload(model: nn.Module) -> dict[str, Any]:
-    inner = _unwrap(model)
-    return {
-        "kind": _CHECKPOINT_KIND,
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "config": inner.config.to_dict(),
-        "num_classes": inner.num_classes,
-        "model": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
-    }
-
-
-def save_model(model: nn.Module, path: str | Path) -> None:
-    """Write the whole HRNet (config, graph modules included) atomically."""
-    atomic_save(_model_payload(model), path)
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    from hrnet_pyg.model import HRNet
-
-    values = dict(ckpt["config"])
-    values["pretrained"] = False  # the checkpoint carries the weights: never download
-    model = HRNet(HRNetConfig.from_dict(values), num_classes=int(ckpt["num_classes"]))
-    model.load_state_dict(ckpt["model"])
-    return model
-
-
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The HRNet saved by :func:`save_model` or by :func:`fit`'s checkpoints."""
-    return model_from_checkpoint(load_checkpoint(path, map_location=map_location))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -347,7 +173,7 @@ def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(history)
 
-    _atomic_write(path, write, mode="w")
+    atomic_write(path, write, mode="w")
 
 
 class _LossMeter:
@@ -470,14 +296,14 @@ def fit(
     Ctrl-C raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) saying the epoch and
     step reached and the checkpoint to resume from.
     """
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     cfg: HRNetConfig = inner.config
     total_epochs = int(epochs if epochs is not None else cfg.epochs)
     dev = resolve_device(device)
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    # distributed (issue 6): graph scope, SyncBatchNorm, DDP wrapping when torchrun started >1 ranks
+    # graph scope, SyncBatchNorm, and DDP wrapping when torchrun started more than one rank
     model = prepare_for_training(model, dev, train_loader, sync_bn=sync_bn, graph_scope=graph_scope)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -566,7 +392,7 @@ def fit(
             for step, batch in enumerate(train_loader):
                 if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
                     break
-                inputs, pids, _ = _split_batch(batch)
+                inputs, pids, _ = split_batch(batch)
                 inputs = inputs.to(dev, non_blocking=True)
                 if channels_last and inputs.dim() == 4:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -622,11 +448,11 @@ def fit(
                 best = {"epoch": epoch + 1, "mAP": row["eval_mAP"]}
             if out_dir is not None and main:
                 if improved:  # before last.pth: a kill in between leaves a best no older than last
-                    payload = _model_payload(model)
+                    payload = model_payload(model)
                     payload.update(epoch=epoch, metrics={k[5:]: v for k, v in row.items() if k.startswith("eval_")})
                     atomic_save(payload, out_dir / "best.pth")
                     log.info("best.pth: epoch %d, mAP %.1f", epoch + 1, 100 * row["eval_mAP"])
-                payload = _model_payload(model)
+                payload = model_payload(model)
                 payload.update(
                     optimizer=optimizer.state_dict(),
                     scaler=scaler.state_dict() if scaler.is_enabled() else None,
@@ -659,145 +485,4 @@ def fit(
     return result
 
 
-# ---------------------------------------------------------------------------- inference
-@torch.no_grad()
-def extract(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    device: str | torch.device | None = None,
-    amp: bool | str = "auto",
-    progress: bool = True,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """CNN features F (before BNNeck), pids and camids of every item of ``loader`` (on the CPU).
-
-    A loader on a :class:`~hrnet_pyg.distributed.ShardSampler` reads one shard per rank; the
-    shards are gathered, so every rank returns the whole split in its original order.
-    """
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    use_amp = amp if amp != "auto" else (dev.type == "cuda")
-    feats, pids, camids = [], [], []
-    show = progress and is_main_process() and _on_terminal()  # no bar fragments in log files
-    for batch in tqdm(loader, desc="extract", disable=not show, leave=False):
-        inputs, pid, camid = _split_batch(batch)
-        with autocast_context(dev, use_amp):
-            f = _unwrap(model).extract_features(inputs.to(dev, non_blocking=True))
-        feats.append(f.float().cpu())
-        pids.append(torch.as_tensor(pid))
-        camids.append(torch.as_tensor(camid) if camid is not None else torch.zeros_like(torch.as_tensor(pid)))
-    if not feats:
-        raise ValueError("the loader given to extract() yielded no batch")
-    out = torch.cat(feats), torch.cat(pids), torch.cat(camids)
-    if loader_is_sharded(loader):  # distributed (issue 6): every rank gets the whole split
-        out = tuple(all_gather_cat(t) for t in out)  # type: ignore[assignment]
-    return out
-
-
-@dataclass
-class EvalReport:
-    cnn: Any  # RankResult of the CNN features (cosine on BN(F))
-    hrnet: Any  # RankResult after the relational re-ranking (None if skipped)
-    kreciprocal: Any = None  # RankResult of k-reciprocal re-ranking, when asked
-
-    def table(self) -> str:
-        rows = [("CNN (cosine)", self.cnn), ("relational re-ranking", self.hrnet), ("k-reciprocal", self.kreciprocal)]
-        lines = ["| method | mAP | rank-1 | rank-5 | rank-10 | mINP |", "|---|---|---|---|---|---|"]
-        for name, r in rows:
-            if r is None:
-                continue
-            cmc = r.cmc
-            lines.append(
-                f"| {name} | {100 * r.mAP:.1f} | {100 * cmc[0]:.1f} | {100 * cmc[min(4, len(cmc) - 1)]:.1f} "
-                f"| {100 * cmc[min(9, len(cmc) - 1)]:.1f} | {100 * r.mINP:.1f} |"
-            )
-        return "\n".join(lines)
-
-
-def evaluate_features(
-    model: nn.Module,
-    qf: Tensor,
-    q_pids: Tensor,
-    q_camids: Tensor,
-    gf: Tensor,
-    g_pids: Tensor,
-    g_camids: Tensor,
-    *,
-    rerank: bool = True,
-    k_reciprocal: bool = False,
-    use_camids: bool = True,
-    top_k: int | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> EvalReport:
-    """Metrics of the CNN features and of the paper's relational re-ranking, side by side."""
-    from hrnet_pyg.evaluation import cosine_distance, evaluate_rank
-    from hrnet_pyg.rerank import relational_rerank
-
-    inner = _unwrap(model)
-    dev = resolve_device(device)
-    inner.to(dev).eval()
-    qb = inner.retrieval_features(qf.to(dev)).cpu()
-    gb = inner.retrieval_features(gf.to(dev)).cpu()
-    # Without camera ids (custom/folder data) pass None: evaluate_rank then warns that no
-    # same-camera junk can be removed, instead of dropping every true match as junk.
-    cams = (q_camids.numpy(), g_camids.numpy()) if use_camids else (None, None)
-    args = (q_pids.numpy(), g_pids.numpy(), *cams)
-    cnn = evaluate_rank(cosine_distance(qb, gb), *args)
-    hr = None
-    if rerank:
-        dist = relational_rerank(
-            inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress and _on_terminal()
-        )
-        hr = evaluate_rank(dist, *args)
-    kr = None
-    if k_reciprocal:
-        from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
-
-        kr = evaluate_rank(k_reciprocal_rerank_features(qb.to(dev), gb.to(dev), progress=progress).cpu(), *args)
-    return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr)
-
-
-def evaluate(
-    model: nn.Module,
-    query_loader: Iterable,
-    gallery_loader: Iterable,
-    *,
-    rerank: bool = True,
-    k_reciprocal: bool = False,
-    use_camids: bool = True,
-    top_k: int | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> EvalReport | None:
-    """Extract query and gallery features, then :func:`evaluate_features`.
-
-    Under ``torch.distributed`` the metrics are computed on rank 0 (the other ranks return
-    ``None``); loaders built on :class:`~hrnet_pyg.distributed.ShardSampler` split the
-    extraction across the ranks.
-    """
-    qf, qp, qc = extract(model, query_loader, device=device, progress=progress)
-    gf, gp, gc = extract(model, gallery_loader, device=device, progress=progress)
-    if not is_main_process():  # distributed (issue 6): rank 0 computes the metrics
-        return None
-    return evaluate_features(
-        model, qf, qp, qc, gf, gp, gc, rerank=rerank, k_reciprocal=k_reciprocal, top_k=top_k,
-        use_camids=use_camids, device=device, progress=progress,
-    )
-
-
-__all__ = [
-    "CHECKPOINT_FORMAT_VERSION",
-    "EvalReport",
-    "FitResult",
-    "atomic_save",
-    "evaluate",
-    "evaluate_features",
-    "extract",
-    "fit",
-    "load_checkpoint",
-    "load_model",
-    "lr_at_epoch",
-    "resolve_device",
-    "save_model",
-]
+__all__ = ["FitResult", "TrainingInterrupted", "fit", "lr_at_epoch"]

@@ -1,0 +1,95 @@
+"""The datasets by name: :data:`DATASETS`, the aliases other libraries use, :func:`build_dataset`."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import (
+    Any,
+)
+
+import numpy as np
+
+from hrnet_pyg.data.base import (
+    PathLike,
+    ReIDDataset,
+)
+from hrnet_pyg.data.cuhk03 import CUHK03
+from hrnet_pyg.data.custom import CustomCSV, ImageFolderReID
+from hrnet_pyg.data.dukemtmc import DukeMTMCreID
+from hrnet_pyg.data.market1501 import Market1501
+from hrnet_pyg.data.msmt17 import MSMT17
+from hrnet_pyg.data.synthetic import SyntheticReID
+
+DATASETS: dict[str, Callable[..., ReIDDataset]] = {
+    "market1501": Market1501,
+    "dukemtmcreid": DukeMTMCreID,
+    "cuhk03": CUHK03,
+    "msmt17": MSMT17,
+    "synthetic": SyntheticReID,
+    "custom": CustomCSV,
+    "folder": ImageFolderReID,
+}
+
+
+#: Names other libraries use -> (the name here, the options the name implies). Keys are spelled
+#: as :func:`build_dataset` compares them (lower case, without ``-`` and ``_``); ALIAS_NAMES
+#: keeps the spellings people type.
+DATASET_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "dukemtmc": ("dukemtmcreid", {}),  # fast-reid's DukeMTMC
+    "msmt17v1": ("msmt17", {"version": "MSMT17_V1"}),
+    "msmt17v2": ("msmt17", {"version": "MSMT17_V2"}),  # torchreid's MSMT17_V2 folder
+    "cuhk03detected": ("cuhk03", {"cuhk03_labeled": False}),
+    "cuhk03labeled": ("cuhk03", {"cuhk03_labeled": True}),  # torchreid's cuhk03_labeled=True
+}
+ALIAS_NAMES = ("DukeMTMC", "msmt17_v1", "msmt17_v2", "cuhk03_detected", "cuhk03_labeled")
+
+
+def build_dataset(name: str, root: PathLike, **kwargs: Any) -> ReIDDataset:
+    """Build a dataset by name.
+
+    Args:
+        name: one of ``market1501``, ``dukemtmcreid``, ``cuhk03``, ``msmt17``, ``synthetic``,
+            ``custom``, ``folder``, or an alias of :data:`DATASET_ALIASES` as torchreid and
+            fast-reid spell them (``DukeMTMC``, ``msmt17_v2``, ``cuhk03_labeled``, ...);
+            case-insensitive, ``-``/``_`` ignored.
+        root: the data root (see ``docs/datasets.md`` for each layout).
+        **kwargs: dataset options, e.g. ``verify=True`` (decode all images once),
+            ``cuhk03_labeled``, ``combine_val`` (msmt17), the generator's parameters (synthetic),
+            ``train``/``query``/``gallery`` CSV paths (custom).
+    """
+    key = name.lower().replace("-", "").replace("_", "")
+    if key in DATASET_ALIASES:
+        key, implied = DATASET_ALIASES[key]
+        for option, value in implied.items():
+            if option in kwargs and kwargs[option] != value:
+                raise ValueError(
+                    f"dataset name {name!r} means {option}={value!r}, but {option}={kwargs[option]!r} "
+                    f"was given; use the name {key!r} with the option instead"
+                )
+        kwargs = {**kwargs, **implied}
+    if key not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} "
+            f"(aliases: {', '.join(ALIAS_NAMES)})"
+        )
+    return DATASETS[key](root, **kwargs)
+
+
+def dataset_statistics(name: str, root: PathLike, **kwargs: Any) -> str:
+    """The summary table of a dataset plus images-per-identity figures, as one string."""
+    ds = build_dataset(name, root, **kwargs)
+    lines = [ds.summary()]
+    for split in ("train", "query", "gallery"):
+        counts = np.array(list(Counter(r.pid for r in ds.split(split)).values()))
+        if counts.size:
+            lines.append(
+                f"  {split:<8} images per id: min {counts.min()}, median "
+                f"{float(np.median(counts)):g}, max {counts.max()}"
+            )
+    distractors = sum(1 for r in ds.gallery if r.pid == 0)
+    if distractors and ds.name in ("market1501", "synthetic"):
+        lines.append(f"  gallery distractors (pid 0): {distractors}")
+    return "\n".join(lines)
+
+
+__all__ = ["ALIAS_NAMES", "DATASETS", "DATASET_ALIASES", "build_dataset", "dataset_statistics"]

@@ -1,0 +1,55 @@
+"""The checkpoint format of a whole HRNet: its config, class count and weights.
+
+The file I/O (atomic writes, ``weights_only`` loading, format version) is
+:mod:`hrnet_pyg.runtime`'s; this module decides what a model checkpoint holds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hrnet_pyg.config import HRNetConfig
+from hrnet_pyg.model import HRNet
+from hrnet_pyg.runtime import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KIND, atomic_save, load_checkpoint, unwrap_model
+
+
+def model_payload(model: nn.Module) -> dict[str, Any]:
+    """What every checkpoint holds of the model: kind, format version, config, class count, weights
+    (on the CPU); ``fit`` adds its training state to it."""
+    inner = unwrap_model(model)
+    return {
+        "kind": CHECKPOINT_KIND,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "config": inner.config.to_dict(),
+        "num_classes": inner.num_classes,
+        "model": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+    }
+
+
+def save_model(model: nn.Module, path: str | Path) -> None:
+    """Write the whole HRNet (config, graph modules included) atomically."""
+    atomic_save(model_payload(model), path)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], cls: type[HRNet] = HRNet) -> HRNet:
+    """A ``cls`` (an :class:`~hrnet_pyg.model.HRNet` or subclass) built from a loaded checkpoint."""
+    values = dict(ckpt["config"])
+    values["pretrained"] = False  # the checkpoint carries the weights: never download
+    model = cls(HRNetConfig.from_dict(values), num_classes=int(ckpt["num_classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", cls: type[HRNet] = HRNet) -> HRNet:
+    """The HRNet saved by :func:`save_model` or by :func:`~hrnet_pyg.engine.fit`'s checkpoints.
+
+    ``cls``: the class to build (default: :class:`hrnet_pyg.model.HRNet`); :meth:`hrnet_pyg.HRNet.load`
+    passes its own class, so that the model it returns has the ``fit``/``evaluate`` methods.
+    """
+    return model_from_checkpoint(load_checkpoint(path, map_location=map_location), cls)
+
+
+__all__ = ["load_model", "model_from_checkpoint", "save_model"]

@@ -1,0 +1,194 @@
+"""The package's dependencies point one way: runtime <- layers <- model <- {rerank, engine} <- commands.
+
+The import graph is read from the source with ``ast`` (module-level and function-level imports,
+absolute and relative), so the tests see imports that a plain ``import hrnet_pyg`` never runs.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "hrnet_pyg"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+# Modules that model the paper and must stay usable without the training/evaluation engine.
+MODELING = ("layers", "graphs", "model", "losses", "backbone")
+# What layers.py may import of the package: leaf helpers and graph construction.
+LAYERS_MAY_IMPORT = {f"{PACKAGE}.runtime", f"{PACKAGE}.graphs"}
+
+
+def _module_names(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
+    names = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join([package, *parts])] = path
+    return names
+
+
+def _lazy_table(path: Path) -> dict[str, str]:
+    """The root package's ``_LAZY`` map (attribute -> module imported on first access)."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def import_graph(root: Path = ROOT, package: str = PACKAGE) -> dict[str, set[str]]:
+    """``{module: {package modules it imports}}`` for every module under ``root``.
+
+    ``import a.b`` and ``from a.b import c`` are edges to ``a.b`` (or to ``a.b.c`` when ``c`` is a
+    submodule); ``from a import b`` with ``b`` a submodule is an edge to ``a.b``. Names of the root
+    package's lazy table count as an edge to the module that serves them, since reading one
+    imports it. A package's ``__init__`` is a node of its own, with an edge per re-export; the
+    implicit import of parent packages is not an edge (their own imports are edges of theirs).
+    """
+    modules = _module_names(root, package)
+    lazy = _lazy_table(modules[package])
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        here = name if is_package else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module or ""
+                for alias in node.names:
+                    if f"{source}.{alias.name}" in modules:
+                        targets.append(f"{source}.{alias.name}")
+                    elif source == package and alias.name in lazy:
+                        targets.append(lazy[alias.name])
+                    else:
+                        targets.append(source)
+            for target in targets:
+                if target == package or target.startswith(package + "."):
+                    dep = known(target)
+                    if dep is not None and dep != name:
+                        graph[name].add(dep)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or ``None``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph.get(todo.pop(), ()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+# ---------------------------------------------------------------------------- the walker itself
+def _write_package(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = tmp_path / "pkg"
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_walker_reads_every_import_form(tmp_path):
+    root = _write_package(tmp_path, {
+        "__init__.py": "_LAZY = {'Thing': 'pkg.lazy'}\n",
+        "lazy.py": "",
+        "a.py": "import pkg.b\n",
+        "b.py": "def f():\n    from pkg import c\n",  # function level, submodule by name
+        "c.py": "from .sub.d import x\n",  # relative
+        "sub/__init__.py": "from . import d\n",  # a package's re-export
+        "sub/d.py": "from ..a import y\nfrom pkg import Thing\nimport os\n",
+    })
+    graph = import_graph(root, "pkg")
+    assert graph["pkg.a"] == {"pkg.b"}
+    assert graph["pkg.b"] == {"pkg.c"}
+    assert graph["pkg.c"] == {"pkg.sub.d"}
+    assert graph["pkg.sub"] == {"pkg.sub.d"}
+    assert graph["pkg.sub.d"] == {"pkg.a", "pkg.lazy"}
+    cycle = find_cycle(graph)
+    assert cycle is not None and cycle[0] == cycle[-1]
+    assert set(cycle) == {"pkg.a", "pkg.b", "pkg.c", "pkg.sub.d"}
+
+
+def test_walker_finds_no_cycle_in_a_one_way_package(tmp_path):
+    root = _write_package(tmp_path, {
+        "__init__.py": "from pkg import __version__\n",
+        "low.py": "",
+        "mid.py": "from pkg.low import x\n",
+        "top.py": "from pkg import mid\nfrom pkg.low import y\n",
+    })
+    graph = import_graph(root, "pkg")
+    assert graph["pkg.top"] == {"pkg.mid", "pkg.low"}
+    assert find_cycle(graph) is None
+
+
+# ---------------------------------------------------------------------------- the package
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_layers_import_only_the_leaf_helpers_and_graphs():
+    extra = import_graph()[f"{PACKAGE}.layers"] - LAYERS_MAY_IMPORT
+    assert not extra, f"layers.py imports {sorted(extra)}; it may only import {sorted(LAYERS_MAY_IMPORT)}"
+
+
+@pytest.mark.parametrize("module", MODELING)
+def test_modeling_never_reaches_the_engine(module):
+    graph = import_graph()
+    bad = {m for m in reachable(graph, f"{PACKAGE}.{module}") if m == f"{PACKAGE}.engine"
+           or m.startswith(f"{PACKAGE}.engine.") or m in (f"{PACKAGE}.api", f"{PACKAGE}.rerank")}
+    assert not bad, f"{module}.py imports (directly or through others) {sorted(bad)}"
+
+
+def test_runtime_is_a_leaf():
+    deps = import_graph()[f"{PACKAGE}.runtime"]
+    assert deps <= {f"{PACKAGE}.config"}, f"runtime.py imports {sorted(deps)}"
+
+
+def test_the_package_root_stays_lazy():
+    """``hrnet_pyg/__init__`` imports no module of its own: every module may read ``__version__``
+    from it without pulling in the rest, and its names resolve on first access."""
+    deps = import_graph()[PACKAGE]
+    assert not deps, f"hrnet_pyg/__init__.py imports {sorted(deps)} when it is imported"
