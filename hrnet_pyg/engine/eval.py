@@ -120,6 +120,7 @@ def evaluate_features(
         dist = relational_rerank(
             inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress and on_terminal()
         )
+        assert isinstance(dist, Tensor)  # without return_scores: the distance matrix alone
         hr = evaluate_rank(dist, *args)
     kr = None
     if k_reciprocal:

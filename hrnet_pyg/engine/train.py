@@ -114,7 +114,8 @@ class _StepProgress:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the legacy form: (name, keys, pos, has_gauss, cached)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -462,6 +463,7 @@ def fit(
                     global_step=global_step,
                     best=best,
                 )
+                assert last is not None  # out_dir is set
                 result.checkpoint = last
                 atomic_save(payload, last)
                 # after the checkpoint: the CSV never holds an epoch that a resume would train again
