@@ -62,15 +62,15 @@ def _edge_pairs(adj: Adj) -> Tensor:
 def _check_adj(adj: object, num_src: int, num_dst: int, where: str, name: str, values: bool) -> None:
     """Type, shape and (with ``values``, one host sync) index-range checks of an ``Adj`` argument."""
     if _is_sparse(adj):
-        shape = tuple(adj.size())[:2]  # type: ignore[union-attr]
+        shape = tuple(adj.size())[:2]  # type: ignore[attr-defined]
         if shape != (num_dst, num_src):
             raise ValueError(f"{where}: {name} is a sparse adjacency of shape {shape}; PyG's convention is "
                              f"the transposed one, (targets, sources) = ({num_dst}, {num_src})")
         return
     if not isinstance(adj, Tensor) or adj.dim() != 2 or adj.size(0) != 2:
-        shape = tuple(adj.shape) if isinstance(adj, Tensor) else type(adj).__name__
+        got = tuple(adj.shape) if isinstance(adj, Tensor) else type(adj).__name__
         raise ValueError(f"{where}: {name} must be an integer tensor of shape (2, E), an EdgeIndex, a "
-                         f"SparseTensor or a torch.sparse adjacency, got {shape}")
+                         f"SparseTensor or a torch.sparse adjacency, got {got}")
     if adj.dtype not in (torch.long, torch.int32):
         raise ValueError(f"{where}: {name} must have dtype torch.long or torch.int32, got {adj.dtype}")
     if values and adj.numel() > 0:
@@ -163,7 +163,7 @@ def all_node_logsumexp(
         return s_dst.new_empty(0)
     if batch is not None and batch_src is None:
         batch_src = batch
-    if batch is not None and torch.compiler.is_compiling():
+    if batch is not None and batch_src is not None and torch.compiler.is_compiling():
         return _masked_logsumexp(s_dst, s_src, batch, batch_src, negative_slope, budget)[0]
     if batch is None:
         src = s_src.unsqueeze(0)  # (1, N): every target sees every node
@@ -287,8 +287,9 @@ class IndividualRelationConv(MessagePassing):
     **Cost of the all-node denominator.** ``"all"`` and ``"size"`` evaluate the logit of every
     (target, node) pair of a graph: :math:`O(N^2)` scalars per graph of :math:`N` nodes (chunked, so
     memory stays bounded; see :func:`all_node_logsumexp`), against :math:`O(|\mathcal{E}|)` for
-    ``"neighbors"``. For HRNet's batches (:math:`N` = 64) this is nothing; on one graph of
-    :math:`N` = 20k nodes and :math:`|\mathcal{E}|` = 1e5 edges it took 11.9 s against 4 ms.
+    ``"neighbors"``. For HRNet's graphs (:math:`N` = 66 in training, 121 at test) this is nothing;
+    on one graph of :math:`N` = 20k nodes it is dozens of times slower than ``"neighbors"``
+    (``benchmarks/bench_ir_denominator.py``, ``docs/performance.md``).
 
     **Mini-batches.** "All nodes of the graph" needs to know the graph: pass ``batch`` (as for
     pooling) when ``x`` holds several graphs, e.g. a PyG ``DataLoader`` batch; without it the
@@ -439,7 +440,7 @@ class IndividualRelationConv(MessagePassing):
                     sizes = torch.bincount(batch_src, minlength=int(batch_dst.max()) + 1)[batch_dst]
                 else:
                     sizes = lse
-                lse = lse + math.log(self.ref_nodes) - sizes.to(lse.dtype).log()
+                lse = lse + math.log(self.ref_nodes or 1) - sizes.to(lse.dtype).log()
         alpha = self.edge_updater(edge_index, s=(s_src, s_dst), lse=lse, size=(num_src, num_dst))
 
         h = self.lin(x_src)  # (N_src, d'): X W_s
@@ -465,7 +466,8 @@ class IndividualRelationConv(MessagePassing):
         if bipartite:
             if isinstance(batch, Tensor) or len(batch) != 2:
                 raise ValueError(f"{where}: with bipartite x, batch must be a pair (batch_src, batch_dst)")
-            pairs = ((batch[0], num_src, "batch_src"), (batch[1], num_dst, "batch_dst"))
+            pairs: tuple[tuple[Tensor, int, str], ...] = ((batch[0], num_src, "batch_src"),
+                                                          (batch[1], num_dst, "batch_dst"))
         else:
             if not isinstance(batch, Tensor):
                 raise ValueError(f"{where}: batch must be a tensor (one graph id per node), got "
@@ -906,7 +908,7 @@ class PairwiseRelationConv(MessagePassing):
         - \mathbf{f}_i^\top \mathbf{a}`)."""
         _check_features(f, self.channels, f"{type(self).__name__}.image_dots", "f",
                         dims=range(1, 8))
-        att = [self.att_p_dst, self.att_p_src]
+        att: list[Tensor] = [self.att_p_dst, self.att_p_src]
         if self.igp:
             att += [self.att_l_pair, self.att_r_pair]
         return f @ torch.stack(att, dim=1)

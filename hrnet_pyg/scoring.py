@@ -188,7 +188,8 @@ def pairwise_query_graph(conv: PairwiseRelationConv, f: Tensor, *, f_lin: Tensor
     """
     b, m, d = f.shape
     igp = conv.igp
-    terms = {"f_lin": (f_lin, (b, m, d)), "f_dots": (f_dots, (b, m, 4 if igp else 2))}
+    terms: dict[str, tuple[Tensor | None, tuple[int, ...]]] = {"f_lin": (f_lin, (b, m, d)),
+                                                              "f_dots": (f_dots, (b, m, 4 if igp else 2))}
     if igp:
         terms.update(v_lin_l=(v_lin_l, (b, 1, d)), v_lin_r=(v_lin_r, (b, m, d)), v_dots=(v_dots, (b, m, 2)))
     for name, (t, shape) in terms.items():
