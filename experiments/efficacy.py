@@ -192,8 +192,8 @@ def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, d
     only the defaults' models need."""
     from hrnet_pyg.evaluation import cosine_distance
     from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
-    from hrnet_pyg.model import fuse_scores
     from hrnet_pyg.rerank import relational_rerank
+    from hrnet_pyg.scoring import fuse_scores, graph_score_terms, image_terms
 
     cfg = model.config
     qb, gb = model.retrieval_features(q[0]), model.retrieval_features(g[0])
@@ -205,14 +205,14 @@ def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, d
     out["relational"] = _rank(relational_rerank(model, q[0], g[0], top_k=cfg.top_k_rerank,
                                                 device="cpu", progress=False), q, g)
     # each module's term alone, and every fusion, on the same shortlists
-    terms = model.image_terms(torch.cat([q[0], g[0]]).float())
+    terms = image_terms(model, torch.cat([q[0], g[0]]).float())
     num_q = q[0].size(0)
     cos = terms.retrieval[:num_q] @ terms.retrieval[num_q:].T
     top = cos.topk(min(cfg.top_k_rerank, cos.size(1)), dim=1).indices
     index = torch.cat([torch.arange(num_q).unsqueeze(1), top + num_q], dim=1)
     parts: dict[str, list[torch.Tensor]] = {}
     for s in range(0, num_q, 64):
-        for name, value in model.graph_score_terms(terms, index[s:s + 64]).items():
+        for name, value in graph_score_terms(model, terms, index[s:s + 64]).items():
             parts.setdefault(name, []).append(value)
     joined = {name: torch.cat(v) for name, v in parts.items()}
 
@@ -259,16 +259,17 @@ def pr_diagnostics(model, q: tuple, g: tuple, num_graphs: int = 200) -> dict[str
 
     Each value is stored under ``"mAP"`` (``"rank1"`` NaN) so that the records keep one shape.
     """
+    from hrnet_pyg.scoring import image_terms, individual_adjacency, individual_dense
+
     cfg = model.config
-    terms = model.image_terms(torch.cat([q[0], g[0]]).float())
+    terms = image_terms(model, torch.cat([q[0], g[0]]).float())
     num_q = min(num_graphs, q[0].size(0))
     cos = terms.retrieval[:num_q] @ terms.retrieval[q[0].size(0):].T
     top = cos.topk(min(cfg.top_k_rerank, cos.size(1)), dim=1).indices
     f = torch.cat([q[0][:num_q].unsqueeze(1).float(), g[0][top].float()], dim=1)  # (B, M, d)
     v = f
     if model.ir is not None:
-        adj = model.individual_adjacency(f)
-        v = model.ir.forward_dense(f, adj)
+        v = individual_dense(model.ir, f, individual_adjacency(model, f))
     rows = torch.zeros(1, dtype=torch.long)
     u_prime, att, _ = model.pr.forward_dense(f, v if cfg.use_igp else None, rows=rows, return_attention=True)
     u = f[:, :1] - f  # (B, M, d): u_{q,i}
@@ -298,14 +299,16 @@ def pr_diagnostics(model, q: tuple, g: tuple, num_graphs: int = 200) -> dict[str
 
 def _rerank_after(model, qf: torch.Tensor, gf: torch.Tensor, base: torch.Tensor, top_k: int) -> torch.Tensor:
     """Relational re-ranking of the shortlist that another distance (k-reciprocal) gives."""
-    terms = model.image_terms(torch.cat([qf, gf]).float())
+    from hrnet_pyg.scoring import graph_scores, image_terms
+
+    terms = image_terms(model, torch.cat([qf, gf]).float())
     num_q = qf.size(0)
     base = torch.as_tensor(base).float()
     top = (-base).topk(min(top_k, base.size(1)), dim=1).indices
     index = torch.cat([torch.arange(num_q).unsqueeze(1), top + num_q], dim=1)
     dist = base - base.min() + 1.0  # every item >= 1, keeps the base order outside the shortlist
     for s in range(0, num_q, 64):
-        score = model.graph_scores(terms, index[s:s + 64])
+        score = graph_scores(model, terms, index[s:s + 64])
         dist[s:s + 64].scatter_(1, top[s:s + 64], score.amin(dim=1, keepdim=True) - score)
     return dist
 

@@ -6,11 +6,16 @@
 * :class:`VerificationHead` -- the same-identity probability :math:`\\hat{t}(n, i)` of Eq. 13.
 
 Only torch and torch_geometric are imported: nothing here is re-ID specific, so the layers can be
-used in any PyG model.
+used in any PyG model. Both convs take what PyG convs take (``Adj``: an integer ``edge_index``, an
+``EdgeIndex``, a ``SparseTensor`` or a ``torch.sparse`` adjacency; ``(x_src, x_dst)``; ``size``) and
+compile with ``torch.compile(fullgraph=True)`` (the value checks that need a host sync are skipped
+while compiling, or with ``validate=False``). Test-time re-ranking's per-image fast path lives with
+its caller (:mod:`hrnet_pyg.scoring`) and uses the layers' parameters.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +25,9 @@ from torch.nn import BatchNorm1d, Parameter
 from torch_geometric.data import HeteroData
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
-from torch_geometric.utils import softmax
+from torch_geometric.typing import Adj, PairTensor, Size, SparseTensor
+from torch_geometric.utils import is_torch_sparse_tensor, softmax, to_edge_index
+from torch_geometric.utils.sparse import set_sparse_value
 
 from hrnet_pyg.runtime import check_features as _check_features
 
@@ -36,20 +43,84 @@ def _reset_att(att: Tensor) -> None:
         att.uniform_(-bound, bound)
 
 
-def _check_edge_index(edge_index: Tensor, num_src: int, num_dst: int, where: str, name: str) -> None:
-    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
-        shape = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index).__name__
-        raise ValueError(f"{where}: {name} must be a LongTensor of shape (2, E), got {shape}")
-    if edge_index.dtype != torch.long:
-        raise ValueError(f"{where}: {name} must have dtype torch.long, got {edge_index.dtype}")
-    if edge_index.numel() > 0:
-        if int(edge_index.min()) < 0:
+def _checking(validate: bool) -> bool:
+    """Whether the value checks run: they need host syncs, which ``torch.compile`` cannot trace."""
+    return validate and not torch.compiler.is_compiling()
+
+
+def _is_sparse(adj: object) -> bool:
+    return isinstance(adj, SparseTensor) or is_torch_sparse_tensor(adj)
+
+
+def _edge_pairs(adj: Adj) -> Tensor:
+    """(2, E) int64 ``(source, target)`` rows of any ``Adj``, in the order PyG's ``propagate`` visits
+    the edges (so per-edge values line up with the attention weights a layer returns)."""
+    if _is_sparse(adj):
+        index, _ = to_edge_index(adj)  # of the transposed adjacency: row = target, col = source
+        return index.flip(0)
+    return adj if adj.dtype == torch.long else adj.long()
+
+
+def _check_adj(adj: object, num_src: int, num_dst: int, where: str, name: str, values: bool) -> None:
+    """Type, shape and (with ``values``, one host sync) index-range checks of an ``Adj`` argument."""
+    if _is_sparse(adj):
+        shape = tuple(adj.size())[:2]  # type: ignore[attr-defined]
+        if shape != (num_dst, num_src):
+            raise ValueError(f"{where}: {name} is a sparse adjacency of shape {shape}; PyG's convention is "
+                             f"the transposed one, (targets, sources) = ({num_dst}, {num_src})")
+        return
+    if not isinstance(adj, Tensor) or adj.dim() != 2 or adj.size(0) != 2:
+        got = tuple(adj.shape) if isinstance(adj, Tensor) else type(adj).__name__
+        raise ValueError(f"{where}: {name} must be an integer tensor of shape (2, E), an EdgeIndex, a "
+                         f"SparseTensor or a torch.sparse adjacency, got {got}")
+    if adj.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"{where}: {name} must have dtype torch.long or torch.int32, got {adj.dtype}")
+    if values and adj.numel() > 0:
+        if int(adj.min()) < 0:
             raise ValueError(f"{where}: {name} holds negative node indices")
-        if int(edge_index[0].max()) >= num_src or int(edge_index[1].max()) >= num_dst:
+        if int(adj[0].max()) >= num_src or int(adj[1].max()) >= num_dst:
             raise ValueError(
-                f"{where}: {name} refers to node {int(edge_index.max())} but there are only "
+                f"{where}: {name} refers to node {int(adj.max())} but there are only "
                 f"{num_src} source / {num_dst} target nodes"
             )
+
+
+def _split_pair(x: Tensor | PairTensor, where: str, name: str) -> tuple[Tensor, Tensor, bool]:
+    """``x`` or ``(x_src, x_dst)`` -> (x_src, x_dst, bipartite)."""
+    if isinstance(x, Tensor):
+        return x, x, False
+    if not isinstance(x, (tuple, list)) or len(x) != 2 or x[1] is None:
+        raise ValueError(f"{where}: {name} must be a tensor or a pair (x_src, x_dst) of tensors; x_dst is "
+                         f"required (the attention logits and the residual of the targets need it)")
+    return x[0], x[1], True
+
+
+def _check_size(size: Size, num_src: int, num_dst: int, where: str) -> None:
+    if size is not None and (len(size) != 2 or (int(size[0]), int(size[1])) != (num_src, num_dst)):
+        raise ValueError(f"{where}: size={tuple(size)} does not match the node features: "
+                         f"({num_src}, {num_dst}) source / target nodes")
+
+
+def _with_weights(edge_index: Adj, alpha: Tensor):
+    """``edge_index`` carrying the attention weights, as GATConv returns them."""
+    if isinstance(edge_index, SparseTensor):
+        return edge_index.set_value(alpha, layout="coo")
+    if is_torch_sparse_tensor(edge_index):
+        return set_sparse_value(edge_index, alpha), alpha
+    return edge_index, alpha
+
+
+def _blocks_of_consecutive_nodes(edge_index: Adj, num_nodes: int) -> bool:
+    """Whether the graph falls apart at some cut ``c`` into nodes ``[0, c)`` and ``[c, N)`` with no edge
+    across: the layout of a PyG ``DataLoader`` batch of several graphs. O(N + E), one host sync."""
+    pairs = _edge_pairs(edge_index)
+    if num_nodes < 2 or pairs.numel() == 0:
+        return False
+    lo, hi = pairs.min(0).values, pairs.max(0).values  # an edge crosses the cuts lo < c <= hi
+    ones = torch.ones_like(lo)
+    cover = torch.zeros(num_nodes + 1, dtype=torch.long, device=lo.device)
+    cover = cover.index_add_(0, lo + 1, ones).index_add_(0, hi + 1, -ones).cumsum(0)
+    return bool((cover[1:num_nodes] == 0).any())
 
 
 def all_node_logsumexp(
@@ -58,39 +129,53 @@ def all_node_logsumexp(
     batch: Tensor | None = None,
     negative_slope: float = 0.2,
     budget: int = _LSE_BUDGET,
+    *,
+    batch_src: Tensor | None = None,
 ) -> Tensor:
     r"""Per-target log of the Eq. 2 denominator, :math:`\log \sum_{n} \exp \mu(s^{dst}_i + s^{src}_n)`,
-    the sum running over **all** nodes :math:`n` of :math:`i`'s graph (not only its neighbours).
+    the sum running over **all** (source) nodes :math:`n` of :math:`i`'s graph (not only its neighbours).
 
     Evaluated in chunks of targets against the (padded) node set of their graph, so at most
     ``budget`` scalars are alive at once and no :math:`N^2 \times d` tensor ever exists: the logits
-    only need the two per-node scores.
+    only need the two per-node scores. The work is still :math:`O(N \cdot N_{graph})` scalars: all
+    :math:`N^2` pairs of a single graph (at :math:`N` = 20k, against :math:`O(|\mathcal{E}|)` for a
+    softmax over the neighbours).
 
     Args:
-        s_dst (torch.Tensor): :math:`(N,)` target scores :math:`v_i^\top H[:d]`.
-        s_src (torch.Tensor): :math:`(N,)` source scores :math:`v_n^\top H[d:]`.
-        batch (torch.Tensor, optional): Graph id per node (need not be sorted). (default: one graph)
+        s_dst (torch.Tensor): :math:`(N_{dst},)` target scores :math:`v_i^\top H[:d]`.
+        s_src (torch.Tensor): :math:`(N_{src},)` source scores :math:`v_n^\top H[d:]`.
+        batch (torch.Tensor, optional): Graph id per target (need not be sorted). (default: one graph)
         negative_slope (float): LeakyReLU slope of :math:`\mu`. (default: :obj:`0.2`)
         budget (int): Scalars per chunk. (default: :obj:`2**22`)
+        batch_src (torch.Tensor, optional): Graph id per source node, for bipartite graphs.
+            (default: ``batch``)
 
     Returns:
-        torch.Tensor: :math:`(N,)`.
+        torch.Tensor: :math:`(N_{dst},)`.
     """
     num_nodes = s_dst.numel()
     if num_nodes == 0:
         return s_dst.new_empty(0)
+    if batch is not None and batch_src is None:
+        batch_src = batch
+    if batch is not None and batch_src is not None and torch.compiler.is_compiling():
+        return _masked_logsumexp(s_dst, s_src, batch, batch_src, negative_slope, budget)[0]
     if batch is None:
         src = s_src.unsqueeze(0)  # (1, N): every target sees every node
         graph = torch.zeros(num_nodes, dtype=torch.long, device=s_dst.device)
     else:
+        assert batch_src is not None
         # (B, nmax) per-graph source scores, padded with -inf (exp(-inf) = 0 in the sum).
-        counts = torch.bincount(batch)
-        perm = torch.argsort(batch, stable=True)
+        num_graphs = int(batch.max()) + 1
+        if batch_src is not batch and batch_src.numel() > 0:
+            num_graphs = max(num_graphs, int(batch_src.max()) + 1)
+        counts = torch.bincount(batch_src, minlength=num_graphs)
+        perm = torch.argsort(batch_src, stable=True)
         ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        slot = torch.empty_like(batch)
-        slot[perm] = torch.arange(num_nodes, device=batch.device) - ptr[batch[perm]]
-        src = s_src.new_full((counts.numel(), int(counts.max())), float("-inf"))
-        src = src.index_put((batch, slot), s_src)
+        slot = torch.empty_like(batch_src)
+        slot[perm] = torch.arange(batch_src.numel(), device=batch_src.device) - ptr[batch_src[perm]]
+        src = s_src.new_full((num_graphs, max(1, int(counts.max()))), float("-inf"))
+        src = src.index_put((batch_src, slot), s_src)
         graph = batch
     chunk = max(1, budget // src.size(1))
     out = []
@@ -99,6 +184,24 @@ def all_node_logsumexp(
         z = F.leaky_relu(s_dst[c0:c1].unsqueeze(1) + src[graph[c0:c1]], negative_slope)
         out.append(torch.logsumexp(z, dim=1))
     return torch.cat(out)
+
+
+def _masked_logsumexp(s_dst: Tensor, s_src: Tensor, batch: Tensor, batch_src: Tensor, negative_slope: float,
+                      budget: int = _LSE_BUDGET) -> tuple[Tensor, Tensor]:
+    """:func:`all_node_logsumexp` with ``batch`` against all sources, others masked, and the number of
+    sources in each target's graph. No graph size is read on the host (``torch.compile`` traces it),
+    at the price of O(N_dst N_src) scalars instead of O(N_dst N_graph)."""
+    chunk = max(1, budget // max(1, s_src.numel()))
+    lse, sizes = [], []
+    for c0 in range(0, s_dst.numel(), chunk):
+        c1 = min(s_dst.numel(), c0 + chunk)
+        same = batch[c0:c1].unsqueeze(1) == batch_src.unsqueeze(0)
+        z = F.leaky_relu(s_dst[c0:c1].unsqueeze(1) + s_src.unsqueeze(0), negative_slope)
+        lse.append(torch.logsumexp(z.masked_fill(~same, float("-inf")), dim=1))
+        sizes.append(same.sum(1))
+    if not lse:
+        return s_dst.new_empty(0), batch.new_empty(0)
+    return torch.cat(lse), torch.cat(sizes)
 
 
 class _InterGraphTerm(torch.autograd.Function):
@@ -137,6 +240,16 @@ class _InterGraphTerm(torch.autograd.Function):
         return tuple(out)
 
 
+
+
+def _inter_graph_term(pre: Tensor, ql: Tensor, wl: Tensor, qr: Tensor, wr: Tensor) -> Tensor:
+    """:class:`_InterGraphTerm` in eager mode; under ``torch.compile`` the plain broadcast sum, which
+    the compiler traces (it cannot trace a Function that marks its input dirty) and fuses."""
+    if torch.compiler.is_compiling():
+        return pre + ql.unsqueeze(-1) * wl.unsqueeze(-2) + qr.unsqueeze(-1) * wr.unsqueeze(-3)
+    return _InterGraphTerm.apply(pre, ql, wl, qr, wr)
+
+
 class IndividualRelationConv(MessagePassing):
     r"""The individual relationship layer of the "Hybrid Relationship Network for Person
     Re-identification" paper (Xu et al., AAAI 2021; Eq. 2-3).
@@ -166,6 +279,26 @@ class IndividualRelationConv(MessagePassing):
     products. Attention is computed on the layer's input, as Eq. 2 states (GAT uses
     :math:`\mathbf{x}\mathbf{W}`).
 
+    **Cost of the all-node denominator.** ``"all"`` and ``"size"`` evaluate the logit of every
+    (target, node) pair of a graph: :math:`O(N^2)` scalars per graph of :math:`N` nodes (chunked, so
+    memory stays bounded; see :func:`all_node_logsumexp`), against :math:`O(|\mathcal{E}|)` for
+    ``"neighbors"``. For HRNet's graphs (:math:`N` = 66 in training, 121 at test) this is nothing;
+    on one graph of :math:`N` = 20k nodes it is dozens of times slower than ``"neighbors"``
+    (``benchmarks/bench_ir_denominator.py``, ``docs/performance.md``).
+
+    **Mini-batches.** "All nodes of the graph" needs to know the graph: pass ``batch`` (as for
+    pooling) when ``x`` holds several graphs, e.g. a PyG ``DataLoader`` batch; without it the
+    denominator spans every node of ``x``. The layer warns once (eager mode, ``validate=True``) when
+    ``batch`` is missing but ``edge_index`` falls apart into blocks of consecutive nodes, the
+    layout of such a batch; pass ``batch=torch.zeros(N, dtype=torch.long)`` for a single graph that
+    happens to be disconnected. ``"neighbors"`` does not depend on ``batch``.
+
+    **Bipartite input** ``(x_src, x_dst)``: messages :math:`\mathbf{x}_j \mathbf{W}_s` come from
+    the sources, the logit uses :math:`\mathbf{x}_i` of the target, the identity adds
+    :math:`\mathbf{x}_i \mathbf{W}_s` of the target (so both sets have :math:`d` channels) and the
+    all-node denominator runs over the source nodes of the target's graph (``batch`` then is
+    ``(batch_src, batch_dst)``). ``x_dst = None`` is not defined (the logit needs :math:`\mathbf{x}_i`).
+
     Self loops in ``edge_index`` are ordinary edges: node :math:`i` then receives
     :math:`(a_{i,i} + 1)\,\mathbf{x}_i \mathbf{W}_s` (attention plus the identity :math:`\mathbf{I}`).
     HRNet's kNN graph has none (see :func:`hrnet_pyg.graphs.knn_edges`).
@@ -185,14 +318,20 @@ class IndividualRelationConv(MessagePassing):
             :math:`\mathbf{x}_i \mathbf{W}_s`), which Eq. 3 uses against over-smoothing.
             (default: :obj:`True`)
         act (bool, optional): Apply :math:`\sigma = \mathrm{ReLU}`. (default: :obj:`True`)
+        validate (bool, optional): Check node indices against the node counts and look for a
+            missing ``batch`` (host syncs). Type and shape checks always run; the value checks are
+            skipped under ``torch.compile``. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
-        - **input:** node features :math:`(|\mathcal{V}|, d)`, edge indices
-          :math:`(2, |\mathcal{E}|)`, batch vector :math:`(|\mathcal{V}|)` *(optional)*
-        - **output:** node features :math:`(|\mathcal{V}|, d')`; with
+        - **input:** node features :math:`(|\mathcal{V}|, d)` or :math:`((|\mathcal{V}_s|, d),
+          (|\mathcal{V}_t|, d))`, edge indices :math:`(2, |\mathcal{E}|)` (or an ``EdgeIndex``, or a
+          sparse :math:`(|\mathcal{V}_t|, |\mathcal{V}_s|)` adjacency), batch vector
+          :math:`(|\mathcal{V}|)` or :math:`((|\mathcal{V}_s|), (|\mathcal{V}_t|))` *(optional)*
+        - **output:** node features :math:`(|\mathcal{V}_t|, d')`; with
           ``return_attention_weights=True`` also :math:`((2, |\mathcal{E}|), (|\mathcal{E}|))`
+          (a ``SparseTensor`` holding the weights for ``SparseTensor`` input)
     """
 
     def __init__(
@@ -204,6 +343,7 @@ class IndividualRelationConv(MessagePassing):
         add_identity: bool = True,
         act: bool = True,
         ref_nodes: int | None = None,
+        validate: bool = True,
         **kwargs,
     ):
         kwargs.setdefault("aggr", "add")
@@ -222,6 +362,8 @@ class IndividualRelationConv(MessagePassing):
         self.ref_nodes = ref_nodes
         self.add_identity = add_identity
         self.act = act
+        self.validate = validate
+        self._warned_batch = False  # the missing-batch warning is given once per layer
 
         self.lin = Linear(in_channels, out_channels, bias=False, weight_initializer="glorot")  # W_s
         self.att_dst = Parameter(torch.empty(in_channels))  # H_s[:d], multiplies x_i (target)
@@ -237,123 +379,101 @@ class IndividualRelationConv(MessagePassing):
 
     def forward(
         self,
-        x: Tensor,
-        edge_index: Tensor,
-        batch: Tensor | None = None,
+        x: Tensor | PairTensor,
+        edge_index: Adj,
+        batch: Tensor | PairTensor | None = None,
         return_attention_weights: bool | None = None,
-    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        size: Size = None,
+    ):
         r"""Runs the forward pass of the module.
 
         Args:
-            x (torch.Tensor): Node features :math:`(N, d)`.
-            edge_index (torch.Tensor): Edges :math:`j \rightarrow i`, shape :math:`(2, E)`.
-            batch (torch.Tensor, optional): Graph id per node; with ``normalize="all"`` the
-                denominator of Eq. 2 then runs over the nodes of :math:`i`'s own graph. Without it
-                all :math:`N` nodes count as one graph. (default: :obj:`None`)
+            x (torch.Tensor or (torch.Tensor, torch.Tensor)): Node features :math:`(N, d)`, or
+                ``(x_src, x_dst)`` of a bipartite graph.
+            edge_index (torch.Tensor or SparseTensor): Edges :math:`j \rightarrow i`: a
+                :math:`(2, E)` int64 or int32 tensor, an ``EdgeIndex``, or the transposed
+                adjacency as a ``SparseTensor`` or ``torch.sparse`` tensor (as every PyG conv).
+            batch (torch.Tensor, optional): Graph id per node (``(batch_src, batch_dst)`` for
+                bipartite input); with ``normalize="all"`` / ``"size"`` the denominator of Eq. 2
+                then runs over the nodes of :math:`i`'s own graph. Without it all :math:`N` nodes
+                count as one graph. (default: :obj:`None`)
             return_attention_weights (bool, optional): If true, also return
                 ``(edge_index, attention_weights)``. (default: :obj:`None`)
+            size ((int, int), optional): ``(num_src, num_dst)``; must match ``x``.
+                (default: :obj:`None`)
         """
         where = type(self).__name__
-        _check_features(x, self.in_channels, where, "x")
-        _check_edge_index(edge_index, x.size(0), x.size(0), where, "edge_index")
-        if batch is not None and (batch.dim() != 1 or batch.numel() != x.size(0)):
-            raise ValueError(f"{where}: batch must have one entry per node ({x.size(0)}), "
-                             f"got shape {tuple(batch.shape)}")
+        check = _checking(self.validate)
+        x_src, x_dst, bipartite = _split_pair(x, where, "x")
+        _check_features(x_src, self.in_channels, where, "x_src" if bipartite else "x")
+        if bipartite:
+            _check_features(x_dst, self.in_channels, where, "x_dst")
+        num_src, num_dst = x_src.size(0), x_dst.size(0)
+        _check_size(size, num_src, num_dst, where)
+        _check_adj(edge_index, num_src, num_dst, where, "edge_index", values=check)
+        batch_src, batch_dst = self._batches(batch, num_src, num_dst, bipartite, where)
 
-        s_dst = x @ self.att_dst  # (N,)
-        s_src = x @ self.att_src  # (N,)
+        s_dst = x_dst @ self.att_dst  # (N_dst,)
+        s_src = x_src @ self.att_src  # (N_src,)
         lse = None
         if self.normalize in ("all", "size"):
-            lse = all_node_logsumexp(s_dst, s_src, batch, self.negative_slope)
+            if batch is None and check and not bipartite and not self._warned_batch \
+                    and _blocks_of_consecutive_nodes(edge_index, num_dst):
+                self._warned_batch = True
+                warnings.warn(
+                    f"{where}: edge_index falls apart into blocks of consecutive nodes, as a PyG DataLoader "
+                    f"batch of several graphs does, but no batch vector was given: Eq. 2's all-node "
+                    f"denominator (normalize={self.normalize!r}) spans all {num_dst} nodes; pass batch= "
+                    f"(zeros for one graph) or validate=False", UserWarning, stacklevel=2)
+            lse = all_node_logsumexp(s_dst, s_src, batch_dst, self.negative_slope, batch_src=batch_src)
             if self.normalize == "size":  # log(ref_nodes * mean_n exp(.)) = lse + log(ref / N_graph)
-                sizes = (torch.bincount(batch)[batch] if batch is not None
-                         else torch.full_like(lse, x.size(0)))
-                lse = lse + math.log(self.ref_nodes) - sizes.to(lse.dtype).log()
-        alpha = self.edge_updater(edge_index, s=(s_src, s_dst), lse=lse)
+                if batch_src is None or batch_dst is None:
+                    sizes = torch.full_like(lse, num_src)
+                elif torch.compiler.is_compiling():
+                    sizes = _masked_logsumexp(s_dst, s_src, batch_dst, batch_src, self.negative_slope)[1]
+                elif lse.numel() > 0:
+                    sizes = torch.bincount(batch_src, minlength=int(batch_dst.max()) + 1)[batch_dst]
+                else:
+                    sizes = lse
+                lse = lse + math.log(self.ref_nodes or 1) - sizes.to(lse.dtype).log()
+        alpha = self.edge_updater(edge_index, s=(s_src, s_dst), lse=lse, size=(num_src, num_dst))
 
-        h = self.lin(x)  # (N, d'): X W_s
-        out = self.propagate(edge_index, x=h, alpha=alpha)
-        if self.add_identity:
-            out = out + h
+        h = self.lin(x_src)  # (N_src, d'): X W_s
+        if bipartite:
+            out = self.propagate(edge_index, x=(h, None), alpha=alpha, size=(num_src, num_dst))
+            if self.add_identity:
+                out = out + self.lin(x_dst)
+        else:
+            out = self.propagate(edge_index, x=h, alpha=alpha, size=(num_src, num_dst))
+            if self.add_identity:
+                out = out + h
         if self.act:
             out = F.relu(out)
         if return_attention_weights:
-            return out, (edge_index, alpha)
+            return out, _with_weights(edge_index, alpha)
         return out
 
-    def image_dots(self, x: Tensor) -> Tensor:
-        r"""The two per-node attention scalars of Eq. 2, :math:`(\mathbf{x}^\top \mathbf{H}_s[:d],
-        \mathbf{x}^\top \mathbf{H}_s[d:])`, stacked on the last axis: :math:`(*, 2)`.
-
-        They are linear in the node alone, so a caller scoring many graphs over the same images
-        (test-time re-ranking) computes them once per image and passes the gathered rows to
-        :meth:`forward_dense` as ``dots``.
-        """
-        _check_features(x, self.in_channels, f"{type(self).__name__}.image_dots", "x",
-                        dims=range(1, 8))
-        return x @ torch.stack([self.att_dst, self.att_src], dim=1)
-
-    def forward_dense(
-        self,
-        x: Tensor,
-        adj: Tensor,
-        *,
-        x_lin: Tensor | None = None,
-        dots: Tensor | None = None,
-    ) -> Tensor:
-        r"""The layer on a batch of small dense graphs: :math:`B` graphs of :math:`M` nodes each.
-
-        Same result as :meth:`forward` on the disjoint union of the graphs (with ``batch``), but
-        the aggregation :math:`(\mathbf{A} \circ \mathbf{C})\,\mathbf{X}\mathbf{W}_s` is one
-        batched :math:`(M, M) \times (M, d')` matmul per graph instead of a gather/scatter of
-        :math:`|\mathcal{E}| \times d'` messages, which is several times faster for
-        re-ranking graphs (:math:`M = 121`, :math:`k = 10`).
-
-        Args:
-            x (torch.Tensor): Node features :math:`(M, d)` or :math:`(B, M, d)`.
-            adj (torch.BoolTensor): :math:`(M, M)` or :math:`(B, M, M)`; ``adj[..., i, j]`` is the
-                edge :math:`j \rightarrow i` of :math:`\mathbf{C}` (a set: no multi-edges).
-            x_lin (torch.Tensor, optional): :math:`\mathbf{X}\mathbf{W}_s` precomputed,
-                :math:`(B?, M, d')`. (default: :obj:`None`, computed here)
-            dots (torch.Tensor, optional): :meth:`image_dots` of ``x`` precomputed,
-                :math:`(B?, M, 2)`. (default: :obj:`None`, computed here)
-
-        Returns:
-            torch.Tensor: :math:`(B?, M, d')`.
-        """
-        where = f"{type(self).__name__}.forward_dense"
-        _check_features(x, self.in_channels, where, "x", dims=(2, 3))
-        m = x.size(-2)
-        if (not isinstance(adj, Tensor) or adj.dtype != torch.bool
-                or adj.shape != x.shape[:-2] + (m, m)):
-            shape = tuple(adj.shape) if isinstance(adj, Tensor) else type(adj).__name__
-            raise ValueError(f"{where}: adj must be a bool tensor of shape "
-                             f"{tuple(x.shape[:-2]) + (m, m)}, got {shape}")
-        if x_lin is None:
-            x_lin = self.lin(x)
-        elif x_lin.shape != x.shape[:-1] + (self.out_channels,):
-            raise ValueError(f"{where}: x_lin must have shape "
-                             f"{tuple(x.shape[:-1]) + (self.out_channels,)}, got {tuple(x_lin.shape)}")
-        if dots is None:
-            dots = self.image_dots(x)
-        elif dots.shape != x.shape[:-1] + (2,):
-            raise ValueError(f"{where}: dots must have shape {tuple(x.shape[:-1]) + (2,)} "
-                             f"(image_dots of x), got {tuple(dots.shape)}")
-        # Eq. 2 logits mu(x_i.H_s[:d] + x_j.H_s[d:]) of every (i, j) of a graph: M^2 scalars.
-        e = F.leaky_relu(dots[..., :, None, 0] + dots[..., None, :, 1], self.negative_slope)
-        if self.normalize in ("all", "size"):  # denominator over all M nodes, then masked by C
-            lse = torch.logsumexp(e, dim=-1, keepdim=True)
-            if self.normalize == "size":  # ref_nodes * mean over the M nodes
-                lse = lse + (math.log(self.ref_nodes) - math.log(m))
-            a = torch.exp(e - lse).masked_fill_(~adj, 0.0)
-        else:  # softmax over the neighbours; a node without any gets nothing (as in forward)
-            a = torch.softmax(e.masked_fill(~adj, float("-inf")), dim=-1).masked_fill_(~adj, 0.0)
-        out = a @ x_lin  # (A o C) X W_s
-        if self.add_identity:
-            out = out.add_(x_lin)  # + I X W_s
-        if self.act:
-            out = F.relu(out, inplace=True)
-        return out
+    @staticmethod
+    def _batches(batch, num_src: int, num_dst: int, bipartite: bool, where: str):
+        """``batch`` -> (batch_src, batch_dst), each checked to have one entry per node."""
+        if batch is None:
+            return None, None
+        if bipartite:
+            if isinstance(batch, Tensor) or len(batch) != 2:
+                raise ValueError(f"{where}: with bipartite x, batch must be a pair (batch_src, batch_dst)")
+            pairs: tuple[tuple[Tensor, int, str], ...] = ((batch[0], num_src, "batch_src"),
+                                                          (batch[1], num_dst, "batch_dst"))
+        else:
+            if not isinstance(batch, Tensor):
+                raise ValueError(f"{where}: batch must be a tensor (one graph id per node), got "
+                                 f"{type(batch).__name__}")
+            pairs = ((batch, num_dst, "batch"),)
+        for b, n, name in pairs:
+            if not isinstance(b, Tensor) or b.dim() != 1 or b.numel() != n:
+                shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise ValueError(f"{where}: {name} must have one entry per node ({n}), got shape {shape}")
+        b_src, b_dst = (batch[0], batch[1]) if bipartite else (batch, batch)
+        return b_src.long(), b_dst.long()
 
     def edge_update(self, s_j: Tensor, s_i: Tensor, lse_i: Tensor | None, index: Tensor,
                     ptr: Tensor | None, dim_size: int | None) -> Tensor:
@@ -409,9 +529,15 @@ class PairwiseRelationConv(MessagePassing):
     Two execution paths give identical results:
 
     * :meth:`forward` / :meth:`forward_hetero`: message passing over any pair graph (e.g. from
-      :func:`hrnet_pyg.graphs.pair_graph`); :math:`O(N^3 d)` memory on complete graphs.
+      :func:`hrnet_pyg.graphs.pair_graph`); :math:`O(N^3 d)` memory on complete graphs. The IGP
+      inputs are ordinary arguments, so the layer works inside ``torch_geometric.nn.Sequential``
+      and, on the ``("pair", "intra", "pair")`` relation, inside ``HeteroConv`` (pass
+      ``x_image_dict``, ``left_index_dict``, ``right_index_dict`` keyed by that relation).
+      Bipartite ``(x_src, x_dst)`` pair features are accepted: messages come from the sources,
+      the logits' target half, the residual :math:`\alpha\mathbf{u}_{n,i}` and the IGP terms
+      from the targets (``x_dst = None`` is not defined: the residual needs it).
     * :meth:`forward_dense`: the factorised form for pair graphs built from differences, which never
-      materialises anything larger than the :math:`(N, N, d)` output.
+      materialises anything larger than the :math:`(N, N, d)` output (HRNet trains on it).
 
     Args:
         channels (int): Size :math:`d` of each difference node (input and output).
@@ -419,11 +545,15 @@ class PairwiseRelationConv(MessagePassing):
         beta (float, optional): Share of the intra-graph message :math:`\beta`. (default: :obj:`0.8`)
         negative_slope (float, optional): LeakyReLU slope of :math:`\mu`. (default: :obj:`0.2`)
         igp (bool, optional): Use the inter-graph propagation (Eq. 7-9). (default: :obj:`True`)
+        validate (bool, optional): Check node indices, ``rows`` and ``mask`` rows (host syncs).
+            Type and shape checks always run; the value checks are skipped under
+            ``torch.compile``. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
-        - **input** (:meth:`forward`): pair features :math:`(P, d)`, pair edges :math:`(2, E)`,
+        - **input** (:meth:`forward`): pair features :math:`(P, d)` (or :math:`((P_s, d), (P, d))`),
+          pair edges :math:`(2, E)` (or an ``EdgeIndex`` or a sparse :math:`(P, P_s)` adjacency),
           image features :math:`(M, d)`, left/right edges :math:`(2, P)` *(IGP only)*
         - **output:** :math:`(P, d)`
         - **input** (:meth:`forward_dense`): :math:`\mathbf{F}, \mathbf{V}` of :math:`(N, d)` or
@@ -439,6 +569,7 @@ class PairwiseRelationConv(MessagePassing):
         beta: float = 0.8,
         negative_slope: float = 0.2,
         igp: bool = True,
+        validate: bool = True,
         **kwargs,
     ):
         kwargs.setdefault("aggr", "add")
@@ -451,6 +582,7 @@ class PairwiseRelationConv(MessagePassing):
         self.beta = beta
         self.negative_slope = negative_slope
         self.igp = igp
+        self.validate = validate
 
         self.lin_p = Linear(channels, channels, bias=False, weight_initializer="glorot")  # W_p
         self.att_p_dst = Parameter(torch.empty(channels))  # H_p[:d], with u_{n,i} (target)
@@ -485,19 +617,23 @@ class PairwiseRelationConv(MessagePassing):
     # ----------------------------------------------------------------------------------------
     def forward(
         self,
-        x_pair: Tensor,
-        edge_index: Tensor,
+        x_pair: Tensor | PairTensor,
+        edge_index: Adj,
         x_image: Tensor | None = None,
-        left_index: Tensor | None = None,
-        right_index: Tensor | None = None,
+        left_index: Adj | None = None,
+        right_index: Adj | None = None,
         return_attention_weights: bool | None = None,
+        size: Size = None,
     ):
         r"""Message-passing forward over pair nodes.
 
         Args:
-            x_pair (torch.Tensor): Pair (difference) node features :math:`(P, d)`.
-            edge_index (torch.Tensor): Intra-graph edges :math:`u_{n,j} \rightarrow u_{n,i}`
-                :math:`(2, E)`; the softmax of Eq. 6 runs over the incoming edges of each target.
+            x_pair (torch.Tensor or (torch.Tensor, torch.Tensor)): Pair (difference) node features
+                :math:`(P, d)`, or ``(x_src, x_dst)`` of a bipartite pair graph.
+            edge_index (torch.Tensor or SparseTensor): Intra-graph edges
+                :math:`u_{n,j} \rightarrow u_{n,i}`: :math:`(2, E)` int64 / int32, an ``EdgeIndex``
+                or a transposed sparse adjacency; the softmax of Eq. 6 runs over the incoming
+                edges of each target.
             x_image (torch.Tensor, optional): Image nodes :math:`\mathbf{v}` :math:`(M, d)`
                 (required with IGP).
             left_index (torch.Tensor, optional): Edges image :math:`n` -> pair :math:`(n, i)`,
@@ -505,24 +641,34 @@ class PairwiseRelationConv(MessagePassing):
             right_index (torch.Tensor, optional): Edges image :math:`i` -> pair :math:`(n, i)`.
                 Eq. 8-9 assume exactly one left and one right edge per pair node; more are accepted,
                 the two-way softmax then runs over all inter-graph edges into the pair node.
+                Both accept the same types as ``edge_index`` (a sparse one of shape
+                :math:`(P, M)`).
             return_attention_weights (bool, optional): If true, also return
                 ``(edge_index, g)`` and, with IGP, ``(q_left, q_right)`` aligned with the columns of
-                ``left_index`` / ``right_index``.
+                ``left_index`` / ``right_index`` (their stored order for sparse ones).
+            size ((int, int), optional): ``(num_src, num_dst)`` pair nodes; must match ``x_pair``.
+                (default: :obj:`None`)
 
         Returns:
             ``u'`` :math:`(P, d)`; or ``(u', (edge_index, g))``; or
             ``(u', (edge_index, g), (q_left, q_right))`` with IGP.
         """
         where = f"{type(self).__name__}.forward"
-        _check_features(x_pair, self.channels, where, "x_pair")
-        num_pairs = x_pair.size(0)
-        _check_edge_index(edge_index, num_pairs, num_pairs, where, "edge_index")
+        check = _checking(self.validate)
+        x_src, x_dst, bipartite = _split_pair(x_pair, where, "x_pair")
+        _check_features(x_src, self.channels, where, "x_src" if bipartite else "x_pair")
+        if bipartite:
+            _check_features(x_dst, self.channels, where, "x_dst")
+        num_src, num_pairs = x_src.size(0), x_dst.size(0)
+        _check_size(size, num_src, num_pairs, where)
+        _check_adj(edge_index, num_src, num_pairs, where, "edge_index", values=check)
 
         # Eq. 6: logits from two per-node dot products, softmax over the sources of each target.
-        s_dst = x_pair @ self.att_p_dst
-        s_src = x_pair @ self.att_p_src
-        g = self.edge_updater(edge_index, s=(s_src, s_dst))
-        agg = self.propagate(edge_index, x=self.lin_p(x_pair), alpha=g)  # sum_j g u_j W_p
+        s_dst = x_dst @ self.att_p_dst
+        s_src = x_src @ self.att_p_src
+        g = self.edge_updater(edge_index, s=(s_src, s_dst), size=(num_src, num_pairs))
+        h = (self.lin_p(x_src), None) if bipartite else self.lin_p(x_pair)
+        agg = self.propagate(edge_index, x=h, alpha=g, size=(num_src, num_pairs))  # sum_j g u_j W_p
 
         q_pair = None
         if self.igp:
@@ -531,12 +677,13 @@ class PairwiseRelationConv(MessagePassing):
                                  f"are required (build them with hrnet_pyg.graphs.pair_graph)")
             _check_features(x_image, self.channels, where, "x_image")
             num_images = x_image.size(0)
-            _check_edge_index(left_index, num_images, num_pairs, where, "left_index")
-            _check_edge_index(right_index, num_images, num_pairs, where, "right_index")
+            _check_adj(left_index, num_images, num_pairs, where, "left_index", values=check)
+            _check_adj(right_index, num_images, num_pairs, where, "right_index", values=check)
+            left_index, right_index = _edge_pairs(left_index), _edge_pairs(right_index)
             # Eq. 8-9: one logit per inter-graph edge, softmax over the edges into each pair node.
-            zl = F.leaky_relu((x_pair @ self.att_l_pair)[left_index[1]]
+            zl = F.leaky_relu((x_dst @ self.att_l_pair)[left_index[1]]
                               + (x_image @ self.att_l_image)[left_index[0]], self.negative_slope)
-            zr = F.leaky_relu((x_pair @ self.att_r_pair)[right_index[1]]
+            zr = F.leaky_relu((x_dst @ self.att_r_pair)[right_index[1]]
                               + (x_image @ self.att_r_image)[right_index[0]], self.negative_slope)
             tgt = torch.cat([left_index[1], right_index[1]])
             q = softmax(torch.cat([zl, zr]), tgt, num_nodes=num_pairs)
@@ -549,12 +696,12 @@ class PairwiseRelationConv(MessagePassing):
             q_pair = (q[: left_index.size(1)], q[left_index.size(1):])
         else:
             msg = agg  # no IGP: beta = 1, the term is absent
-        out = self.alpha * x_pair + (1.0 - self.alpha) * F.relu(msg)
+        out = self.alpha * x_dst + (1.0 - self.alpha) * F.relu(msg)
 
         if return_attention_weights:
             if q_pair is not None:
-                return out, (edge_index, g), q_pair
-            return out, (edge_index, g)
+                return out, _with_weights(edge_index, g), q_pair
+            return out, _with_weights(edge_index, g)
         return out
 
     def forward_hetero(self, data: HeteroData, return_attention_weights: bool | None = None):
@@ -603,12 +750,6 @@ class PairwiseRelationConv(MessagePassing):
         mask: Tensor | None = None,
         rows: Tensor | None = None,
         return_attention: bool = False,
-        *,
-        f_lin: Tensor | None = None,
-        f_dots: Tensor | None = None,
-        v_lin_l: Tensor | None = None,
-        v_lin_r: Tensor | None = None,
-        v_dots: Tensor | None = None,
     ):
         r"""The layer on the :math:`N` pair graphs of Eq. 6 built from :math:`\mathbf{F}`, factorised.
 
@@ -646,20 +787,6 @@ class PairwiseRelationConv(MessagePassing):
                 and :math:`q` :math:`(B?, R, N, 2)` = :math:`(q^n_{i,n}, q^n_{i,i})` (``None``
                 without IGP). (default: :obj:`False`)
 
-        Every term below is a per-image linear map. A caller that evaluates many pair graphs
-        over the same images (test-time re-ranking: one graph per query, built from gallery
-        images shared by many queries) computes them once per image and passes the gathered
-        rows; each one left :obj:`None` is computed here from ``f`` / ``v``:
-
-        Keyword Args:
-            f_lin (torch.Tensor, optional): :math:`\mathbf{F}\mathbf{W}_p`, shape of ``f``.
-            f_dots (torch.Tensor, optional): :meth:`image_dots` of ``f``, :math:`(B?, N, 2)`
-                (:math:`(B?, N, 4)` with IGP).
-            v_lin_l (torch.Tensor, optional): :math:`\mathbf{v}_n \mathbf{W}_l` of the graphs
-                in ``rows`` only, :math:`(B?, R, d)` (IGP).
-            v_lin_r (torch.Tensor, optional): :math:`\mathbf{V}\mathbf{W}_r`, shape of ``f`` (IGP).
-            v_dots (torch.Tensor, optional): :meth:`node_dots` of ``v``, :math:`(B?, N, 2)` (IGP).
-
         Returns:
             :math:`\mathbf{U}'` of shape :math:`(B?, R, N, d)` with ``U'[..., r, i]`` =
             :math:`\mathbf{u}'_{rows[r], i}`; or ``(U', G, q)``.
@@ -677,28 +804,17 @@ class PairwiseRelationConv(MessagePassing):
                     or (mask.dim() == 3 and mask.size(0) != f.size(0)):
                 raise ValueError(f"{where}: mask must be a bool tensor of shape (N, N) or "
                                  f"(B, N, N) with N={n}, got {mask.dtype} {tuple(mask.shape)}")
-            if not bool(mask.any(-1).all()):
+            if _checking(self.validate) and not bool(mask.any(-1).all()):
                 raise ValueError(f"{where}: every row of mask needs at least one True "
                                  f"(a difference node with no source has an undefined softmax)")
         all_rows = rows is None
         if rows is None:
             rows = torch.arange(n, device=f.device)
         elif (not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.long
-              or (rows.numel() > 0 and (int(rows.min()) < 0 or int(rows.max()) >= n))):
+              or (_checking(self.validate) and rows.numel() > 0
+                  and (int(rows.min()) < 0 or int(rows.max()) >= n))):
             raise ValueError(f"{where}: rows must be a 1-D LongTensor of graph indices in "
                              f"[0, {n}), got {rows!r}")
-        lead = f.shape[:-1]  # (B?, N)
-        dims = {"f_lin": (f_lin, lead + (self.channels,)),
-                "f_dots": (f_dots, lead + (4 if self.igp else 2,)),
-                "v_lin_l": (v_lin_l, f.shape[:-2] + (rows.numel(), self.channels)),
-                "v_lin_r": (v_lin_r, lead + (self.channels,)),
-                "v_dots": (v_dots, lead + (2,))}
-        for name, (t, shape) in dims.items():
-            if t is not None and (not self.igp and name.startswith("v_")):
-                raise ValueError(f"{where}: {name} is an IGP term, but this layer has igp=False")
-            if t is not None and tuple(t.shape) != tuple(shape):
-                raise ValueError(f"{where}: {name} must have shape {tuple(shape)}, "
-                                 f"got {tuple(t.shape)}")
 
         def pick(t: Tensor) -> Tensor:  # select graphs n = rows[r] along the image axis
             if all_rows:  # identity: no copy, and no scatter in the backward
@@ -708,10 +824,9 @@ class PairwiseRelationConv(MessagePassing):
         slope = self.negative_slope
         # Eq. 6, logits e[r, i, j] = mu(u_{n,i}.a_dst + u_{n,j}.a_src), n = rows[r]
         #   = mu((f_n.a_dst + f_n.a_src) - f_i.a_dst - f_j.a_src): per-image dot products only.
-        if f_dots is None:
-            # all of f's attention scalars in one (N, d) x (d, 2|4) product: one op forward and
-            # one backward instead of one per vector (each a pass over f and its gradient)
-            f_dots = self.image_dots(f)
+        # all of f's attention scalars in one (N, d) x (d, 2|4) product: one op forward and
+        # one backward instead of one per vector (each a pass over f and its gradient)
+        f_dots = self.image_dots(f)
         pd, ps = f_dots[..., 0], f_dots[..., 1]  # (B?, N)
         c = pick(pd + ps)  # (B?, R)
         e = F.leaky_relu(c[..., :, None, None] - pd[..., None, :, None] - ps[..., None, None, :],
@@ -732,13 +847,13 @@ class PairwiseRelationConv(MessagePassing):
         # (R, N) / (R, N, N) scalars are smaller than the (N, d) features, so the constants go
         # into the scalars; otherwise (training: R = N) into the (N, d) factors.
         fold = rows.numel() * n < self.channels
-        p = self.lin_p(f) if f_lin is None else f_lin  # (B?, N, d): W_p on N images, not N^2
+        p = self.lin_p(f)  # (B?, N, d): W_p on N images, not N^2
         if not fold:
             p = p * c_p
 
         # sum_j g^n_ij u_{n,j} W_p = (f_n W_p) - (G^n F W_p)_i = ((e_n 1^T - G^n) F W_p)_i, since
         # the rows of G^n sum to 1: one (R, N, N) @ (N, d) matmul, the only contraction over j.
-        onehot = F.one_hot(rows, n).to(g.dtype)  # (R, N): e_n for n = rows[r]
+        onehot = (rows.unsqueeze(-1) == torch.arange(n, device=f.device)).to(g.dtype)  # (R, N): e_n, n = rows[r]
         agg = onehot.unsqueeze(-2) - g
         if fold:
             agg = agg * c_p
@@ -748,8 +863,7 @@ class PairwiseRelationConv(MessagePassing):
         if self.igp:
             # Eq. 8-9 with u_{n,i}.a = f_n.a - f_i.a: two (R, N) logit maps.
             fl, fr = f_dots[..., 2], f_dots[..., 3]  # (B?, N)
-            if v_dots is None:
-                v_dots = self.node_dots(v)
+            v_dots = self.node_dots(v)
             vl, vr = v_dots[..., 0], v_dots[..., 1]  # (B?, N)
             zl = F.leaky_relu(pick(fl + vl).unsqueeze(-1) - fl.unsqueeze(-2),
                               slope)  # (B?, R, N): mu(u_{n,i}.H_l[:d] + v_n.H_l[d:])
@@ -757,12 +871,12 @@ class PairwiseRelationConv(MessagePassing):
                               + vr.unsqueeze(-2), slope)  # with v_i
             q = torch.softmax(torch.stack([zl, zr], dim=-1), dim=-1)  # (B?, R, N, 2)
             # q_{i,n} v_n W_l + q_{i,i} v_i W_r, added to `pre` in place.
-            wl = pick(self.lin_l(v)) if v_lin_l is None else v_lin_l  # (B?, R, d)
-            wr = self.lin_r(v) if v_lin_r is None else v_lin_r  # (B?, N, d)
+            wl = pick(self.lin_l(v))  # (B?, R, d)
+            wr = self.lin_r(v)  # (B?, N, d)
             if fold:
-                pre = _InterGraphTerm.apply(pre, q[..., 0] * c_q, wl, q[..., 1] * c_q, wr)
+                pre = _inter_graph_term(pre, q[..., 0] * c_q, wl, q[..., 1] * c_q, wr)
             else:
-                pre = _InterGraphTerm.apply(pre, q[..., 0], wl * c_q, q[..., 1], wr * c_q)
+                pre = _inter_graph_term(pre, q[..., 0], wl * c_q, q[..., 1], wr * c_q)
         pre = F.relu(pre, inplace=True)
 
         if fold and not (torch.is_grad_enabled() and (f.requires_grad or pre.requires_grad)):
@@ -786,17 +900,17 @@ class PairwiseRelationConv(MessagePassing):
         :math:`\mathbf{f}^\top (\mathbf{H}_l[:d], \mathbf{H}_r[:d])`: :math:`(*, 2)` or
         :math:`(*, 4)`. Every logit of Eq. 6 and 8-9 on :math:`\mathbf{u}_{n,i}` is a difference
         of two of them (:math:`\mathbf{u}_{n,i}^\top \mathbf{a} = \mathbf{f}_n^\top \mathbf{a}
-        - \mathbf{f}_i^\top \mathbf{a}`); ``f_dots`` of :meth:`forward_dense`."""
+        - \mathbf{f}_i^\top \mathbf{a}`)."""
         _check_features(f, self.channels, f"{type(self).__name__}.image_dots", "f",
                         dims=range(1, 8))
-        att = [self.att_p_dst, self.att_p_src]
+        att: list[Tensor] = [self.att_p_dst, self.att_p_src]
         if self.igp:
             att += [self.att_l_pair, self.att_r_pair]
         return f @ torch.stack(att, dim=1)
 
     def node_dots(self, v: Tensor) -> Tensor:
         r"""Per-image-node scalars of Eq. 8-9, :math:`\mathbf{v}^\top (\mathbf{H}_l[d:],
-        \mathbf{H}_r[d:])`: :math:`(*, 2)` (IGP only); ``v_dots`` of :meth:`forward_dense`."""
+        \mathbf{H}_r[d:])`: :math:`(*, 2)` (IGP only)."""
         where = f"{type(self).__name__}.node_dots"
         if not self.igp:
             raise ValueError(f"{where}: this layer has igp=False (no image-node attention)")

@@ -126,7 +126,8 @@ def attention_matrices(model: HRNet, feats: Tensor, pids: Tensor) -> tuple[Tenso
                     f"attention_matrices: a batch of {n} features is smaller than k+1 = {cfg.k + 1}"
                 )
             edge_index = inner.individual_edges(f)
-            v, (att_index, alpha) = inner.ir(f, edge_index, return_attention_weights=True)
+            one_graph = torch.zeros(n, dtype=torch.long, device=f.device)  # Eq. 2 spans the batch, as in training
+            v, (att_index, alpha) = inner.ir(f, edge_index, batch=one_graph, return_attention_weights=True)
             ac = edge_attention_to_dense(att_index, alpha, n).cpu()
         if inner.pr is not None:
             from hrnet_pyg.graphs import pair_mask  # torch_geometric, which the image grids do not need

@@ -14,6 +14,7 @@ from hrnet_pyg.cli import main
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.engine import CHECKPOINT_FORMAT_VERSION, load_checkpoint, load_model
 from hrnet_pyg.export import FeatureExtractor, export_model, load_exported
+from hrnet_pyg.scoring import query_graph_scores
 
 
 def tiny_model(seed: int = 0) -> HRNet:
@@ -191,7 +192,8 @@ def test_save_load_roundtrip_of_the_whole_hrnet(model, tmp_path):
     torch.testing.assert_close(loaded(x).bn_feats, model.eval()(x).bn_feats, rtol=0, atol=0)
     graphs = torch.randn(2, 5, model.feat_dim, generator=torch.Generator().manual_seed(8)).relu()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.query_graph_scores(graphs), model.query_graph_scores(graphs), rtol=0, atol=0)
+        torch.testing.assert_close(query_graph_scores(loaded, graphs), query_graph_scores(model, graphs),
+                                   rtol=0, atol=0)
     pids = torch.tensor([0, 0, 1, 1])
     a, b = tiny_model(), HRNet.load(path)  # a fresh copy of the saved weights, and the loaded one
     a.train()

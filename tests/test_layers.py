@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,13 +157,6 @@ def test_individual_size_normalisation_matches_reference_on_every_path():
     literal.load_state_dict(conv.state_dict())
     three, e3 = x[:3], knn_edges(x[:3], 2)
     torch.testing.assert_close(conv(three, e3), literal(three, e3))
-    # the dense path equals message passing graph by graph
-    for b in (0, 1):
-        xb = x[batch == b]
-        adj = torch.zeros(xb.size(0), xb.size(0), dtype=torch.bool)
-        eb = knn_edges(xb, 3)
-        adj[eb[1], eb[0]] = True
-        torch.testing.assert_close(conv.forward_dense(xb, adj), conv(xb, eb))
     assert str(conv) == "IndividualRelationConv(4, 4, normalize='size', ref_nodes=3)"
     with pytest.raises(ValueError, match="ref_nodes"):
         IndividualRelationConv(4, 4, normalize="size")
@@ -237,7 +232,7 @@ def test_individual_repr_and_errors():
     conv = IndividualRelationConv(4, 4)
     with pytest.raises(ValueError, match="x must be a 2-D tensor with 4 channels"):
         conv(torch.randn(3, 5), torch.empty(2, 0, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"edge_index must be a LongTensor of shape \(2, E\)"):
+    with pytest.raises(ValueError, match=r"edge_index must be an integer tensor of shape \(2, E\)"):
         conv(torch.randn(3, 4), torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="refers to node 7"):
         conv(torch.randn(3, 4), torch.tensor([[7], [0]]))
@@ -548,7 +543,7 @@ def test_layers_import_nothing_reid_specific():
     mods = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     mods |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     # of the package only the leaf helpers and graphs (tests/test_architecture.py checks which)
-    assert {m.split(".")[0] for m in mods} <= {"__future__", "math", "typing", "torch",
+    assert {m.split(".")[0] for m in mods} <= {"__future__", "math", "typing", "warnings", "torch",
                                                 "torch_geometric", "hrnet_pyg"}
 
 
@@ -561,3 +556,245 @@ def test_math_sanity_of_factorisation():
     for n in range(4):
         lhs = torch.stack([sum(g[i, j] * ((f[n] - f[j]) @ w) for j in range(4)) for i in range(4)])
         torch.testing.assert_close(lhs, (f[n] @ w).expand(4, 3) - g @ (f @ w))
+
+
+# ---------------------------------------------------------------------------------------------
+# PyG conventions: Adj types, size=, bipartite input, torch.compile, batch, Sequential, HeteroConv
+# ---------------------------------------------------------------------------------------------
+def _adj_variants(edge_index, num_src, num_dst):
+    """The same edges in every form a PyG conv accepts, each with the (E,) permutation that maps
+    the layer's per-edge output order back to the columns of ``edge_index``."""
+    from torch_geometric import EdgeIndex
+    from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+    from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
+
+    ident = torch.arange(edge_index.size(1))
+    # sparse layouts store the transposed adjacency in row-major order: by target, then source
+    key = edge_index[1] * num_src + edge_index[0]
+    by_row = key.argsort()
+    out = [("int32", edge_index.int(), ident),
+           ("EdgeIndex", EdgeIndex(edge_index, sparse_size=(num_src, num_dst)), ident),
+           ("torch.sparse COO", to_torch_coo_tensor(edge_index.flip(0), size=(num_dst, num_src)), by_row),
+           ("torch.sparse CSR", to_torch_csr_tensor(edge_index.flip(0), size=(num_dst, num_src)), by_row)]
+    if WITH_TORCH_SPARSE:
+        adj = SparseTensor(row=edge_index[1], col=edge_index[0], sparse_sizes=(num_dst, num_src))
+        out.append(("SparseTensor", adj, by_row))
+    return out
+
+
+def _weights_of(att):
+    """Per-edge weights of return_attention_weights, whatever the adjacency type."""
+    from torch_geometric.typing import SparseTensor
+
+    if isinstance(att, SparseTensor):
+        return att.storage.value()
+    return att[1]
+
+
+@pytest.mark.parametrize("normalize", ["all", "neighbors", "size"])
+def test_individual_accepts_every_adj_type(normalize):
+    torch.manual_seed(20)
+    x = torch.randn(10, 4, dtype=torch.float64)
+    edge_index = knn_edges(x, 3)
+    conv = IndividualRelationConv(4, 5, normalize=normalize, ref_nodes=6).double()
+    ref, (_, alpha) = conv(x, edge_index, return_attention_weights=True)
+    for name, adj, order in _adj_variants(edge_index, 10, 10):
+        out, att = conv(x, adj, return_attention_weights=True)
+        torch.testing.assert_close(out, ref, msg=name)
+        torch.testing.assert_close(_weights_of(att), alpha[order], msg=name)
+
+
+def test_pairwise_accepts_every_adj_type():
+    conv = make_pr(4, seed=21)
+    data = pair_graph(torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64),
+                      num_edges=3)
+    x, ei = data["pair"].x, data["pair", "intra", "pair"].edge_index
+    v = data["image"].v
+    left, right = data["image", "left", "pair"].edge_index, data["image", "right", "pair"].edge_index
+    ref, (_, g), (ql, qr) = conv(x, ei, v, left, right, return_attention_weights=True)
+    lefts = _adj_variants(left, 5, 25)
+    for (name, adj, order), (_, l_adj, l_order) in zip(_adj_variants(ei, 25, 25), lefts, strict=True):
+        out, att, (ql2, qr2) = conv(x, adj, v, l_adj, right.int(), return_attention_weights=True)
+        torch.testing.assert_close(out, ref, msg=name)
+        torch.testing.assert_close(_weights_of(att), g[order], msg=name)
+        torch.testing.assert_close(ql2, ql[l_order], msg=name)
+        torch.testing.assert_close(qr2, qr, msg=name)
+
+
+def test_adj_errors_are_one_line():
+    conv = IndividualRelationConv(4, 4)
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="must have dtype torch.long or torch.int32"):
+        conv(x, torch.zeros(2, 1))
+    with pytest.raises(ValueError, match=r"sparse adjacency of shape \(3, 4\).*\(targets, sources\) = \(3, 3\)"):
+        conv(x, torch.eye(3, 4).to_sparse())
+    with pytest.raises(ValueError, match=r"size=\(3, 4\) does not match"):
+        conv(x, torch.tensor([[0], [1]]), size=(3, 4))
+    with pytest.raises(ValueError, match="x_dst is required"):
+        conv((x, None), torch.tensor([[0], [1]]))
+    with pytest.raises(ValueError, match=r"batch must be a pair \(batch_src, batch_dst\)"):
+        conv((x, x[:2]), torch.tensor([[0], [1]]), batch=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch must have one entry per node"):
+        conv(x, torch.tensor([[0], [1]]), batch=torch.zeros(2, dtype=torch.long))
+    pr = PairwiseRelationConv(4, igp=False)
+    with pytest.raises(ValueError, match="refers to node 5"):
+        pr(x, torch.tensor([[5], [0]]))
+    with pytest.raises(ValueError, match="size=.* does not match"):
+        pr(x, torch.tensor([[0], [1]]), size=(2, 3))
+
+
+def ref_individual_bipartite(x_src, x_dst, edge_index, conv, batch_src, batch_dst):
+    """Eq. 2-3 on a bipartite graph, plainly: the denominator over the sources of i's graph."""
+    hd, hs, ws = conv.att_dst, conv.att_src, conv.lin.weight.t()
+    out = torch.zeros(x_dst.size(0), conv.out_channels, dtype=x_dst.dtype)
+    for i in range(x_dst.size(0)):
+        def logit(j, i=i):
+            return torch.nn.functional.leaky_relu(x_dst[i] @ hd + x_src[j] @ hs, conv.negative_slope)
+
+        nbrs = [j for j, t in edge_index.t().tolist() if t == i]
+        if conv.normalize == "neighbors":
+            others = nbrs
+        else:
+            others = [m for m in range(x_src.size(0)) if batch_src[m] == batch_dst[i]]
+        den = sum(torch.exp(logit(m)) for m in others) if others else torch.tensor(1.0, dtype=x_dst.dtype)
+        if conv.normalize == "size":
+            den = conv.ref_nodes * den / len(others)
+        for j in nbrs:
+            out[i] += torch.exp(logit(j)) / den * (x_src[j] @ ws)
+        out[i] += x_dst[i] @ ws
+    return torch.relu(out)
+
+
+@pytest.mark.parametrize("normalize", ["all", "neighbors", "size"])
+def test_individual_bipartite_and_size_match_dense_restatement(normalize):
+    torch.manual_seed(22)
+    x_src = torch.randn(7, 4, dtype=torch.float64)
+    x_dst = torch.randn(5, 4, dtype=torch.float64)
+    batch_src = torch.tensor([0, 1, 1, 0, 1, 0, 1])
+    batch_dst = torch.tensor([1, 0, 0, 1, 1])
+    pairs = [(j, i) for i in range(5) for j in range(7) if batch_src[j] == batch_dst[i] and (i + j) % 2 == 0]
+    edge_index = torch.tensor(pairs).t()
+    conv = IndividualRelationConv(4, 3, normalize=normalize, ref_nodes=2).double()
+    out = conv((x_src, x_dst), edge_index, batch=(batch_src, batch_dst), size=(7, 5))
+    assert out.shape == (5, 3)
+    ref = ref_individual_bipartite(x_src, x_dst, edge_index, conv, batch_src, batch_dst)
+    torch.testing.assert_close(out, ref)
+    # no batch: one graph of all 7 sources
+    one = torch.zeros(7, dtype=torch.long), torch.zeros(5, dtype=torch.long)
+    torch.testing.assert_close(conv((x_src, x_dst), edge_index),
+                               ref_individual_bipartite(x_src, x_dst, edge_index, conv, *one))
+    # (x, x) and size=(N, N) are the plain layer
+    x = torch.randn(6, 4, dtype=torch.float64)
+    ei = knn_edges(x, 2)
+    torch.testing.assert_close(conv((x, x), ei, size=(6, 6)), conv(x, ei))
+
+
+def ref_pairwise_mp(x_src, x_dst, edge_index, v, left, right, conv):
+    """Eq. 6-9 by message passing on any (bipartite) pair graph, one target at a time."""
+    sl = conv.negative_slope
+    out = torch.zeros_like(x_dst)
+    for i in range(x_dst.size(0)):
+        srcs = [j for j, t in edge_index.t().tolist() if t == i]
+        msg = torch.zeros(x_dst.size(1), dtype=x_dst.dtype)
+        if srcs:
+            e = torch.stack([F.leaky_relu(x_dst[i] @ conv.att_p_dst + x_src[j] @ conv.att_p_src, sl) for j in srcs])
+            g = torch.softmax(e, 0)
+            msg = sum(g[k] * conv.lin_p(x_src[j]) for k, j in enumerate(srcs))
+        if conv.igp:
+            ins = [(n, "l") for n, t in left.t().tolist() if t == i]
+            ins += [(n, "r") for n, t in right.t().tolist() if t == i]
+            z = torch.stack([F.leaky_relu(x_dst[i] @ (conv.att_l_pair if s == "l" else conv.att_r_pair)
+                                          + v[n] @ (conv.att_l_image if s == "l" else conv.att_r_image), sl)
+                             for n, s in ins])
+            q = torch.softmax(z, 0)
+            inter = sum(q[k] * (conv.lin_l if s == "l" else conv.lin_r)(v[n]) for k, (n, s) in enumerate(ins))
+            msg = conv.beta * msg + (1 - conv.beta) * inter
+        out[i] = conv.alpha * x_dst[i] + (1 - conv.alpha) * torch.relu(msg)
+    return out
+
+
+@pytest.mark.parametrize("igp", [True, False])
+def test_pairwise_bipartite_and_size_match_restatement(igp):
+    torch.manual_seed(23)
+    conv = make_pr(4, igp=igp, seed=23)
+    x_src = torch.randn(6, 4, dtype=torch.float64)
+    x_dst = torch.randn(4, 4, dtype=torch.float64)
+    v = torch.randn(3, 4, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2, 5, 3, 4, 0], [0, 0, 1, 1, 2, 3, 3]])
+    left = torch.tensor([[0, 1, 2, 0], [0, 1, 2, 3]])
+    right = torch.tensor([[1, 2, 0, 2], [0, 1, 2, 3]])
+    kw = dict(x_image=v, left_index=left, right_index=right) if igp else {}
+    out = conv((x_src, x_dst), edge_index, size=(6, 4), **kw)
+    torch.testing.assert_close(out, ref_pairwise_mp(x_src, x_dst, edge_index, v, left, right, conv))
+    x = torch.randn(4, 4, dtype=torch.float64)
+    ei = edge_index[:, edge_index[0] < 4]
+    torch.testing.assert_close(conv((x, x), ei, size=(4, 4), **kw), conv(x, ei, **kw))
+
+
+def test_both_layers_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces both layers (no host sync, no graph break) and gives
+    the eager outputs; backend "eager" keeps the test cheap (inductor needs a C++ toolchain)."""
+    torch._dynamo.reset()
+    torch.manual_seed(24)
+    x = torch.randn(12, 4)
+    batch = torch.tensor([0] * 5 + [1] * 7)
+    edge_index = knn_edges(x, 3, batch=batch)
+    for normalize, b in (("all", None), ("all", batch), ("size", batch), ("neighbors", None)):
+        conv = IndividualRelationConv(4, 6, normalize=normalize, ref_nodes=4)
+        compiled = torch.compile(conv, fullgraph=True, backend="eager")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the eager call's missing-batch warning, tested below
+            eager = conv(x, edge_index, batch=b)
+        torch.testing.assert_close(compiled(x, edge_index, batch=b), eager)
+    f, v = torch.randn(6, 4), torch.randn(6, 4)
+    pr = PairwiseRelationConv(4)
+    dense = torch.compile(pr.forward_dense, fullgraph=True, backend="eager")
+    torch.testing.assert_close(dense(f, v, mask=pair_mask(f, 3)), pr.forward_dense(f, v, mask=pair_mask(f, 3)))
+    data = pair_graph(f, v)
+    args = (data["pair"].x, data["pair", "intra", "pair"].edge_index, data["image"].v,
+            data["image", "left", "pair"].edge_index, data["image", "right", "pair"].edge_index)
+    torch.testing.assert_close(torch.compile(pr, fullgraph=True, backend="eager")(*args), pr(*args))
+
+
+def test_missing_batch_warns_once_for_a_dataloader_batch():
+    from torch_geometric.loader import DataLoader
+
+    torch.manual_seed(25)
+    graphs = []
+    for n in (6, 8, 5):
+        x = torch.randn(n, 4)
+        graphs.append(Data(x=x, edge_index=knn_edges(x, 2)))
+    data = next(iter(DataLoader(graphs, batch_size=3)))
+    conv = IndividualRelationConv(4, 4)
+    with pytest.warns(UserWarning, match="no batch vector was given"):
+        conv(data.x, data.edge_index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conv(data.x, data.edge_index)  # once per layer
+        IndividualRelationConv(4, 4)(data.x, data.edge_index, batch=data.batch)
+        IndividualRelationConv(4, 4, normalize="neighbors")(data.x, data.edge_index)
+        IndividualRelationConv(4, 4, validate=False)(data.x, data.edge_index)
+        IndividualRelationConv(4, 4)(graphs[0].x, graphs[0].edge_index)  # one (connected) graph
+
+
+def test_layers_inside_sequential_and_heteroconv():
+    from torch_geometric.nn import HeteroConv, Sequential
+
+    torch.manual_seed(26)
+    f = torch.randn(5, 4, dtype=torch.float64)
+    data = pair_graph(f, f)
+    data["image", "knn", "image"].edge_index = knn_edges(f, 2)
+    ir = IndividualRelationConv(4, 4).double()
+    pr = make_pr(4, seed=26)
+    args = (data["pair"].x, data["pair", "intra", "pair"].edge_index, data["image"].v,
+            data["image", "left", "pair"].edge_index, data["image", "right", "pair"].edge_index)
+    seq = Sequential("x, edge_index, v, left, right", [(pr, "x, edge_index, v, left, right -> x"),
+                                                       (torch.nn.Identity(), "x -> x")])
+    torch.testing.assert_close(seq(*args), pr.forward_hetero(data))
+    rel = ("pair", "intra", "pair")
+    conv = HeteroConv({("image", "knn", "image"): ir, rel: pr})
+    out = conv({"image": f, "pair": data["pair"].x}, data.edge_index_dict,
+               x_image_dict={rel: data["image"].v},
+               left_index_dict={rel: args[3]}, right_index_dict={rel: args[4]})
+    torch.testing.assert_close(out["pair"], pr.forward_hetero(data))
+    torch.testing.assert_close(out["image"], ir(f, data["image", "knn", "image"].edge_index))

@@ -11,6 +11,7 @@ from hrnet_pyg.losses import (
     cross_entropy_label_smooth,
     verification_loss,
 )
+from hrnet_pyg.scoring import query_graph_scores
 
 D = 16
 
@@ -106,7 +107,7 @@ def test_wrong_feature_shape_is_a_clear_error():
 def test_query_graph_scores_cnn_row_is_cosine_of_bnneck_features():
     model = HRNet(_cfg("CNN"), num_classes=4).eval()
     x, _ = _batch()
-    s = model.query_graph_scores(x[None])
+    s = query_graph_scores(model, x[None])
     b = Fn.normalize(model.bnneck.bn(x), dim=1)
     torch.testing.assert_close(s[0], b[1:] @ b[0])
 

@@ -10,6 +10,13 @@ from hrnet_pyg.graphs import knn_edges, pair_graph
 from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv
 from hrnet_pyg.model import HRNet
 from hrnet_pyg.rerank import relational_rerank
+from hrnet_pyg.scoring import (
+    individual_adjacency,
+    individual_dense,
+    individual_dots,
+    pairwise_query_graph,
+    query_graph_scores,
+)
 
 D = 16
 
@@ -149,7 +156,7 @@ def test_query_graph_scores_match_reference(row, overrides):
     graphs = features(3 * 7, seed=4).view(3, 7, D)
     with torch.no_grad():
         ref = torch.stack([reference_graph_scores(model, g) for g in graphs])
-    torch.testing.assert_close(model.query_graph_scores(graphs), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(query_graph_scores(model, graphs), ref, atol=1e-5, rtol=0)
 
 
 def test_result_does_not_depend_on_queries_per_pass():
@@ -172,18 +179,17 @@ def test_rerank_errors_are_specific():
     with pytest.raises(ValueError, match="queries_per_pass"):
         relational_rerank(model, torch.randn(2, D), torch.randn(4, D), queries_per_pass=0, progress=False)
     with pytest.raises(ValueError, match=r"\(B, M, 16\)"):
-        model.query_graph_scores(torch.randn(2, 1, D))
+        query_graph_scores(model, torch.randn(2, 1, D))
 
 
 # ---------------------------------------------------------------------------------------------
-# The layer entry points the fast path uses (additive: the existing paths are tested in
-# tests/test_layers.py)
+# The fast path's own layer re-statements (hrnet_pyg.scoring), against the layers' paths
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("normalize", ["all", "neighbors"])
+@pytest.mark.parametrize("normalize", ["all", "neighbors", "size"])
 @pytest.mark.parametrize("loop", [False, True])
-def test_individual_forward_dense_equals_message_passing(normalize, loop):
+def test_individual_dense_equals_message_passing(normalize, loop):
     torch.manual_seed(8)
-    conv = IndividualRelationConv(D, 12, normalize=normalize).double()
+    conv = IndividualRelationConv(D, 12, normalize=normalize, ref_nodes=4).double()
     b, m = 3, 9
     x = torch.randn(b, m, D, dtype=torch.float64)
     batch = torch.arange(b).repeat_interleave(m)
@@ -191,63 +197,72 @@ def test_individual_forward_dense_equals_message_passing(normalize, loop):
     adj = torch.zeros(b * m, m, dtype=torch.bool)
     adj[edge_index[1], edge_index[0] % m] = True
     ref = conv(x.reshape(b * m, D), edge_index, batch=batch).view(b, m, 12)
-    torch.testing.assert_close(conv.forward_dense(x, adj.view(b, m, m)), ref)
+    torch.testing.assert_close(individual_dense(conv, x, adj.view(b, m, m)), ref)
     # precomputed per-node terms give the same result
-    out = conv.forward_dense(x, adj.view(b, m, m), x_lin=conv.lin(x), dots=conv.image_dots(x))
+    out = individual_dense(conv, x, adj.view(b, m, m), x_lin=conv.lin(x), dots=individual_dots(conv, x))
     torch.testing.assert_close(out, ref)
     # a single graph without a batch axis
-    torch.testing.assert_close(conv.forward_dense(x[1], adj.view(b, m, m)[1]), ref[1])
+    torch.testing.assert_close(individual_dense(conv, x[1], adj.view(b, m, m)[1]), ref[1])
 
 
-def test_individual_forward_dense_node_without_neighbours_gets_only_itself():
+def test_individual_dense_node_without_neighbours_gets_only_itself():
     conv = IndividualRelationConv(D, D, normalize="neighbors").double()
     x = torch.randn(4, D, dtype=torch.float64)
     adj = torch.zeros(4, 4, dtype=torch.bool)
     adj[0, 1] = True
-    out = conv.forward_dense(x, adj)
+    out = individual_dense(conv, x, adj)
     torch.testing.assert_close(out[2], torch.relu(conv.lin(x[2])))
     torch.testing.assert_close(out, conv(x, torch.tensor([[1], [0]])))
 
 
-def test_individual_forward_dense_errors():
+def test_individual_dense_errors():
     conv = IndividualRelationConv(D, D)
     x = torch.randn(2, 5, D)
     with pytest.raises(ValueError, match="adj must be a bool tensor of shape"):
-        conv.forward_dense(x, torch.ones(2, 5, 5))
+        individual_dense(conv, x, torch.ones(2, 5, 5))
     with pytest.raises(ValueError, match="x_lin must have shape"):
-        conv.forward_dense(x, torch.ones(2, 5, 5, dtype=torch.bool), x_lin=torch.randn(2, 5, 3))
+        individual_dense(conv, x, torch.ones(2, 5, 5, dtype=torch.bool), x_lin=torch.randn(2, 5, 3))
     with pytest.raises(ValueError, match="dots must have shape"):
-        conv.forward_dense(x, torch.ones(2, 5, 5, dtype=torch.bool), dots=torch.randn(2, 5, 3))
+        individual_dense(conv, x, torch.ones(2, 5, 5, dtype=torch.bool), dots=torch.randn(2, 5, 3))
+    with pytest.raises(ValueError, match="x must be a 2-D or 3-D tensor with 16 channels"):
+        individual_dense(conv, torch.randn(5, 3), torch.ones(5, 5, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("igp", [True, False])
-def test_pairwise_forward_dense_with_precomputed_terms_is_unchanged(igp):
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("n", [6, 40])  # 6 < d: scalars folded into the (M, M) factors; 40 > d: into (M, d)
+def test_pairwise_query_graph_equals_forward_dense(igp, masked, n):
     torch.manual_seed(9)
     conv = PairwiseRelationConv(D, igp=igp).double()
-    b, n = 2, 6
+    b = 2
     f = torch.randn(b, n, D, dtype=torch.float64)
     v = torch.randn(b, n, D, dtype=torch.float64)
-    rows = torch.tensor([0, 4])
-    ref = conv.forward_dense(f, v, rows=rows)
+    mask = torch.rand(b, n, n) < 0.5 if masked else None
+    if mask is not None:
+        mask[..., 0] = True  # every difference node keeps a source
+    ref = conv.forward_dense(f, v, mask=mask, rows=torch.tensor([0]))[:, 0]
     kw = dict(f_lin=conv.lin_p(f), f_dots=conv.image_dots(f))
     if igp:
-        kw.update(v_lin_l=conv.lin_l(v)[:, rows], v_lin_r=conv.lin_r(v), v_dots=conv.node_dots(v))
-    torch.testing.assert_close(conv.forward_dense(f, None, rows=rows, **kw), ref)
-    # each term alone
-    for name, t in kw.items():
-        torch.testing.assert_close(conv.forward_dense(f, v, rows=rows, **{name: t}), ref)
+        kw.update(v_lin_l=conv.lin_l(v)[:, :1], v_lin_r=conv.lin_r(v), v_dots=conv.node_dots(v))
+    out = pairwise_query_graph(conv, f, mask=mask, **kw)
+    torch.testing.assert_close(out, ref)
+    # and the literal loop re-statement of tests/test_layers.py, graph n = 0 of each batch entry
+    from test_layers import ref_pairwise
+
+    for k in range(b):
+        torch.testing.assert_close(out[k], ref_pairwise(f[k], v[k], conv, None if mask is None else mask[k])[0][0])
 
 
-def test_pairwise_forward_dense_precomputed_shape_errors():
+def test_pairwise_query_graph_shape_errors():
     conv = PairwiseRelationConv(D, igp=True)
-    f = torch.randn(5, D)
-    with pytest.raises(ValueError, match="f_dots must have shape"):
-        conv.forward_dense(f, f_dots=torch.randn(5, 2))
+    f = torch.randn(2, 5, D)
+    kw = dict(f_lin=conv.lin_p(f), f_dots=conv.image_dots(f), v_lin_l=torch.randn(2, 1, D),
+              v_lin_r=torch.randn(2, 5, D), v_dots=torch.randn(2, 5, 2))
+    with pytest.raises(ValueError, match=r"f_dots must have shape \(2, 5, 4\)"):
+        pairwise_query_graph(conv, f, **{**kw, "f_dots": torch.randn(2, 5, 2)})
     with pytest.raises(ValueError, match="v_lin_l must have shape"):
-        conv.forward_dense(f, rows=torch.tensor([1]), v_lin_l=torch.randn(5, D))
+        pairwise_query_graph(conv, f, **{**kw, "v_lin_l": None})
     no_igp = PairwiseRelationConv(D, igp=False)
-    with pytest.raises(ValueError, match="igp=False"):
-        no_igp.forward_dense(f, v_lin_r=torch.randn(5, D))
     with pytest.raises(ValueError, match="igp=False"):
         no_igp.node_dots(f)
 
@@ -260,7 +275,7 @@ def test_individual_adjacency_equals_knn_edges_with_tied_distances(self_in_knn):
     base = features(4 * 5, seed=11).view(4, 5, D)
     graphs = torch.cat([base, base[:, :3]], dim=1)  # nodes 5..7 duplicate nodes 0..2: ties
     b, m = graphs.shape[:2]
-    adj = model.individual_adjacency(graphs)
+    adj = individual_adjacency(model, graphs)
     batch = torch.arange(b).repeat_interleave(m)
     ei = knn_edges(graphs.reshape(b * m, D), model.config.k, batch=batch, loop=self_in_knn)
     ref = torch.zeros(b * m, m, dtype=torch.bool)
