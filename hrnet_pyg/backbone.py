@@ -445,7 +445,7 @@ class TimmBackbone(nn.Module):
                 f"last_stride={self.last_stride})")
 
 
-def build_backbone(name: str, pretrained: bool | str = False, last_stride: int = 1) -> nn.Module:
+def build_backbone(name: str, pretrained: bool | str = False, last_stride: int = 1) -> ResNetBackbone | TimmBackbone:
     """The CNN named by ``HRNetConfig.backbone``: ``resnet18/34/50/101`` (torchvision,
     :class:`ResNetBackbone`) or ``timm:<name>`` (:class:`TimmBackbone`, needs ``timm``)."""
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):

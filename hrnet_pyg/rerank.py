@@ -18,9 +18,10 @@ images. Per query only what depends on its node set remains
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from hrnet_pyg.model import HRNet
 from hrnet_pyg.runtime import resolve_device
 from hrnet_pyg.scoring import graph_scores, image_terms
 
@@ -34,7 +35,7 @@ _PASS_TENSOR_BYTES_OTHER = 128 << 20
 
 @torch.no_grad()
 def relational_rerank(
-    model: nn.Module,
+    model: HRNet,
     query_feats: Tensor,
     gallery_feats: Tensor,
     top_k: int = 120,
