@@ -30,7 +30,7 @@ mapped to 2048-d by a fixed random matrix, plus ambient noise, through a ReLU (G
 non-negative). Trained CNN features have such a low intrinsic dimension; isotropic 2048-d noise
 would have none, and no approximate index finds neighbours in it.
 
-    python benchmarks/bench_index.py            # 1,000,000 images (~20 GiB of RAM, 16 GiB of disk, > 1 h)
+    python benchmarks/bench_index.py            # 1,000,000 images (~18 GiB of RAM, 16 GiB of disk, > 1 h)
     python benchmarks/bench_index.py --quick    # 200,000 images, ~15 min on 2 busy cores (HNSW build)
 
 Prints the latencies, the peak resident memory, ``RATIO index_recall_at_120=<faiss vs exact>``

@@ -347,6 +347,11 @@ def _add_search_index_args(p: argparse.ArgumentParser) -> None:
         type=int,
         help="with --index on an IVF faiss part: cells visited per query (default: the index's)",
     )
+    p.add_argument(
+        "--ef-search",
+        type=int,
+        help="with --index on an HNSW faiss part: candidate list length of the graph search (default: the index's)",
+    )
 
 
 def _cmd_search_index(args: argparse.Namespace) -> int:
@@ -366,6 +371,7 @@ def _cmd_search_index(args: argparse.Namespace) -> int:
         exclude_self=not args.keep_self,
         exact=args.exact,
         nprobe=args.nprobe,
+        ef_search=args.ef_search,
         labels=args.labels,
         batch_size=args.batch_size,
         num_workers=args.workers,

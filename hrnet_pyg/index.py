@@ -543,7 +543,9 @@ class GalleryIndex:
         elif part["type"] == "hnsw":
             index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = 80
-            part.setdefault("ef_search", 384)  # recall@120 0.97 at 200,000 in benchmarks/bench_index.py (0.94 at 256)
+            # Recall at a fixed efSearch falls as the graph grows: benchmarks/bench_index.py measures
+            # recall@120 0.97 at 384 for 200,000 images, and 0.90 at 384 / 0.96 at 768 for 1,000,000.
+            part.setdefault("ef_search", 384 if len(self) <= 200_000 else 768)
         else:  # ivf: trained once, on the first images
             n = len(self)
             nlist = int(part.get("nlist") or max(1, round(math.sqrt(n))))
@@ -614,6 +616,7 @@ def search_index(
     exclude_self: bool = True,
     exact: bool = False,
     nprobe: int | None = None,
+    ef_search: int | None = None,
     queries_per_pass: int = 16,
     labels: str = "auto",
     batch_size: int = 64,
@@ -627,7 +630,8 @@ def search_index(
     cosine shortlist of ``shortlist`` images (default ``config.top_k_rerank`` = 120) re-scored by
     :func:`~hrnet_pyg.scoring.query_graph_scores`, the rest of the ``topk`` listed in cosine
     order; only the shortlist's rows of F are read. ``exact=True`` takes the exact blocked
-    product even when the index has a faiss part; ``nprobe`` overrides an IVF index's.
+    product even when the index has a faiss part; ``nprobe`` overrides an IVF index's, ``ef_search``
+    an HNSW index's.
     """
     from hrnet_pyg.scoring import query_graph_scores  # torch_geometric: only when re-ranking
 
@@ -657,7 +661,8 @@ def search_index(
     n_short = min(shortlist or inner.config.top_k_rerank, len(idx_obj)) if use_rerank else 0
     want = max(topk, n_short)
     q_ret = Fn.normalize(_retrieval(inner, q.features.float(), dev), dim=1)  # (Q, d)
-    sims, rows, how = idx_obj.shortlist(q_ret, want + (1 if exclude_self else 0), exact=exact, nprobe=nprobe)
+    sims, rows, how = idx_obj.shortlist(q_ret, want + (1 if exclude_self else 0), exact=exact, nprobe=nprobe,
+                                        ef_search=ef_search)
     notes += idx_obj.notes
     paths = idx_obj.paths
     if exclude_self:

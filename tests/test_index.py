@@ -177,8 +177,9 @@ def test_cli_build_add_search(data, tmp_path, capsys):
                  "--labels", "none", "--device", "cpu", "--no-progress"]) == 0
     assert "added 8 images to" in capsys.readouterr().out and "(15 in all, 7 already in the index and skipped)"
     csv = tmp_path / "ranks.csv"
+    # --ef-search only concerns an HNSW part; with none the exact shortlist is taken as before
     assert main(["search", "--checkpoint", str(ckpt), "--query", str(tmp / "query"), "--index", str(out),
-                 "--topk", "4", "--csv", str(csv), "--device", "cpu", "--no-progress"]) == 0
+                 "--topk", "4", "--csv", str(csv), "--ef-search", "512", "--device", "cpu", "--no-progress"]) == 0
     assert "shortlist from exact over 15 indexed images" in capsys.readouterr().out
     import pandas as pd
 
@@ -244,6 +245,11 @@ def test_faiss_ivf_and_hnsw(tmp_path):
     _, h_i, how = hnsw.shortlist(queries, 120)
     recall = np.mean([len(set(a) & set(b)) / 120 for a, b in zip(h_i.tolist(), ex_i.tolist(), strict=False)])
     assert how == "faiss hnsw" and recall > 0.9
+    assert hnsw.meta["faiss"]["ef_search"] == 384  # a small gallery's default (1,000,000 images: 768)
+    # a longer candidate list finds at least as many of the exact 120 (here every one: 600 images)
+    _, wide_i, _ = hnsw.shortlist(queries, 120, ef_search=600)
+    wide = np.mean([len(set(a) & set(b)) / 120 for a, b in zip(wide_i.tolist(), ex_i.tolist(), strict=True)])
+    assert wide >= recall and wide > 0.99
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (pip install hrnet_pyg[search])")
