@@ -238,8 +238,11 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
 
     run = tmp_path / "run"
     args = ["train", *_tiny_args(tmp_path, "--output-dir", str(run), "--epochs", "60", "--no-progress")]
+    # A shell without job control starts background commands with SIGINT ignored, and a child
+    # inherits that: the trainer must see Ctrl-C however pytest itself was started.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hrnet_pyg", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "hrnet_pyg", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
     while not (run / "last.pth").is_file() and proc.poll() is None and time.time() < deadline:
