@@ -26,7 +26,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import Adj, PairTensor, Size, SparseTensor
-from torch_geometric.utils import is_torch_sparse_tensor, softmax, to_edge_index
+from torch_geometric.utils import is_torch_sparse_tensor, softmax, to_dense_batch, to_edge_index
 from torch_geometric.utils.sparse import set_sparse_value
 
 from hrnet_pyg.runtime import check_features as _check_features
@@ -169,15 +169,11 @@ def all_node_logsumexp(
         num_graphs = int(batch.max()) + 1
         if batch_src is not batch and batch_src.numel() > 0:
             num_graphs = max(num_graphs, int(batch_src.max()) + 1)
-        counts = torch.bincount(batch_src, minlength=num_graphs)
-        perm = torch.argsort(batch_src, stable=True)
-        ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        slot = torch.empty_like(batch_src)
-        slot[perm] = torch.arange(batch_src.numel(), device=batch_src.device) - ptr[batch_src[perm]]
-        src = s_src.new_full((num_graphs, max(1, int(counts.max()))), float("-inf"))
-        src = src.index_put((batch_src, slot), s_src)
+        perm = torch.argsort(batch_src, stable=True)  # to_dense_batch wants the nodes grouped by graph
+        src = to_dense_batch(s_src[perm].unsqueeze(-1), batch_src[perm], fill_value=float("-inf"),
+                             batch_size=num_graphs)[0].squeeze(-1)
         graph = batch
-    chunk = max(1, budget // src.size(1))
+    chunk = max(1, budget // max(1, src.size(1)))
     out = []
     for c0 in range(0, num_nodes, chunk):
         c1 = min(num_nodes, c0 + chunk)

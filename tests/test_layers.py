@@ -178,8 +178,8 @@ def test_individual_batch_keeps_denominator_within_graph():
 def test_all_node_logsumexp_chunks():
     torch.manual_seed(5)
     s_dst, s_src = torch.randn(37, dtype=torch.float64), torch.randn(37, dtype=torch.float64)
-    batch = torch.randint(0, 3, (37,))
-    for b in (None, batch):
+    batch = torch.randint(0, 3, (37,))  # unsorted graph ids
+    for b in (None, batch, 2 * batch):  # 2 * batch: graph ids 1 and 3 hold no node
         full = all_node_logsumexp(s_dst, s_src, b)
         chunked = all_node_logsumexp(s_dst, s_src, b, budget=20)  # chunks of one target
         ref = torch.stack([
