@@ -64,7 +64,8 @@ def _edge_pairs(adj: Adj) -> Tensor:
 def _check_adj(adj: object, num_src: int, num_dst: int, where: str, name: str, values: bool) -> None:
     """Type, shape and (with ``values``, one host sync) index-range checks of an ``Adj`` argument."""
     if _is_sparse(adj):
-        shape = tuple(adj.size())[:2]  # type: ignore[attr-defined]
+        # SparseTensor.sizes() / torch.sparse .shape: (rows, cols) = (targets, sources)
+        shape = tuple(adj.sizes() if isinstance(adj, SparseTensor) else adj.shape)[:2]  # type: ignore[attr-defined]
         if shape != (num_dst, num_src):
             raise ValueError(f"{where}: {name} is a sparse adjacency of shape {shape}; PyG's convention is "
                              f"the transposed one, (targets, sources) = ({num_dst}, {num_src})")
