@@ -229,10 +229,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     _writable(args.csv)
     _writable(args.grid)
     model = load_model(args.checkpoint)
-    result = search(
-        model,
-        args.query,
-        args.gallery,
+    result = search(model, args.query, args.gallery, **_search_options(args))
+    return _report_search(result, args)
+
+
+def _search_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options ``search`` and ``search --index`` share."""
+    return dict(
         topk=args.topk,
         rerank=not args.no_rerank,
         shortlist=args.shortlist,
@@ -243,7 +246,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    return _report_search(result, args)
 
 
 def _report_search(result: Any, args: argparse.Namespace) -> int:
@@ -362,21 +364,8 @@ def _cmd_search_index(args: argparse.Namespace) -> int:
         raise ValueError("give either --gallery or --index, not both")
     model = load_model(args.checkpoint)
     result = search_index(
-        model,
-        args.query,
-        args.index,
-        topk=args.topk,
-        rerank=not args.no_rerank,
-        shortlist=args.shortlist,
-        exclude_self=not args.keep_self,
-        exact=args.exact,
-        nprobe=args.nprobe,
-        ef_search=args.ef_search,
-        labels=args.labels,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        progress=not args.no_progress,
+        model, args.query, args.index, exact=args.exact, nprobe=args.nprobe, ef_search=args.ef_search,
+        **_search_options(args),
     )
     return _report_search(result, args)
 

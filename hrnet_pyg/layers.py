@@ -102,6 +102,19 @@ def _check_size(size: Size, num_src: int, num_dst: int, where: str) -> None:
                          f"({num_src}, {num_dst}) source / target nodes")
 
 
+def _check_inputs(x: Tensor | PairTensor, channels: int, edge_index: Adj, size: Size, where: str, name: str,
+                  values: bool) -> tuple[Tensor, Tensor, bool]:
+    """Both layers' input checks: ``x`` or ``(x_src, x_dst)`` with ``channels`` features, ``size`` and
+    ``edge_index`` against the node counts. Returns ``(x_src, x_dst, bipartite)``."""
+    x_src, x_dst, bipartite = _split_pair(x, where, name)
+    _check_features(x_src, channels, where, "x_src" if bipartite else name)
+    if bipartite:
+        _check_features(x_dst, channels, where, "x_dst")
+    _check_size(size, x_src.size(0), x_dst.size(0), where)
+    _check_adj(edge_index, x_src.size(0), x_dst.size(0), where, "edge_index", values=values)
+    return x_src, x_dst, bipartite
+
+
 def _with_weights(edge_index: Adj, alpha: Tensor):
     """``edge_index`` carrying the attention weights, as GATConv returns them."""
     if isinstance(edge_index, SparseTensor):
@@ -401,13 +414,8 @@ class IndividualRelationConv(MessagePassing):
         """
         where = type(self).__name__
         check = _checking(self.validate)
-        x_src, x_dst, bipartite = _split_pair(x, where, "x")
-        _check_features(x_src, self.in_channels, where, "x_src" if bipartite else "x")
-        if bipartite:
-            _check_features(x_dst, self.in_channels, where, "x_dst")
+        x_src, x_dst, bipartite = _check_inputs(x, self.in_channels, edge_index, size, where, "x", check)
         num_src, num_dst = x_src.size(0), x_dst.size(0)
-        _check_size(size, num_src, num_dst, where)
-        _check_adj(edge_index, num_src, num_dst, where, "edge_index", values=check)
         batch_src, batch_dst = self._batches(batch, num_src, num_dst, bipartite, where)
 
         s_dst = x_dst @ self.att_dst  # (N_dst,)
@@ -652,13 +660,8 @@ class PairwiseRelationConv(MessagePassing):
         """
         where = f"{type(self).__name__}.forward"
         check = _checking(self.validate)
-        x_src, x_dst, bipartite = _split_pair(x_pair, where, "x_pair")
-        _check_features(x_src, self.channels, where, "x_src" if bipartite else "x_pair")
-        if bipartite:
-            _check_features(x_dst, self.channels, where, "x_dst")
+        x_src, x_dst, bipartite = _check_inputs(x_pair, self.channels, edge_index, size, where, "x_pair", check)
         num_src, num_pairs = x_src.size(0), x_dst.size(0)
-        _check_size(size, num_src, num_pairs, where)
-        _check_adj(edge_index, num_src, num_pairs, where, "edge_index", values=check)
 
         # Eq. 6: logits from two per-node dot products, softmax over the sources of each target.
         s_dst = x_dst @ self.att_p_dst
