@@ -102,7 +102,7 @@ def per_graph_scores(model: HRNet, graph: torch.Tensor) -> torch.Tensor:
     bn_v = model.ir_neck.bn(v.reshape(b * m, -1)).view(b, m, -1)
     parts = {"ir_cosine": query_cosine(v), "ir_bn_cosine": query_cosine(bn_v),
              "pr_logit": logit, "pr_prob": torch.sigmoid(logit)}
-    return fuse_scores(parts, cfg.rerank_ir_score, cfg.rerank_pr_score, cfg.rerank_norm)
+    return fuse_scores(parts, cfg.rerank_ir_score, cfg.rerank_pr_score, cfg.rerank_norm, cfg.rerank_pr_weight)
 
 
 def useful_flops(num_q: int, num_g: int, d: int, top_k: int, k_ir: int) -> dict[str, float]:

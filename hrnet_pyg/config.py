@@ -32,9 +32,9 @@ PAPER_LITERAL = dict(
     ir_attention_norm="all",  # Eq. 2 as printed: denominator over all N nodes
     pr_head="diagonal",  # Eq. 13's head, the first round's reading: w^T BN(u' * u') + b
     pr_head_init="glorot",
-    rerank_ir_score="ir_cosine",  # Sec. 4.2: the two similarity scores, added as they are
-    rerank_pr_score="pr_prob",
+    rerank_ir_score="ir_cosine",  # Sec. 4.2: the two similarity scores (cosine, t_hat) added as they are
     rerank_norm="none",
+    rerank_pr_weight=1.0,
 )
 
 
@@ -64,8 +64,11 @@ class HRNetConfig:
     # (open details, decided in docs/efficacy.md; the paper-literal reading is
     # ir_cosine + pr_prob, norm "none")
     rerank_ir_score: str = "ir_bn_cosine"  # "ir_cosine": cos(v'_q, v'_g); "ir_bn_cosine": of BN(V')
-    rerank_pr_score: str = "pr_logit"  # "pr_prob": t_hat (Eq. 13); "pr_logit": its logit
+    rerank_pr_score: str = "pr_prob"  # "pr_prob": t_hat (Eq. 13); "pr_logit": its logit
     rerank_norm: str = "zscore"  # "none" (literal sum), "zscore" or "rank" over the shortlist
+    # weight of the PR term in the sum, after the normalisation (1.0: the two added as equals).
+    # 0.25 measured: the PR term is weaker than the IR term and largely redundant with it
+    rerank_pr_weight: float = 0.25
     image_size: tuple[int, int] = (256, 128)  # (height, width), Sec. 3.1
     # --- Table 1 switches ---
     use_ir: bool = True  # individual relationship (Eq. 1-3)
@@ -112,6 +115,8 @@ class HRNetConfig:
                             ("rerank_norm", ("none", "zscore", "rank"))):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
+        if not 0.0 <= self.rerank_pr_weight < float("inf"):
+            raise ValueError(f"rerank_pr_weight must be a finite number >= 0, got {self.rerank_pr_weight}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.beta <= 1.0:

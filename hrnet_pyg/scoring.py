@@ -75,12 +75,14 @@ def _normalise_over_shortlist(s: Tensor, norm: str) -> Tensor:
 
 
 def fuse_scores(parts: dict[str, Tensor], ir: str = "ir_cosine", pr: str = "pr_prob",
-                norm: str = "none") -> Tensor:
+                norm: str = "none", pr_weight: float = 1.0) -> Tensor:
     """Sec. 4.2: "the similarity scores calculated from the two relationship learning modules are
     added". ``parts`` are :func:`graph_score_terms`; ``ir`` and ``pr`` name the term each
     module contributes and ``norm`` how each is normalised over the query's shortlist before the
-    sum (``"none"`` is the literal sum). A model with one module returns that module's term
-    (normalised: the order is the same); with neither, the cosine of the shortlist.
+    sum (``"none"`` is the literal sum); ``pr_weight`` scales the normalised PR term
+    (``norm(ir) + pr_weight * norm(pr)``; 1.0 adds the two as equals). A model with one module
+    returns that module's term (normalised: the order is the same); with neither, the cosine of
+    the shortlist.
 
     Shapes: every part (B, K) -> (B, K).
     """
@@ -89,13 +91,14 @@ def fuse_scores(parts: dict[str, Tensor], ir: str = "ir_cosine", pr: str = "pr_p
             f"rerank scores: ir must be one of {RERANK_SCORES['ir']}, pr one of {RERANK_SCORES['pr']}, "
             f"norm one of {RERANK_SCORES['norm']}; got ir={ir!r}, pr={pr!r}, norm={norm!r}"
         )
-    chosen = [parts[name] for name in (ir, pr) if name in parts]
-    if not chosen:
-        return parts["cosine"]
-    fused = _normalise_over_shortlist(chosen[0], norm)
-    for s in chosen[1:]:
-        fused = fused + _normalise_over_shortlist(s, norm)
-    return fused
+    if not 0.0 <= pr_weight < math.inf:
+        raise ValueError(f"pr_weight must be a finite number >= 0, got {pr_weight}")
+    if ir in parts and pr in parts:
+        return _normalise_over_shortlist(parts[ir], norm) + pr_weight * _normalise_over_shortlist(parts[pr], norm)
+    for name in (ir, pr):
+        if name in parts:
+            return _normalise_over_shortlist(parts[name], norm)
+    return parts["cosine"]
 
 
 # ------------------------------------------------------------------ per-image terms of the layers
@@ -355,15 +358,16 @@ def graph_scores(model: HRNet, terms: ImageTerms, index: Tensor) -> Tensor:
     ``terms`` (:func:`image_terms`); node 0 of each graph is its query.
 
     The similarities of :func:`graph_score_terms` fused as the config says
-    (:func:`fuse_scores`: ``rerank_ir_score`` + ``rerank_pr_score``, each normalised over the
-    query's shortlist by ``rerank_norm``).
+    (:func:`fuse_scores`: ``rerank_ir_score`` + ``rerank_pr_weight`` x ``rerank_pr_score``, each
+    normalised over the query's shortlist by ``rerank_norm``).
 
     Returns:
         (B, M - 1) similarity of node 0 to nodes 1..M-1 (higher = more similar).
     """
     cfg = model.config
     parts = graph_score_terms(model, terms, index)
-    return fuse_scores(parts, ir=cfg.rerank_ir_score, pr=cfg.rerank_pr_score, norm=cfg.rerank_norm)
+    return fuse_scores(parts, ir=cfg.rerank_ir_score, pr=cfg.rerank_pr_score, norm=cfg.rerank_norm,
+                       pr_weight=cfg.rerank_pr_weight)
 
 
 @torch.no_grad()
@@ -378,8 +382,9 @@ def query_graph_scores(model: HRNet, graph_feats: Tensor) -> Tensor:
         graph_feats: (B, M, d) CNN features F of B query graphs; node 0 of each is the query.
 
     Returns:
-        (B, M - 1) similarity (higher = more similar): cosine(v'_q, v'_g) from the IR module
-        plus t_hat(q, g) from the PR module, each where the module is enabled; the plain
+        (B, M - 1) similarity (higher = more similar): the IR module's cosine plus
+        ``rerank_pr_weight`` times the PR module's t_hat(q, g) (or its logit), each normalised as
+        the config says and each where the module is enabled; the plain
         cosine of the BN(F) retrieval features when neither is.
     """
     if graph_feats.dim() != 3 or graph_feats.size(-1) != model.feat_dim or graph_feats.size(1) < 2:

@@ -88,7 +88,8 @@ def reference_graph_scores(model: HRNet, f: torch.Tensor) -> torch.Tensor:
         u = model.pr.forward_hetero(data).view(m, m, -1)  # row n*M + i is u'_{n,i}
         logit = model.verifier(u[0, 1:])  # graph n = the query
         pr = logit if cfg.rerank_pr_score == "pr_logit" else torch.sigmoid(logit)
-        score = score + reference_normalise(pr, cfg.rerank_norm)
+        weight = cfg.rerank_pr_weight if model.ir is not None else 1.0  # one module: its own order
+        score = score + weight * reference_normalise(pr, cfg.rerank_norm)
     return score
 
 
@@ -130,6 +131,10 @@ VARIANTS = [
     ("HRNet", {"rerank_norm": "rank", "rerank_ir_score": "ir_bn_cosine", "rerank_pr_score": "pr_logit"}),
     ("CNN+IR+CNC", {"rerank_norm": "zscore", "rerank_ir_score": "ir_bn_cosine"}),
     ("CNN+PR+IGP", {"rerank_norm": "rank", "rerank_pr_score": "pr_logit"}),
+    ("HRNet", {"rerank_pr_weight": 1.0}),
+    ("HRNet", {"rerank_pr_weight": 0.0}),
+    ("HRNet", {"rerank_pr_weight": 2.5, "rerank_norm": "rank"}),
+    ("CNN+PR+IGP", {"rerank_pr_weight": 0.0}),
 ]
 
 
