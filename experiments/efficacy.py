@@ -52,7 +52,7 @@ ROWS = ("CNN", "CNN+IR+CNC", "CNN+PR+IGP", "HRNet")
 SEEDS = (0, 1, 2)
 
 from hrnet_pyg.config import PAPER_LITERAL  # noqa: E402
-from hrnet_pyg.demo import DEMO_DATA, DEMO_MODEL  # noqa: E402
+from hrnet_pyg.demo import DEMO_DATA  # noqa: E402
 
 # Per level: how a row is trained. The feature level trains the graph modules from scratch on
 # fixed features: the paper's lr and schedule shape (x0.1 twice), over fewer epochs.
@@ -60,8 +60,10 @@ LEVELS: dict[str, dict[str, Any]] = {
     "feature": dict(model=dict(backbone=None, feat_dim=64, pretrained=False, lr=1e-3, epochs=20,
                                milestones=(14, 18)),
                     world=dict()),  # FeatureWorldConfig's defaults
-    # The demo's setting (hrnet_pyg.demo), so that the demo prints what this level measures.
-    "image": dict(model=dict(DEMO_MODEL), data=dict(DEMO_DATA)),
+    # The demo's data and model (hrnet_pyg.demo) with twice its schedule: 40 epochs.
+    "image": dict(model=dict(backbone="resnet18", pretrained=False, image_size=(64, 32), lr=1e-3, epochs=40,
+                             milestones=(30, 37)),
+                  data=dict(DEMO_DATA)),
 }
 
 # --quick: the same code path at smoke-test sizes (tests, dry runs); its numbers mean nothing.
@@ -92,13 +94,21 @@ STUDIES: dict[str, tuple[str, Sequence[str], dict[str, dict[str, Any]]]] = {
                {f"{head}, {init} init": dict(pr_head=head, pr_head_init=init)
                 for head in ("diagonal", "projected") for init in ("glorot", "distance")}),
     "igp": ("IGP itself", ("CNN+PR+IGP",), {"no IGP (CNN+PR)": dict(use_igp=False)}),
+    "graph": ("the individual graph: kNN (Eq. 1) or fully connected (Table 1's IR*)", ("CNN+IR",),
+              {"kNN (CNN+IR)": {}, "fully connected (CNN+IR*)": dict(ir_graph="full")}),
 }
 
 # Test-time variants scored on every trained model: label -> config overrides at test time.
+PR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Config fields that only the test protocol reads: not part of a run's key (one trained model is
+# scored under all of them); a record stores the ones its row uses (see _test_protocol).
+TEST_TIME_FIELDS = ("top_k_rerank", "rerank_ir_score", "rerank_pr_score", "rerank_norm", "rerank_pr_weight")
 TEST_TIME: dict[str, dict[str, Any]] = {
     **{f"{ir} + {pr}, {norm}": dict(rerank_ir_score=ir, rerank_pr_score=pr, rerank_norm=norm)
        for ir in ("ir_cosine", "ir_bn_cosine") for pr in ("pr_prob", "pr_logit")
        for norm in ("none", "zscore", "rank")},
+    **{f"{pr} weight {w}": dict(rerank_ir_score="ir_bn_cosine", rerank_pr_score=pr, rerank_norm="zscore",
+                                rerank_pr_weight=w) for pr in ("pr_prob", "pr_logit") for w in PR_WEIGHTS},
     "top-60 shortlist": dict(top_k_rerank=60),
     "top-240 shortlist": dict(top_k_rerank=240),
 }
@@ -226,8 +236,9 @@ def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, d
     if "ir_cosine" in joined and "pr_prob" in joined:
         for label, over in TEST_TIME.items():
             if "rerank_norm" in over:
-                out[f"fusion {label}"] = ranked(fuse_scores(joined, over["rerank_ir_score"],
-                                                            over["rerank_pr_score"], over["rerank_norm"]))
+                name = label if "rerank_pr_weight" in over else f"fusion {label}"
+                out[name] = ranked(fuse_scores(joined, over["rerank_ir_score"], over["rerank_pr_score"],
+                                               over["rerank_norm"], over.get("rerank_pr_weight", 1.0)))
     out["relational after k-reciprocal"] = _rank(_rerank_after(model, q[0], g[0], kr, cfg.top_k_rerank), q, g)
     if not extended:
         return out
@@ -314,47 +325,87 @@ def _rerank_after(model, qf: torch.Tensor, gf: torch.Tensor, base: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------ runner
+def _test_protocol(cfg) -> dict[str, Any]:
+    """The test-time fields that decide this row's relational re-ranking (its record is stale
+    when they change): the shortlist length, the IR similarity (two orders), and the rest only
+    where two terms are added (one term's t_hat, its logit, z-scored or ranked: the same order)."""
+    out: dict[str, Any] = {"top_k_rerank": cfg.top_k_rerank}
+    if cfg.use_ir:
+        out["rerank_ir_score"] = cfg.rerank_ir_score
+    if cfg.use_ir and cfg.use_pr:
+        out.update(rerank_pr_score=cfg.rerank_pr_score, rerank_norm=cfg.rerank_norm,
+                   rerank_pr_weight=cfg.rerank_pr_weight)
+    return out
+
+
 def _key(level: str, row: str, seed: int, overrides: dict[str, Any]) -> str:
-    # Keyed by the resolved config, so a variant that equals the defaults reuses their run.
+    # Keyed by the resolved training config, so a variant that equals the defaults reuses their run;
+    # the test-time fields are left out: they re-score a saved model (_test_protocol).
     resolved = _model_config(level, row, seed, overrides).to_dict()
+    for name in TEST_TIME_FIELDS:
+        resolved.pop(name)
     blob = json.dumps({"level": level, "model": resolved, "setup": LEVELS[level]},
                       sort_keys=True, default=str)
     slug = row.lower().replace("+", "_").replace("*", "_star")
     return f"{level}-{slug}-s{seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
+def _current(record: dict[str, Any], overrides: dict[str, Any]) -> bool:
+    """Whether a record was scored with the test protocol that ``overrides`` give its row today."""
+    cfg = _model_config(record["level"], record["row"], record["seed"], overrides)
+    return record.get("test_protocol") == _test_protocol(cfg)
+
+
 def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results: Path,
             cache: dict[tuple[str, int], Any]) -> dict[str, Any]:
-    path = results / f"{_key(level, row, seed, overrides)}.json"
+    """One (level, row, seed, variant): trained (its weights kept under ``<results>/models``) and
+    scored. A record scored with today's test protocol is returned as it is; an older one is
+    re-scored from the kept weights, without training."""
+    from hrnet_pyg import HRNet
+    from hrnet_pyg.runtime import atomic_save
+
+    key = _key(level, row, seed, overrides)
+    path, weights = results / f"{key}.json", results / "models" / f"{key}.pt"
     if path.is_file():
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        if _current(record, overrides):
+            return record
     t0 = time.perf_counter()
     cfg = _model_config(level, row, seed, overrides)
     if (level, seed) not in cache:
         cache[(level, seed)] = (feature_level_data(seed) if level == "feature"
                                 else image_level_data(seed, results / "data" / f"seed{seed}"))
     data = cache[(level, seed)]
+    if weights.is_file():
+        model = HRNet(cfg, num_classes=data["num_classes"])
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.eval()
+        how = f"re-scored from {weights.name}"
+    else:
+        model = (train_feature_row if level == "feature" else train_image_row)(cfg, data, seed)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(model.state_dict(), weights)
+        how = "trained"
     if level == "feature":
-        model = train_feature_row(cfg, data, seed)
         q, g = data["query"], data["gallery"]
     else:
-        model = train_image_row(cfg, data, seed)
         feats = image_features(model, data)
         q, g = feats["query"], feats["gallery"]
     with torch.no_grad():
         scores = score_model(model, q, g, extended=not overrides)
         if model.pr is not None:
             scores.update(pr_diagnostics(model, q, g))
-    record = dict(key=path.stem, level=level, row=row, seed=seed, overrides=overrides, scores=scores,
+    record = dict(key=key, level=level, row=row, seed=seed, overrides=overrides,
+                  test_protocol=_test_protocol(cfg), scores=scores,
                   num_queries=int(q[0].size(0)), num_gallery=int(g[0].size(0)),
-                  data=data["summary"], seconds=time.perf_counter() - t0)
+                  data=data["summary"], seconds=time.perf_counter() - t0, how=how)
     results.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, default=str))
     tmp.replace(path)
     print(f"{level} {row} seed {seed} {overrides or ''}: cosine {scores['cosine']['mAP']:.3f} "
           f"relational {scores.get('relational', scores['cosine'])['mAP']:.3f} "
-          f"k-reciprocal {scores['k-reciprocal']['mAP']:.3f} ({record['seconds']:.0f} s)", flush=True)
+          f"k-reciprocal {scores['k-reciprocal']['mAP']:.3f} ({how}, {record['seconds']:.0f} s)", flush=True)
     return record
 
 
@@ -397,7 +448,7 @@ def _cells(records: list[dict[str, Any]], protocol: str) -> tuple[str, str]:
 def _select(records, level, row, overrides) -> list[dict[str, Any]]:
     # The runs of exactly this resolved config (today's defaults), whatever label they ran under.
     keys = {_key(level, row, seed, overrides) for seed in range(16)}
-    return [r for r in records if r.get("key") in keys]
+    return [r for r in records if r.get("key") in keys and _current(r, overrides)]
 
 
 def _rows_table(records, level: str, rows: Sequence[tuple[str, str, dict[str, Any]]],
@@ -455,7 +506,10 @@ def report(results: Path, out: Path) -> str:
         terms = [("relational", "fused (defaults)"), ("term ir_cosine", "IR cos(V')"),
                  ("term ir_bn_cosine", "IR cos(BN(V'))"), ("term pr_prob", "PR t_hat"),
                  ("term pr_logit", "PR logit")]
-        fusions = [(f"fusion {label}", label) for label, over in TEST_TIME.items() if "rerank_norm" in over]
+        fusions = [(f"fusion {label}", label) for label, over in TEST_TIME.items()
+                   if "rerank_norm" in over and "rerank_pr_weight" not in over]
+        weights = [(f"{pr} weight {w}", f"z(cos(BN(V'))) + {w} z({name})" + (" (IR alone)" if w == 0 else ""))
+                   for pr, name in (("pr_prob", "t_hat"), ("pr_logit", "logit of t_hat")) for w in PR_WEIGHTS]
         shortlist = [("relational", "top-120 (paper)"), ("top-60 shortlist", "top-60"),
                      ("top-240 shortlist", "top-240"),
                      ("relational after k-reciprocal", "top-120 of k-reciprocal")]
@@ -469,9 +523,12 @@ def report(results: Path, out: Path) -> str:
         pr_rows = [(r, "defaults", {}) for r in ("CNN+PR+IGP", "HRNet")]
         literal = [(r, "paper-literal", PAPER_LITERAL) for r in ("CNN+PR+IGP", "HRNet")]
         extra = [
+            ("The issue's inequalities, seed by seed (the defaults)", _paired_table(recs, level)),
             ("Each module's similarity alone (the defaults' models)", table(recs, level, main[1:], terms)),
-            ("Fusion: which similarities are added, normalised how (HRNet, the defaults' models)",
-             _transposed(recs, level, "HRNet", {}, fusions)),
+            ("Fusion: which similarities are added, normalised how (HRNet, the defaults' models, "
+             "the two terms as equals)", _transposed(recs, level, "HRNet", {}, fusions)),
+            ("Fusion: the PR term's weight after the z-score (HRNet, the defaults' models; `rerank_pr_weight`)",
+             _transposed(recs, level, "HRNet", {}, weights, "fusion (IR term + weight x PR term)")),
             ("The test graph: shortlist length and source (the defaults' models)",
              table(recs, level, main[1:], shortlist)),
             ("Fig. 4's end point: pr_edges = 66 at test time (the defaults' models)",
@@ -491,6 +548,35 @@ def report(results: Path, out: Path) -> str:
     return text
 
 
+# The issue's inequalities seed by seed: (label, (row, protocol), (row, protocol)); seed s of one
+# row and seed s of another share the generated data of seed s (not the initialisation).
+PAIRED = [
+    ("HRNet: relational re-ranking - its own cosine", ("HRNet", "relational"), ("HRNet", "cosine")),
+    ("HRNet: relational re-ranking - its IR term alone", ("HRNet", "relational"), ("HRNet", "term ir_bn_cosine")),
+    ("HRNet: relational re-ranking - its PR term alone", ("HRNet", "relational"), ("HRNet", "term pr_prob")),
+    ("HRNet - CNN+IR+CNC (relational re-ranking)", ("HRNet", "relational"), ("CNN+IR+CNC", "relational")),
+    ("HRNet - CNN+PR+IGP (relational re-ranking)", ("HRNet", "relational"), ("CNN+PR+IGP", "relational")),
+    ("CNN+IR+CNC (relational) - CNN (cosine)", ("CNN+IR+CNC", "relational"), ("CNN", "cosine")),
+    ("CNN+PR+IGP (relational) - CNN (cosine)", ("CNN+PR+IGP", "relational"), ("CNN", "cosine")),
+    ("HRNet: relational re-ranking - k-reciprocal of its features", ("HRNet", "relational"),
+     ("HRNet", "k-reciprocal")),
+]
+
+
+def _paired_table(records, level: str) -> str:
+    by_seed = {row: {r["seed"]: r["scores"] for r in _select(records, level, row, {})} for row in ROWS}
+    seeds = sorted(set.intersection(*(set(v) for v in by_seed.values()))) if all(by_seed.values()) else []
+    if not seeds:
+        return ""
+    lines = ["| mAP difference (points) | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for label, (row_a, proto_a), (row_b, proto_b) in PAIRED:
+        diffs = [100 * (by_seed[row_a][s][proto_a]["mAP"] - by_seed[row_b][s][proto_b]["mAP"]) for s in seeds]
+        m, sd = _mean_std(diffs)
+        lines.append(f"| {label} | " + " | ".join(f"{d:+.2f}" for d in diffs) + f" | {m:+.2f} ± {sd:.2f} |")
+    return "\n".join(lines)
+
+
 def _diag_table(records, level: str, rows, protocols) -> str:
     def cells(row: str, sel: list[dict[str, Any]]) -> list[str]:
         out = []
@@ -502,9 +588,10 @@ def _diag_table(records, level: str, rows, protocols) -> str:
     return _rows_table(records, level, rows, [t for _, t in protocols], cells)
 
 
-def _transposed(records, level: str, row: str, over: dict[str, Any], protocols) -> str:
+def _transposed(records, level: str, row: str, over: dict[str, Any], protocols,
+                what: str = "fusion (IR term + PR term, normalisation)") -> str:
     sel = _select(records, level, row, over)
-    lines = ["| fusion (IR term + PR term, normalisation) | seeds | mAP | R1 |", "|---|---|---|---|"]
+    lines = [f"| {what} | seeds | mAP | R1 |", "|---|---|---|---|"]
     if not sel:
         return ""
     for proto, label in protocols:

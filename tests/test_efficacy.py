@@ -45,4 +45,21 @@ def test_quick_feature_study_records_every_protocol_and_resumes(tmp_path, capsys
     capsys.readouterr()
     assert eff.main(args) == 0  # everything on disk: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "res").glob("*.json")} == stamps
-    assert "seed 0" not in capsys.readouterr().out  # no "row seed ...: cosine ..." training line
+    assert "feature HRNet seed 0" not in capsys.readouterr().out  # no "level row seed ...: cosine" line
+    assert "pr_logit weight 0.5" in hrnet and hrnet["pr_prob weight 0.0"] == hrnet["term ir_bn_cosine"]
+    # every run keeps its weights; a record scored under another test protocol (here: an older
+    # PR weight) is re-scored from them, without training, and the rest stay as they are
+    assert sorted(p.stem for p in (tmp_path / "res" / "models").glob("*.pt")) == sorted(r["key"] for r in records)
+    path = next(p for p in (tmp_path / "res").glob("*.json") if json.loads(p.read_text())["row"] == "HRNet")
+    old = json.loads(path.read_text())
+    old["test_protocol"]["rerank_pr_weight"] = 1.0
+    path.write_text(json.dumps(old))
+    stamps[path] = path.stat().st_mtime_ns
+    assert eff.main(args) == 0
+    out = capsys.readouterr().out
+    assert "re-scored from" in out and out.count("feature HRNet seed 0") == 1 and "feature CNN seed" not in out
+    again = json.loads(path.read_text())
+    assert again["test_protocol"]["rerank_pr_weight"] == 0.25 and again["how"].startswith("re-scored")
+    for proto in ("cosine", "relational", "term pr_logit", "pr_prob weight 1.0"):  # the same model
+        assert again["scores"][proto] == old["scores"][proto], proto
+    assert all(p.stat().st_mtime_ns == s for p, s in stamps.items() if p != path)
