@@ -11,6 +11,7 @@ from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv
 from hrnet_pyg.model import HRNet
 from hrnet_pyg.rerank import relational_rerank
 from hrnet_pyg.scoring import (
+    fuse_scores,
     individual_adjacency,
     individual_dense,
     individual_dots,
@@ -185,6 +186,13 @@ def test_rerank_errors_are_specific():
         relational_rerank(model, torch.randn(2, D), torch.randn(4, D), queries_per_pass=0, progress=False)
     with pytest.raises(ValueError, match=r"\(B, M, 16\)"):
         query_graph_scores(model, torch.randn(2, 1, D))
+    parts = {"ir_cosine": torch.randn(2, 5), "pr_prob": torch.rand(2, 5)}
+    with pytest.raises(ValueError, match="pr_weight"):
+        fuse_scores(parts, pr_weight=-0.5)
+    with pytest.raises(ValueError, match="rerank_pr_weight"):
+        HRNetConfig(rerank_pr_weight=float("nan"))
+    # YAML 1.1 reads 2.5e-1 as a string: the typed config makes it the number
+    assert HRNetConfig.from_dict({"rerank_pr_weight": "2.5e-1"}).rerank_pr_weight == 0.25
 
 
 # ---------------------------------------------------------------------------------------------
