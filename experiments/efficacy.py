@@ -362,7 +362,7 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
     scored. A record scored with today's test protocol is returned as it is; an older one is
     re-scored from the kept weights, without training."""
     from hrnet_pyg import HRNet
-    from hrnet_pyg.runtime import atomic_save
+    from hrnet_pyg.runtime import atomic_save, atomic_write
 
     key = _key(level, row, seed, overrides)
     path, weights = results / f"{key}.json", results / "models" / f"{key}.pt"
@@ -383,7 +383,6 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
         how = f"re-scored from {weights.name}"
     else:
         model = (train_feature_row if level == "feature" else train_image_row)(cfg, data, seed)
-        weights.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(model.state_dict(), weights)
         how = "trained"
     if level == "feature":
@@ -399,10 +398,7 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
                   test_protocol=_test_protocol(cfg), scores=scores,
                   num_queries=int(q[0].size(0)), num_gallery=int(g[0].size(0)),
                   data=data["summary"], seconds=time.perf_counter() - t0, how=how)
-    results.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    tmp.replace(path)
+    atomic_write(path, lambda fh: fh.write(json.dumps(record, indent=1, default=str)), mode="w")
     print(f"{level} {row} seed {seed} {overrides or ''}: cosine {scores['cosine']['mAP']:.3f} "
           f"relational {scores.get('relational', scores['cosine'])['mAP']:.3f} "
           f"k-reciprocal {scores['k-reciprocal']['mAP']:.3f} ({how}, {record['seconds']:.0f} s)", flush=True)
