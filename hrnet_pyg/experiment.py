@@ -343,14 +343,16 @@ def run_experiment(
     from hrnet_pyg.distributed import init_distributed
     from hrnet_pyg.engine import evaluate
     from hrnet_pyg.engine.train import load_training_state
-    from hrnet_pyg.runtime import resolve_device
+    from hrnet_pyg.runtime import amp_dtype, check_compile, resolve_device
 
     out_dir = Path(exp.run.output_dir)
     if train:
         check_run_folder(out_dir, resume=exp.run.resume, overwrite=overwrite, names=CLI_NAMES)
         if exp.run.resume is not None and not Path(exp.run.resume).exists():
             raise FileNotFoundError(f"checkpoint {exp.run.resume} does not exist")
-    resolve_device(exp.run.device)  # a wrong device name fails now, not after the data is read
+    # a wrong device name, AMP mode or compile backend fails now, not after the data is read
+    amp_dtype(resolve_device(exp.run.device), exp.run.amp)
+    check_compile(exp.run.compile)
     # Under torchrun, join its process group (each rank on cuda:LOCAL_RANK,
     # or the CPU with gloo); only rank 0 writes files and logs. A no-op for a plain python run.
     ctx = init_distributed(exp.run.device)

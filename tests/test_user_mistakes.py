@@ -295,3 +295,14 @@ def test_a_feat_dim_the_backbone_ignores_is_recorded_as_used(caplog):
     with caplog.at_level(logging.WARNING, logger="hrnet_pyg"):  # the default: recorded, no warning
         model = HRNet(HRNetConfig(backbone="resnet18", pretrained=False), num_classes=4)
     assert model.config.feat_dim == 512 and not caplog.records
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("run.amp=fp16", "amp='fp16' needs a CUDA device"),
+    ("run.compile=nonsense", "compile='nonsense' is not a torch.compile backend; e.g. eager, "),
+])
+def test_run_settings_torch_checks_late_are_refused_before_any_file(item, expected, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_tiny_args(tmp_path, "--set", item, "--output-dir", str(run), "--epochs", "1")]) == 2
+    _one_line_error(capsys, expected)
+    assert not run.exists() or not any(run.iterdir())

@@ -38,6 +38,7 @@ from hrnet_pyg.runtime import (
     atomic_save,
     atomic_write,
     autocast_context,
+    check_compile,
     is_main_process,
     load_checkpoint,
     on_terminal,
@@ -334,6 +335,7 @@ def fit(
     total_epochs = int(wanted)
     if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
         raise ValueError(f"max_steps_per_epoch must be at least 1 (or None), got {max_steps_per_epoch}")
+    check_compile(compile)
     out_dir = Path(output_dir) if output_dir is not None else None
     main = is_main_process()
     if out_dir is not None and main:  # before anything is written: another run's files stay
