@@ -152,12 +152,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import evaluate, load_model
-    from hrnet_pyg.experiment import build_loaders
+    from hrnet_pyg.experiment import build_loaders, check_test_split
 
     exp = _experiment(args)
     model = load_model(args.checkpoint)
     exp.model = model.config
     dataset, _, query_loader, gallery_loader = build_loaders(exp)
+    check_test_split(dataset, exp.data.name)
     report = evaluate(
         model, query_loader, gallery_loader, rerank=not args.no_rerank, k_reciprocal=args.k_reciprocal,
         use_camids=getattr(dataset, "has_camids", True),
@@ -169,6 +170,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.overwrite:  # before minutes of extraction, not after
+        what = "a folder" if args.out.is_dir() else "a file"
+        raise ValueError(f"--out {args.out} exists ({what}); replace it with --overwrite or choose another --out")
     _writable(args.out)
     if getattr(args, "images", None) is not None:
         return _cmd_extract_images(args)
@@ -471,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train and evaluate one experiment", description=cmd_train.__doc__)
     _add_experiment_args(p)
-    p.add_argument("--epochs", type=int, help="total epochs (overrides model.epochs; the paper: 200)")
+    p.add_argument("--epochs", type=_positive_int, help="total epochs (overrides model.epochs; the paper: 200)")
     p.add_argument("--resume", type=Path, help="continue from a last.pth written by an earlier run")
     p.add_argument(
         "--overwrite",
@@ -525,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="output .npz (features F, paths; pids and camids when known)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace the --out file when it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_extract)
 

@@ -6,6 +6,8 @@ and point to ``docs/paper_map.md`` where the choice is argued.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import types
 import typing
 from collections.abc import Callable
@@ -97,30 +99,40 @@ class HRNetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.milestones = tuple(self.milestones)
-        self.image_size = tuple(self.image_size)  # type: ignore[assignment]
-        if self.ir_graph not in ("knn", "full"):
-            raise ValueError(f"ir_graph must be 'knn' or 'full', got {self.ir_graph!r}")
-        if self.ir_attention_norm not in ("all", "neighbors", "size"):
-            raise ValueError(
-                f"ir_attention_norm must be 'all' (Eq. 2), 'neighbors' (GAT) or 'size' "
-                f"(Eq. 2 scaled to the training graph's size), got {self.ir_attention_norm!r}"
-            )
-        if self.cnc_mining not in ("violation", "batch_hard"):
-            raise ValueError(f"cnc_mining must be 'violation' or 'batch_hard', got {self.cnc_mining!r}")
-        for name, valid in (("pr_head", ("diagonal", "projected")),
+        # Python callers get what the YAML path gets: values coerced to the field types
+        # (lr="3e-4" -> 3e-4), then every range checked, each error naming its field.
+        coerce_dataclass(self)
+        check(self.ir_graph in ("knn", "full"), "ir_graph", f"must be 'knn' or 'full', got {self.ir_graph!r}")
+        check(self.ir_attention_norm in ("all", "neighbors", "size"), "ir_attention_norm",
+              "must be 'all' (Eq. 2), 'neighbors' (GAT) or 'size' (Eq. 2 scaled to the training graph's size), "
+              f"got {self.ir_attention_norm!r}")
+        for name, valid in (("cnc_mining", ("violation", "batch_hard")),
+                            ("pr_head", ("diagonal", "projected")),
                             ("pr_head_init", ("glorot", "distance")),
                             ("rerank_ir_score", ("ir_cosine", "ir_bn_cosine")),
                             ("rerank_pr_score", ("pr_prob", "pr_logit")),
                             ("rerank_norm", ("none", "zscore", "rank"))):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
-        if not 0.0 <= self.rerank_pr_weight < float("inf"):
-            raise ValueError(f"rerank_pr_weight must be a finite number >= 0, got {self.rerank_pr_weight}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"alpha and beta must lie in [0, 1], got {self.alpha}, {self.beta}")
+            check(getattr(self, name) in valid, name, f"must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
+        for name in ("k", "num_identities", "num_instances", "epochs", "top_k_rerank", "feat_dim"):
+            at_least(self, name, 1)
+        for name in ("warmup_epochs", "seed"):  # seed: numpy's generators take no negative seed
+            at_least(self, name, 0)
+        for name in ("alpha", "beta", "random_erasing"):
+            within(self, name, 0.0, 1.0)
+        check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
+        for name in ("lr", "gamma"):
+            check(0.0 < getattr(self, name) < math.inf, name, f"must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "lambda_cnc", "cnc_margin", "triplet_margin", "leaky_relu_slope",
+                     "rerank_pr_weight"):
+            check(0.0 <= getattr(self, name) < math.inf, name,
+                  f"must be a finite number >= 0, got {getattr(self, name)}")
+        check(all(m >= 1 for m in self.milestones), "milestones",
+              f"must be epochs >= 1, got {list(self.milestones)}")
+        check(all(s >= 1 for s in self.image_size), "image_size",
+              f"must be a (height, width) of at least 1 pixel each, got {list(self.image_size)}")
+        check(self.pr_edges is None or self.pr_edges >= 1, "pr_edges",
+              f"must be null (complete graph) or at least 1, got {self.pr_edges}")
+        check(self.last_stride in (1, 2), "last_stride", f"must be 1 or 2, got {self.last_stride}")
 
     @property
     def batch_size(self) -> int:
@@ -155,6 +167,48 @@ class HRNetConfig:
         return cls.from_dict(values)
 
 
+# ---------------------------------------------------------------------------- checked values
+class ConfigError(ValueError):
+    """A configuration value that does not fit its field: ``field`` names it, ``problem`` says why.
+
+    The message is ``"<field>: <problem>"``; :func:`hrnet_pyg.experiment.load_experiment`
+    rewrites it to name where the value came from (``--set model.lr``, ``exp.yaml: model.lr``).
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+def check(ok: bool, field: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(field, problem)
+
+
+def at_least(obj: Any, name: str, minimum: int) -> None:
+    value = getattr(obj, name)
+    check(value >= minimum, name, f"must be at least {minimum}, got {value}")
+
+
+def within(obj: Any, name: str, low: float, high: float) -> None:
+    value = getattr(obj, name)
+    check(low <= value <= high, name, f"must lie in [{low:g}, {high:g}], got {value}")
+
+
+def coerce_dataclass(obj: Any) -> None:
+    """Convert every field of the dataclass instance ``obj`` to its annotated type, in place.
+
+    Raises :class:`ConfigError` naming the field, e.g. ``lr: expected float, got 'fast'``.
+    """
+    hints = _type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        try:
+            setattr(obj, f.name, _coerce(value, hints[f.name]))
+        except _Mismatch:
+            raise ConfigError(f.name, f"expected {_type_name(hints[f.name])}, got {value!r}") from None
+
+
 # ---------------------------------------------------------------------------- typed values
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -181,11 +235,26 @@ class _Mismatch(Exception):
     pass
 
 
+_HINTS: dict[Any, dict[str, Any]] = {}
+
+
+def _type_hints(cls: Any) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _is_number(value: Any, kind: type) -> bool:
+    """``value`` is an int (``kind`` numbers.Integral) or a real number, numpy's included, not a bool."""
+    return isinstance(value, kind) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+
+
 def _coerce(value: Any, tp: Any) -> Any:
     """``value`` as type ``tp``; raises :class:`_Mismatch` when it does not fit.
 
     YAML 1.1 reads ``3e-4`` as a string, so numeric strings become numbers; a bool never passes
-    as a number, nor a number or a word other than true/false/yes/no/on/off as a bool.
+    as a number, nor a number or a word other than true/false/yes/no/on/off as a bool. ``null``
+    for a mapping is the empty mapping (how a config file clears one inherited from its base).
     """
     if tp is Any:
         return value
@@ -217,6 +286,8 @@ def _coerce(value: Any, tp: Any) -> Any:
             items = list(value)
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
+        if value is None:
+            return {}
         if not isinstance(value, dict):
             raise _Mismatch
         return dict(value)
@@ -227,8 +298,8 @@ def _coerce(value: Any, tp: Any) -> Any:
             return value.strip().lower() in _TRUE
         raise _Mismatch
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if _is_number(value, numbers.Integral):
+            return int(value)
         if isinstance(value, str):
             try:
                 return int(value.strip())
@@ -236,7 +307,7 @@ def _coerce(value: Any, tp: Any) -> Any:
                 pass
         raise _Mismatch
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if _is_number(value, numbers.Real):
             return float(value)
         if isinstance(value, str):
             try:
@@ -247,7 +318,7 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if _is_number(value, numbers.Real):
             return str(value)  # e.g. output_dir: 2024
         raise _Mismatch
     return value
@@ -263,7 +334,7 @@ def coerce_fields(
     pass through unchanged (the callers report them with the list of valid names).
     """
     label = label or (lambda key: f"{where}.{key}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     out = dict(values)
     for key, value in values.items():
         if key not in hints:
@@ -280,19 +351,55 @@ def coerce_fields(
 def load_yaml_with_base(path: str | Path) -> dict:
     """Read a YAML file; a ``_base_`` key names a file (relative to this one) merged underneath.
 
-    Nested dicts merge key by key, so a table-row file only states what differs from its base.
+    Nested dicts merge key by key, so a table-row file only states what differs from its base;
+    ``key: null`` over an inherited mapping clears it (e.g. ``data: {kwargs: null}``).
+
+    Raises ``ValueError`` in one line for a file that is not valid YAML (``file:line:column:
+    problem``), a ``_base_`` chain that returns to a file already in it, and a top level that is
+    not a mapping; ``FileNotFoundError`` for a missing file (naming the file whose ``_base_``
+    points at it).
     """
-    path = Path(path)
+    return _load_chain(Path(path), [])
+
+
+def _load_chain(path: Path, chain: list[tuple[Path, Path]]) -> dict:
+    """``path`` merged over its bases; ``chain``: (as written, resolved) of the files that led here."""
+    key = path.resolve()
+    if key in [resolved for _, resolved in chain]:
+        loop = " -> ".join(str(p) for p, _ in [*chain, (path, key)])
+        raise ValueError(f"config file {chain[-1][0]}: its _base_ chain comes back to {path} ({loop})")
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+        where = f"{chain[-1][0]}: _base_ " if chain else ""
+        what = "is a folder, not a config file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{where}config file {path} {what}")
+    data = _read_yaml(path)
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping at top level")
+        raise ValueError(f"config file {path} must hold a mapping (key: value lines) at top level")
     base = data.pop("_base_", None)
     if base is None:
         return data
-    return _merge(load_yaml_with_base(path.parent / base), data)
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"config file {path}: _base_ must be a file name, got {base!r}")
+    return _merge(_load_chain(path.parent / base, [*chain, (path, key)]), data)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML of ``path``; a syntax error is one line: ``path:line:column: problem``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh) or {}
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        if "\\t" in problem:
+            problem += " (YAML indents with spaces, not tabs)"
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:
+            problem += f" ({context} started at line {start.line + 1}, column {start.column + 1})"
+        raise ValueError(f"{where}: invalid YAML: {problem}") from None
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -300,9 +407,14 @@ def _merge(base: dict, over: dict) -> dict:
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
+        elif value is None and isinstance(out.get(key), dict):
+            out[key] = {}  # null clears an inherited mapping
         else:
             out[key] = value
     return out
 
 
-__all__ = ["HRNetConfig", "PAPER_LITERAL", "TABLE1_ROWS", "coerce_fields", "load_yaml_with_base"]
+__all__ = [
+    "ConfigError", "HRNetConfig", "PAPER_LITERAL", "TABLE1_ROWS", "coerce_dataclass", "coerce_fields",
+    "load_yaml_with_base",
+]

@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hrnet_pyg.config import HRNetConfig, _merge, coerce_fields, load_yaml_with_base
+from hrnet_pyg.config import (
+    ConfigError,
+    HRNetConfig,
+    _merge,
+    at_least,
+    check,
+    coerce_dataclass,
+    coerce_fields,
+    load_yaml_with_base,
+)
+from hrnet_pyg.outputs import CLI_NAMES, RUN_FILES, check_run_folder, clear_run_folder
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -31,7 +41,11 @@ log = logging.getLogger("hrnet_pyg")
 class DataConfig:
     name: str = "market1501"  # build_dataset name
     root: str = "data"  # folder holding the dataset folder
-    kwargs: dict[str, Any] = field(default_factory=dict)  # extra build_dataset arguments
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra build_dataset arguments; null: none
+
+    def __post_init__(self) -> None:
+        coerce_dataclass(self)
+        check(bool(self.name), "name", "must name a dataset, got an empty name")
 
 
 @dataclass
@@ -56,6 +70,19 @@ class RunConfig:
     eval_rerank: bool = False  # those evaluations with the relational re-ranking (slower) instead of cosine
     tensorboard: bool | None = None  # None: when installed; true: warn if it is not; false: off
 
+    def __post_init__(self) -> None:
+        coerce_dataclass(self)
+        at_least(self, "num_workers", 0)
+        at_least(self, "eval_batch_size", 1)
+        at_least(self, "print_freq", 1)
+        at_least(self, "eval_freq", 0)
+        check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
+              f"must be at least 1 (or null: whole epochs), got {self.max_steps_per_epoch}")
+        check(self.amp in (True, False, "auto", "off", "bf16", "fp16"), "amp",
+              f"must be auto, false, bf16 or fp16, got {self.amp!r}")
+        check(self.graph_scope in ("local", "global"), "graph_scope",
+              f"must be 'local' (graphs per rank) or 'global' (over the batch of all ranks), got {self.graph_scope!r}")
+
 
 @dataclass
 class Experiment:
@@ -72,12 +99,15 @@ class Experiment:
         }
 
 
-def _section(cls: Any, values: dict[str, Any], where: str, label: Any = None) -> Any:
+def _section(cls: Any, values: dict[str, Any], where: str, label: Any) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
-    return cls(**coerce_fields(cls, values, where, label))
+    try:
+        return cls(**coerce_fields(cls, values, where, label))
+    except ConfigError as exc:  # a value out of range: name it as the user wrote it
+        raise ValueError(f"{label(exc.field)}: {exc.problem}") from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -147,9 +177,13 @@ def load_experiment(path: str | Path | None = None, overrides: dict[str, Any] | 
         if not isinstance(values.get(section, {}), dict):
             raise ValueError(f"{where}: section '{section}' must be a mapping of keys to values")
     model_values = values.get("model", {})
+    model_names = {f.name for f in dataclasses.fields(HRNetConfig)}
+    unknown = sorted(set(model_values) - model_names)
+    if unknown:
+        raise ValueError(f"unknown HRNetConfig field(s) {unknown}; valid fields: {', '.join(sorted(model_names))}")
     return Experiment(
         data=_section(DataConfig, values.get("data", {}), f"{where} [data]", label("data")),
-        model=HRNetConfig.from_dict(coerce_fields(HRNetConfig, model_values, "model", label("model"))),
+        model=_section(HRNetConfig, model_values, "model", label("model")),
         run=_section(RunConfig, values.get("run", {}), f"{where} [run]", label("run")),
         source=str(path) if path is not None else None,
     )
@@ -162,10 +196,16 @@ def build_loaders(exp: Experiment) -> tuple[Any, DataLoader, DataLoader, DataLoa
     from torch.utils.data import DataLoader
 
     from hrnet_pyg.data import ImageDataset, PKSampler, build_dataset, build_transforms
+    from hrnet_pyg.data.catalog import check_dataset_options
     from hrnet_pyg.distributed import ShardSampler, get_rank, get_world_size, main_process_first
     from hrnet_pyg.runtime import on_terminal, resolve_device
 
     cfg, run = exp.model, exp.run
+    try:  # a misspelt or leftover option: one line naming it, before any data is read
+        check_dataset_options(exp.data.name, exp.data.kwargs, where="data.kwargs")
+    except ValueError as exc:
+        hint = "; a config clears kwargs inherited from its _base_ with `kwargs: null`" if exp.source else ""
+        raise ValueError(f"{exp.source + ': ' if exp.source else ''}{exc}{hint}") from None
     with main_process_first():  # distributed: rank 0 generates / checks the data alone first
         kwargs = dict(exp.data.kwargs)
         if exp.data.name == "synthetic":  # the generator's bar only where it can redraw itself
@@ -178,6 +218,12 @@ def build_loaders(exp: Experiment) -> tuple[Any, DataLoader, DataLoader, DataLoa
     pin = resolve_device(run.device).type == "cuda"
     # under torchrun: one global P x K plan, whole identities split over the ranks
     world, rank = get_world_size(), get_rank()
+    train_ids = len({r.pid for r in dataset.train})
+    if cfg.num_identities > train_ids:
+        raise ValueError(
+            f"model.num_identities = {cfg.num_identities} (P, identities per batch) is more than the "
+            f"{train_ids} training identities of {exp.data.name} at {exp.data.root}; use at most {train_ids}"
+        )
     if cfg.num_identities < world:
         raise ValueError(
             f"model.num_identities = {cfg.num_identities} (P, identities per global batch) is smaller "
@@ -202,41 +248,30 @@ def build_loaders(exp: Experiment) -> tuple[Any, DataLoader, DataLoader, DataLoa
     return dataset, train, test_loader(dataset.query), test_loader(dataset.gallery)
 
 
-#: What a run writes into its output folder (``--overwrite`` deletes exactly these).
-RUN_FILES = (
-    "last.pth", "best.pth", "metrics.csv", "metrics.json", "experiment.json", "config.yaml", "train.log", "tensorboard",
-)
-_RUN_MARKERS = ("last.pth", "best.pth", "metrics.csv", "metrics.json")  # a folder with one of these holds a run
-
-
-def check_output_dir(out_dir: str | Path, *, resume: Any = None, overwrite: bool = False) -> None:
-    """Refuse to start a fresh run in a folder that already holds one (unless ``overwrite``)."""
-    out_dir = Path(out_dir)
-    if resume is not None and overwrite:
-        raise ValueError("give either --resume (continue a run) or --overwrite (start again), not both")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output folder {out_dir} is a file")
-    held = [name for name in _RUN_MARKERS if (out_dir / name).exists()]
-    if not held or resume is not None or overwrite:
-        return
-    hint = f"continue it with --resume {out_dir / 'last.pth'}, " if "last.pth" in held else ""
-    raise ValueError(
-        f"output folder {out_dir} already holds a run ({', '.join(held)}); {hint}"
-        "start again with --overwrite (deletes that run) or choose another --output-dir"
-    )
-
-
-def _clear_run(out_dir: Path) -> None:
-    import shutil
-
-    for name in RUN_FILES:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    for tmp in out_dir.glob("*.pth.*.tmp"):
-        tmp.unlink()
+def check_test_split(dataset: Any, name: str) -> None:
+    """Raise ``ValueError`` unless ``dataset`` can be evaluated: a query and a gallery split, and
+    at least one query with a valid true match (its identity in the gallery, from another camera
+    when the dataset has camera ids) -- checked before training, not after it."""
+    if not dataset.query or not dataset.gallery:
+        empty = " and ".join(s for s in ("query", "gallery") if not getattr(dataset, s))
+        layout = (
+            " (root/<identity>/ folders are training data only); lay the images out as root/train/<identity>/, "
+            "root/query/<identity>/ and root/gallery/<identity>/ (docs/datasets.md)"
+            if getattr(dataset, "name", "") == "folder" else ""
+        )
+        raise ValueError(f"data: {name} at {dataset.root} has no {empty} split, so nothing can be evaluated{layout}")
+    use_camids = getattr(dataset, "has_camids", True)
+    gallery: dict[int, set[int]] = {}
+    for rec in dataset.gallery:
+        gallery.setdefault(rec.pid, set()).add(rec.camid)
+    if not any(
+        q.pid in gallery and (not use_camids or gallery[q.pid] - {q.camid}) for q in dataset.query
+    ):
+        other = " from another camera" if use_camids else ""
+        raise ValueError(
+            f"data: no query of {name} at {dataset.root} has a true match in the gallery (an image of its "
+            f"identity{other}), so mAP and CMC are undefined; check the query and gallery identities"
+        )
 
 
 def _environment(device: Any) -> list[str]:
@@ -307,14 +342,17 @@ def run_experiment(
     from hrnet_pyg.api import HRNet
     from hrnet_pyg.distributed import init_distributed
     from hrnet_pyg.engine import evaluate
-    from hrnet_pyg.runtime import resolve_device
+    from hrnet_pyg.engine.train import load_training_state
+    from hrnet_pyg.runtime import amp_dtype, check_compile, resolve_device
 
     out_dir = Path(exp.run.output_dir)
     if train:
-        check_output_dir(out_dir, resume=exp.run.resume, overwrite=overwrite)
+        check_run_folder(out_dir, resume=exp.run.resume, overwrite=overwrite, names=CLI_NAMES)
         if exp.run.resume is not None and not Path(exp.run.resume).exists():
             raise FileNotFoundError(f"checkpoint {exp.run.resume} does not exist")
-    resolve_device(exp.run.device)  # a wrong device name fails now, not after the data is read
+    # a wrong device name, AMP mode or compile backend fails now, not after the data is read
+    amp_dtype(resolve_device(exp.run.device), exp.run.amp)
+    check_compile(exp.run.compile)
     # Under torchrun, join its process group (each rank on cuda:LOCAL_RANK,
     # or the CPU with gloo); only rank 0 writes files and logs. A no-op for a plain python run.
     ctx = init_distributed(exp.run.device)
@@ -323,11 +361,21 @@ def run_experiment(
         logging.getLogger("hrnet_pyg").setLevel(logging.WARNING)
     torch.manual_seed(exp.model.seed)
     dataset, train_loader, query_loader, gallery_loader = build_loaders(exp)
+    # Everything that can be checked is checked before the first file is written: the test
+    # split, the model, and the checkpoint a resume continues (a best.pth, another model's).
+    check_test_split(dataset, exp.data.name)
+    if train:
+        model = HRNet(exp.model, num_classes=dataset.num_train_pids)
+        if exp.run.resume is not None:
+            load_training_state(model, exp.run.resume)
+    else:
+        model = HRNet.load(out_dir / "last.pth")
+    exp = dataclasses.replace(exp, model=model.config)  # as built (feat_dim: the backbone's width)
     run_log = None
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if train and overwrite:
-            _clear_run(out_dir)
+            clear_run_folder(out_dir)
         run_log = _RunLog(out_dir / "train.log")
     try:
         if ctx.is_main:
@@ -356,7 +404,6 @@ def run_experiment(
             return _rank_metrics(rep.hrnet if rep.hrnet is not None else rep.cnn)
 
         if train:
-            model = HRNet(exp.model, num_classes=dataset.num_train_pids)
             model.fit(
                 train_loader, device=device, amp=exp.run.amp, channels_last=exp.run.channels_last,
                 compile=exp.run.compile, output_dir=out_dir, resume=exp.run.resume,
@@ -364,8 +411,6 @@ def run_experiment(
                 sync_bn=exp.run.sync_bn, graph_scope=exp.run.graph_scope, print_freq=exp.run.print_freq,
                 eval_fn=eval_fn, eval_freq=exp.run.eval_freq, tensorboard=exp.run.tensorboard,
             )
-        else:
-            model = HRNet.load(out_dir / "last.pth")
         report = evaluate(
             model, query_loader, gallery_loader, rerank=exp.run.rerank, k_reciprocal=exp.run.k_reciprocal,
             use_camids=use_camids, device=device, progress=progress,
@@ -387,6 +432,6 @@ def run_experiment(
 
 
 __all__ = [
-    "DataConfig", "Experiment", "RUN_FILES", "RunConfig", "build_loaders", "check_output_dir", "load_experiment",
+    "DataConfig", "Experiment", "RUN_FILES", "RunConfig", "build_loaders", "check_test_split", "load_experiment",
     "parse_overrides", "run_experiment",
 ]

@@ -14,6 +14,8 @@ modules on pre-extracted features (the forward then takes F instead of images).
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +33,8 @@ from hrnet_pyg.losses import (
     hrnet_total_loss,
     verification_loss,
 )
+
+log = logging.getLogger("hrnet_pyg")
 
 
 @dataclass
@@ -77,6 +81,16 @@ class HRNet(nn.Module):
         else:
             self.backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
             dim = self.backbone.out_channels
+            if cfg.feat_dim != dim:
+                # d is the backbone's width; the config (and so config.yaml and every checkpoint)
+                # records the d in use, not a value that had no effect.
+                if cfg.feat_dim != HRNetConfig.feat_dim:
+                    log.warning(
+                        "model.feat_dim = %d is not used: backbone %s gives %d-dim features (feat_dim sets d "
+                        "only with backbone: null); recorded as %d", cfg.feat_dim, cfg.backbone, dim, dim,
+                    )
+                cfg = dataclasses.replace(cfg, feat_dim=dim)
+                self.config = cfg
         self.feat_dim = dim
         # under torch.distributed: "local" = graphs per rank, "global" = over all ranks' batch
         self.graph_scope = "local"

@@ -73,6 +73,17 @@ def amp_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else None
 
 
+def check_compile(compile: bool | str) -> None:
+    """Raise ``ValueError`` (one line) when ``compile`` names a backend ``torch.compile`` does not know;
+    torch itself would say so only at the first training step, in a traceback."""
+    if isinstance(compile, str):
+        import torch._dynamo
+
+        if compile not in torch._dynamo.list_backends(exclude_tags=()):
+            common = ", ".join(["eager", *torch._dynamo.list_backends()])
+            raise ValueError(f"compile={compile!r} is not a torch.compile backend; e.g. {common}")
+
+
 def autocast_context(device: torch.device, amp: bool | str) -> Any:
     """bf16 autocast on GPUs that support it, fp16 otherwise; off on the CPU unless asked."""
     dtype = amp_dtype(device, amp)
@@ -214,6 +225,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "autocast_context",
+    "check_compile",
     "check_features",
     "is_main_process",
     "load_checkpoint",

@@ -434,7 +434,11 @@ def test_a_redirected_run_leaves_clean_files_a_log_and_a_best_checkpoint(tmp_pat
     assert (
         load_experiment(run / "config.yaml").model
         == load_experiment(
-            None, parse_overrides([a for a in args[1::2] if "=" in a and a.startswith("model.")] + ["model.epochs=2"])
+            None,
+            parse_overrides(
+                [a for a in args[1::2] if "=" in a and a.startswith("model.")]
+                + ["model.epochs=2", "model.feat_dim=512"]  # recorded as used: ResNet-18's width
+            ),
         ).model
     )
     rows = list(csv.DictReader(open(run / "metrics.csv")))

@@ -1,8 +1,9 @@
 """The datasets by name: :data:`DATASETS`, the aliases other libraries use, :func:`build_dataset`."""
 from __future__ import annotations
 
+import inspect
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import (
     Any,
 )
@@ -18,7 +19,7 @@ from hrnet_pyg.data.custom import CustomCSV, ImageFolderReID
 from hrnet_pyg.data.dukemtmc import DukeMTMCreID
 from hrnet_pyg.data.market1501 import Market1501
 from hrnet_pyg.data.msmt17 import MSMT17
-from hrnet_pyg.data.synthetic import SyntheticReID
+from hrnet_pyg.data.synthetic import SyntheticReID, generate_synthetic_dataset
 
 DATASETS: dict[str, Callable[..., ReIDDataset]] = {
     "market1501": Market1501,
@@ -44,6 +45,42 @@ DATASET_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 ALIAS_NAMES = ("DukeMTMC", "msmt17_v1", "msmt17_v2", "cuhk03_detected", "cuhk03_labeled")
 
 
+def _canonical(name: str) -> str:
+    key = name.lower().replace("-", "").replace("_", "")
+    key = DATASET_ALIASES[key][0] if key in DATASET_ALIASES else key
+    if key not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} "
+            f"(aliases: {', '.join(ALIAS_NAMES)})"
+        )
+    return key
+
+
+def dataset_options(name: str) -> list[str]:
+    """The keyword options :func:`build_dataset` takes for the dataset ``name`` (aliases too)."""
+    key = _canonical(name)
+    params = list(inspect.signature(DATASETS[key]).parameters.values())
+    if key == "synthetic":  # SyntheticReID passes its **kwargs on to the generator
+        params += list(inspect.signature(generate_synthetic_dataset).parameters.values())
+    skip = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    return [p.name for p in params if p.name != "root" and p.kind not in skip]
+
+
+def check_dataset_options(name: str, options: Mapping[str, Any], where: str | None = None) -> None:
+    """Raise ``ValueError`` naming the first of ``options`` that the dataset ``name`` does not take.
+
+    ``where`` names the mapping the options came from (``data.kwargs``): the message then
+    starts with ``data.kwargs.<key>:``.
+    """
+    valid = dataset_options(name)
+    unknown = [key for key in options if key not in valid]
+    if unknown:
+        prefix = f"{where}.{unknown[0]}: " if where else ""
+        raise ValueError(
+            f"{prefix}dataset {_canonical(name)!r} has no option {unknown[0]!r}; its options: {', '.join(valid)}"
+        )
+
+
 def build_dataset(name: str, root: PathLike, **kwargs: Any) -> ReIDDataset:
     """Build a dataset by name.
 
@@ -55,8 +92,10 @@ def build_dataset(name: str, root: PathLike, **kwargs: Any) -> ReIDDataset:
         root: the data root (see ``docs/datasets.md`` for each layout).
         **kwargs: dataset options, e.g. ``verify=True`` (decode all images once),
             ``cuhk03_labeled``, ``combine_val`` (msmt17), the generator's parameters (synthetic),
-            ``train``/``query``/``gallery`` CSV paths (custom).
+            ``train``/``query``/``gallery`` CSV paths (custom). An option the dataset does not
+            take raises ``ValueError`` naming it and listing those it takes.
     """
+    check_dataset_options(name, kwargs)
     key = name.lower().replace("-", "").replace("_", "")
     if key in DATASET_ALIASES:
         key, implied = DATASET_ALIASES[key]
@@ -92,4 +131,7 @@ def dataset_statistics(name: str, root: PathLike, **kwargs: Any) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ALIAS_NAMES", "DATASETS", "DATASET_ALIASES", "build_dataset", "dataset_statistics"]
+__all__ = [
+    "ALIAS_NAMES", "DATASETS", "DATASET_ALIASES", "build_dataset", "check_dataset_options", "dataset_options",
+    "dataset_statistics",
+]

@@ -206,7 +206,8 @@ class ImageFolderReID(ReIDDataset):
 
     Two layouts:
 
-    * ``root/<identity>/*.jpg``: everything is the training split (query and gallery empty);
+    * ``root/<identity>/*.jpg``: everything is the training split (query and gallery empty; a
+      run of ``hrnet-pyg train`` or ``eval``, which evaluates, refuses it before training);
     * ``root/train/<identity>/*``, ``root/query/<identity>/*``, ``root/gallery/<identity>/*``
       (chosen when ``root/train``, ``root/query`` or ``root/gallery`` exists; query and gallery
       must come together).

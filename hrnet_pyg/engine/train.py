@@ -32,11 +32,13 @@ from hrnet_pyg.distributed import (
 )
 from hrnet_pyg.engine.checkpoint import model_payload
 from hrnet_pyg.engine.eval import split_batch
+from hrnet_pyg.outputs import check_run_folder, clear_run_folder
 from hrnet_pyg.runtime import (
     amp_dtype,
     atomic_save,
     atomic_write,
     autocast_context,
+    check_compile,
     is_main_process,
     load_checkpoint,
     on_terminal,
@@ -237,6 +239,29 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
     return ", ".join(f"model.{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now" for k in keys)
 
 
+def load_training_state(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """The checkpoint ``path`` that ``fit(resume=path)`` continues, its weights loaded into ``model``.
+
+    Raises ``ValueError`` in one line when the file holds no training state (a ``best.pth`` or a
+    file of ``save()``), or weights of another model (naming the settings that differ).
+    """
+    inner = unwrap_model(model)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if "optimizer" not in ckpt:
+        hint = f"; resume from {Path(path).parent / 'last.pth'}" if Path(path).name == "best.pth" else ""
+        raise ValueError(f"{path} holds a model but no training state (saved with save(), not fit()){hint}")
+    try:
+        inner.load_state_dict(ckpt["model"])
+    except RuntimeError:  # shapes or keys differ: say which settings, not 80 parameter names
+        diff = _config_differences(ckpt.get("config", {}), inner.config.to_dict())
+        raise ValueError(
+            f"checkpoint {path} does not fit this model"
+            + (f" ({diff})" if diff else " (its parameters have other names or shapes)")
+            + "; resume with the settings it was trained with"
+        ) from None
+    return ckpt
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -257,6 +282,7 @@ def fit(
     eval_fn: Callable[[nn.Module], dict[str, float] | None] | None = None,
     eval_freq: int = 0,
     tensorboard: bool | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
     """Train ``model`` as in Sec. 4.2 and return the per-epoch history.
 
@@ -273,7 +299,9 @@ def fit(
         compile: wrap the model in ``torch.compile`` (``True``: its default backend, inductor);
             a string names the backend (e.g. ``"eager"``: Dynamo's tracing without code generation).
         output_dir: where ``last.pth`` (every epoch, written atomically), ``metrics.csv`` and
-            TensorBoard logs go; ``None`` keeps nothing on disk.
+            TensorBoard logs go; ``None`` keeps nothing on disk. A folder that already holds a
+            run is refused (``ValueError``, before anything is written) unless ``resume``
+            continues that run or ``overwrite`` is set.
         resume: a checkpoint written by ``fit``: continues with the same optimiser, learning
             rate, sampler position and RNG state.
         max_steps_per_epoch: cut epochs short (smoke tests, demos).
@@ -293,13 +321,25 @@ def fit(
         eval_freq: epochs between two evaluations; ``0`` = none during training. (default: 0)
         tensorboard: ``None``: TensorBoard logs when it is installed; ``True``: also warn when
             it is not; ``False``: none. (default: ``None``)
+        overwrite: start again in an ``output_dir`` that holds a run, deleting that run's files
+            (:data:`hrnet_pyg.outputs.RUN_FILES`) first. (default: ``False``)
 
     Ctrl-C raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) saying the epoch and
     step reached and the checkpoint to resume from.
     """
     inner = unwrap_model(model)
     cfg: HRNetConfig = inner.config
-    total_epochs = int(epochs if epochs is not None else cfg.epochs)
+    wanted = epochs if epochs is not None else cfg.epochs
+    if isinstance(wanted, bool) or not isinstance(wanted, (int, np.integer)) or wanted < 1:
+        raise ValueError(f"epochs must be a whole number of at least 1, got {wanted!r}")
+    total_epochs = int(wanted)
+    if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
+        raise ValueError(f"max_steps_per_epoch must be at least 1 (or None), got {max_steps_per_epoch}")
+    check_compile(compile)
+    out_dir = Path(output_dir) if output_dir is not None else None
+    main = is_main_process()
+    if out_dir is not None and main:  # before anything is written: another run's files stay
+        check_run_folder(out_dir, resume=resume, overwrite=overwrite)
     dev = resolve_device(device)
     model.to(dev)
     if channels_last:
@@ -311,11 +351,11 @@ def fit(
     )
     use_amp = amp if amp != "auto" else (dev.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(dev, use_amp) == torch.float16)
-    out_dir = Path(output_dir) if output_dir is not None else None
     if isinstance(print_freq, bool) or not isinstance(print_freq, int) or print_freq < 1:
         raise ValueError(f"print_freq must be a positive number of steps, got {print_freq!r}")
-    main = is_main_process()
     if out_dir is not None and main:
+        if overwrite:
+            clear_run_folder(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         _stale_temporaries(out_dir)
     if cfg.num_instances < 2 and main:
@@ -327,18 +367,7 @@ def fit(
     result = FitResult()
     start_epoch, global_step, best = 0, 0, None
     if resume is not None:
-        ckpt = load_checkpoint(resume, map_location="cpu")
-        if "optimizer" not in ckpt:
-            raise ValueError(f"{resume} holds a model but no training state (saved with save(), not fit())")
-        try:
-            inner.load_state_dict(ckpt["model"])
-        except RuntimeError:  # shapes or keys differ: say which settings, not 80 parameter names
-            diff = _config_differences(ckpt.get("config", {}), cfg.to_dict())
-            raise ValueError(
-                f"checkpoint {resume} does not fit this model"
-                + (f" ({diff})" if diff else " (its parameters have other names or shapes)")
-                + "; resume with the settings it was trained with"
-            ) from None
+        ckpt = load_training_state(inner, resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -487,4 +516,4 @@ def fit(
     return result
 
 
-__all__ = ["FitResult", "TrainingInterrupted", "fit", "lr_at_epoch"]
+__all__ = ["FitResult", "TrainingInterrupted", "fit", "load_training_state", "lr_at_epoch"]
