@@ -337,7 +337,7 @@ def extract_images(
         num_workers: data loader processes. (default: ``0``)
         device: ``"auto"``/``None``: CUDA when present, else CPU.
         amp: autocast as in :func:`~hrnet_pyg.engine.extract` (on for CUDA under ``"auto"``).
-        progress: tqdm progress bar.
+        progress: a bar on a terminal, plain lines otherwise (:class:`~hrnet_pyg.runtime.Progress`).
 
     A missing or unreadable image raises :class:`~hrnet_pyg.data.DatasetError` naming its path.
     """

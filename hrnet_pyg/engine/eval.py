@@ -10,15 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# tqdm.std, not tqdm.auto: outside notebooks tqdm.auto is the asyncio variant, whose constructor
-# already calls iter() on the loader (see train.py).
-from tqdm import tqdm
-
 from hrnet_pyg.distributed import all_gather_cat, loader_is_sharded
 from hrnet_pyg.evaluation import cosine_distance, evaluate_rank
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
 from hrnet_pyg.rerank import relational_rerank
-from hrnet_pyg.runtime import autocast_context, is_main_process, on_terminal, resolve_device, unwrap_model
+from hrnet_pyg.runtime import autocast_context, is_main_process, resolve_device, unwrap_model
+from hrnet_pyg.runtime import progress as progress_of
 
 
 def split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -52,8 +49,7 @@ def extract(
     model.to(dev).eval()
     use_amp = amp if amp != "auto" else (dev.type == "cuda")
     feats, pids, camids = [], [], []
-    show = progress and is_main_process() and on_terminal()  # no bar fragments in log files
-    for batch in tqdm(loader, desc="extract", disable=not show, leave=False):
+    for batch in progress_of(loader, "extract", show=progress, unit="batches"):
         inputs, pid, camid = split_batch(batch)
         with autocast_context(dev, use_amp):
             f = unwrap_model(model).extract_features(inputs.to(dev, non_blocking=True))
@@ -118,7 +114,7 @@ def evaluate_features(
     hr = None
     if rerank:
         dist = relational_rerank(
-            inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress and on_terminal()
+            inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress
         )
         assert isinstance(dist, Tensor)  # without return_scores: the distance matrix alone
         hr = evaluate_rank(dist, *args)
