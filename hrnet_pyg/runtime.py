@@ -286,7 +286,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as exc:
         # torch's message carries internals and advice to load with weights_only=False, which
         # would let the file run code; name the file and the reason instead.
-        raise ValueError(f"checkpoint {path} could not be read: {_unreadable_reason(path, exc)}") from None
+        raise ValueError(f"checkpoint {path} could not be read: {unreadable_reason(path, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         raise ValueError(
             f"{path} is not an hrnet_pyg checkpoint (no 'kind': '{CHECKPOINT_KIND}' entry); "
@@ -306,7 +306,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def _unreadable_reason(path: Path, exc: Exception) -> str:
+def unreadable_reason(path: str | Path, exc: Exception, kind: str = "checkpoints") -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``exc``, in words for the user.
+
+    Never torch's own text for a refused pickle: it advises retrying with ``weights_only=False``,
+    which would let the file run code. ``kind`` names what is loaded (for the message).
+    """
+    path = Path(path)
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as fh:
             head = fh.read(2)
@@ -315,7 +321,7 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc).lower():
         return (
             "it holds Python objects other than tensors and plain containers, which are never "
-            "unpickled (hrnet_pyg loads checkpoints with weights_only=True)"
+            f"unpickled (hrnet_pyg loads {kind} with weights_only=True)"
         )
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"it is damaged or not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
@@ -337,5 +343,6 @@ __all__ = [
     "on_terminal",
     "progress",
     "resolve_device",
+    "unreadable_reason",
     "unwrap_model",
 ]
