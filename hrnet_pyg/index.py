@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -49,6 +50,7 @@ from hrnet_pyg.search import (
     extract_images,
     feature_fingerprint,
     features_of,
+    is_feature_file,
     list_images,
 )
 from hrnet_pyg.topk import merge_topk
@@ -64,6 +66,17 @@ DTYPES = ("float32", "float16")
 #: k-means cells), ``hnsw`` (HNSW-Flat graph); ``none``: no faiss part (exact blocked product).
 FAISS_TYPES = ("flat", "ivf", "hnsw", "none")
 _FAISS_FILE = "faiss.index"
+
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block with ``path`` (the index) as its file name: the
+    temporary names the block writes mean nothing to the user."""
+    try:
+        yield
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
 
 
 class GalleryIndexError(ValueError):
@@ -384,8 +397,9 @@ class GalleryIndex:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         inner = unwrap_model(model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
+        with _naming(path):  # before any extraction: an unwritable folder fails at once
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
         try:
             meta = {
                 "format": INDEX_FORMAT,
@@ -422,6 +436,9 @@ class GalleryIndex:
         self.check_model(model)
         if self.faiss_type != "none":
             _import_faiss()
+        with _naming(self.path):  # before any extraction: a read-only index fails at once
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
         return self._append(model, images, chunk=chunk, **extract_kw)
 
     def _append(
@@ -432,7 +449,7 @@ class GalleryIndex:
         labels = extract_kw.pop("labels", "auto")
         known = set(os.path.normcase(p) for p in self.paths) if len(self) else set()
         if isinstance(images, ImageFeatures) or (
-            not isinstance(images, ImageList) and Path(images).suffix.lower() == ".npz"
+            not isinstance(images, ImageList) and is_feature_file(images)
         ):
             feats = images if isinstance(images, ImageFeatures) else ImageFeatures.load(images)
             if feats.model_fingerprint is not None and feats.model_fingerprint != self.fingerprint:
