@@ -4,7 +4,7 @@ those of the relational re-ranking, side by side.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -69,6 +69,7 @@ class EvalReport:
     cnn: Any  # RankResult of the CNN features (cosine on BN(F))
     hrnet: Any  # RankResult after the relational re-ranking (None if skipped)
     kreciprocal: Any = None  # RankResult of k-reciprocal re-ranking, when asked
+    notes: list[str] = field(default_factory=list)  # lines printed under the table
 
     def table(self) -> str:
         rows = [("CNN (cosine)", self.cnn), ("relational re-ranking", self.hrnet), ("k-reciprocal", self.kreciprocal)]
@@ -81,7 +82,14 @@ class EvalReport:
                 f"| {name} | {100 * r.mAP:.1f} | {100 * cmc[0]:.1f} | {100 * cmc[min(4, len(cmc) - 1)]:.1f} "
                 f"| {100 * cmc[min(9, len(cmc) - 1)]:.1f} | {100 * r.mINP:.1f} |"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
+
+
+#: The note under the table of a model without IR and PR modules (Table 1's CNN row).
+NO_RELATIONAL_MODULES = (
+    "note: this model has no relational modules (model.use_ir and model.use_pr are off), so its "
+    "relational re-ranking row repeats the cosine ranking"
+)
 
 
 def evaluate_features(
@@ -121,7 +129,8 @@ def evaluate_features(
     kr = None
     if k_reciprocal:
         kr = evaluate_rank(k_reciprocal_rerank_features(qb.to(dev), gb.to(dev), progress=progress).cpu(), *args)
-    return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr)
+    notes = [NO_RELATIONAL_MODULES] if hr is not None and inner.ir is None and inner.pr is None else []
+    return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr, notes=notes)
 
 
 def evaluate(
