@@ -12,6 +12,7 @@ import pickle
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
@@ -273,6 +274,15 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
+def torch_load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` without torch's "Detected pickle protocol N"
+    warning: it asks the user to file an issue with PyTorch, and a file that fails to load gets
+    one line of its own from the caller (:func:`unreadable_reason`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check its format version."""
     path = Path(path)
@@ -282,7 +292,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch_load_weights(path, map_location=map_location)
     except Exception as exc:
         # torch's message carries internals and advice to load with weights_only=False, which
         # would let the file run code; name the file and the reason instead.
@@ -343,6 +353,7 @@ __all__ = [
     "on_terminal",
     "progress",
     "resolve_device",
+    "torch_load_weights",
     "unreadable_reason",
     "unwrap_model",
 ]
