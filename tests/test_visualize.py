@@ -231,7 +231,9 @@ def test_uniform_deviation_uses_the_attended_entries_of_each_row():
     g = torch.tensor([[2.0, 0.0, 1.0, 1.0], [2.0, 2.0, 0.0, 0.0], [1.0, 1.5, 0.5, 1.0], [4.0, 0.0, 0.0, 0.0]])
     dev = uniform_deviation(g)  # rows sum to 4; uniform = 4 / (attended entries of the row): 4/3, 2, 1, 4
     nan = float("nan")
-    want = torch.tensor([[50.0, nan, -25.0, -25.0], [0.0, 0.0, nan, nan], [0.0, 50.0, -50.0, 0.0], [0.0, nan, nan, nan]])
+    want = torch.tensor(
+        [[50.0, nan, -25.0, -25.0], [0.0, 0.0, nan, nan], [0.0, 50.0, -50.0, 0.0], [0.0, nan, nan, nan]]
+    )
     torch.testing.assert_close(dev, want, equal_nan=True)
     model = tiny_model(pr_edges=2)  # masked pair graphs: the unattended entries are blank
     feats, pids = batch(2)
