@@ -41,6 +41,7 @@ import torch.nn.functional as Fn
 from torch import Tensor
 
 from hrnet_pyg.runtime import atomic_write, resolve_device, unwrap_model
+from hrnet_pyg.runtime import progress as progress_of
 from hrnet_pyg.search import (
     ImageFeatures,
     ImageList,
@@ -705,10 +706,8 @@ def search_index(
     score = torch.full(rows.shape, float("nan"))
     m = min(n_short, rows.size(1))
     if use_rerank and m >= 1:
-        from tqdm.auto import tqdm
-
-        for s in tqdm(range(0, len(q), queries_per_pass), desc="relational re-ranking",
-                      disable=not progress, leave=False):
+        passes = range(0, len(q), queries_per_pass)
+        for s in progress_of(passes, "relational re-ranking", show=progress, unit="passes"):
             e = min(s + queries_per_pass, len(q))
             g = torch.from_numpy(idx_obj.rows(rows[s:e, :m].numpy()))  # (B, m, d): the shortlist only
             graph = torch.cat([q.features[s:e].float().unsqueeze(1), g], dim=1).to(dev)  # (B, 1 + m, d)

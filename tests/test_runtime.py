@@ -149,3 +149,22 @@ def test_progress_counts_manual_updates_and_respects_show(monkeypatch):
         bar.update(4)
         bar.update(6)
     assert bar.n == 10 and stream.buffer.getvalue() == ""  # --no-progress: nothing, even on a terminal
+
+
+def test_no_long_loop_draws_a_bar_of_its_own():
+    """Every long loop goes through runtime.Progress (the training loop's own per-step bar follows
+    the same rule): a direct tqdm call would write \\r fragments into redirected output again."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "hrnet_pyg"
+    allowed = {root / "runtime.py", root / "engine" / "train.py"}
+    users = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            if any(n == "tqdm" or n.startswith("tqdm.") for n in names) and path not in allowed:
+                users.append(str(path.relative_to(root)))
+    assert users == [], f"use hrnet_pyg.runtime.progress / Progress instead of tqdm in {users}"
