@@ -69,7 +69,6 @@ FAISS_TYPES = ("flat", "ivf", "hnsw", "none")
 _FAISS_FILE = "faiss.index"
 
 
-
 @contextmanager
 def _naming(path: Path) -> Iterator[None]:
     """Re-raise an ``OSError`` of the block with ``path`` (the index) as its file name: the

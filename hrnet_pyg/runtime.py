@@ -130,7 +130,7 @@ class Progress:
 
     The rule of the training loop, for every other long loop (extraction, re-ranking, image
     checks): files that stdout/stderr are redirected to (nohup, SLURM, ``> log``) get whole lines
-    on the ``hrnet_pyg`` logger, never ``\r`` fragments or block characters. A plain line comes at
+    on the ``hrnet_pyg`` logger, never ``\\r`` fragments or block characters. A plain line comes at
     most every ``interval`` seconds, and a last one when such a loop ends; a loop that ends within
     the first interval prints nothing. Only the main process of a distributed run shows progress.
 
