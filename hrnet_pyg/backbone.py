@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from hrnet_pyg.runtime import CHECKPOINT_KIND
+from hrnet_pyg.runtime import CHECKPOINT_KIND, torch_load_weights, unreadable_reason
 
 # depth -> (torchvision constructor, weights enum member used for ``pretrained=True``).
 # IMAGENET1K_V1 are the weights BoT (and so the paper) started from.
@@ -295,11 +295,16 @@ def _read_weights_file(path: str) -> tuple[dict[str, Tensor], str]:
                 f"could not read pretrained weights file {path!r} as safetensors "
                 f"({type(err).__name__}: {err})") from err
     try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        obj: Any = torch_load_weights(path)
     except Exception as err:
-        raise PretrainedWeightsError(
-            f"could not read pretrained weights file {path!r} as a torch state dict "
-            f"({type(err).__name__}: {err})") from err
+        # torch's message advises loading with weights_only=False, which would let the file run
+        # code: the reason in words instead, and no chained exception to print it with -v.
+        reason = unreadable_reason(path, err, kind="weights files")
+        if "never unpickled" in reason:
+            raise PretrainedWeightsError(
+                f"pretrained weights file {path!r} is not a plain state dict, so it cannot be loaded "
+                f"safely: {reason}") from None
+        raise PretrainedWeightsError(f"could not read pretrained weights file {path!r}: {reason}") from None
     layout = "torchvision state dict"
     if isinstance(obj, Mapping):
         if obj.get("kind") == CHECKPOINT_KIND and isinstance(obj.get("model"), Mapping):

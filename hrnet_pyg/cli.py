@@ -180,6 +180,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     from hrnet_pyg.engine import extract, load_model
     from hrnet_pyg.experiment import build_loaders
+    from hrnet_pyg.runtime import atomic_write
 
     exp = _experiment(args)
     model = load_model(args.checkpoint)
@@ -188,13 +189,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     splits = {"query": (query_loader, dataset.query), "gallery": (gallery_loader, dataset.gallery)}
     loader, records = splits[args.split or "gallery"]
     feats, pids, camids = extract(model, loader, device=exp.run.device, progress=not args.no_progress)
-    np.savez(
-        args.out,
-        features=feats.numpy(),
-        pids=pids.numpy(),
-        camids=camids.numpy(),
-        paths=np.array([r[0] for r in records]),
+    arrays: dict[str, Any] = dict(
+        features=feats.numpy(), pids=pids.numpy(), camids=camids.numpy(), paths=np.array([r[0] for r in records])
     )
+    # Into a file handle, so the file is args.out as named (np.savez(name) would append .npz),
+    # as extract --images writes it; atomic, so an interrupted write leaves no torn file.
+    atomic_write(args.out, lambda fh: np.savez(fh, **arrays))
     print(f"wrote {len(feats)} features of dimension {feats.size(1)} to {args.out}")
     return 0
 

@@ -50,7 +50,8 @@ class FeatureExtractor:
       them, or an ``(N, H, W, 3)`` uint8 array: as PIL images;
     * an ``(N, 3, H, W)`` (or ``(3, H, W)``) uint8 tensor: raw RGB images, as arrays;
     * an ``(N, 3, H, W)`` float tensor: images already through :attr:`transform` (normalised, at
-      the model's ``image_size``), passed to the network as they are.
+      the model's ``image_size``), passed to the network as float32 (float64 and half precision
+      are converted); NaN or infinite values are refused.
     """
 
     def __init__(
@@ -120,6 +121,16 @@ class FeatureExtractor:
                 f"the model's image_size; got {tuple(x.shape)}. Pass uint8 images, PIL images or "
                 "paths to have them resized, or apply extractor.transform first"
             )
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()  # images with NaN/inf
+        if bad:
+            shown = ", ".join(str(i) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise ValueError(
+                f"the input tensor holds NaN or infinite values in image(s) {shown} (of {x.size(0)}); "
+                "their features would be NaN"
+            )
+        # float64 (e.g. from numpy) or half precision: the network's weights are float32, and
+        # autocast (amp) takes float32 inputs too.
+        x = x.float()
         for s in range(0, x.size(0), self.batch_size):
             yield x[s : s + self.batch_size]
 

@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -40,6 +41,7 @@ import torch.nn.functional as Fn
 from torch import Tensor
 
 from hrnet_pyg.runtime import atomic_write, resolve_device, unwrap_model
+from hrnet_pyg.runtime import progress as progress_of
 from hrnet_pyg.search import (
     ImageFeatures,
     ImageList,
@@ -49,6 +51,7 @@ from hrnet_pyg.search import (
     extract_images,
     feature_fingerprint,
     features_of,
+    is_feature_file,
     list_images,
 )
 from hrnet_pyg.topk import merge_topk
@@ -64,6 +67,16 @@ DTYPES = ("float32", "float16")
 #: k-means cells), ``hnsw`` (HNSW-Flat graph); ``none``: no faiss part (exact blocked product).
 FAISS_TYPES = ("flat", "ivf", "hnsw", "none")
 _FAISS_FILE = "faiss.index"
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block with ``path`` (the index) as its file name: the
+    temporary names the block writes mean nothing to the user."""
+    try:
+        yield
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
 
 
 class GalleryIndexError(ValueError):
@@ -384,8 +397,9 @@ class GalleryIndex:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         inner = unwrap_model(model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
+        with _naming(path):  # before any extraction: an unwritable folder fails at once
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
         try:
             meta = {
                 "format": INDEX_FORMAT,
@@ -422,6 +436,9 @@ class GalleryIndex:
         self.check_model(model)
         if self.faiss_type != "none":
             _import_faiss()
+        with _naming(self.path):  # before any extraction: a read-only index fails at once
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
         return self._append(model, images, chunk=chunk, **extract_kw)
 
     def _append(
@@ -432,7 +449,7 @@ class GalleryIndex:
         labels = extract_kw.pop("labels", "auto")
         known = set(os.path.normcase(p) for p in self.paths) if len(self) else set()
         if isinstance(images, ImageFeatures) or (
-            not isinstance(images, ImageList) and Path(images).suffix.lower() == ".npz"
+            not isinstance(images, ImageList) and is_feature_file(images)
         ):
             feats = images if isinstance(images, ImageFeatures) else ImageFeatures.load(images)
             if feats.model_fingerprint is not None and feats.model_fingerprint != self.fingerprint:
@@ -688,10 +705,8 @@ def search_index(
     score = torch.full(rows.shape, float("nan"))
     m = min(n_short, rows.size(1))
     if use_rerank and m >= 1:
-        from tqdm.auto import tqdm
-
-        for s in tqdm(range(0, len(q), queries_per_pass), desc="relational re-ranking",
-                      disable=not progress, leave=False):
+        passes = range(0, len(q), queries_per_pass)
+        for s in progress_of(passes, "relational re-ranking", show=progress, unit="passes"):
             e = min(s + queries_per_pass, len(q))
             g = torch.from_numpy(idx_obj.rows(rows[s:e, :m].numpy()))  # (B, m, d): the shortlist only
             graph = torch.cat([q.features[s:e].float().unsqueeze(1), g], dim=1).to(dev)  # (B, 1 + m, d)

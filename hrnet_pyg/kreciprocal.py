@@ -31,8 +31,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from hrnet_pyg.runtime import Progress
+from hrnet_pyg.runtime import progress as progress_of
 from hrnet_pyg.topk import merge_topk, stable_k_smallest
 
 TensorLike = np.ndarray | torch.Tensor
@@ -213,26 +214,25 @@ def _jaccard_into(
         a = bounds[-1]
         b = int(torch.searchsorted(cum, cum[a] + _TRIPLE_BUDGET, side="right")) - 1
         bounds.append(min(max(b, a + 1), a + max_rows, num_q))
-    bar = tqdm(total=num_q, desc="k-reciprocal jaccard", unit="query", disable=not progress)
-    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
-        e0, e1 = int(crow[a]), int(crow[b])
-        qi = q_entries[e0:e1] - a
-        qk, qv = col[e0:e1], val[e0:e1]
-        cnt = col_len[qk]
-        ent = torch.repeat_interleave(torch.arange(e1 - e0, device=dev), cnt)
-        offs = torch.arange(ent.numel(), device=dev) - torch.repeat_interleave(
-            torch.cumsum(cnt, 0) - cnt, cnt
-        )
-        ptr = inv_ptr[qk][ent] + offs
-        contrib = torch.minimum(qv[ent], inv_vals[ptr])
-        m = torch.zeros((b - a) * num_g, dtype=torch.float32, device=dev)
-        m.index_add_(0, qi[ent] * num_g + inv_rows[ptr], contrib)
-        m = m.view(b - a, num_g)
-        jac = 1.0 - m / (2.0 - m)
-        blk = out[a:b]
-        blk.mul_(lambda_value).add_(jac, alpha=1.0 - lambda_value)
-        bar.update(b - a)
-    bar.close()
+    with Progress(num_q, "k-reciprocal jaccard", show=progress, unit="queries") as bar:
+        for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+            e0, e1 = int(crow[a]), int(crow[b])
+            qi = q_entries[e0:e1] - a
+            qk, qv = col[e0:e1], val[e0:e1]
+            cnt = col_len[qk]
+            ent = torch.repeat_interleave(torch.arange(e1 - e0, device=dev), cnt)
+            offs = torch.arange(ent.numel(), device=dev) - torch.repeat_interleave(
+                torch.cumsum(cnt, 0) - cnt, cnt
+            )
+            ptr = inv_ptr[qk][ent] + offs
+            contrib = torch.minimum(qv[ent], inv_vals[ptr])
+            m = torch.zeros((b - a) * num_g, dtype=torch.float32, device=dev)
+            m.index_add_(0, qi[ent] * num_g + inv_rows[ptr], contrib)
+            m = m.view(b - a, num_g)
+            jac = 1.0 - m / (2.0 - m)
+            blk = out[a:b]
+            blk.mul_(lambda_value).add_(jac, alpha=1.0 - lambda_value)
+            bar.update(b - a)
     return out
 
 
@@ -346,7 +346,8 @@ def k_reciprocal_rerank_features(
         lambda_value: weight of the original distance (default: 0.3).
         chunk_size: side of the square blocks of the pairwise pass (default: 4096).
         metric: ``"euclidean"`` (default) or ``"cosine"``.
-        progress: show tqdm progress bars (default: True).
+        progress: show progress (:class:`~hrnet_pyg.runtime.Progress`: a bar on a terminal, plain
+            lines otherwise). (default: True)
 
     Returns:
         ``(Q, G)`` float32 tensor of re-ranked distances, on the features' device.
@@ -395,7 +396,7 @@ def k_reciprocal_rerank_features(
     out = torch.empty(num_q, n - num_q, dtype=torch.float32, device=dev)  # d2, then od, then final
     starts = list(range(0, n, bs))
     pairs = [(a, b) for ai, a in enumerate(starts) for b in starts[ai:]]
-    for a, b in tqdm(pairs, desc="k-reciprocal pairwise pass", unit="block", disable=not progress):
+    for a, b in progress_of(pairs, "k-reciprocal pairwise pass", show=progress, unit="blocks"):
         a1, b1 = min(a + bs, n), min(b + bs, n)
         blk = d2_block(a, a1, b, b1)  # rows a:a1, columns b:b1; symmetric pairs computed once
         row_max[a:a1] = torch.maximum(row_max[a:a1], blk.amax(1))

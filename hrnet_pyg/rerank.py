@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from hrnet_pyg.model import HRNet
+from hrnet_pyg.runtime import progress as progress_of
 from hrnet_pyg.runtime import resolve_device
 from hrnet_pyg.scoring import graph_scores, image_terms
 
@@ -97,7 +97,7 @@ def relational_rerank(
     dist = torch.empty(num_q, num_g, dtype=torch.float32)
     scores = torch.full((num_q, num_g), float("nan")) if return_scores else None
     starts = range(0, num_q, queries_per_pass)
-    for s in tqdm(starts, desc="relational re-ranking", disable=not progress, leave=False):
+    for s in progress_of(starts, "relational re-ranking", show=progress, unit="passes"):
         e = min(s + queries_per_pass, num_q)
         cos = terms.retrieval[s:e] @ g_ret.T  # (B, G) cosine of BN(F)
         top = cos.topk(k, dim=1).indices  # (B, k) the shortlist

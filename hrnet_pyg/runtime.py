@@ -6,15 +6,18 @@ can all depend on it without depending on each other.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import sys
 import tempfile
+import time
+import warnings
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -121,6 +124,119 @@ def on_terminal() -> bool:
         return False
 
 
+# ---------------------------------------------------------------------------- progress of long loops
+T = TypeVar("T")
+
+#: Seconds between two plain progress lines when stderr is not a terminal.
+PROGRESS_INTERVAL = 30.0
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Progress of a long loop: a tqdm bar when stderr is a terminal, else plain lines.
+
+    The rule of the training loop, for every other long loop (extraction, re-ranking, image
+    checks): files that stdout/stderr are redirected to (nohup, SLURM, ``> log``) get whole lines
+    on the ``hrnet_pyg`` logger, never ``\\r`` fragments or block characters. A plain line comes at
+    most every ``interval`` seconds, and a last one when such a loop ends; a loop that ends within
+    the first interval prints nothing. Only the main process of a distributed run shows progress.
+
+    Args:
+        total: the number of units the loop will count, when known.
+        desc: what the loop does, the start of every line (e.g. ``"extract"``).
+        show: ``False`` shows nothing (``--no-progress``). (default: ``True``)
+        unit: the name of one unit. (default: ``"it"``)
+        interval: seconds between two plain lines. (default: :data:`PROGRESS_INTERVAL`)
+        leave: keep the finished bar on the terminal. (default: ``False``)
+    """
+
+    def __init__(
+        self, total: int | None, desc: str, *, show: bool = True, unit: str = "it",
+        interval: float | None = None, leave: bool = False,
+    ) -> None:
+        self.total, self.desc, self.unit = total, desc, unit
+        self.interval = PROGRESS_INTERVAL if interval is None else float(interval)
+        self.n = 0
+        self.bar: Any = None
+        show = show and is_main_process()
+        self.plain = show and not on_terminal()
+        if show and not self.plain:
+            # tqdm.std, not tqdm.auto: outside notebooks tqdm.auto is the asyncio variant, whose
+            # constructor calls iter() on what it wraps (a loader would start its workers twice).
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
+        self.t0 = self.last = time.perf_counter()
+        self.printed = False
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more units done."""
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.plain:
+            now = time.perf_counter()
+            if now - self.last >= self.interval:
+                self.last = now
+                self._line(now, done=False)
+
+    def _line(self, now: float, done: bool) -> None:
+        elapsed = now - self.t0
+        count = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        if done:
+            text = f"{self.desc}: {count} {self.unit} in {_hms(elapsed)}"
+        else:
+            rate = self.n / max(elapsed, 1e-9)
+            text = f"{self.desc}: {count} {self.unit} ({rate:.1f} {self.unit}/s"
+            if self.total is not None and self.n:
+                text += f", eta {_hms(elapsed / self.n * (self.total - self.n))}"
+            text += ")"
+        logging.getLogger("hrnet_pyg").info(text)
+        self.printed = True
+
+    def close(self, completed: bool = True) -> None:
+        """End the bar; in plain mode a last line when lines were printed and the loop ended
+        normally (``completed``)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.plain and self.printed and completed:
+            self._line(time.perf_counter(), done=True)
+        self.plain = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(completed=exc_type is None)
+
+
+def progress(
+    iterable: Iterable[T], desc: str, *, total: int | None = None, show: bool = True, unit: str = "it",
+    interval: float | None = None, leave: bool = False,
+) -> Iterator[T]:
+    """The items of ``iterable``, counted by a :class:`Progress` (``total``: ``len(iterable)``
+    when it has one). ``iterable`` is iterated once, lazily."""
+    if total is None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    bar = Progress(total, desc, show=show, unit=unit, interval=interval, leave=leave)
+    completed = False
+    try:
+        for item in iterable:
+            yield item
+            bar.update(1)
+        completed = True
+    finally:
+        bar.close(completed=completed)
+
+
 def check_features(
     x: Any, channels: int | None = None, where: str | None = None, name: str = "x", dims: Iterable[int] = (2,),
 ) -> None:
@@ -169,6 +285,15 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
+def torch_load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` without torch's "Detected pickle protocol N"
+    warning: it asks the user to file an issue with PyTorch, and a file that fails to load gets
+    one line of its own from the caller (:func:`unreadable_reason`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check its format version."""
     path = Path(path)
@@ -178,11 +303,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch_load_weights(path, map_location=map_location)
     except Exception as exc:
         # torch's message carries internals and advice to load with weights_only=False, which
         # would let the file run code; name the file and the reason instead.
-        raise ValueError(f"checkpoint {path} could not be read: {_unreadable_reason(path, exc)}") from None
+        raise ValueError(f"checkpoint {path} could not be read: {unreadable_reason(path, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         raise ValueError(
             f"{path} is not an hrnet_pyg checkpoint (no 'kind': '{CHECKPOINT_KIND}' entry); "
@@ -202,7 +327,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def _unreadable_reason(path: Path, exc: Exception) -> str:
+def unreadable_reason(path: str | Path, exc: Exception, kind: str = "checkpoints") -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``exc``, in words for the user.
+
+    Never torch's own text for a refused pickle: it advises retrying with ``weights_only=False``,
+    which would let the file run code. ``kind`` names what is loaded (for the message).
+    """
+    path = Path(path)
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as fh:
             head = fh.read(2)
@@ -211,7 +342,7 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc).lower():
         return (
             "it holds Python objects other than tensors and plain containers, which are never "
-            "unpickled (hrnet_pyg loads checkpoints with weights_only=True)"
+            f"unpickled (hrnet_pyg loads {kind} with weights_only=True)"
         )
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"it is damaged or not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
@@ -221,6 +352,8 @@ __all__ = [
     "AMP_MODES",
     "CHECKPOINT_FORMAT_VERSION",
     "CHECKPOINT_KIND",
+    "PROGRESS_INTERVAL",
+    "Progress",
     "amp_dtype",
     "atomic_save",
     "atomic_write",
@@ -230,6 +363,9 @@ __all__ = [
     "is_main_process",
     "load_checkpoint",
     "on_terminal",
+    "progress",
     "resolve_device",
+    "torch_load_weights",
+    "unreadable_reason",
     "unwrap_model",
 ]

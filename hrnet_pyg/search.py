@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from hrnet_pyg.data.base import (
 from hrnet_pyg.data.transforms import build_transforms
 from hrnet_pyg.evaluation import cosine_distance
 from hrnet_pyg.rerank import relational_rerank
-from hrnet_pyg.runtime import resolve_device, unwrap_model
+from hrnet_pyg.runtime import atomic_write, resolve_device, unwrap_model
 from hrnet_pyg.topk import stable_k_smallest
 from hrnet_pyg.visualize import RankedGrid, ranked_list_grid
 
@@ -205,7 +206,7 @@ def list_images(source: PathLike, labels: str = "auto") -> ImageList:
         raise DatasetNotFoundError(f"{src} does not exist (expected an image, a folder of images or a .csv file)")
     if src.is_file() and src.suffix.lower() == ".csv":
         return _read_csv(src.resolve())
-    if src.is_file() and src.suffix.lower() == ".npz":
+    if is_feature_file(src):
         raise DatasetError(f"{src} is a feature file (.npz), not images; pass it where features are accepted")
     src = src.resolve()
     if src.is_dir():
@@ -224,6 +225,27 @@ def list_images(source: PathLike, labels: str = "auto") -> ImageList:
 
 
 # ---------------------------------------------------------------------------- features
+def is_feature_file(path: PathLike) -> bool:
+    """Whether ``path`` is an ``.npz`` with a ``features`` array, whatever its name ends with.
+
+    ``np.load`` reads an ``.npz`` by its content, and ``hrnet-pyg extract --out feats`` writes
+    ``feats`` as named; so a file is told from an image by its zip header and members, not its
+    suffix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".npz":
+        return True
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            return "features.npy" in zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def feature_fingerprint(model: HRNet) -> str:
     """A short hash of the weights that determine the features (backbone + BNNeck's BN).
 
@@ -268,7 +290,6 @@ class ImageFeatures:
     def save(self, path: PathLike) -> Path:
         """Write an ``.npz`` with ``features``, ``paths`` and, when known, ``pids``/``camids``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {
             "format": np.asarray(FEATURES_FORMAT),
             "features": self.features.detach().cpu().float().numpy(),
@@ -280,8 +301,8 @@ class ImageFeatures:
             arrays["camids"] = np.asarray(self.camids)
         if self.model_fingerprint is not None:
             arrays["model_fingerprint"] = np.asarray(self.model_fingerprint)
-        with open(path, "wb") as fh:  # a file handle: np.savez would append .npz to other names
-            np.savez(fh, **arrays)
+        # a file handle: np.savez would append .npz to other names; atomic: never a torn file
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
         return path
 
     @classmethod
@@ -337,7 +358,7 @@ def extract_images(
         num_workers: data loader processes. (default: ``0``)
         device: ``"auto"``/``None``: CUDA when present, else CPU.
         amp: autocast as in :func:`~hrnet_pyg.engine.extract` (on for CUDA under ``"auto"``).
-        progress: tqdm progress bar.
+        progress: a bar on a terminal, plain lines otherwise (:class:`~hrnet_pyg.runtime.Progress`).
 
     A missing or unreadable image raises :class:`~hrnet_pyg.data.DatasetError` naming its path.
     """
@@ -387,7 +408,7 @@ def features_of(
     """``source`` as features: an :class:`ImageFeatures`, an ``.npz`` feature file, or images."""
     if isinstance(source, ImageFeatures):
         return source
-    if Path(source).suffix.lower() == ".npz":
+    if is_feature_file(source):
         return ImageFeatures.load(source)
     return extract_images(model, source, **kwargs)
 
@@ -621,6 +642,8 @@ def write_grid(
     else:
         q_pids, g_pids = [0] * len(result.query_paths), [1] * len(result.gallery_paths)
     rows = list(range(min(max_queries, len(result.query_paths))))
+    order = "the relational re-ranking (Sec. 4.2)" if result.reranked else "cosine distance of BN(F)"
+    legend = "green border: same identity, red: another" if known else "grey borders: identities unknown"
     grid = ranked_list_grid(
         result.query_paths,
         result.gallery_paths,
@@ -632,6 +655,7 @@ def write_grid(
         queries=rows,
         size=size,
         border=border,
+        caption=f"Ranked by {order}. Rank 1 = best; {legend}.",
     )
     if not known:  # repaint the (meaningless) red borders grey
         with Image.open(grid.path) as im:
@@ -654,6 +678,7 @@ __all__ = [
     "extract_images",
     "feature_fingerprint",
     "features_of",
+    "is_feature_file",
     "list_images",
     "search",
     "search_features",

@@ -5,7 +5,8 @@
   module's attention a_ij on the edges of the kNN graph C, zero elsewhere) and
   :math:`\\sum_n G^n` with :math:`G^n = [g^n_{ij}]` of Eq. 6 (the PR module's attention inside
   the complete graph of image n), computed by the model's own layers.
-* :func:`plot_attention_heatmaps`: the two-panel heat map of Figure 5 (a) and (b).
+* :func:`plot_attention_heatmaps`: the two-panel heat map of Figure 5 (a) and (b), (b) as the
+  deviation from uniform attention (:func:`uniform_deviation`), its magnitude in the title.
 * :func:`ranked_list_grid`: query + top-k gallery images, green border = same identity,
   red = different (drawn with PIL only).
 * :func:`visualize_batch`: both figures for a trained model and a dataset (``hrnet-pyg visualize``).
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,20 +152,39 @@ def _identity_boundaries(pids: Tensor | Sequence[int] | None) -> list[int]:
     return [int(i) for i in np.nonzero(p[1:] != p[:-1])[0] + 1]
 
 
-def plot_attention_heatmaps(
+def uniform_deviation(g_sum: Tensor) -> Tensor:
+    """:math:`\\sum_n G^n` as the deviation from uniform attention, in percent.
+
+    Uniform attention in every pair graph gives row i the value ``r_i / m_i`` on each of its
+    ``m_i`` attended entries (``r_i`` = the row's sum, N; ``m_i`` = N on the complete graph, fewer
+    with ``pr_edges``). Returns ``100 * (G_sum[i, j] / (r_i / m_i) - 1)`` there and NaN on the
+    entries the graphs do not attend (zero in ``g_sum``).
+    """
+    g = g_sum.detach().float().cpu()
+    attended = g != 0
+    uniform = g.sum(1, keepdim=True) / attended.sum(1, keepdim=True).clamp(min=1)
+    dev = 100.0 * (g / uniform - 1.0)
+    return dev.masked_fill(~attended, float("nan"))
+
+
+def attention_figure(
     ac: Tensor | None,
     g_sum: Tensor | None,
-    path: PathLike,
     pids: Tensor | Sequence[int] | None = None,
     *,
     figsize: tuple[float, float] = (12.0, 5.5),
     dpi: int = 100,
     cmap: str = "Blues",
-) -> Path:
-    """Write Figure 5: (a) A∘C and (b) :math:`\\sum_n G^n`, identity blocks outlined.
+    deviation_cmap: str = "RdBu_r",
+) -> Any:
+    """Figure 5 as a matplotlib ``Figure`` (Agg canvas): (a) A∘C, (b) :math:`\\sum_n G^n`.
 
-    Deeper colour = larger value, as in the paper. A panel whose matrix is ``None`` (the model
-    lacks that module) says so instead of a map. The PNG is ``figsize * dpi`` pixels.
+    (a) is drawn as it is, deeper colour = larger weight, from 0. (b) is drawn as
+    :func:`uniform_deviation`: trained PR attention can be close to uniform (entries within
+    about 1% of 1 on the synthetic data), and a colour scale fitted to such values (say
+    0.996-1.008) turns 1% differences into strong stripes. The map shows the deviation in percent
+    on a scale symmetric about 0, and the title states its largest magnitude. A panel whose
+    matrix is ``None`` (the model lacks that module) says so instead of a map.
     """
     # A bare Figure on the Agg canvas: no pyplot, so a user's interactive backend is left alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -180,29 +200,62 @@ def plot_attention_heatmaps(
     bounds = _identity_boundaries(pids)
     if pids is not None and len(pids) != n:
         raise ValueError(f"plot_attention_heatmaps: {len(pids)} pids for {n} x {n} matrices")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    panels = (
-        (ac, "(a) A∘C (Eq. 3, IR attention on the kNN graph)", "no IR module in this model"),
-        (g_sum, "(b) Σ_n G^n (Eq. 6, PR attention summed over graphs)", "no PR module in this model"),
-    )
-    for ax, (mat, title, missing) in zip(axes, panels, strict=False):
-        ax.set_title(title, fontsize=10)
+    for ax, which in zip(axes, ("a", "b"), strict=False):
+        mat = ac if which == "a" else g_sum
         if mat is None:
+            ax.set_title(
+                "(a) A∘C (Eq. 3, IR attention on the kNN graph)" if which == "a"
+                else "(b) Σ_n G^n (Eq. 6, PR attention summed over graphs)", fontsize=10,
+            )
+            missing = f"no {'IR' if which == 'a' else 'PR'} module in this model"
             ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
             continue
-        im = ax.imshow(mat.detach().cpu().numpy(), cmap=cmap, interpolation="nearest")
+        if which == "a":
+            ax.set_title("(a) A∘C (Eq. 3, IR attention on the kNN graph)", fontsize=10)
+            values = mat.detach().float().cpu().numpy()
+            im = ax.imshow(values, cmap=cmap, interpolation="nearest", vmin=0.0, vmax=max(float(values.max()), 1e-12))
+            label = "attention weight a_ij"
+        else:
+            dev = uniform_deviation(mat).numpy()
+            spread = float(np.nanmax(np.abs(dev))) if np.isfinite(dev).any() else 0.0
+            ax.set_title(
+                "(b) Σ_n G^n (Eq. 6, PR attention summed over graphs):\n"
+                f"deviation from uniform attention, at most ±{spread:.2g}%",
+                fontsize=10,
+            )
+            limit = max(spread, 1e-9)
+            im = ax.imshow(dev, cmap=deviation_cmap, interpolation="nearest", vmin=-limit, vmax=limit)
+            label = "deviation from uniform, % (0 = uniform)"
         for b in bounds:
             ax.axhline(b - 0.5, color="orange", linewidth=0.6)
             ax.axvline(b - 0.5, color="orange", linewidth=0.6)
         ax.set_xlabel("node j")
         ax.set_ylabel("node i")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
     fig.tight_layout()
+    return fig
+
+
+def plot_attention_heatmaps(
+    ac: Tensor | None,
+    g_sum: Tensor | None,
+    path: PathLike,
+    pids: Tensor | Sequence[int] | None = None,
+    *,
+    figsize: tuple[float, float] = (12.0, 5.5),
+    dpi: int = 100,
+    cmap: str = "Blues",
+) -> Path:
+    """Write Figure 5 (:func:`attention_figure`): (a) A∘C and (b) :math:`\\sum_n G^n` as its
+    deviation from uniform attention, identity blocks outlined. The PNG is ``figsize * dpi``
+    pixels."""
+    fig = attention_figure(ac, g_sum, pids, figsize=figsize, dpi=dpi, cmap=cmap)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)  # no bbox_inches="tight": the size stays figsize * dpi
     return path
 
@@ -217,6 +270,8 @@ class RankedGrid:
     gallery: list[list[int]]  # shown gallery indices per row, best first
     matches: list[list[bool]]  # same identity as the query, per shown gallery image
     boxes: list[list[tuple[int, int, int, int]]]  # (x0, y0, x1, y1) of each cell incl. border; [0] = query
+    labels: list[list[str]] = field(default_factory=list)  # text above each cell: "query", "1", "2", ...
+    caption: str | None = None  # the line(s) at the top: which ranking the grid shows
 
 
 def _ranking(ranking: Tensor | np.ndarray, num_q: int, num_g: int) -> np.ndarray:
@@ -230,6 +285,26 @@ def _ranking(ranking: Tensor | np.ndarray, num_q: int, num_g: int) -> np.ndarray
     if r.shape[1] != num_g:
         raise ValueError(f"ranked_list_grid: distance matrix must be (Q, G) = ({num_q}, {num_g}), got {r.shape}")
     return np.argsort(r, axis=1, kind="stable")  # distances: lower = better
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word alone)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def _load_cell(path: PathLike, size: tuple[int, int], border: int, color: tuple[int, int, int]) -> PILImage.Image:
@@ -264,11 +339,15 @@ def ranked_list_grid(
     border: int = 4,
     gap: int = 4,
     query_gap: int = 16,
+    caption: str | None = None,
+    font_size: int = 11,
 ) -> RankedGrid:
     """Image grid: each row a query, then its top-``topk`` gallery images, best first.
 
     Gallery borders are green (:data:`MATCH_COLOR`) for the query's identity, red
-    (:data:`MISMATCH_COLOR`) otherwise; the query's border is dark grey.
+    (:data:`MISMATCH_COLOR`) otherwise; the query's border is dark grey. Above each cell its
+    rank (1 = best; "query" above the query), and above the grid ``caption`` when given: say
+    there which ranking the grid shows (a figure alone cannot tell cosine from re-ranked lists).
 
     Args:
         query_paths, gallery_paths: image files of the query and gallery sets.
@@ -282,6 +361,8 @@ def ranked_list_grid(
             query's camera are skipped, as the Market-1501 protocol does when scoring.
         size: (height, width) of each image in pixels (default: (128, 64)).
         border, gap, query_gap: border width, space between cells, extra space after the query.
+        caption: text drawn above the grid, wrapped to its width. (default: none)
+        font_size: pixel size of the rank numbers and the caption. (default: ``11``)
 
     Returns:
         :class:`RankedGrid` with the indices, match flags and cell boxes drawn.
@@ -314,37 +395,61 @@ def ranked_list_grid(
         if not 0 <= q < num_q:
             raise ValueError(f"ranked_list_grid: query index {q} outside [0, {num_q})")
 
+    from PIL import ImageDraw
+
     h, w = size
     cell_w, cell_h = w + 2 * border, h + 2 * border
     width = gap + cell_w + query_gap + topk * (cell_w + gap)
-    height = gap + len(rows) * (cell_h + gap)
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = font_size + 3
+    caption_lines = _wrap(measure, caption, font, width - 2 * gap) if caption else []
+    top = gap + len(caption_lines) * line_h  # the caption's band
+    label_h = line_h  # the rank numbers above each row
+    height = top + len(rows) * (label_h + cell_h + gap)
     canvas = Image.new("RGB", (width, height), BACKGROUND_COLOR)
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(caption_lines):
+        draw.text((gap, gap + i * line_h), line, fill=(0, 0, 0), font=font)
+
+    def label(text: str, x0: int, y0: int) -> None:  # centred above the cell at (x0, y0)
+        x = x0 + (cell_w - draw.textlength(text, font=font)) / 2
+        draw.text((x, y0 - label_h + 1), text, fill=(0, 0, 0), font=font)
+
     shown: list[list[int]] = []
     matches: list[list[bool]] = []
     boxes: list[list[tuple[int, int, int, int]]] = []
+    labels: list[list[str]] = []
     for r, q in enumerate(rows):
-        y0 = gap + r * (cell_h + gap)
+        y0 = top + r * (label_h + cell_h + gap) + label_h
         keep = order[q]
         if qc is not None and gc is not None:
             keep = keep[~((gp[keep] == qp[q]) & (gc[keep] == qc[q]))]
         keep = [int(j) for j in keep[:topk]]
         row_boxes = [(gap, y0, gap + cell_w, y0 + cell_h)]
         canvas.paste(_load_cell(query_paths[q], size, border, QUERY_COLOR), (gap, y0))
-        row_match = []
+        label("query", gap, y0)
+        row_match, row_labels = [], ["query"]
         for c, j in enumerate(keep):
             x0 = gap + cell_w + query_gap + c * (cell_w + gap)
             same = bool(gp[j] == qp[q])
             color = MATCH_COLOR if same else MISMATCH_COLOR
             canvas.paste(_load_cell(gallery_paths[j], size, border, color), (x0, y0))
+            label(str(c + 1), x0, y0)
             row_boxes.append((x0, y0, x0 + cell_w, y0 + cell_h))
             row_match.append(same)
+            row_labels.append(str(c + 1))
         shown.append(keep)
         matches.append(row_match)
         boxes.append(row_boxes)
+        labels.append(row_labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
-    return RankedGrid(path=path, queries=rows, gallery=shown, matches=matches, boxes=boxes)
+    return RankedGrid(
+        path=path, queries=rows, gallery=shown, matches=matches, boxes=boxes, labels=labels,
+        caption=caption,
+    )
 
 
 # ---------------------------------------------------------------------------- one call for the CLI
@@ -378,6 +483,31 @@ def sample_pk_batch(records: Sequence[Any], num_identities: int, num_instances: 
     return out
 
 
+def ranking_caption(model: HRNet, *, rerank: bool = True, given: bool = False, num_gallery: int | None = None) -> str:
+    """The caption of :func:`visualize_batch`'s ranked-list grid: which ranking it shows.
+
+    ``given``: the caller passed the distance matrix; otherwise the relational re-ranking when
+    ``rerank`` and the model has an IR or PR module, else the cosine distance of BN(F).
+    """
+    inner = unwrap_model(model)
+    modules = [name for name, m in (("IR", inner.ir), ("PR", inner.pr)) if m is not None]
+    if given:
+        ranking = "the distance matrix passed in"
+    elif rerank and modules:
+        k = inner.config.top_k_rerank if num_gallery is None else min(inner.config.top_k_rerank, num_gallery)
+        ranking = (
+            f"the relational re-ranking (Sec. 4.2): each query's top {k} by cosine re-scored by the "
+            f"{' and '.join(modules)} module{'s' if len(modules) > 1 else ''}"
+        )
+    else:
+        why = "re-ranking off" if modules else "this model has no relational modules"
+        ranking = f"cosine distance of BN(F), the CNN features ({why})"
+    return (
+        f"Ranked by {ranking}. Rank 1 = best; green border: same identity, red: another; images "
+        "of the query's identity from the query's camera are skipped (Market-1501 protocol)."
+    )
+
+
 def visualize_batch(
     model: HRNet,
     dataset: Any,
@@ -393,6 +523,7 @@ def visualize_batch(
     batch_size: int = 128,
     num_workers: int = 0,
     progress: bool = True,
+    caption: str | None = None,
 ) -> list[Path]:
     """Figure 5 heat maps for one P x K training batch and a ranked-list grid; returns the PNG paths.
 
@@ -409,6 +540,8 @@ def visualize_batch(
             relationship module; otherwise (or ``False``) by cosine distance of BN(F).
         seed: seeds the batch and query draws.
         device, batch_size, num_workers, progress: feature extraction settings.
+        caption: the ranked-list grid's caption; by default it names the ranking drawn (the
+            relational re-ranking, cosine, or "the distance matrix passed in").
     """
     from torch.utils.data import DataLoader
 
@@ -441,6 +574,8 @@ def visualize_batch(
     # (2) Ranked lists of chosen queries.
     q_fields = [_record_fields(r) for r in dataset.query]
     g_fields = [_record_fields(r) for r in dataset.gallery]
+    if caption is None:
+        caption = ranking_caption(inner, rerank=rerank, given=distmat is not None, num_gallery=len(g_fields))
     if distmat is None:
 
         def loader(records: Any) -> DataLoader:
@@ -476,6 +611,7 @@ def visualize_batch(
         queries=query_indices,
         q_camids=[f[2] for f in q_fields],
         g_camids=[f[2] for f in g_fields],
+        caption=caption,
     )
     paths.append(grid.path)
     return paths
@@ -485,10 +621,13 @@ __all__ = [
     "MATCH_COLOR",
     "MISMATCH_COLOR",
     "RankedGrid",
+    "attention_figure",
     "attention_matrices",
     "edge_attention_to_dense",
     "plot_attention_heatmaps",
     "ranked_list_grid",
+    "ranking_caption",
     "sample_pk_batch",
+    "uniform_deviation",
     "visualize_batch",
 ]

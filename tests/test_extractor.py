@@ -104,3 +104,22 @@ def test_bad_inputs(setup, tmp_path):
     headless = HRNet(HRNetConfig(backbone=None, feat_dim=8, k=3), num_classes=3)
     with pytest.raises(ValueError, match="no backbone"):
         FeatureExtractor(headless)
+
+
+def test_float64_and_half_tensors_are_converted_and_nan_is_refused(setup):
+    ckpt, _, paths, expected = setup
+    ex = FeatureExtractor(ckpt, device="cpu")
+    transformed = torch.stack([ex.transform(Image.open(p).convert("RGB")) for p in paths])
+    _close(ex(transformed.double()), expected)  # float64 (numpy's default) used to fail inside conv.py
+    half = ex(transformed.half())  # rounded inputs: close to the float32 features, not equal
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    torch.testing.assert_close(half, expected, atol=0.05, rtol=0.05)
+    for value in (float("nan"), float("inf")):
+        bad = transformed.clone()
+        bad[3, 1, 10, 5] = value
+        with pytest.raises(ValueError, match=r"NaN or infinite values in image\(s\) 3 \(of 5\)"):
+            ex(bad)
+    bad = transformed.double()
+    bad[:] = float("nan")
+    with pytest.raises(ValueError, match=r"image\(s\) 0, 1, 2, 3, 4 \(of 5\)"):
+        ex(bad)

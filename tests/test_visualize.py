@@ -16,11 +16,14 @@ from hrnet_pyg.visualize import (
     MATCH_COLOR,
     MISMATCH_COLOR,
     QUERY_COLOR,
+    attention_figure,
     attention_matrices,
     edge_attention_to_dense,
     plot_attention_heatmaps,
     ranked_list_grid,
+    ranking_caption,
     sample_pk_batch,
+    uniform_deviation,
     visualize_batch,
 )
 
@@ -201,6 +204,44 @@ def test_heatmap_png_written_with_expected_size(tmp_path):
         plot_attention_heatmaps(ac, g, tmp_path / "x.png", pids=[0, 1])
 
 
+def test_fig5b_shows_the_deviation_from_uniform_on_an_honest_scale():
+    model = tiny_model()
+    feats, pids = batch()
+    ac, g = attention_matrices(model, feats, pids)
+    fig = attention_figure(ac, g, pids)
+    ax_a, ax_b = [ax for ax in fig.axes if ax.images]
+    # (b): the percentage by which each entry differs from uniform attention (1 = N/N here),
+    # on a colour scale symmetric about 0 whose end is the largest deviation, named in the title
+    want = 100.0 * (g.numpy() - 1.0)
+    shown = np.asarray(ax_b.images[0].get_array())
+    np.testing.assert_allclose(shown, want, atol=1e-3)
+    spread = float(np.abs(want).max())
+    lo, hi = ax_b.images[0].get_clim()
+    assert lo == pytest.approx(-spread, rel=1e-4) and hi == pytest.approx(spread, rel=1e-4)
+    assert "deviation from uniform" in ax_b.get_title() and f"±{spread:.2g}%" in ax_b.get_title()
+    cbar_b = [ax for ax in fig.axes if not ax.images and ax.get_ylabel().startswith("deviation from uniform, %")]
+    assert len(cbar_b) == 1
+    # (a): weights from 0, as they are
+    np.testing.assert_allclose(np.asarray(ax_a.images[0].get_array()), ac.numpy())
+    assert ax_a.images[0].get_clim() == pytest.approx((0.0, float(ac.max())))
+
+
+@torch.no_grad()
+def test_uniform_deviation_uses_the_attended_entries_of_each_row():
+    g = torch.tensor([[2.0, 0.0, 1.0, 1.0], [2.0, 2.0, 0.0, 0.0], [1.0, 1.5, 0.5, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    dev = uniform_deviation(g)  # rows sum to 4; uniform = 4 / (attended entries of the row): 4/3, 2, 1, 4
+    nan = float("nan")
+    want = torch.tensor(
+        [[50.0, nan, -25.0, -25.0], [0.0, 0.0, nan, nan], [0.0, 50.0, -50.0, 0.0], [0.0, nan, nan, nan]]
+    )
+    torch.testing.assert_close(dev, want, equal_nan=True)
+    model = tiny_model(pr_edges=2)  # masked pair graphs: the unattended entries are blank
+    feats, pids = batch(2)
+    _, g_sum = attention_matrices(model, feats, pids)
+    dev = uniform_deviation(g_sum)
+    assert torch.equal(dev.isnan(), g_sum == 0)
+
+
 # ---------------------------------------------------------------------------- ranked lists
 # Solid colours far from the border colours, so a cell's inside identifies the image shown.
 _COLOURS = [(10 * i + 20, 60, 120 + 10 * i) for i in range(8)]
@@ -228,7 +269,8 @@ def test_ranked_grid_borders_and_order(tmp_path):
     assert grid.matches == expected == [[True, False, True, False], [False, True, False, False]]
     with Image.open(grid.path) as im:
         img = im.convert("RGB")
-    assert img.size == (4 + 22 + 16 + 4 * (22 + 4), 4 + 2 * (38 + 4))
+    assert img.size == (4 + 22 + 16 + 4 * (22 + 4), 4 + 2 * (14 + 38 + 4))  # 14: the rank numbers
+    assert grid.labels == [["query", "1", "2", "3", "4"]] * 2 and grid.caption is None
     for r in range(2):
         boxes = grid.boxes[r]
         x0, y0, x1, y1 = boxes[0]
@@ -254,6 +296,41 @@ def test_ranked_grid_from_distmat_and_camera_filter(tmp_path):
     grid = ranked_list_grid(q_paths, g_paths, dist, [1], [1, 1, 2, 1, 3], tmp_path / "b.png", topk=3,
                             q_camids=[0], g_camids=[1, 0, 0, 1, 1])
     assert grid.gallery == [[3, 2, 0]] and grid.matches == [[True, False, True]]
+
+
+def test_ranked_grid_has_rank_numbers_and_a_caption(tmp_path):
+    q_paths = _write_images(tmp_path, "q", 2)
+    g_paths = _write_images(tmp_path, "g", 6)
+    ranking = np.array([[2, 1, 0, 3, 4, 5], [5, 4, 3, 2, 1, 0]])
+    caption = "Ranked by the relational re-ranking (Sec. 4.2). Rank 1 = best; green border: same identity"
+    grid = ranked_list_grid(q_paths, g_paths, ranking, [7, 8], [7, 8, 7, 9, 8, 7], tmp_path / "grid.png", topk=3,
+                            size=(32, 16), border=3, caption=caption)
+    assert grid.caption == caption
+    assert grid.labels == [["query", "1", "2", "3"]] * 2
+    with Image.open(grid.path) as im:
+        img = np.asarray(im.convert("RGB")).astype(int)
+    width = 4 + 22 + 16 + 3 * (22 + 4)
+    lines = (img.shape[0] - (4 + 2 * (14 + 38 + 4))) // 14
+    assert img.shape[1] == width and lines >= 2  # the caption is wrapped to the grid's width
+    top = grid.boxes[0][0][1] - 14  # the first row's rank numbers start here
+    assert (img[4:top] < 128).all(axis=2).any()  # dark text in the caption band
+    for x0, y0, x1, _ in grid.boxes[1]:  # and above each cell of the second row
+        assert (img[y0 - 14 : y0, x0:x1] < 128).all(axis=2).any(), (x0, y0)
+
+
+def test_ranking_caption_names_the_ranking_drawn():
+    hrnet = tiny_model(top_k_rerank=120)
+    assert ranking_caption(hrnet, num_gallery=50).startswith(
+        "Ranked by the relational re-ranking (Sec. 4.2): each query's top 50 by cosine re-scored by the IR and PR "
+        "modules. Rank 1 = best"
+    )
+    assert "(re-ranking off)" in ranking_caption(hrnet, rerank=False)
+    cnn = tiny_model(use_ir=False, use_pr=False)
+    assert ranking_caption(cnn).startswith(
+        "Ranked by cosine distance of BN(F), the CNN features (this model has no relational modules)."
+    )
+    assert "top 120 by cosine re-scored by the IR module." in ranking_caption(tiny_model(use_pr=False), num_gallery=200)
+    assert ranking_caption(hrnet, given=True).startswith("Ranked by the distance matrix passed in.")
 
 
 def test_ranked_grid_errors(tmp_path):
@@ -297,8 +374,12 @@ def test_visualize_batch_on_generated_images(tmp_path):
     with Image.open(paths[0]) as im:
         assert im.size == (1200, 550)
     with Image.open(paths[1]) as im:
-        # 2 query rows of 128 x 64 images with 4 px borders, query + 4 gallery images
-        assert im.size == (4 + 72 + 16 + 4 * (72 + 4), 4 + 2 * (136 + 4))
+        # 2 query rows of 128 x 64 images with 4 px borders and 14 px of rank numbers, query + 4
+        # gallery images, under a caption of 14 px lines
+        width, height = im.size
+        assert width == 4 + 72 + 16 + 4 * (72 + 4)
+        caption = height - (4 + 2 * (14 + 136 + 4))
+        assert caption > 0 and caption % 14 == 0
 
     feature_model = tiny_model()
     with pytest.raises(ValueError, match="needs a model with a backbone"):

@@ -123,8 +123,12 @@ def test_weights_only_refuses_pickled_objects(tmp_path):
     torch.save(
         {"state_dict": _trunk(torchvision.models.resnet18(weights=None)), "cfg": object()}, tmp_path / "pickle.pth"
     )
-    with pytest.raises(PretrainedWeightsError, match="could not read pretrained weights file"):
+    with pytest.raises(PretrainedWeightsError, match="pickle.pth' is not a plain state dict") as info:
         ResNetBackbone(18, pretrained=str(tmp_path / "pickle.pth"))
+    assert "weights_only=False" not in str(info.value) and info.value.__cause__ is None
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(PretrainedWeightsError, match="could not read pretrained weights file .*notes.txt'"):
+        ResNetBackbone(18, pretrained=str(tmp_path / "notes.txt"))
 
 
 @pytest.mark.parametrize(

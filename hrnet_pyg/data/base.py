@@ -31,7 +31,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm import tqdm
+
+from hrnet_pyg.runtime import progress as progress_of
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -167,7 +168,7 @@ class ReIDDataset:
         bad: list[str] = []
         for split in splits:
             records = self.split(split)
-            for rec in tqdm(records, desc=f"verify {split}", disable=not progress, leave=False):
+            for rec in progress_of(records, f"verify {split}", show=progress, unit="images"):
                 try:
                     read_image(rec.img_path)
                 except DatasetError as exc:

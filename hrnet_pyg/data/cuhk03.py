@@ -11,7 +11,6 @@ from typing import (
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from hrnet_pyg.data.base import (
     DatasetError,
@@ -27,6 +26,7 @@ from hrnet_pyg.data.base import (
     _unique_paths,
     parse_market_splits,
 )
+from hrnet_pyg.runtime import Progress
 
 
 class CUHK03(ReIDDataset):
@@ -158,22 +158,21 @@ def extract_cuhk03_images(
                 f"cuhk03: {raw_mat} has no '{kind}' entry; found {sorted(mat.keys())}"
             )
         pairs = mat[kind][0]
-        bar = tqdm(total=len(pairs), desc=f"extract cuhk03 {kind}", disable=not progress)
-        for pair_idx, pair_ref in enumerate(pairs):
-            cells = mat[pair_ref][:].T  # (num_persons, 10) object references
-            for person_idx in range(cells.shape[0]):
-                for img_idx, ref in enumerate(cells[person_idx]):
-                    img = mat[ref][:].T  # MATLAB stores column-major: back to (H, W, 3)
-                    if img.size == 0 or img.ndim < 3:
-                        continue  # empty cell: some persons lack images in one view
-                    view = 1 if img_idx < 5 else 2
-                    name = f"{pair_idx + 1}_{person_idx + 1:03d}_{view}_{img_idx + 1:02d}.png"
-                    Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(
-                        img_dir / name
-                    )
-                    count += 1
-            bar.update(1)
-        bar.close()
+        with Progress(len(pairs), f"extract cuhk03 {kind}", show=progress, unit="camera pairs", leave=True) as bar:
+            for pair_idx, pair_ref in enumerate(pairs):
+                cells = mat[pair_ref][:].T  # (num_persons, 10) object references
+                for person_idx in range(cells.shape[0]):
+                    for img_idx, ref in enumerate(cells[person_idx]):
+                        img = mat[ref][:].T  # MATLAB stores column-major: back to (H, W, 3)
+                        if img.size == 0 or img.ndim < 3:
+                            continue  # empty cell: some persons lack images in one view
+                        view = 1 if img_idx < 5 else 2
+                        name = f"{pair_idx + 1}_{person_idx + 1:03d}_{view}_{img_idx + 1:02d}.png"
+                        Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(
+                            img_dir / name
+                        )
+                        count += 1
+                bar.update(1)
     if count == 0:
         raise DatasetError(f"cuhk03: {raw_mat} holds no '{kind}' images")
     marker.write_text(json.dumps({"source": str(raw_mat), "kind": kind, "images": count}))

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
-from tqdm import tqdm
 
 from hrnet_pyg.data.base import DatasetError, PathLike, ReIDDataset, parse_market_splits
+from hrnet_pyg.runtime import progress as progress_of
 
 # Bump when the drawing changes, so an old folder is regenerated rather than silently reused.
 GENERATOR_VERSION = 1
@@ -607,7 +607,7 @@ def _write_images(cfg: SyntheticConfig, out: Path, progress: bool) -> dict[str, 
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         (out / split).mkdir()
     jobs = _plan(cfg)
-    for job in tqdm(jobs, desc="drawing synthetic re-ID images", disable=not progress):
+    for job in progress_of(jobs, "drawing synthetic re-ID images", show=progress, unit="images", leave=True):
         rng = np.random.default_rng([cfg.seed, 44, job.serial])
         if job.pid > 0:
             if job.pid not in idents:

@@ -4,21 +4,18 @@ those of the relational re-ranking, side by side.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-# tqdm.std, not tqdm.auto: outside notebooks tqdm.auto is the asyncio variant, whose constructor
-# already calls iter() on the loader (see train.py).
-from tqdm import tqdm
-
 from hrnet_pyg.distributed import all_gather_cat, loader_is_sharded
 from hrnet_pyg.evaluation import cosine_distance, evaluate_rank
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
 from hrnet_pyg.rerank import relational_rerank
-from hrnet_pyg.runtime import autocast_context, is_main_process, on_terminal, resolve_device, unwrap_model
+from hrnet_pyg.runtime import autocast_context, is_main_process, resolve_device, unwrap_model
+from hrnet_pyg.runtime import progress as progress_of
 
 
 def split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -52,8 +49,7 @@ def extract(
     model.to(dev).eval()
     use_amp = amp if amp != "auto" else (dev.type == "cuda")
     feats, pids, camids = [], [], []
-    show = progress and is_main_process() and on_terminal()  # no bar fragments in log files
-    for batch in tqdm(loader, desc="extract", disable=not show, leave=False):
+    for batch in progress_of(loader, "extract", show=progress, unit="batches"):
         inputs, pid, camid = split_batch(batch)
         with autocast_context(dev, use_amp):
             f = unwrap_model(model).extract_features(inputs.to(dev, non_blocking=True))
@@ -73,6 +69,7 @@ class EvalReport:
     cnn: Any  # RankResult of the CNN features (cosine on BN(F))
     hrnet: Any  # RankResult after the relational re-ranking (None if skipped)
     kreciprocal: Any = None  # RankResult of k-reciprocal re-ranking, when asked
+    notes: list[str] = field(default_factory=list)  # lines printed under the table
 
     def table(self) -> str:
         rows = [("CNN (cosine)", self.cnn), ("relational re-ranking", self.hrnet), ("k-reciprocal", self.kreciprocal)]
@@ -85,7 +82,14 @@ class EvalReport:
                 f"| {name} | {100 * r.mAP:.1f} | {100 * cmc[0]:.1f} | {100 * cmc[min(4, len(cmc) - 1)]:.1f} "
                 f"| {100 * cmc[min(9, len(cmc) - 1)]:.1f} | {100 * r.mINP:.1f} |"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
+
+
+#: The note under the table of a model without IR and PR modules (Table 1's CNN row).
+NO_RELATIONAL_MODULES = (
+    "note: this model has no relational modules (model.use_ir and model.use_pr are off), so its "
+    "relational re-ranking row repeats the cosine ranking"
+)
 
 
 def evaluate_features(
@@ -118,14 +122,15 @@ def evaluate_features(
     hr = None
     if rerank:
         dist = relational_rerank(
-            inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress and on_terminal()
+            inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress
         )
         assert isinstance(dist, Tensor)  # without return_scores: the distance matrix alone
         hr = evaluate_rank(dist, *args)
     kr = None
     if k_reciprocal:
         kr = evaluate_rank(k_reciprocal_rerank_features(qb.to(dev), gb.to(dev), progress=progress).cpu(), *args)
-    return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr)
+    notes = [NO_RELATIONAL_MODULES] if hr is not None and inner.ir is None and inner.pr is None else []
+    return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr, notes=notes)
 
 
 def evaluate(
