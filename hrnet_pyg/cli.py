@@ -300,8 +300,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from hrnet_pyg.demo import run_demo
 
+    threads = {} if args.threads is None else {"threads": args.threads}  # None: the demo's DEMO_THREADS
     run_demo(args.output_dir, quick=args.quick, device=args.device, progress=not args.no_progress,
-             with_baseline=args.with_baseline)
+             with_baseline=args.with_baseline, **threads)
     return 0
 
 
@@ -608,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--with-baseline", action="store_true",
                    help="also train the CNN row (Table 1's baseline) and compare; twice the time")
+    p.add_argument("--threads", type=_count,
+                   help="CPU threads (default: 2, so that the printed numbers do not depend on the number of "
+                        "cores; 0: one per core)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("visualize", help="Figure 5 heat maps and ranked-list grids")

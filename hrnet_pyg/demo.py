@@ -42,6 +42,12 @@ DEMO_DATA = dict(
     num_distractors=100, num_junk=20,
 )
 QUICK_MODEL = dict(DEMO_MODEL, epochs=1, milestones=(40, 120))
+# CPU threads of the demo's training and evaluation. A CPU reduction sums in an order that depends
+# on the thread count, and training amplifies the rounding difference like another seed would
+# (docs/efficacy.md, "The demo": 1 and 2 threads on one machine differ by several mAP points). A
+# fixed count makes the printed numbers a function of the seed (and the CPU's kernels), not of how
+# many cores the machine has.
+DEMO_THREADS = 2
 QUICK_DATA = dict(num_train_ids=16, num_test_ids=12, imgs_per_id=8, num_distractors=4, num_junk=2)
 
 
@@ -60,11 +66,26 @@ def demo_experiment(row: str, output_dir: str | Path, quick: bool = False, devic
 
 def run_demo(
     output_dir: str | Path = "demo_output", quick: bool = False, device: str = "auto", progress: bool = True,
-    with_baseline: bool = False,
+    with_baseline: bool = False, threads: int | None = DEMO_THREADS,
 ) -> dict[str, Any]:
     """Train and evaluate the HRNet row (and the CNN row with ``with_baseline``), print the
-    comparison, draw Figure 5."""
-    out = Path(output_dir)
+    comparison, draw Figure 5.
+
+    ``threads`` sets torch's CPU threads for the run (restored afterwards); ``None`` or ``0`` keeps
+    torch's default (one per core), which changes the printed numbers from machine to machine.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(Path(output_dir), quick, device, progress, with_baseline)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(out: Path, quick: bool, device: str, progress: bool, with_baseline: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for row in (("CNN", "HRNet") if with_baseline else ("HRNet",)):
         t0 = time.perf_counter()
@@ -75,6 +96,7 @@ def run_demo(
     dataset = results["HRNet"]["dataset"]
     print()
     print(dataset.summary())
+    print(f"  images sha256 {dataset.digest} (hrnet_pyg.data.images_digest)")
     hr = results["HRNet"]["report"]
     lines = [
         "| model | test protocol | mAP | rank-1 | rank-5 | mINP | train+eval s |",
@@ -115,4 +137,4 @@ def run_demo(
     return results
 
 
-__all__ = ["demo_experiment", "run_demo"]
+__all__ = ["DEMO_THREADS", "demo_experiment", "run_demo"]

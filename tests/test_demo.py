@@ -19,9 +19,34 @@ def test_quick_demo_prints_the_reports_gain(tmp_path, capsys):
     gain = float(re.search(r"own cosine mAP: ([+-][0-9.]+) points", out).group(1))
     assert abs(gain - 100 * (report.hrnet.mAP - report.cnn.mAP)) < 0.051
     assert all(p.is_file() for p in results["figures"]) and (tmp_path / "demo" / "results.md").is_file()
+    assert f"images sha256 {results['HRNet']['dataset'].digest}" in out
 
 
 def test_demo_defaults_have_statistical_power():
     # the bar for a comparison that means something: at least 1,000 queries
     assert DEMO_DATA["num_test_ids"] * DEMO_DATA["queries_per_id"] >= 1000
     assert DEMO_MODEL["pretrained"] is False  # nothing is downloaded
+
+
+def test_demo_fixes_and_restores_the_thread_count(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import hrnet_pyg.demo as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "_run_demo", lambda *a: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    demo.run_demo(tmp_path, quick=True, device="cpu", progress=False)
+    demo.run_demo(tmp_path, quick=True, device="cpu", progress=False, threads=1)
+    demo.run_demo(tmp_path, quick=True, device="cpu", progress=False, threads=0)
+    assert seen == [demo.DEMO_THREADS, 1, before] and torch.get_num_threads() == before
+
+
+def test_cli_demo_threads_option(monkeypatch):
+    import hrnet_pyg.demo as demo
+    from hrnet_pyg.cli import main
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: calls.append(kw))
+    assert main(["demo", "--quick"]) == 0 and "threads" not in calls[-1]  # the demo's own default
+    assert main(["demo", "--quick", "--threads", "0"]) == 0 and calls[-1]["threads"] == 0

@@ -27,7 +27,7 @@ from hrnet_pyg.data.dukemtmc import DukeMTMCreID
 from hrnet_pyg.data.market1501 import Market1501
 from hrnet_pyg.data.msmt17 import MSMT17
 from hrnet_pyg.data.sampler import PKSampler
-from hrnet_pyg.data.synthetic import SyntheticConfig, SyntheticReID, generate_synthetic_dataset
+from hrnet_pyg.data.synthetic import SyntheticConfig, SyntheticReID, generate_synthetic_dataset, images_digest
 from hrnet_pyg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "dataset_statistics",
     "extract_cuhk03_images",
     "generate_synthetic_dataset",
+    "images_digest",
     "parse_market_dir",
     "read_image",
 ]

@@ -19,6 +19,7 @@ images sit in the gallery like in Market-1501.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -570,6 +571,7 @@ def generate_synthetic_dataset(
             "version": GENERATOR_VERSION,
             "params": params,
             "counts": counts,
+            "digest": images_digest(tmp),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         # another process (e.g. a second DDP rank) may have finished the same job meanwhile
@@ -589,6 +591,22 @@ def generate_synthetic_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def images_digest(root: str | os.PathLike[str]) -> str:
+    """SHA-256 over every image under ``root``: its relative path and bytes, in sorted path order.
+
+    Two folders with the same digest hold byte-identical images under the same names, whatever
+    order the file system lists them in; the demo prints it so that a user can tell a data
+    difference from a training difference.
+    """
+    root = Path(root)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.jpg"), key=lambda q: q.relative_to(root).as_posix()):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def _manifest_matches(root: Path, params: dict[str, object]) -> bool:
@@ -638,6 +656,8 @@ class SyntheticReID(ReIDDataset):
         data_dir = generate_synthetic_dataset(root / "synthetic", **kwargs)
         manifest = json.loads((data_dir / "manifest.json").read_text())
         self.params: dict[str, Any] = manifest["params"]
+        # a manifest without a digest (written by an older release): computed from the images
+        self.digest: str = manifest.get("digest") or images_digest(data_dir)
         self.data_dir = str(data_dir)
         train, query, gallery = parse_market_splits(
             data_dir, max_camid=int(self.params["num_cams"]), dataset=self.name
@@ -654,5 +674,6 @@ __all__ = [
     "draw_camera",
     "draw_identity",
     "generate_synthetic_dataset",
+    "images_digest",
     "render_image",
 ]
