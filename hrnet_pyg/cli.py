@@ -302,7 +302,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     threads = {} if args.threads is None else {"threads": args.threads}  # None: the demo's DEMO_THREADS
     run_demo(args.output_dir, quick=args.quick, device=args.device, progress=not args.no_progress,
-             with_baseline=args.with_baseline, **threads)
+             with_baseline=args.with_baseline, pin_kernels=not args.native_kernels, **threads)
     return 0
 
 
@@ -612,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_count,
                    help="CPU threads (default: 2, so that the printed numbers do not depend on the number of "
                         "cores; 0: one per core)")
+    p.add_argument("--native-kernels", action="store_true",
+                   help="use the CPU's best torch kernels (e.g. AVX-512) instead of AVX2; faster on some machines, "
+                        "but the printed numbers then depend on the CPU")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("visualize", help="Figure 5 heat maps and ranked-list grids")

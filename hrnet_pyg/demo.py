@@ -17,13 +17,14 @@ the 40-epoch schedule; ``experiments/synthetic/`` holds the schedule at 128 x 64
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.experiment import DataConfig, Experiment, RunConfig, run_experiment
-from hrnet_pyg.visualize import visualize_batch
 
 log = logging.getLogger("hrnet_pyg")
 
@@ -48,6 +49,22 @@ QUICK_MODEL = dict(DEMO_MODEL, epochs=1, milestones=(40, 120))
 # fixed count makes the printed numbers a function of the seed (and the CPU's kernels), not of how
 # many cores the machine has.
 DEMO_THREADS = 2
+# The CPU kernels the demo asks torch for. ATen and oneDNN pick their vector kernels by the CPU
+# (AVX2, AVX-512, ...), and each family rounds differently, which training amplifies like the thread
+# count (docs/efficacy.md, "The demo"). AVX2 is what nearly every x86-64 CPU runs, so with these the
+# demo prints the same numbers on AVX2 and AVX-512 machines. They act only when set before torch is
+# imported (``hrnet-pyg demo`` imports torch after them); a variable the user set is kept.
+DEMO_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def pin_cpu_kernels() -> str:
+    """Ask torch for :data:`DEMO_KERNELS` if it is not imported yet; return the kernels in use."""
+    if "torch" not in sys.modules:
+        for key, value in DEMO_KERNELS.items():
+            os.environ.setdefault(key, value)
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
 QUICK_DATA = dict(num_train_ids=16, num_test_ids=12, imgs_per_id=8, num_distractors=4, num_junk=2)
 
 
@@ -66,19 +83,25 @@ def demo_experiment(row: str, output_dir: str | Path, quick: bool = False, devic
 
 def run_demo(
     output_dir: str | Path = "demo_output", quick: bool = False, device: str = "auto", progress: bool = True,
-    with_baseline: bool = False, threads: int | None = DEMO_THREADS,
+    with_baseline: bool = False, threads: int | None = DEMO_THREADS, pin_kernels: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate the HRNet row (and the CNN row with ``with_baseline``), print the
     comparison, draw Figure 5.
 
     ``threads`` sets torch's CPU threads for the run (restored afterwards); ``None`` or ``0`` keeps
     torch's default (one per core), which changes the printed numbers from machine to machine.
+    ``pin_kernels`` asks torch for its AVX2 kernels (:data:`DEMO_KERNELS`), which works only when
+    torch is not imported yet; ``False`` keeps the machine's best (on AVX-512 machines, other numbers).
     """
+    kernels = pin_cpu_kernels() if pin_kernels else None
     import torch
 
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    if kernels is not None and kernels.lower() != DEMO_KERNELS["ATEN_CPU_CAPABILITY"]:
+        log.warning("torch runs its %s CPU kernels (it was imported before the demo asked for AVX2, or the CPU has "
+                    "no AVX2), so the printed numbers may differ from the README's", kernels)
     try:
         return _run_demo(Path(output_dir), quick, device, progress, with_baseline)
     finally:
@@ -128,6 +151,8 @@ def _run_demo(out: Path, quick: bool, device: str, progress: bool, with_baseline
         print(f"HRNet's re-ranked mAP against the CNN baseline's: {delta:+.1f} points.")
     print("One run, one seed: docs/efficacy.md has every row at three seeds.")
     (out / "results.md").write_text(table + "\n")
+    from hrnet_pyg.visualize import visualize_batch
+
     figures = visualize_batch(results["HRNet"]["model"], dataset, out / "figures", device=device, progress=progress)
     for p in figures:
         print(f"wrote {p}")
@@ -137,4 +162,4 @@ def _run_demo(out: Path, quick: bool, device: str, progress: bool, with_baseline
     return results
 
 
-__all__ = ["DEMO_THREADS", "demo_experiment", "run_demo"]
+__all__ = ["DEMO_KERNELS", "DEMO_THREADS", "demo_experiment", "pin_cpu_kernels", "run_demo"]

@@ -296,7 +296,8 @@ def _environment(device: Any) -> list[str]:
     if dev.type == "cuda":
         lines.append(f"device: {dev} ({torch.cuda.get_device_name(dev)}), CUDA {torch.version.cuda}")
     else:
-        lines.append(f"device: {dev}, {torch.get_num_threads()} threads")
+        kernels = torch.backends.cpu.get_cpu_capability()
+        lines.append(f"device: {dev}, {torch.get_num_threads()} threads, {kernels} kernels")
     return lines
 
 

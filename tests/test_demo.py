@@ -4,9 +4,12 @@ The demo's numbers at its default sizes are a measurement (README, docs/efficacy
 asserted here; the quick run checks the code path and that the printed gain is the report's."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
-from hrnet_pyg.demo import DEMO_DATA, DEMO_MODEL, run_demo
+from hrnet_pyg.demo import DEMO_DATA, DEMO_KERNELS, DEMO_MODEL, run_demo
 
 
 def test_quick_demo_prints_the_reports_gain(tmp_path, capsys):
@@ -49,4 +52,27 @@ def test_cli_demo_threads_option(monkeypatch):
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: calls.append(kw))
     assert main(["demo", "--quick"]) == 0 and "threads" not in calls[-1]  # the demo's own default
-    assert main(["demo", "--quick", "--threads", "0"]) == 0 and calls[-1]["threads"] == 0
+    assert calls[-1]["pin_kernels"] is True
+    assert main(["demo", "--quick", "--threads", "0", "--native-kernels"]) == 0
+    assert calls[-1]["threads"] == 0 and calls[-1]["pin_kernels"] is False
+
+
+def test_demo_asks_for_avx2_kernels_before_torch_is_imported(tmp_path):
+    # a fresh interpreter, as `hrnet-pyg demo` starts: the variables are set before torch loads
+    code = (
+        "import os, sys; from hrnet_pyg.demo import pin_cpu_kernels, DEMO_KERNELS;"
+        "assert 'torch' not in sys.modules; k = pin_cpu_kernels();"
+        "print(k, all(os.environ[key] == v for key, v in DEMO_KERNELS.items()))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in DEMO_KERNELS}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    kernels, all_set = out.stdout.split()
+    assert all_set == "True"
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # x86-64 with AVX2 at least
+        assert kernels == "AVX2"
+    # a user's own setting is kept
+    env["ATEN_CPU_CAPABILITY"] = "default"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "DEFAULT"
