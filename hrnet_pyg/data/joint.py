@@ -9,6 +9,7 @@ from hrnet_pyg.data.base import (
     Records,
     ReIDDataset,
     ReIDRecord,
+    check_root_for,
     check_split_id,
 )
 from hrnet_pyg.data.caviar import CAVIAR4REID
@@ -54,12 +55,13 @@ class ReIDSmallJoint(ReIDDataset):
         split_id = check_split_id(split_id, self.name)
         if test not in JOINT_MEMBERS:
             raise ValueError(f"{self.name}: test must be one of {', '.join(JOINT_MEMBERS)}, got {test!r}")
+        base = check_root_for(root, self.name, "viper/, prid2011/, grid/ and caviar4reid/ (reid-small)")
         self.members: dict[str, ReIDDataset] = {}
         for member, cls in JOINT_MEMBERS.items():
             kwargs: dict[str, Any] = {"split_id": split_id}
             if member == "viper":
                 kwargs["swap"] = swap
-            self.members[member] = cls(root, **kwargs)
+            self.members[member] = cls(base, **kwargs)
         train: Records = []
         self.pid_offsets: dict[str, int] = {}
         self.camid_offsets: dict[str, int] = {}
@@ -77,7 +79,7 @@ class ReIDSmallJoint(ReIDDataset):
             f"split {split_id} of every member (members' lines below), training sets joined; "
             f"query/gallery: the test set of {test}"
         )
-        super().__init__(train, chosen.query, chosen.gallery, root=root, protocol=protocol)
+        super().__init__(train, chosen.query, chosen.gallery, root=base, protocol=protocol)
         if verify:
             self.verify_images()
 

@@ -235,7 +235,7 @@ def test_accepted_layouts(tmp_path, name, sub, writer):
 
 @pytest.mark.parametrize("name,layout", [
     ("viper", "viper/VIPeR/cam_a"), ("prid2011", "prid2011/prid_2011/single_shot/cam_a"),
-    ("grid", "grid/underground_reid/probe"), ("caviar4reid", "caviar4reid/"), ("reid_small_joint", "viper/VIPeR"),
+    ("grid", "grid/underground_reid/probe"), ("caviar4reid", "caviar4reid/"), ("reid_small_joint", "viper/"),
 ])
 def test_wrong_root_is_one_line_naming_path_and_layout(tmp_path, name, layout):
     with pytest.raises(DatasetNotFoundError) as info:
