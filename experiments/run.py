@@ -13,6 +13,8 @@ Examples (from the repository root)::
     python experiments/run.py --sweep experiments/sweeps/fig3_k.yaml
     # everything on the generated dataset, CPU-sized (experiments/synthetic/)
     python experiments/run.py --dataset synthetic --rows CNN,HRNet
+    # real pedestrians with the offline MobileNetV2 (experiments/real/, needs ../shared)
+    python experiments/run.py --dataset real --rows CNN,HRNet
 
 Each experiment is one YAML file (``experiments/<dataset>/<row>.yaml``, see
 ``experiments/base.yaml``) run by :func:`hrnet_pyg.experiment.run_experiment`, which writes
@@ -50,13 +52,14 @@ ROW_FILES: dict[str, str] = {
     "HRNet": "hrnet",
 }
 PAPER_DATASETS: tuple[str, ...] = ("market1501", "dukemtmcreid", "cuhk03", "msmt17")
-DATASETS: tuple[str, ...] = PAPER_DATASETS + ("synthetic",)
+DATASETS: tuple[str, ...] = PAPER_DATASETS + ("synthetic", "real")
 DATASET_TITLES: dict[str, str] = {
     "market1501": "Market-1501",
     "dukemtmcreid": "DukeMTMC-reID",
     "cuhk03": "CUHK03",
     "msmt17": "MSMT17",
     "synthetic": "Synthetic",
+    "real": "VIPeR (joint training, MobileNetV2)",
 }
 
 # Table 1 of the paper (Xu et al., AAAI 2021), typed in from the paper text: (mAP, rank-1) in %.
@@ -512,7 +515,8 @@ examples:
   python experiments/run.py --collect-only                 # re-write results/table1.md
   python experiments/run.py --sweep experiments/sweeps/fig3_k.yaml      # Figure 3
   python experiments/run.py --sweep experiments/sweeps/fig4_pr_edges.yaml --dataset synthetic
-  python experiments/run.py --dataset synthetic --rows CNN,HRNet        # CPU-sized"""
+  python experiments/run.py --dataset synthetic --rows CNN,HRNet        # CPU-sized
+  python experiments/run.py --dataset real --rows CNN,HRNet             # real images, ../shared"""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,10 @@ Sec. 3.1 follows Luo et al. 2019 (Bag of Tricks, "BoT"): ResNet-50 pre-trained o
 FC-1000 layer removed, the stride of conv5_1 set to 1 (a 256x128 image gives 2048x16x8 maps), and
 global average pooling giving f_n in R^2048. The BNNeck of BoT (the triplet loss on f, the ID
 classifier on BN(f)) is :class:`BNNeck`.
+
+Besides the ResNets: torchvision's MobileNetV2 (:class:`MobileNetV2Backbone`, 1280-d, the
+backbone whose ImageNet weights ``../shared/data/weights`` holds for offline studies) and any
+timm model (:class:`TimmBackbone`). The graph modules size themselves from ``out_channels``.
 """
 from __future__ import annotations
 
@@ -26,6 +30,14 @@ _RESNETS = {
     50: (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
     101: (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
 }
+# Every torchvision architecture of this module by name: (constructor, default weights).
+_TORCHVISION = {f"resnet{d}": entry for d, entry in _RESNETS.items()}
+_TORCHVISION["mobilenet_v2"] = (torchvision.models.mobilenet_v2, torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1)
+
+
+def _arch(depth: int | str) -> str:
+    """The torchvision name of a ResNet depth (``50`` -> ``resnet50``) or an architecture name."""
+    return f"resnet{depth}" if isinstance(depth, int) else str(depth)
 
 # The torchvision children kept, in forward order (fc and avgpool are dropped).
 _TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -107,27 +119,7 @@ class ResNetBackbone(nn.Module):
         """Load a torchvision ResNet state dict (``fc.*`` ignored) and return how many tensors it
         gave; a missing or unexpected trunk key, or a shape mismatch, raises
         :class:`PretrainedWeightsError` naming the keys and ``source``."""
-        state = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-        given = len(state)
-        own = self.state_dict()
-        for k in own:  # files from PyTorch < 0.4.1 (torchvision's V1 weights) lack these counters
-            if k.endswith("num_batches_tracked") and k not in state:
-                state[k] = own[k]
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise PretrainedWeightsError(
-                f"{source} does not fit a torchvision resnet{self.depth} trunk: "
-                f"{len(missing)} missing key(s) {missing[:5]}, "
-                f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
-        bad = [k for k in state if tuple(state[k].shape) != tuple(own[k].shape)]
-        if bad:
-            raise PretrainedWeightsError(
-                f"{source} does not fit a torchvision resnet{self.depth} trunk: shape mismatch "
-                + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                            for k in bad[:5]))
-        self.load_state_dict(state, strict=True)
-        return given
+        return _load_trunk(self, state_dict, f"resnet{self.depth}", head="fc.", source=source)
 
     def feature_map(self, images: Tensor) -> Tensor:
         """Convolutional activation maps before pooling: :math:`(N, C, H/16, W/16)` at
@@ -149,6 +141,111 @@ class ResNetBackbone(nn.Module):
                 f"out_channels={self.out_channels}, last_stride={self.last_stride})")
 
 
+def _load_trunk(module: nn.Module, state_dict: Mapping[str, Tensor], arch: str, head: str, source: str) -> int:
+    """Load a torchvision state dict into ``module`` (keys under ``head`` ignored) strictly; returns
+    the number of tensors the file gave. Missing or unexpected keys and shape mismatches raise
+    :class:`PretrainedWeightsError` naming them and ``source``."""
+    state = {k: v for k, v in state_dict.items() if not k.startswith(head)}
+    given = len(state)
+    own = module.state_dict()
+    for k in own:  # files from PyTorch < 0.4.1 (torchvision's V1 weights) lack these counters
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise PretrainedWeightsError(
+            f"{source} does not fit a torchvision {arch} trunk: "
+            f"{len(missing)} missing key(s) {missing[:5]}, "
+            f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
+    bad = [k for k in state if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise PretrainedWeightsError(
+            f"{source} does not fit a torchvision {arch} trunk: shape mismatch "
+            + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5]))
+    module.load_state_dict(state, strict=True)
+    return given
+
+
+class MobileNetV2Backbone(nn.Module):
+    r"""torchvision's MobileNetV2 (Sandler et al., CVPR 2018) as the CNN of Sec. 3.1: its
+    ``features`` trunk (width 1.0), global average pooling, 1280-d features; no classifier.
+
+    .. math::
+        f_n = \mathrm{GAP}(\mathrm{MobileNetV2}_{\text{features}}(I_n)) \in \mathbb{R}^{1280}
+
+    The analogue of the paper's last stride 1: the last stride-2 block (``features[14]``, the
+    depthwise 3x3 convolution of the 96 -> 160 inverted residual) runs at stride 1, so a 256x128
+    image gives 1280x16x8 maps (output stride 16, as the ResNet at last stride 1) instead of 8x4.
+    The block has no shortcut (its input and output widths differ), so only that convolution
+    changes and the pretrained weights fit as they are.
+
+    The module's child is named ``features`` as in torchvision, so its ``state_dict`` keys are
+    torchvision's minus ``classifier.*``: a torchvision ``mobilenet_v2().state_dict()`` (with or
+    without the classifier) loads as it is.
+
+    Args:
+        pretrained (bool or str, optional): :obj:`True` loads torchvision's
+            ``MobileNet_V2_Weights.IMAGENET1K_V1`` (downloaded by torchvision); a weight name
+            (``IMAGENET1K_V1``, ``IMAGENET1K_V2``, ``DEFAULT``) loads those; any other string is
+            a local file read as :func:`read_pretrained` reads files (``weights_only=True``;
+            ``classifier.*`` skipped; every ``features.*`` key required). Loading prints one
+            line. :obj:`False` keeps the random init. (default: :obj:`False`)
+        last_stride (int, optional): stride of the last stride-2 block; 1 as above, 2 gives
+            torchvision's trunk. (default: :obj:`1`)
+
+    Shapes:
+        - **input:** images :math:`(N, 3, H, W)`
+        - **output:** features :math:`(N, 1280)`
+    """
+
+    def __init__(self, pretrained: bool | str = False, last_stride: int = 1) -> None:
+        super().__init__()
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        if not isinstance(pretrained, (bool, str, os.PathLike)):
+            raise TypeError(
+                "pretrained must be True, False or a path to a .pth file, "
+                f"got {type(pretrained).__name__}")
+        self.last_stride = last_stride
+        self.pretrained = pretrained
+        net = torchvision.models.mobilenet_v2(weights=None)
+        self.features = net.features
+        self.out_channels: int = int(net.last_channel)
+        self._set_last_stride(last_stride)
+        if pretrained is not False:
+            state, source, skipped = read_pretrained(pretrained, "mobilenet_v2", trunk=("features",))
+            loaded = self.load_trunk_state_dict(state, source=source)
+            print(weights_report(loaded, source, skipped))
+
+    def _set_last_stride(self, stride: int) -> None:
+        blocks = [m for m in self.features if isinstance(m, torchvision.models.mobilenetv2.InvertedResidual)]
+        last = [b for b in blocks if b.stride == 2][-1]
+        depthwise = last.conv[1][0]  # Conv2dNormActivation(3x3 depthwise) -> its Conv2d
+        assert isinstance(depthwise, nn.Conv2d) and depthwise.groups == depthwise.in_channels
+        depthwise.stride = (stride, stride)
+        last.stride = stride
+        assert not last.use_res_connect  # widths differ: no shortcut to re-stride
+
+    def load_trunk_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> int:
+        """Load a torchvision MobileNetV2 state dict (``classifier.*`` ignored) and return how
+        many tensors it gave; a missing or unexpected ``features`` key, or a shape mismatch,
+        raises :class:`PretrainedWeightsError` naming the keys and ``source``."""
+        return _load_trunk(self, state_dict, "mobilenet_v2", head="classifier.", source=source)
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        """Activation maps before pooling: :math:`(N, 1280, H/16, W/16)` at ``last_stride=1``."""
+        if images.dim() != 4 or images.size(1) != 3:
+            raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+        return self.features(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(self.feature_map(images), 1).flatten(1)  # (N, 1280)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(out_channels={self.out_channels}, last_stride={self.last_stride})"
+
+
 class PretrainedWeightsError(RuntimeError, ValueError):
     """Pretrained weights that cannot be used: an unknown weight name, an unreadable file, or a
     state dict that does not fit the trunk (the message names the file and the keys).
@@ -166,16 +263,17 @@ _HEAD_GROUPS = frozenset({
     "bnneck", "ir", "ir_neck", "pr", "verifier",
 })
 
-def torchvision_weights(depth: int, name: bool | str = True) -> Any:
-    """The torchvision ``Weights`` enum member for ``pretrained=name`` on a resnet ``depth``.
+def torchvision_weights(depth: int | str, name: bool | str = True) -> Any:
+    """The torchvision ``Weights`` enum member for ``pretrained=name`` on a resnet ``depth`` (or
+    an architecture name: ``"mobilenet_v2"``).
 
     :obj:`True` is ``IMAGENET1K_V1``, the weights BoT (and so the paper) started from; a string
-    is a member name of ``ResNet<depth>_Weights`` (``IMAGENET1K_V1``, ``IMAGENET1K_V2``,
-    ``DEFAULT``), case-insensitive.
+    is a member name of ``ResNet<depth>_Weights`` / ``MobileNet_V2_Weights`` (``IMAGENET1K_V1``,
+    ``IMAGENET1K_V2``, ``DEFAULT``), case-insensitive.
     """
-    if depth not in _RESNETS:
+    if _arch(depth) not in _TORCHVISION:
         raise ValueError(f"depth must be one of {', '.join(map(str, _RESNETS))}, got {depth!r}")
-    _, default = _RESNETS[depth]
+    _, default = _TORCHVISION[_arch(depth)]
     enum = type(default)
     if name is True:
         return default
@@ -195,7 +293,7 @@ def _is_weight_name(value: str) -> bool:
 
 
 def read_pretrained(
-    pretrained: bool | str | os.PathLike[str], depth: int, trunk: tuple[str, ...] = (),
+    pretrained: bool | str | os.PathLike[str], depth: int | str, trunk: tuple[str, ...] = (),
 ) -> tuple[dict[str, Tensor], str, dict[str, int]]:
     """The trunk state dict that ``pretrained`` names, where it came from, and what was skipped.
 
@@ -205,7 +303,8 @@ def read_pretrained(
             ``module.`` prefix, ``classifier.*``), a fast-reid checkpoint (``{'model': ...}``,
             ``backbone.`` prefix, ``heads.*``), a ``.safetensors`` file, or this project's own
             checkpoint (``backbone.*`` of its model). Files are read with ``weights_only=True``.
-        depth: ResNet depth (for weight names and messages).
+        depth: ResNet depth, or an architecture name (``"mobilenet_v2"``), for weight names and
+            messages.
         trunk: the trunk's top-level module names; keys under them are the backbone's.
 
     Returns:
@@ -214,8 +313,11 @@ def read_pretrained(
     """
     if pretrained is True or (isinstance(pretrained, str) and _is_weight_name(pretrained)):
         weights = torchvision_weights(depth, pretrained if isinstance(pretrained, str) else True)
-        return (_download_imagenet_state_dict(depth, weights),
-                f"torchvision {type(weights).__name__}.{weights.name}", {"fc": 2})
+        state = _download_imagenet_state_dict(depth, weights)
+        head = "classifier" if _arch(depth) == "mobilenet_v2" else "fc"
+        heads = {head: sum(1 for k in state if k.startswith(head + "."))}
+        return ({k: v for k, v in state.items() if not k.startswith(head + ".")},
+                f"torchvision {type(weights).__name__}.{weights.name}", heads)
     path = os.fspath(pretrained)  # type: ignore[arg-type]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
@@ -244,7 +346,7 @@ def read_pretrained(
         if unexpected:
             raise PretrainedWeightsError(
                 f"pretrained weights file {path!r} ({layout}) does not fit a torchvision "
-                f"resnet{depth} trunk: {len(unexpected)} unexpected key(s) {sorted(unexpected)[:5]}")
+                f"{_arch(depth)} trunk: {len(unexpected)} unexpected key(s) {sorted(unexpected)[:5]}")
     if not backbone:
         raise PretrainedWeightsError(
             f"pretrained weights file {path!r} ({layout}) holds no backbone tensor; found key "
@@ -259,17 +361,18 @@ def weights_report(loaded: int, source: str, skipped: Mapping[str, int]) -> str:
             f"skipped: {rest or 'nothing'}")
 
 
-def _download_imagenet_state_dict(depth: int, weights: Any) -> dict[str, Tensor]:
+def _download_imagenet_state_dict(depth: int | str, weights: Any) -> dict[str, Tensor]:
+    arch = _arch(depth)
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as err:  # offline, proxy, corrupt cache: all need the same advice
         raise PretrainedWeightsError(
-            f"could not fetch torchvision's ImageNet weights {weights} for resnet{depth} "
+            f"could not fetch torchvision's ImageNet weights {weights} for {arch} "
             f"({type(err).__name__}: {err}). If this machine is offline, download "
             f"{weights.url} elsewhere and pass the local file, e.g. "
-            f"pretrained=\"/path/resnet{depth}.pth\" "
-            f"(config: pretrained: /path/resnet{depth}.pth), "
-            "or train from scratch with pretrained=False."
+            f"pretrained=\"/path/{arch}.pth\" "
+            f"(config: pretrained: /path/{arch}.pth), "
+            "or train from scratch with pretrained=False (docs/ecosystem.md lists what works offline)."
         ) from err
 
 
@@ -322,6 +425,7 @@ def _read_weights_file(path: str) -> tuple[dict[str, Tensor], str]:
 
 #: Backbone names of :func:`build_backbone` besides ``timm:<name>``.
 RESNET_NAMES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+MOBILENET_NAME = "mobilenet_v2"
 TIMM_PREFIX = "timm:"
 
 
@@ -450,14 +554,20 @@ class TimmBackbone(nn.Module):
                 f"last_stride={self.last_stride})")
 
 
-def build_backbone(name: str, pretrained: bool | str = False, last_stride: int = 1) -> ResNetBackbone | TimmBackbone:
+def build_backbone(
+    name: str, pretrained: bool | str = False, last_stride: int = 1
+) -> ResNetBackbone | MobileNetV2Backbone | TimmBackbone:
     """The CNN named by ``HRNetConfig.backbone``: ``resnet18/34/50/101`` (torchvision,
-    :class:`ResNetBackbone`) or ``timm:<name>`` (:class:`TimmBackbone`, needs ``timm``)."""
+    :class:`ResNetBackbone`), ``mobilenet_v2`` (torchvision, :class:`MobileNetV2Backbone`) or
+    ``timm:<name>`` (:class:`TimmBackbone`, needs ``timm``). Its ``out_channels`` is the
+    feature size ``d`` of the BNNeck and the graph modules."""
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):
         return TimmBackbone(name[len(TIMM_PREFIX):], pretrained=pretrained, last_stride=last_stride)
+    if name == MOBILENET_NAME:
+        return MobileNetV2Backbone(pretrained=pretrained, last_stride=last_stride)
     if name not in RESNET_NAMES:
         raise ValueError(
-            f"unknown backbone {name!r}; valid: {', '.join(RESNET_NAMES)}, timm:<name> or None")
+            f"unknown backbone {name!r}; valid: {', '.join(RESNET_NAMES)}, {MOBILENET_NAME}, timm:<name> or None")
     return ResNetBackbone(depth=RESNET_NAMES[name], pretrained=pretrained, last_stride=last_stride)
 
 
@@ -516,6 +626,7 @@ class BNNeck(nn.Module):
 
 __all__ = [
     "BNNeck",
+    "MobileNetV2Backbone",
     "PretrainedWeightsError",
     "RESNET_NAMES",
     "ResNetBackbone",

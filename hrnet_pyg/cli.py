@@ -288,9 +288,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    import yaml
+
     from hrnet_pyg.data import dataset_statistics
 
-    kwargs = {"verify": True} if args.verify else {}
+    kwargs: dict = {}
+    for item in args.options:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r} must look like KEY=VALUE, e.g. --option swap=true")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ValueError(f"--option {item}: the value is not valid YAML") from None
+    if args.split_id is not None:
+        kwargs["split_id"] = args.split_id
+    if args.verify:
+        kwargs["verify"] = True
     print(dataset_statistics(args.name, args.root, **kwargs))
     if args.verify:
         print("every image decodes")
@@ -635,10 +649,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--name",
         required=True,
-        help="market1501, dukemtmcreid, cuhk03, msmt17, synthetic, custom or folder; aliases DukeMTMC, msmt17_v2, "
-        "cuhk03_labeled, cuhk03_detected (docs/datasets.md)",
+        help="market1501, dukemtmcreid, cuhk03, msmt17, viper, prid2011, grid, caviar4reid, reid_small_joint, "
+        "synthetic, custom or folder; aliases DukeMTMC, msmt17_v2, cuhk03_labeled, cuhk03_detected, prid, CAVIARa "
+        "(docs/datasets.md)",
     )
     p.add_argument("--root", required=True, help="folder holding the dataset folder")
+    p.add_argument(
+        "--split-id", type=int, help="the split of a dataset with random splits (viper, prid2011, grid, caviar4reid, "
+        "reid_small_joint; default 0)",
+    )
+    p.add_argument(
+        "--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+        help="a dataset option, e.g. --option swap=true (viper) or --option test=grid (reid_small_joint); repeatable",
+    )
     p.add_argument("--verify", action="store_true", help="also decode every image once and list all unreadable ones")
     p.set_defaults(func=cmd_datasets)
     return parser

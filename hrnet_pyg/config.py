@@ -91,10 +91,12 @@ class HRNetConfig:
     # "projected" (through W_h); initialised "glorot" or as a squared "distance" (measured)
     pr_head: str = "projected"
     pr_head_init: str = "distance"
-    backbone: str | None = "resnet50"  # None: graph modules on pre-extracted features
+    # resnet18/34/50/101, mobilenet_v2 (torchvision) or timm:<name>; None: graph modules on
+    # pre-extracted features
+    backbone: str | None = "resnet50"
     pretrained: bool | str = True  # True / IMAGENET1K_V2: torchvision weights; str: a local file (docs/ecosystem.md)
     last_stride: int = 1  # Sec. 3.1: stride of conv5_1
-    feat_dim: int = 2048  # d
+    feat_dim: int = 2048  # d without a backbone; with one, d is the backbone's out_channels
     random_erasing: float = 0.0  # probability; not in the paper, off
     seed: int = 0
 

@@ -1,4 +1,5 @@
-"""ResNetBackbone against torchvision's own trunk (minGPT-style reference test), and BNNeck."""
+"""ResNetBackbone and MobileNetV2Backbone against torchvision's own trunks (minGPT-style reference
+tests), and BNNeck."""
 import urllib.error
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from hrnet_pyg.backbone import BNNeck, ResNetBackbone
+from hrnet_pyg.backbone import BNNeck, MobileNetV2Backbone, ResNetBackbone, build_backbone
 
 
 def torchvision_trunk(depth: int, seed: int = 0) -> nn.Module:
@@ -219,3 +220,107 @@ def test_bnneck_bias_not_updated_by_optimizer(opt):
 def test_bnneck_bad_input():
     with pytest.raises(ValueError, match=r"\(N, 8\)"):
         BNNeck(8, 3)(torch.randn(4, 7))
+
+
+# ----------------------------------------------------------------------------- MobileNetV2
+def torchvision_mobilenet(seed: int = 0, last_stride: int = 2) -> nn.Module:
+    """torchvision's mobilenet_v2 with classifier -> Identity (features, GAP, flatten), BN
+    statistics away from (0, 1); at ``last_stride=1`` the depthwise conv of features[14] edited
+    by hand."""
+    torch.manual_seed(seed)
+    net = torchvision.models.mobilenet_v2(weights=None)
+    net.classifier = nn.Identity()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    if last_stride == 1:
+        net.features[14].conv[1][0].stride = (1, 1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("last_stride", [2, 1])
+def test_mobilenet_v2_equals_torchvision_trunk(last_stride):
+    ref = torchvision_mobilenet(seed=last_stride, last_stride=last_stride)
+    ours = MobileNetV2Backbone(last_stride=last_stride)
+    assert ours.load_trunk_state_dict(ref.state_dict()) == 312
+    ours.eval()
+    assert set(ours.state_dict()) == set(ref.state_dict())  # torchvision's names, no classifier
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        f, f_ref, fmap = ours(x), ref(x), ours.feature_map(x)
+    assert f.shape == (2, 1280) and ours.out_channels == 1280
+    assert fmap.shape == ((2, 1280, 4, 2) if last_stride == 1 else (2, 1280, 2, 1))
+    torch.testing.assert_close(f, f_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_mobilenet_v2_last_stride_1_gives_16x8_maps_for_256x128():
+    ours = MobileNetV2Backbone().eval()
+    with torch.no_grad():
+        assert ours.feature_map(torch.randn(1, 3, 256, 128)).shape == (1, 1280, 16, 8)
+    strided = [n for n, m in ours.named_modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    assert strided == ["features.0.0", "features.2.conv.1.0", "features.4.conv.1.0", "features.7.conv.1.0"]
+    assert str(ours) == "MobileNetV2Backbone(out_channels=1280, last_stride=1)"
+
+
+def test_mobilenet_v2_from_a_torchvision_file(tmp_path, capsys):
+    ref = torchvision_mobilenet(seed=4)
+    full = torchvision.models.mobilenet_v2(weights=None)  # with its ImageNet classifier
+    full.load_state_dict({**ref.state_dict(), **{k: v for k, v in full.state_dict().items()
+                                                 if k.startswith("classifier.")}})
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        expected = ref(x)
+    for name, state, skipped in (
+        ("full.pth", full.state_dict(), "classifier (2 tensors)"),
+        ("trunk.pth", ref.state_dict(), "nothing"),  # the layout of ../shared/data/weights
+    ):
+        torch.save(state, tmp_path / name)
+        ours = MobileNetV2Backbone(pretrained=str(tmp_path / name), last_stride=2).eval()
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines == [f"pretrained weights: loaded 312 backbone tensors from {tmp_path / name} "
+                         f"(torchvision state dict); skipped: {skipped}"]
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_mobilenet_v2_bad_files_name_the_keys(tmp_path, monkeypatch):
+    sd = torchvision.models.mobilenet_v2(weights=None).state_dict()
+    torch.save({k: v for k, v in sd.items() if k != "features.3.conv.2.weight"}, tmp_path / "missing.pth")
+    with pytest.raises(RuntimeError, match=r"mobilenet_v2 trunk: 1 missing key\(s\) \['features.3.conv.2.weight'\]"):
+        MobileNetV2Backbone(pretrained=str(tmp_path / "missing.pth"))
+    torch.save({**sd, "features.0.0.weight": torch.zeros(8, 3, 3, 3)}, tmp_path / "shape.pth")
+    with pytest.raises(RuntimeError, match=r"shape mismatch features.0.0.weight \(8, 3, 3, 3\) vs \(32, 3, 3, 3\)"):
+        MobileNetV2Backbone(pretrained=str(tmp_path / "shape.pth"))
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(RuntimeError, match=r"does not fit a torchvision mobilenet_v2 trunk: \d+ unexpected key"):
+        MobileNetV2Backbone(pretrained=str(tmp_path / "r18.pth"))
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match=r'MobileNet_V2_Weights.IMAGENET1K_V1 for mobilenet_v2 .*'
+                                           r'pretrained="/path/mobilenet_v2.pth"'):
+        MobileNetV2Backbone(pretrained=True)
+    with pytest.raises(RuntimeError, match="MobileNet_V2_Weights has no such weights; valid names: IMAGENET1K_V1"):
+        MobileNetV2Backbone(pretrained="IMAGENET1K_V3")
+
+
+def test_mobilenet_v2_sizes_the_graph_modules_and_trains():
+    from hrnet_pyg import HRNet, HRNetConfig
+
+    torch.manual_seed(0)
+    cfg = HRNetConfig(backbone="mobilenet_v2", pretrained=False, k=4, num_identities=4, num_instances=3,
+                      image_size=(64, 32))
+    model = HRNet(cfg, num_classes=4)
+    assert model.feat_dim == 1280 and model.bnneck.in_features == 1280
+    assert model.ir.in_channels == model.ir.out_channels == 1280 and model.pr.channels == 1280
+    out = model(torch.randn(12, 3, 64, 32), torch.arange(4).repeat_interleave(3))
+    assert out.feats.shape == out.ir_feats.shape == (12, 1280) and out.pair_logits.shape == (12, 12)
+    assert set(out.losses) == {"cl", "tr", "in", "c_pos", "c_neg", "pa"} and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.backbone.features[0][0].weight.grad is not None
+    with pytest.raises(ValueError, match="valid: resnet18, resnet34, resnet50, resnet101, mobilenet_v2, timm"):
+        build_backbone("mobilenet_v3")

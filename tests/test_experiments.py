@@ -44,7 +44,8 @@ def _id(p: Path) -> str:
 
 # ---------------------------------------------------------------------------- the YAML files
 def test_layout_has_every_row_for_every_dataset():
-    assert {d.name for d in DATASET_DIRS} == set(run.PAPER_DATASETS) | {"synthetic"}
+    assert {d.name for d in DATASET_DIRS} == set(run.PAPER_DATASETS) | {"synthetic", "real"}
+    assert set(run.DATASETS) == {d.name for d in DATASET_DIRS}
     for d in DATASET_DIRS:
         rows = sorted(p.stem for p in d.glob("*.yaml") if p.name != "_dataset.yaml" and p not in LITERAL_YAMLS)
         assert rows == sorted(run.ROW_FILES.values()), d
@@ -64,6 +65,8 @@ def test_every_yaml_loads_and_model_values_have_the_right_types(path):
             continue
         if key in ("milestones", "image_size"):
             assert all(isinstance(v, int) for v in value), (path, key, value)
+        elif key == "pretrained":  # bool | str: true, a torchvision weight name or a file
+            assert isinstance(value, (bool, str)), (path, key, value)
         elif isinstance(default, bool):
             assert isinstance(value, bool), (path, key, value)
         elif isinstance(default, float):
@@ -134,6 +137,26 @@ def test_synthetic_config_departs_from_the_paper_only_in_documented_cpu_settings
     assert syn.model.image_size == (128, 64)
     assert all(m < syn.model.epochs for m in syn.model.milestones)
     assert syn.data.name == "synthetic"
+
+
+def test_real_config_reads_only_shared_and_departs_only_in_documented_settings(tmp_path):
+    allowed = {"backbone", "pretrained", "feat_dim", "image_size", "epochs", "milestones",
+               "num_identities", "num_instances"}
+    real = load_experiment(EXP / "real" / "hrnet.yaml")
+    paper = HRNetConfig()
+    differ = {f.name for f in dataclasses.fields(HRNetConfig) if getattr(real.model, f.name) != getattr(paper, f.name)}
+    assert differ == allowed
+    # the only inputs: ../shared beside the clone, relative to the repository root
+    shared = (ROOT.parent / "shared" / "data").resolve()
+    assert (ROOT / real.data.root).resolve() == shared / "reid-small"
+    assert (ROOT / real.model.pretrained).resolve() == shared / "weights" / "mobilenet_v2_imagenet_torchvision.pth"
+    assert real.data.name == "reid_small_joint" and real.data.kwargs == {"split_id": 0, "test": "viper"}
+    # the recorded d is the backbone's own
+    from hrnet_pyg.backbone import build_backbone
+
+    assert build_backbone(real.model.backbone).out_channels == real.model.feat_dim == 1280
+    assert all(m < real.model.epochs for m in real.model.milestones)
+    assert real.model.batch_size > real.model.k  # the kNN graph of Eq. 1 fits in a batch
 
 
 # ---------------------------------------------------------------------------- sweeps

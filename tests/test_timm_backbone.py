@@ -99,6 +99,7 @@ def test_bad_names():
         build_backbone("timm:no_such_net")
     with pytest.raises(
         ValueError,
-        match=r"unknown backbone 'resnet9'; valid: resnet18, resnet34, resnet50, resnet101, timm:<name> or None",
+        match=r"unknown backbone 'resnet9'; valid: resnet18, resnet34, resnet50, resnet101, mobilenet_v2, "
+        r"timm:<name> or None",
     ):
         HRNet(HRNetConfig(backbone="resnet9", pretrained=False), num_classes=2)

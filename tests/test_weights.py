@@ -1,11 +1,15 @@
 """Pretrained weights in every layout users bring: torchvision, torchreid, fast-reid,
-safetensors, this project's checkpoint, and torchvision weight names (never downloaded here)."""
+safetensors, this project's checkpoint, and torchvision weight names (never downloaded here);
+the offline ImageNet MobileNetV2 of ../shared/data/weights when it is present."""
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
 
 from hrnet_pyg import HRNet, HRNetConfig
-from hrnet_pyg.backbone import PretrainedWeightsError, ResNetBackbone, torchvision_weights
+from hrnet_pyg.backbone import MobileNetV2Backbone, PretrainedWeightsError, ResNetBackbone, torchvision_weights
 from hrnet_pyg.engine import save_model
 
 
@@ -171,3 +175,35 @@ def test_weight_name_through_config_downloads_that_enum(monkeypatch, capsys):
         f"loaded {n} backbone tensors from torchvision ResNet50_Weights.IMAGENET1K_V2; skipped: fc (2 tensors)" in out
     )
     torch.testing.assert_close(model.backbone.conv1.weight, net.conv1.weight)
+
+
+# ../shared/data/weights beside the repository (CI), or HRNET_PYG_SHARED_DATA naming shared/data
+REPO = Path(__file__).resolve().parents[1]
+SHARED_WEIGHTS = Path(os.environ.get("HRNET_PYG_SHARED_DATA", REPO.parent / "shared" / "data")) / "weights"
+MOBILENET_FILE = SHARED_WEIGHTS / "mobilenet_v2_imagenet_torchvision.pth"
+
+
+@pytest.mark.skipif(not MOBILENET_FILE.is_file(), reason=f"offline weights absent: no {MOBILENET_FILE}")
+def test_offline_imagenet_mobilenet_v2_file(capsys):
+    cfg = HRNetConfig(backbone="mobilenet_v2", pretrained=str(MOBILENET_FILE), k=4)
+    model = HRNet(cfg, num_classes=5)
+    line = capsys.readouterr().out.strip().splitlines()
+    assert line == [f"pretrained weights: loaded 312 backbone tensors from {MOBILENET_FILE} "
+                    "(torchvision state dict); skipped: nothing"]
+    assert model.feat_dim == 1280
+    # the file's tensors, unchanged, in torchvision's layout
+    state = torch.load(MOBILENET_FILE, map_location="cpu", weights_only=True)
+    for k, v in state.items():
+        torch.testing.assert_close(model.backbone.state_dict()[k], v, rtol=0, atol=0)
+    # trained values, not an initialisation (BN variance 1, BN weight 1)
+    assert state["features.0.1.running_var"].std() > 0.1 and (state["features.18.1.weight"] - 1).abs().mean() > 0.1
+    # torchvision reads it the way its README says (only classifier.1.* missing)
+    missing, unexpected = torchvision.models.mobilenet_v2().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["classifier.1.bias", "classifier.1.weight"] and unexpected == []
+    ours = MobileNetV2Backbone(pretrained=MOBILENET_FILE, last_stride=2).eval()
+    ref = torchvision.models.mobilenet_v2()
+    ref.load_state_dict(state, strict=False)
+    ref.classifier = torch.nn.Identity()
+    x = torch.randn(2, 3, 128, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref.eval()(x), atol=1e-5, rtol=1e-4)

@@ -79,9 +79,13 @@ class ReIDDataset:
         has_camids: ``False`` when the source carries no camera ids (custom data): every camid is
             then 0 and evaluation cannot remove same-camera matches, which it should say.
         name: short dataset name shown by :meth:`summary`.
+        protocol: one line saying how train/query/gallery were drawn (the split of a dataset
+            with random splits, where its partition came from), shown by :meth:`summary`.
     """
 
     name: str = "reid"
+    #: Cameras of the dataset's layout where it is fixed (camids ``0..num_cameras-1``), else None.
+    num_cameras: int | None = None
 
     def __init__(
         self,
@@ -92,12 +96,14 @@ class ReIDDataset:
         root: PathLike | None = None,
         has_camids: bool = True,
         name: str | None = None,
+        protocol: str | None = None,
     ) -> None:
         self.train: Records = [ReIDRecord(str(p), int(i), int(c)) for p, i, c in train]
         self.query: Records = [ReIDRecord(str(p), int(i), int(c)) for p, i, c in query]
         self.gallery: Records = [ReIDRecord(str(p), int(i), int(c)) for p, i, c in gallery]
         self.root = None if root is None else str(root)
         self.has_camids = bool(has_camids)
+        self.protocol = protocol
         if name is not None:
             self.name = name
         train_pids = sorted({r.pid for r in self.train})
@@ -147,6 +153,8 @@ class ReIDDataset:
             pids, cams = self.parse_data(self.split(split))
             rows.append(f"  {split:<8} | {pids:5d} | {len(self.split(split)):8d} | {cams:9d}")
         rows.append(line)
+        if self.protocol:
+            rows.append(f"  protocol: {self.protocol}")
         if not self.has_camids:
             rows.append("  no camera ids: every camid is 0 (no same-camera filtering possible)")
         return "\n".join(rows)
@@ -441,6 +449,125 @@ def _check_root(root: PathLike, dataset: str) -> Path:
     return path.resolve()
 
 
+# --------------------------------------------------------------------------------------------
+# helpers of the datasets with seeded random splits (VIPeR, PRID 2011, GRID, CAVIAR4REID)
+# --------------------------------------------------------------------------------------------
+
+
+def check_split_id(split_id: Any, dataset: str, num_splits: int | None = None) -> int:
+    """``split_id`` as an int, or a ``ValueError`` naming the dataset and the valid range.
+
+    Random splits exist for every ``split_id >= 0`` (0..9 are the ten the literature reports);
+    a dataset with a fixed partition file has ``num_splits`` of them.
+    """
+    ok = isinstance(split_id, (int, np.integer)) and not isinstance(split_id, bool) and split_id >= 0
+    if ok and num_splits is not None:
+        ok = split_id < num_splits
+    if not ok:
+        valid = (f"one of 0..{num_splits - 1}" if num_splits is not None
+                 else "an integer >= 0 (0..9 are the ten standard splits)")
+        raise ValueError(f"{dataset}: split_id must be {valid}, got {split_id!r}")
+    return int(split_id)
+
+
+def seeded_split(ids: Iterable[int], num_train: int, split_id: int) -> tuple[list[int], list[int]]:
+    """The training and test identities of split ``split_id`` (both sorted).
+
+    The rule: ``numpy.random.default_rng(split_id).permutation`` orders the sorted identities, the
+    first ``num_train`` train and the rest test. It depends only on the set of identities and
+    ``split_id`` (not on file-system order, numpy's global seed or the platform), so split ``s``
+    is the same everywhere.
+    """
+    pool = sorted({int(i) for i in ids})
+    if not 0 < num_train < len(pool):
+        raise ValueError(f"num_train must lie in 1..{len(pool) - 1}, got {num_train}")
+    order = np.random.default_rng(split_id).permutation(len(pool))
+    return sorted(pool[i] for i in order[:num_train]), sorted(pool[i] for i in order[num_train:])
+
+
+def check_root_for(root: PathLike, dataset: str, layout: str) -> Path:
+    """The resolved ``root``; a missing one is a one-line error saying what it should hold."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DatasetNotFoundError(
+            f"{dataset}: root folder {path} does not exist; expected the folder that holds {layout} "
+            f"(docs/datasets.md)"
+        )
+    return path.resolve()
+
+
+def find_dataset_folder(
+    dataset: str, root: Path, candidates: Sequence[Path], required: Sequence[str], layout: str
+) -> Path:
+    """The first candidate folder holding every ``required`` sub-folder (``()``: the candidate
+    itself must exist), else a one-line :class:`DatasetNotFoundError` naming ``root``, the
+    folders tried and ``layout``. A candidate holding only some of them is an error naming the
+    missing ones."""
+    tried = _unique_paths(candidates)
+    for cand in tried:
+        if not required:
+            if cand.is_dir():
+                return cand
+            continue
+        present = [r for r in required if (cand / r).is_dir()]
+        if present:
+            missing = [r for r in required if r not in present]
+            if missing:
+                raise DatasetNotFoundError(
+                    f"{dataset}: found {cand / present[0]} but not {', '.join(str(cand / m) for m in missing)}; "
+                    f"expected {layout}"
+                )
+            return cand
+    raise dataset_not_found(dataset, root, tried, layout)
+
+
+def dataset_not_found(dataset: str, root: Path, tried: Sequence[Path], layout: str) -> DatasetNotFoundError:
+    """The one-line error of a root that holds none of the layouts tried."""
+    return DatasetNotFoundError(
+        f"{dataset}: nothing found under {root}; expected {layout} "
+        f"(looked in {', '.join(str(c) for c in _unique_paths(tried))}; docs/datasets.md)"
+    )
+
+
+def scan_named_images(
+    dir_path: Path, pattern: re.Pattern[str], dataset: str, example: str
+) -> list[tuple[Path, re.Match[str]]]:
+    """Every image of ``dir_path`` (sorted by name) with ``pattern`` matched on its file name.
+
+    An empty folder or an image name the pattern does not match raises :class:`DatasetError`
+    naming the file and an example of the expected name; other files (``Thumbs.db``) are ignored.
+    """
+    files = _list_images(dir_path)
+    if not files:
+        raise DatasetError(
+            f"{dataset}: folder {dir_path} holds no images ({'/'.join(IMG_EXTENSIONS)}); "
+            f"expected files named like {example}"
+        )
+    out = []
+    for path in files:
+        match = pattern.match(path.name)
+        if match is None:
+            raise DatasetError(f"{dataset}: cannot parse the file name {path}; expected names like {example}")
+        out.append((path, match))
+    return out
+
+
+def index_one_per_person(
+    dir_path: Path, pattern: re.Pattern[str], dataset: str, example: str
+) -> dict[int, Path]:
+    """``{pid: path}`` of a camera folder holding one image per person (group 1 = the pid)."""
+    out: dict[int, Path] = {}
+    for path, match in scan_named_images(dir_path, pattern, dataset, example):
+        pid = int(match.group(1))
+        if pid in out:
+            raise DatasetError(
+                f"{dataset}: two images of person {pid} in {dir_path}: {out[pid].name} and {path.name}; "
+                f"expected one image per person and camera"
+            )
+        out[pid] = path
+    return out
+
+
 __all__ = [
     "IMG_EXTENSIONS",
     "MARKET_PATTERN",
@@ -450,7 +577,14 @@ __all__ = [
     "ImageDataset",
     "ReIDDataset",
     "ReIDRecord",
+    "check_root_for",
+    "check_split_id",
+    "dataset_not_found",
+    "find_dataset_folder",
+    "index_one_per_person",
     "parse_market_dir",
     "parse_market_splits",
     "read_image",
+    "scan_named_images",
+    "seeded_split",
 ]

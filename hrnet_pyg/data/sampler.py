@@ -18,8 +18,11 @@ class PKSampler(Sampler[list[int]]):
     One epoch (torchreid's ``RandomIdentitySampler`` semantics, made reproducible):
 
     1. every identity's indices are shuffled and cut into groups of ``K``; a remainder shorter
-       than ``K`` is dropped, and an identity with fewer than ``K`` images gets one group drawn
-       with replacement;
+       than ``K`` is dropped, and an identity with fewer than ``K`` images gets one group that
+       holds each of its images once, filled up to ``K`` by draws with replacement, in random
+       order (torchreid draws all ``K`` with replacement, which can leave out an image: for a
+       VIPeR identity, two images and ``K = 6``, a group lacks the cross-camera positive with
+       probability 1/32);
     2. while at least ``P`` identities have groups left, ``P`` distinct ones are drawn uniformly
        and each gives its next group to the batch;
     3. the groups left over (fewer than ``P`` identities) are dropped; with
@@ -95,8 +98,9 @@ class PKSampler(Sampler[list[int]]):
         groups: dict[int, list[list[int]]] = {}
         for pid in self._pids:
             idxs = self._index_of[pid]
-            if len(idxs) < K:
-                idxs = rng.choice(idxs, size=K, replace=True)
+            if len(idxs) < K:  # every image once, the rest drawn with replacement
+                fill = rng.choice(idxs, size=K - len(idxs), replace=True)
+                idxs = rng.permutation(np.concatenate([idxs, fill]))
             else:
                 idxs = rng.permutation(idxs)
             groups[pid] = [idxs[i * K:(i + 1) * K].tolist() for i in range(len(idxs) // K)]

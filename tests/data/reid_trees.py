@@ -178,3 +178,67 @@ def write_cuhk03_mat(base: Path, rng: np.random.Generator):
     }
     savemat(base / "cuhk03_new_protocol_config_detected.mat", cfg)
     return expected, names, labels, train_idx, query_idx, gallery_idx
+
+
+# The four small datasets of ../shared/data/reid-small, at their real sizes, as empty files (the
+# parsers read names only; ``images=True`` writes tiny decodable images instead, slower).
+VIPER_NUMBERS = [i * 874 // 632 for i in range(632)]  # 632 persons numbered 0..873 with gaps
+GRID_PAIRED, GRID_DISTRACTORS = 250, 775
+CAVIAR_ONE_CAMERA = [1, 2, 5, 10, 11, 13, 14, 17, 25, 26, 39, 42, 43, 48, 49, 51, 53, 54, 56, 61, 63, 72]
+
+
+def _touch(path: Path, images: bool) -> None:
+    if images:
+        write_image(path)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+
+def write_viper(base: Path, images: bool = False) -> Path:
+    """``base/viper/VIPeR/cam_{a,b}/NNN_ANGLE.bmp``: 632 persons, one image per camera."""
+    root = base / "viper" / "VIPeR"
+    for n in VIPER_NUMBERS:
+        _touch(root / "cam_a" / f"{n:03d}_{(n * 45) % 360}.bmp", images)
+        _touch(root / "cam_b" / f"{n:03d}_{(n * 45 + 90) % 360}.bmp", images)
+    return root
+
+
+def write_prid(base: Path, images: bool = False, num_a: int = 385, num_b: int = 749) -> Path:
+    """``base/prid2011/prid_2011/single_shot/cam_{a,b}/person_NNNN.png``: persons 1-200 in both."""
+    root = base / "prid2011" / "prid_2011" / "single_shot"
+    for cam, num in (("cam_a", num_a), ("cam_b", num_b)):
+        for p in range(1, num + 1):
+            _touch(root / cam / f"person_{p:04d}.png", images)
+    return root
+
+
+def write_grid(base: Path, images: bool = False) -> Path:
+    """``base/grid/underground_reid/{probe,gallery}``: 250 pairs on two different cameras of 8,
+    plus 775 distractors (person 0000) in the gallery."""
+    root = base / "grid" / "underground_reid"
+    for p in range(1, GRID_PAIRED + 1):
+        cam = 1 + p % 7  # the probe camera is the lower one, as in the copy
+        _touch(root / "probe" / f"{p:04d}_{cam}_{25000 + 4 * p}_10_20_90_220.jpeg", images)
+        _touch(root / "gallery" / f"{p:04d}_{cam + 1}_{26000 + 4 * p}_11_21_91_221.jpeg", images)
+    for d in range(GRID_DISTRACTORS):
+        _touch(root / "gallery" / f"0000_{1 + d % 8}_{30000 + d}_12_22_92_222.jpeg", images)
+    return root
+
+
+def write_caviar(base: Path, images: bool = False) -> Path:
+    """``base/caviar4reid/PPPP_III.jpg``: 72 persons, 50 with images 001-020, 22 with 001-010."""
+    root = base / "caviar4reid"
+    for p in range(1, 73):
+        for i in range(1, 11 if p in CAVIAR_ONE_CAMERA else 21):
+            _touch(root / f"{p:04d}_{i:03d}.jpg", images)
+    return root
+
+
+def write_reid_small(base: Path, images: bool = False) -> Path:
+    """All four, as ``../shared/data/reid-small`` lays them out."""
+    write_viper(base, images)
+    write_prid(base, images)
+    write_grid(base, images)
+    write_caviar(base, images)
+    return base

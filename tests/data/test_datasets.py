@@ -540,5 +540,6 @@ def test_cuhk03_labeled_and_detected_aliases(tmp_path):
 
 
 def test_unknown_name_lists_aliases(tmp_path):
-    with pytest.raises(ValueError, match=r"aliases: DukeMTMC, msmt17_v1, msmt17_v2, cuhk03_detected, cuhk03_labeled"):
-        build_dataset("viper", tmp_path)
+    with pytest.raises(ValueError, match=r"aliases: DukeMTMC, msmt17_v1, msmt17_v2, cuhk03_detected, cuhk03_labeled, "
+                                         r"prid, caviar, CAVIARa, reid_small\)"):
+        build_dataset("ilids", tmp_path)

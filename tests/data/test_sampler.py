@@ -41,8 +41,8 @@ def _check_epoch(batches, pids, P, K, drop_last=True):
             used[pid] += 1
             if Counter(pids)[pid] >= K:
                 seen_without_replacement.update(group)
-            else:  # fewer than K images: drawn with replacement from its own images
-                assert len(set(group)) <= Counter(pids)[pid]
+            else:  # fewer than K images: each of them once, the rest drawn from them again
+                assert set(group) == {i for i, p in enumerate(pids) if p == pid}
         assert len(set(ids)) == len(ids)  # P distinct identities
         if drop_last:
             assert len(ids) == P
@@ -77,6 +77,22 @@ def test_with_replacement_identity():
     assert len(batches) == 1
     group0 = [i for i in batches[0] if pids[i] == 0]
     assert len(group0) == 4 and set(group0) <= {0, 1}
+
+
+def test_identity_with_fewer_than_k_images_gives_every_image_in_its_group():
+    # VIPeR-like: 2 images per identity, K = 6. Drawing all 6 with replacement would leave out one
+    # of the two images in 1/32 of the groups (2 * 0.5^6); here every group holds both, always.
+    pids = [p for p in range(40) for _ in range(2)]
+    sampler = PKSampler(pids, P=8, K=6, seed=0)
+    seen_orders = set()
+    for epoch in range(20):
+        for batch in sampler.batches(epoch):
+            for g in range(8):
+                group = batch[g * 6:(g + 1) * 6]
+                pid = pids[group[0]]
+                assert sorted(set(group)) == [2 * pid, 2 * pid + 1]
+                seen_orders.add(tuple(group))
+    assert len(seen_orders) > 10  # the fill and the order are random, not a fixed pattern
 
 
 def test_drop_last_false_emits_every_group():
