@@ -40,20 +40,11 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor
 
+from hrnet_pyg.image_features import ImageFeatures, extract_images, feature_fingerprint, features_of
+from hrnet_pyg.image_files import ImageList, _label_array, is_feature_file, list_images
 from hrnet_pyg.runtime import atomic_write, resolve_device, unwrap_model
 from hrnet_pyg.runtime import progress as progress_of
-from hrnet_pyg.search import (
-    ImageFeatures,
-    ImageList,
-    SearchResult,
-    _label_array,
-    _retrieval,
-    extract_images,
-    feature_fingerprint,
-    features_of,
-    is_feature_file,
-    list_images,
-)
+from hrnet_pyg.search import SearchResult, _retrieval
 from hrnet_pyg.topk import merge_topk
 
 if TYPE_CHECKING:  # pragma: no cover
