@@ -20,7 +20,8 @@ from hrnet_pyg.cli.tools import add_datasets_parser, add_demo_parser, add_export
 from hrnet_pyg.cli.train import add_train_parser
 
 _DESCRIPTION = """\
-Hybrid Relationship Network (AAAI 2021) for person re-identification, on PyTorch Geometric.
+HRNet for person re-identification, on PyTorch Geometric: Liu, Huang and Zhang, "Learning Hybrid
+Relationships for Person Re-identification", AAAI 2021.
 
 verbs:
   train      train one experiment (a YAML file of experiments/) and evaluate it
