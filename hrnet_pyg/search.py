@@ -264,7 +264,7 @@ def write_grid(
     size: tuple[int, int] = (128, 64),
     border: int = 4,
 ) -> RankedGrid:
-    """The ranked lists as an image grid (:func:`hrnet_pyg.visualize.ranked_list_grid`).
+    """The ranked lists as an image grid (:func:`hrnet_pyg.ranked_grid.ranked_list_grid`).
 
     With identity labels on both sides, borders are green (same identity) or red; without,
     they are grey (:data:`UNKNOWN_COLOR`): a match cannot be told. Returns what was drawn

@@ -283,7 +283,7 @@ class GalleryIndex:
 
         Args:
             model: the trained HRNet whose features the index holds.
-            images: a folder, an image, a CSV (:func:`~hrnet_pyg.search.list_images`), an
+            images: a folder, an image, a CSV (:func:`~hrnet_pyg.image_files.list_images`), an
                 ``.npz`` from ``hrnet-pyg extract`` of this model, or :class:`ImageFeatures`.
             dtype: storage of the ``.npy`` files, ``float32`` or ``float16``. (default: float32)
             faiss_type: one of :data:`FAISS_TYPES`, or ``auto``: ``flat`` when faiss is
@@ -292,7 +292,7 @@ class GalleryIndex:
             checkpoint: the checkpoint's path, recorded for messages.
             force: replace an existing index at ``path`` (only once the new one is complete).
             chunk: images extracted and written per shard.
-            **extract_kw: passed to :func:`~hrnet_pyg.search.extract_images` (labels, batch_size,
+            **extract_kw: passed to :func:`~hrnet_pyg.image_features.extract_images` (labels, batch_size,
                 num_workers, device, progress).
         """
         path = Path(path)
