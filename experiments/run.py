@@ -62,7 +62,7 @@ DATASET_TITLES: dict[str, str] = {
     "real": "VIPeR (joint training, MobileNetV2)",
 }
 
-# Table 1 of the paper (Xu et al., AAAI 2021), typed in from the paper text: (mAP, rank-1) in %.
+# Table 1 of the paper (Liu, Huang and Zhang, AAAI 2021), typed in from the paper text: (mAP, rank-1) in %.
 _PAPER_TABLE1_COLUMNS = ("market1501", "dukemtmcreid", "cuhk03", "msmt17")
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
     row: dict(zip(_PAPER_TABLE1_COLUMNS, cells, strict=True))

@@ -1,4 +1,5 @@
-"""hrnet_pyg: the Hybrid Relationship Network (Xu et al., AAAI 2021) for person re-ID, on PyG.
+"""hrnet_pyg: HRNet for person re-ID on PyG, from Liu, Huang and Zhang, "Learning Hybrid Relationships
+for Person Re-identification", AAAI 2021.
 
 The names below are imported on first use, so that ``hrnet-pyg --help`` and the verbs that need
 neither torch nor torch_geometric start without paying for them.

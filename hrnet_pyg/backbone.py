@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from hrnet_pyg.runtime import CHECKPOINT_KIND, torch_load_weights, unreadable_reason
+from hrnet_pyg.pretrained import PretrainedWeightsError, read_weights_file, strip_prefix, weights_report
 
 # depth -> (torchvision constructor, weights enum member used for ``pretrained=True``).
 # IMAGENET1K_V1 are the weights BoT (and so the paper) started from.
@@ -246,14 +246,6 @@ class MobileNetV2Backbone(nn.Module):
         return f"{self.__class__.__name__}(out_channels={self.out_channels}, last_stride={self.last_stride})"
 
 
-class PretrainedWeightsError(RuntimeError, ValueError):
-    """Pretrained weights that cannot be used: an unknown weight name, an unreadable file, or a
-    state dict that does not fit the trunk (the message names the file and the keys).
-
-    A ``ValueError`` too, so that the command line reports it as bad input in one line.
-    """
-
-
 # Top-level key groups of the checkpoint layouts this module reads that are not the trunk:
 # torchvision's ImageNet classifier (fc), torchreid's ID classifier (classifier) and its optional
 # embedding layer (fc), fast-reid's heads and input normalisation buffers, and this project's
@@ -321,8 +313,8 @@ def read_pretrained(
     path = os.fspath(pretrained)  # type: ignore[arg-type]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
-    obj, layout = _read_weights_file(path)
-    state = _strip_prefix(obj, "module.")  # nn.DataParallel / DistributedDataParallel wrappers
+    obj, layout = read_weights_file(path)
+    state = strip_prefix(obj, "module.")  # nn.DataParallel / DistributedDataParallel wrappers
     skipped: dict[str, int] = {}
     if any(k.startswith("backbone.") for k in state):
         # fast-reid and this project: the trunk sits under backbone., everything else is heads
@@ -354,13 +346,6 @@ def read_pretrained(
     return backbone, f"{path} ({layout})", skipped
 
 
-def weights_report(loaded: int, source: str, skipped: Mapping[str, int]) -> str:
-    """The one line printed when pretrained weights are loaded."""
-    rest = ", ".join(f"{g} ({n} tensor{'s' if n != 1 else ''})" for g, n in sorted(skipped.items()))
-    return (f"pretrained weights: loaded {loaded} backbone tensors from {source}; "
-            f"skipped: {rest or 'nothing'}")
-
-
 def _download_imagenet_state_dict(depth: int | str, weights: Any) -> dict[str, Tensor]:
     arch = _arch(depth)
     try:
@@ -374,53 +359,6 @@ def _download_imagenet_state_dict(depth: int | str, weights: Any) -> dict[str, T
             f"(config: pretrained: /path/{arch}.pth), "
             "or train from scratch with pretrained=False (docs/ecosystem.md lists what works offline)."
         ) from err
-
-
-def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def _read_weights_file(path: str) -> tuple[dict[str, Tensor], str]:
-    """A flat name -> tensor dict from ``path`` and the name of its layout."""
-    if path.lower().endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:
-            raise PretrainedWeightsError(
-                f"reading {path!r} needs the safetensors package: pip install safetensors "
-                "(or pip install hrnet_pyg[safetensors])") from err
-        try:
-            return dict(load_file(path, device="cpu")), "safetensors"
-        except Exception as err:
-            raise PretrainedWeightsError(
-                f"could not read pretrained weights file {path!r} as safetensors "
-                f"({type(err).__name__}: {err})") from err
-    try:
-        obj: Any = torch_load_weights(path)
-    except Exception as err:
-        # torch's message advises loading with weights_only=False, which would let the file run
-        # code: the reason in words instead, and no chained exception to print it with -v.
-        reason = unreadable_reason(path, err, kind="weights files")
-        if "never unpickled" in reason:
-            raise PretrainedWeightsError(
-                f"pretrained weights file {path!r} is not a plain state dict, so it cannot be loaded "
-                f"safely: {reason}") from None
-        raise PretrainedWeightsError(f"could not read pretrained weights file {path!r}: {reason}") from None
-    layout = "torchvision state dict"
-    if isinstance(obj, Mapping):
-        if obj.get("kind") == CHECKPOINT_KIND and isinstance(obj.get("model"), Mapping):
-            obj, layout = obj["model"], "hrnet_pyg checkpoint"
-        elif isinstance(obj.get("state_dict"), Mapping):
-            obj, layout = obj["state_dict"], "torchreid checkpoint"
-        elif isinstance(obj.get("model"), Mapping):
-            obj, layout = obj["model"], "fast-reid checkpoint"
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise PretrainedWeightsError(
-            f"pretrained weights file {path!r} must hold a state dict (name -> tensor), "
-            f"or a dict with a 'state_dict' or 'model' entry; got {type(obj).__name__}")
-    return dict(obj), layout
 
 
 #: Backbone names of :func:`build_backbone` besides ``timm:<name>``.
@@ -508,8 +446,8 @@ class TimmBackbone(nn.Module):
     def _load_file(self, path: str) -> None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
-        obj, layout = _read_weights_file(path)
-        state = _strip_prefix(_strip_prefix(obj, "module."), "backbone.")
+        obj, layout = read_weights_file(path)
+        state = strip_prefix(strip_prefix(obj, "module."), "backbone.")
         own = self.net.state_dict()
         head = str(self.net.pretrained_cfg.get("classifier") or "fc")
         skipped: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""Re-ID evaluation: chunked distance matrices and the field's ranking metrics (CMC, mAP, mINP).
+"""Re-ID evaluation: the field's ranking metrics (CMC, mAP, mINP) of a distance matrix.
 
 :func:`evaluate_rank` implements the camera-aware protocol of torchreid's ``eval_market1501``
 and fast-reid's ``evaluate_rank`` (which adds mINP): for each query, gallery images with the
@@ -16,6 +16,9 @@ the *values* of each row once (numpy's SIMD sort), binary-search the few true-ma
 it, and subtract the junk images that precede each match.  The bookkeeping is vectorised over
 all (query, true match) pairs; the only per-query Python work is one ``searchsorted`` call on
 its ~10-20 match distances, and nothing loops over gallery items.
+
+The distance matrices themselves (:func:`cosine_distance`, :func:`euclidean_distance`,
+:func:`topk_neighbours`) are :mod:`hrnet_pyg.distances`, re-exported here.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from hrnet_pyg.distances import cosine_distance, euclidean_distance, topk_neighbours
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 
@@ -36,155 +40,6 @@ PROTOCOLS = ("market", "cuhk03_single_shot")
 
 # Rows of the distance matrix sorted at once; 256 x 15,913 float32 is 16 MB.
 _EVAL_CHUNK_ELEMENTS = 1 << 22
-
-
-# ----------------------------------------------------------------------------------------------
-# Distances
-# ----------------------------------------------------------------------------------------------
-def _as_features(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (num_items, dim), got shape {tuple(x.shape)}")
-    x = x.detach()
-    if not x.is_floating_point():
-        x = x.to(torch.float32)
-    elif x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    if x.numel() and not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-    return x
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> None:
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"feature dims differ: a has {a.shape[1]} columns, b has {b.shape[1]}"
-        )
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-
-
-def _pairwise_chunks(
-    a: torch.Tensor, b: torch.Tensor, metric: str, chunk_size: int, squared: bool = False
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield ``(start, stop, block)`` with ``block`` = distances of ``a[start:stop]`` to ``b``.
-
-    Blocks are in the promoted dtype of ``a`` and ``b`` (float32 or float64); at most one block
-    lives at a time.
-    """
-    if metric not in ("cosine", "euclidean"):
-        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    b = b.to(device=a.device, dtype=dtype)
-    if metric == "cosine":
-        bn_t = F.normalize(b, dim=1).t()
-        for s in range(0, a.shape[0], chunk_size):
-            an = F.normalize(a[s : s + chunk_size].to(dtype), dim=1)
-            # 1 - cos computed in place on the matmul output: one block of extra memory.
-            yield s, s + an.shape[0], torch.mm(an, bn_t).neg_().add_(1.0)
-    else:
-        b_t = b.t()
-        bb = b.pow(2).sum(1).unsqueeze(0)  # (1, G)
-        for s in range(0, a.shape[0], chunk_size):
-            ac = a[s : s + chunk_size].to(dtype)
-            # |a|^2 + |b|^2 - 2 a.b ; clamp: rounding can make it slightly negative.
-            blk = torch.addmm(bb, ac, b_t, beta=1.0, alpha=-2.0)
-            blk.add_(ac.pow(2).sum(1, keepdim=True)).clamp_(min=0.0)
-            if not squared:
-                blk.sqrt_()
-            yield s, s + ac.shape[0], blk
-
-
-def _full_matrix(
-    a: np.ndarray | torch.Tensor,
-    b: np.ndarray | torch.Tensor,
-    metric: str,
-    chunk_size: int,
-    squared: bool = False,
-) -> torch.Tensor:
-    a = _as_features(a, "a")
-    b = _as_features(b, "b")
-    _check_pair(a, b, chunk_size)
-    out = torch.empty(a.shape[0], b.shape[0], dtype=torch.float32, device=a.device)
-    for s, e, blk in _pairwise_chunks(a, b, metric, int(chunk_size), squared):
-        out[s:e] = blk  # float64 blocks are rounded to float32 here
-    return out
-
-
-def cosine_distance(
-    a: np.ndarray | torch.Tensor,
-    b: np.ndarray | torch.Tensor,
-    chunk_size: int = 4096,
-) -> torch.Tensor:
-    """Cosine distance ``1 - <a_i, b_j> / (|a_i| |b_j|)`` as a ``(len(a), len(b))`` float32 tensor.
-
-    Computed ``chunk_size`` rows of ``a`` at a time, so the memory beyond the output is one
-    ``(chunk_size, len(b))`` block.  Rows of norm zero have distance 1 to everything.
-
-    Args:
-        a: ``(Q, d)`` features (tensor or numpy array).
-        b: ``(G, d)`` features.
-        chunk_size: rows of ``a`` per block (default: 4096).
-    """
-    return _full_matrix(a, b, "cosine", chunk_size)
-
-
-def euclidean_distance(
-    a: np.ndarray | torch.Tensor,
-    b: np.ndarray | torch.Tensor,
-    chunk_size: int = 4096,
-    squared: bool = False,
-) -> torch.Tensor:
-    """Euclidean distance ``|a_i - b_j|`` (or its square) as a ``(len(a), len(b))`` float32 tensor.
-
-    Uses ``|a|^2 + |b|^2 - 2 a.b`` per block of ``chunk_size`` rows of ``a`` (as torch.cdist does
-    for large inputs), clamped at 0; memory beyond the output is one block.
-
-    Args:
-        a: ``(Q, d)`` features (tensor or numpy array).
-        b: ``(G, d)`` features.
-        chunk_size: rows of ``a`` per block (default: 4096).
-        squared: return squared distances (default: False).
-    """
-    return _full_matrix(a, b, "euclidean", chunk_size, squared)
-
-
-def topk_neighbours(
-    a: np.ndarray | torch.Tensor,
-    b: np.ndarray | torch.Tensor,
-    k: int,
-    metric: str = "cosine",
-    chunk_size: int = 4096,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` nearest rows of ``b`` for every row of ``a``, without the full distance matrix.
-
-    Returns ``(distances, indices)``, both ``(len(a), k)``, sorted by increasing distance
-    (float32 distances, int64 indices into ``b``).  Exactly equal distances come in an
-    unspecified order (``torch.topk``).
-
-    Args:
-        a: ``(Q, d)`` query features.
-        b: ``(G, d)`` gallery features.
-        k: neighbours per row, ``1 <= k <= len(b)``.
-        metric: ``"cosine"`` (default) or ``"euclidean"``.
-        chunk_size: rows of ``a`` per block (default: 4096).
-    """
-    a = _as_features(a, "a")
-    b = _as_features(b, "b")
-    _check_pair(a, b, chunk_size)
-    k = int(k)
-    if not 1 <= k <= b.shape[0]:
-        raise ValueError(f"k must lie in [1, len(b)={b.shape[0]}], got {k}")
-    vals = torch.empty(a.shape[0], k, dtype=torch.float32, device=a.device)
-    idx = torch.empty(a.shape[0], k, dtype=torch.long, device=a.device)
-    for s, e, blk in _pairwise_chunks(a, b, metric, int(chunk_size)):
-        v, i = torch.topk(blk, k, dim=1, largest=False, sorted=True)
-        vals[s:e] = v
-        idx[s:e] = i
-    return vals, idx
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,8 +246,9 @@ def _segment_exclusive_cumsum(flags: np.ndarray, seg_start: np.ndarray) -> np.nd
     return exc - exc[seg_start]
 
 
-def _warn(msg: str) -> None:
-    warnings.warn(msg, UserWarning, stacklevel=3)
+def _warn(msg: str, stacklevel: int = 3) -> None:
+    """A warning that points at the caller of :func:`evaluate_rank` (``stacklevel``: from here)."""
+    warnings.warn(msg, UserWarning, stacklevel=stacklevel)
 
 
 def evaluate_rank(
@@ -462,34 +318,7 @@ def evaluate_rank(
     num_q, num_g = d.shape
     if num_q == 0 or num_g == 0:
         raise ValueError(f"distmat is empty: shape {tuple(d.shape)}")
-
-    qp = _to_label_array(q_pids, "q_pids")
-    gp = _to_label_array(g_pids, "g_pids")
-    if len(qp) != num_q:
-        raise ValueError(f"q_pids has {len(qp)} entries but distmat has {num_q} rows")
-    if len(gp) != num_g:
-        raise ValueError(f"g_pids has {len(gp)} entries but distmat has {num_g} columns")
-    if (q_camids is None) != (g_camids is None):
-        raise ValueError("give both q_camids and g_camids, or neither")
-    qp, gp = _encode_pair(qp, gp, "q_pids", "g_pids")
-    if q_camids is None:
-        _warn(
-            "evaluate_rank: no camera ids given, so gallery images of the query's identity taken "
-            "by the query's own camera cannot be removed and count as true matches; the numbers "
-            "are not comparable with published results (usually inflated). Pass q_camids and "
-            "g_camids to apply the standard protocol."
-        )
-        qc = np.zeros(num_q, dtype=np.int64)
-        gc = np.ones(num_g, dtype=np.int64)  # never equal to a query's camera
-    else:
-        assert g_camids is not None  # both or neither, checked above
-        qc = _to_label_array(q_camids, "q_camids")
-        gc = _to_label_array(g_camids, "g_camids")
-        if len(qc) != num_q:
-            raise ValueError(f"q_camids has {len(qc)} entries but distmat has {num_q} rows")
-        if len(gc) != num_g:
-            raise ValueError(f"g_camids has {len(gc)} entries but distmat has {num_g} columns")
-        qc, gc = _encode_pair(qc, gc, "q_camids", "g_camids")
+    qp, gp, qc, gc = _checked_labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g)
     max_rank = int(max_rank)
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
@@ -502,55 +331,10 @@ def evaluate_rank(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    # Sparse set of same-identity pairs: the true matches and the junk of every query.
-    q_idx, g_idx = _same_pid_pairs(qp, gp)
-    junk = gc[g_idx] == qc[q_idx]
-    npos = np.bincount(q_idx[~junk], minlength=num_q)
-    valid = npos > 0
+    q_idx, g_idx, junk, npos, valid = _true_match_pairs(qp, gp, qc, gc)
     num_valid = int(valid.sum())
-    if num_valid == 0:
-        raise ValueError(
-            "evaluate_rank: no query has a valid true match in the gallery (an image of its "
-            "identity from another camera); check q_pids/g_pids and the camera ids"
-        )
-    if num_valid < num_q:
-        _warn(
-            f"evaluate_rank: {num_q - num_valid} of {num_q} queries have no valid true match in "
-            f"the gallery and are skipped (metrics average over {num_valid} queries)"
-        )
-    keep = valid[q_idx]  # pairs of skipped queries are not needed any further
-    q_idx, g_idx, junk = q_idx[keep], g_idx[keep], junk[keep]
-
-    # Position of each pair in the full ranking (ties by gallery index), then in the kept one.
-    if isinstance(d, np.ndarray):
-        dist = d[q_idx, g_idx]
-    else:
-        dist = d[torch.from_numpy(q_idx).to(d.device), torch.from_numpy(g_idx).to(d.device)]
-        dist = dist.cpu().numpy()
-    before_all = _count_before(d, q_idx, g_idx, dist, chunk_size)
-    o = np.lexsort((g_idx, dist, q_idx))  # by query, then distance, then gallery index
-    q_s, junk_s, before_s = q_idx[o], junk[o].astype(np.int64), before_all[o]
-    seg_start = np.searchsorted(q_s, q_s)  # first pair of each pair's query
-    junk_before = _segment_exclusive_cumsum(junk_s, seg_start)
-    good_s = junk_s == 0
-    i_good = _segment_exclusive_cumsum(1 - junk_s, seg_start)[good_s]  # 0-based match index
-    rank = (before_s - junk_before)[good_s]  # 0-based position in the kept ranking
-    q_good = q_s[good_s]
-
-    r = rank.astype(np.float64)
-    i = i_good.astype(np.float64)
-    n = npos[q_good].astype(np.float64)
-    prec = (i + 1.0) / (r + 1.0)
-    if ap_mode == "torchreid":
-        ap_terms = prec / n
-    else:
-        prev = np.where(rank > 0, i / np.maximum(r, 1.0), 1.0)
-        ap_terms = 0.5 * (prev + prec) / n
-    all_ap = np.bincount(q_good, weights=ap_terms, minlength=num_q)
-    last = i_good == npos[q_good] - 1
-    all_inp = np.zeros(num_q)
-    all_inp[q_good[last]] = n[last] / (r[last] + 1.0)
-
+    rank, i_good, q_good = _kept_positions(d, q_idx, g_idx, junk, chunk_size)
+    all_ap, all_inp = _ap_and_inp(rank, i_good, q_good, npos, num_q, ap_mode)
     if protocol == "market":
         first_rank = rank[i_good == 0]
         hist = np.bincount(np.minimum(first_rank, max_rank), minlength=max_rank + 1)
@@ -568,6 +352,125 @@ def evaluate_rank(
         all_AP=all_ap,
         all_INP=all_inp,
     )
+
+
+def _checked_labels(
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike | None,
+    g_camids: ArrayLike | None,
+    num_q: int,
+    num_g: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Identity and camera codes of :func:`evaluate_rank`'s queries and gallery, checked.
+
+    Without camera ids (a warning says what that means) every query gets camera 0 and every
+    gallery image camera 1, so that no image counts as junk.
+    """
+    qp = _to_label_array(q_pids, "q_pids")
+    gp = _to_label_array(g_pids, "g_pids")
+    if len(qp) != num_q:
+        raise ValueError(f"q_pids has {len(qp)} entries but distmat has {num_q} rows")
+    if len(gp) != num_g:
+        raise ValueError(f"g_pids has {len(gp)} entries but distmat has {num_g} columns")
+    if (q_camids is None) != (g_camids is None):
+        raise ValueError("give both q_camids and g_camids, or neither")
+    qp, gp = _encode_pair(qp, gp, "q_pids", "g_pids")
+    if q_camids is None:
+        _warn(
+            "evaluate_rank: no camera ids given, so gallery images of the query's identity taken "
+            "by the query's own camera cannot be removed and count as true matches; the numbers "
+            "are not comparable with published results (usually inflated). Pass q_camids and "
+            "g_camids to apply the standard protocol.",
+            stacklevel=4,
+        )
+        qc = np.zeros(num_q, dtype=np.int64)
+        gc = np.ones(num_g, dtype=np.int64)  # never equal to a query's camera
+    else:
+        assert g_camids is not None  # both or neither, checked above
+        qc = _to_label_array(q_camids, "q_camids")
+        gc = _to_label_array(g_camids, "g_camids")
+        if len(qc) != num_q:
+            raise ValueError(f"q_camids has {len(qc)} entries but distmat has {num_q} rows")
+        if len(gc) != num_g:
+            raise ValueError(f"g_camids has {len(gc)} entries but distmat has {num_g} columns")
+        qc, gc = _encode_pair(qc, gc, "q_camids", "g_camids")
+    return qp, gp, qc, gc
+
+
+def _true_match_pairs(
+    qp: np.ndarray, gp: np.ndarray, qc: np.ndarray, gc: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sparse set of same-identity pairs of the valid queries: the true matches and the junk.
+
+    Returns ``(q_idx, g_idx, junk, npos, valid)``: the pairs (query-major, gallery ascending),
+    whether each pair is junk (same camera), the true matches per query and which queries have
+    one. Queries without a true match are skipped with a warning (an error when none is left).
+    """
+    num_q = len(qp)
+    q_idx, g_idx = _same_pid_pairs(qp, gp)
+    junk = gc[g_idx] == qc[q_idx]
+    npos = np.bincount(q_idx[~junk], minlength=num_q)
+    valid = npos > 0
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError(
+            "evaluate_rank: no query has a valid true match in the gallery (an image of its "
+            "identity from another camera); check q_pids/g_pids and the camera ids"
+        )
+    if num_valid < num_q:
+        _warn(
+            f"evaluate_rank: {num_q - num_valid} of {num_q} queries have no valid true match in "
+            f"the gallery and are skipped (metrics average over {num_valid} queries)",
+            stacklevel=4,
+        )
+    keep = valid[q_idx]  # pairs of skipped queries are not needed any further
+    return q_idx[keep], g_idx[keep], junk[keep], npos, valid
+
+
+def _kept_positions(
+    d: np.ndarray | torch.Tensor, q_idx: np.ndarray, g_idx: np.ndarray, junk: np.ndarray, chunk_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 0-based position of every true match in its query's kept ranking (junk removed).
+
+    The position in the full ranking (ties by gallery index) less the junk ranked before it.
+    Returns ``(rank, i_good, q_good)``: the position, the match's 0-based index among its
+    query's matches, and its query; sorted by query, then position.
+    """
+    if isinstance(d, np.ndarray):
+        dist = d[q_idx, g_idx]
+    else:
+        dist = d[torch.from_numpy(q_idx).to(d.device), torch.from_numpy(g_idx).to(d.device)]
+        dist = dist.cpu().numpy()
+    before_all = _count_before(d, q_idx, g_idx, dist, chunk_size)
+    o = np.lexsort((g_idx, dist, q_idx))  # by query, then distance, then gallery index
+    q_s, junk_s, before_s = q_idx[o], junk[o].astype(np.int64), before_all[o]
+    seg_start = np.searchsorted(q_s, q_s)  # first pair of each pair's query
+    junk_before = _segment_exclusive_cumsum(junk_s, seg_start)
+    good_s = junk_s == 0
+    i_good = _segment_exclusive_cumsum(1 - junk_s, seg_start)[good_s]  # 0-based match index
+    rank = (before_s - junk_before)[good_s]  # 0-based position in the kept ranking
+    return rank, i_good, q_s[good_s]
+
+
+def _ap_and_inp(
+    rank: np.ndarray, i_good: np.ndarray, q_good: np.ndarray, npos: np.ndarray, num_q: int, ap_mode: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """AP and INP per query (zero for queries without a match) from the matches' kept positions."""
+    r = rank.astype(np.float64)
+    i = i_good.astype(np.float64)
+    n = npos[q_good].astype(np.float64)
+    prec = (i + 1.0) / (r + 1.0)
+    if ap_mode == "torchreid":
+        ap_terms = prec / n
+    else:
+        prev = np.where(rank > 0, i / np.maximum(r, 1.0), 1.0)
+        ap_terms = 0.5 * (prev + prec) / n
+    all_ap = np.bincount(q_good, weights=ap_terms, minlength=num_q)
+    last = i_good == npos[q_good] - 1
+    all_inp = np.zeros(num_q)
+    all_inp[q_good[last]] = n[last] / (r[last] + 1.0)
+    return all_ap, all_inp
 
 
 # ----------------------------------------------------------------------------------------------

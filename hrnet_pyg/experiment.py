@@ -327,6 +327,41 @@ def _rank_metrics(r: Any) -> dict[str, float]:
     }
 
 
+def _start_run_files(exp: Experiment, out_dir: Path, dataset: Any, device: Any) -> None:
+    """``config.yaml`` and ``experiment.json`` of a run, and the head of its log: the source,
+    the resolved configuration (whole in train.log, its path on the console), environment, data."""
+    import yaml
+
+    from hrnet_pyg.runtime import resolve_device
+
+    resolved = exp.to_dict()
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    with open(out_dir / "experiment.json", "w") as fh:
+        json.dump(resolved | {"source": exp.source}, fh, indent=2)
+    log.info("experiment %s -> %s", exp.source or "(no file)", out_dir)
+    log.info(
+        "configuration (also in config.yaml):\n%s", yaml.safe_dump(resolved, sort_keys=False).rstrip(),
+        extra={"file_only": True},  # the console gets the path, the log the whole text
+    )
+    log.info("configuration: %s", out_dir / "config.yaml", extra={"console_only": True})
+    for line in _environment(resolve_device(device)):
+        log.info(line)
+    log.info("data: %r", dataset)
+
+
+def _write_metrics(report: Any, out_dir: Path) -> dict[str, Any]:
+    """``metrics.json`` of an evaluation report (one entry per ranking it holds); returned."""
+    metrics: dict[str, Any] = {}
+    for name, r in (("cnn", report.cnn), ("hrnet", report.hrnet), ("kreciprocal", report.kreciprocal)):
+        if r is not None:
+            metrics[name] = _rank_metrics(r)
+    with open(out_dir / "metrics.json", "w") as fh:
+        json.dump(metrics, fh, indent=2)
+    # In train.log only: the console shows the table once, printed by the caller.
+    log.info("results (also in metrics.json):\n%s", report.table(), extra={"file_only": True})
+    return metrics
+
+
 def run_experiment(
     exp: Experiment, *, progress: bool = True, train: bool = True, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -338,7 +373,6 @@ def run_experiment(
     the run resumes it (``run.resume``) or ``overwrite`` (which deletes that run first).
     """
     import torch  # as in build_loaders: only once a run starts
-    import yaml
 
     from hrnet_pyg.api import HRNet
     from hrnet_pyg.distributed import init_distributed
@@ -380,19 +414,7 @@ def run_experiment(
         run_log = _RunLog(out_dir / "train.log")
     try:
         if ctx.is_main:
-            resolved = exp.to_dict()
-            (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-            with open(out_dir / "experiment.json", "w") as fh:
-                json.dump(resolved | {"source": exp.source}, fh, indent=2)
-            log.info("experiment %s -> %s", exp.source or "(no file)", out_dir)
-            log.info(
-                "configuration (also in config.yaml):\n%s", yaml.safe_dump(resolved, sort_keys=False).rstrip(),
-                extra={"file_only": True},  # the console gets the path, the log the whole text
-            )
-            log.info("configuration: %s", out_dir / "config.yaml", extra={"console_only": True})
-            for line in _environment(resolve_device(device)):
-                log.info(line)
-            log.info("data: %r", dataset)
+            _start_run_files(exp, out_dir, dataset, device)
         use_camids = getattr(dataset, "has_camids", True)
 
         def eval_fn(m: Any) -> dict[str, float] | None:
@@ -418,14 +440,7 @@ def run_experiment(
         )
         if report is None:  # distributed: a rank other than 0, which computes and writes the metrics
             return {"metrics": {}, "report": None, "model": model, "dataset": dataset}
-        metrics: dict[str, Any] = {}
-        for name, r in (("cnn", report.cnn), ("hrnet", report.hrnet), ("kreciprocal", report.kreciprocal)):
-            if r is not None:
-                metrics[name] = _rank_metrics(r)
-        with open(out_dir / "metrics.json", "w") as fh:
-            json.dump(metrics, fh, indent=2)
-        # In train.log only: the console shows the table once, printed by the caller.
-        log.info("results (also in metrics.json):\n%s", report.table(), extra={"file_only": True})
+        metrics = _write_metrics(report, out_dir)
         return {"metrics": metrics, "report": report, "model": model, "dataset": dataset}
     finally:
         if run_log is not None:

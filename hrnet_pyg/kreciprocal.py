@@ -357,6 +357,22 @@ def k_reciprocal_rerank_features(
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    x, num_q = _stacked_features(query_feats, gallery_feats, metric)
+    n = x.shape[0]
+    sq = x.pow(2).sum(1)
+    k = min(max(int(k1) + 1, int(k2)), n)
+    best_v, best_i, row_max, out = _pairwise_pass(x, sq, num_q, k, int(chunk_size), metric, progress)
+    # od[i, j] = d2[i, j] / max_k d2[i, k]  (d2 symmetric: the reference's column max)
+    step = max(1, (1 << 22) // max(n - num_q, 1))
+    for s in range(0, num_q, step):
+        e = min(s + step, num_q)
+        out[s:e].div_(row_max[s:e].unsqueeze(1).float())
+    od_rows = _od_lookup(x, sq, best_v, best_i, row_max, metric)
+    return _rerank_core(best_i, od_rows, out, int(k1), int(k2), lambda_value, progress)
+
+
+def _stacked_features(query_feats: TensorLike, gallery_feats: TensorLike, metric: str) -> tuple[torch.Tensor, int]:
+    """Queries then gallery as one ``(N, d)`` tensor (unit rows for the cosine), and ``Q``."""
     qf = _to_tensor(query_feats, "query_feats")
     gf = _to_tensor(gallery_feats, "gallery_feats").to(qf.device)
     if qf.shape[1] != gf.shape[1]:
@@ -369,18 +385,24 @@ def k_reciprocal_rerank_features(
     x = torch.cat([qf.to(dtype), gf.to(dtype)])  # (N, d)
     if metric == "cosine":
         x = F.normalize(x, dim=1)
-    num_q, n = qf.shape[0], x.shape[0]
-    dev = x.device
-    sq = x.pow(2).sum(1)
-    k = min(max(int(k1) + 1, int(k2)), n)
-    bs = int(chunk_size)
+    return x, qf.shape[0]
 
+
+def _pairwise_pass(
+    x: torch.Tensor, sq: torch.Tensor, num_q: int, k: int, bs: int, metric: str, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One blocked pass over the pairs of ``x``: what the rest of the method needs of ``d2``.
+
+    Returns ``(best_v, best_i, row_max, out)``: each image's ``k`` smallest ``d2`` and their
+    columns (N, k), its largest ``d2`` (N,), and the raw query x gallery ``d2`` (Q, G) float32.
+    """
+    n, dev = x.shape[0], x.device
     # Two reusable block buffers: fresh 64 MB allocations would page-fault on every block.
     buf = torch.empty(min(bs, n) * min(bs, n), dtype=x.dtype, device=dev)
     tbuf = torch.empty_like(buf)
 
     def d2_block(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        g = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)  # noqa: F821 (deleted after the last call)
+        g = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
         if metric == "euclidean":  # |x_r|^2 + |x_c|^2 - 2 x_r.x_c, clamped at 0
             torch.addmm(sq[c0:c1].unsqueeze(0), x[r0:r1], x[c0:c1].t(), alpha=-2.0, out=g)
             g.add_(sq[r0:r1].unsqueeze(1)).clamp_(min=0.0)
@@ -411,15 +433,17 @@ def k_reciprocal_rerank_features(
         qr1, gc0 = min(a1, num_q), max(b, num_q)
         if a < qr1 and gc0 < b1:
             out[a:qr1, gc0 - num_q : b1 - num_q] = blk[: qr1 - a, gc0 - b :]
-    del buf, tbuf  # freed before the od pass, after the last d2_block call
-    # od[i, j] = d2[i, j] / max_k d2[i, k]  (d2 symmetric: the reference's column max)
-    step = max(1, (1 << 22) // max(n - num_q, 1))
-    for s in range(0, num_q, step):
-        e = min(s + step, num_q)
-        out[s:e].div_(row_max[s:e].unsqueeze(1).float())
+    return best_v, best_i, row_max, out  # the block buffers are freed here, before the od pass
+
+
+def _od_lookup(
+    x: torch.Tensor, sq: torch.Tensor, best_v: torch.Tensor, best_i: torch.Tensor, row_max: torch.Tensor,
+    metric: str,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``od_rows(r, c)``: the (R, w) od from ``x[r]`` to ``x[c]``, looked up in the kept
+    neighbour lists, else computed."""
 
     def od_rows(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """(R, w) od from x[r] to x[c]: looked up in the kept neighbour lists, else computed."""
         eq = c.unsqueeze(2) == best_i[r].unsqueeze(1)  # (R, w, k)
         d2 = torch.where(eq, best_v[r].unsqueeze(1), 0.0).sum(2)
         miss = torch.nonzero(~eq.any(2))  # members of R*(i) beyond i's k nearest: a minority
@@ -433,7 +457,7 @@ def k_reciprocal_rerank_features(
             d2[miss[:, 0], miss[:, 1]] = dm
         return d2.float() / row_max[r].unsqueeze(1).float()
 
-    return _rerank_core(best_i, od_rows, out, int(k1), int(k2), lambda_value, progress)
+    return od_rows
 
 
 __all__ = ["k_reciprocal_rerank", "k_reciprocal_rerank_features"]

@@ -15,15 +15,15 @@ Labels are optional: a CSV may carry ``pid``/``camid`` columns, Market-1501 styl
 (``0002_c1s1_000451_03.jpg``) give both, a folder-per-identity layout gives ``pid``; without
 labels everything works, only the ranked-list grid then draws neutral borders instead of
 green/red match borders.
+
+Listing images is :mod:`hrnet_pyg.image_files`, extracting and saving their features
+:mod:`hrnet_pyg.image_features`; this module re-exports both and ranks.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
-import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -32,385 +32,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hrnet_pyg.data.base import (
-    IMG_EXTENSIONS,
-    MARKET_PATTERN,
-    DatasetError,
-    DatasetNotFoundError,
-    ImageDataset,
+from hrnet_pyg.distances import cosine_distance
+from hrnet_pyg.image_features import (
+    FEATURES_FORMAT,
+    ImageFeatures,
+    extract_images,
+    feature_fingerprint,
+    features_of,
 )
-from hrnet_pyg.data.transforms import build_transforms
-from hrnet_pyg.evaluation import cosine_distance
+from hrnet_pyg.image_files import LABEL_MODES, ImageList, is_feature_file, list_images
+from hrnet_pyg.ranked_grid import RankedGrid, ranked_list_grid
 from hrnet_pyg.rerank import relational_rerank
-from hrnet_pyg.runtime import atomic_write, resolve_device, unwrap_model
+from hrnet_pyg.runtime import resolve_device, unwrap_model
 from hrnet_pyg.topk import stable_k_smallest
-from hrnet_pyg.visualize import RankedGrid, ranked_list_grid
 
 if TYPE_CHECKING:  # pragma: no cover
     from hrnet_pyg.model import HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: How labels of a folder (or single image) are found; CSV files carry their own columns.
-#: ``auto``: Market-1501 style names when every file name parses, else none.
-#: ``market``: pid and camera from Market-1501 style names (an error when one does not parse).
-#: ``folder``: pid = name of the image's parent folder (``root/<identity>/<image>``), no camera.
-#: ``none``: no labels.
-LABEL_MODES = ("auto", "market", "folder", "none")
-
-#: Feature files written by :meth:`ImageFeatures.save` (``format`` entry of the .npz).
-FEATURES_FORMAT = "hrnet_pyg.features.v1"
-
 # Border colour of ranked-list grid cells whose match is unknown (no identity labels).
 UNKNOWN_COLOR = (150, 150, 150)
-
-
-# ---------------------------------------------------------------------------- image lists
-@dataclass
-class ImageList:
-    """Image files plus their labels when known (``None`` when not)."""
-
-    paths: list[str]  # absolute paths, in a deterministic (sorted or CSV) order
-    pids: np.ndarray | None = None  # (N,) int64, or str when identities are names
-    camids: np.ndarray | None = None  # (N,) int64, 0-based
-    source: str = ""  # what the list was read from (for messages)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
-def _is_image_file(p: Path) -> bool:
-    return p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-
-
-def _scan_folder(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursively), sorted; hidden files and folders skipped."""
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            p = Path(dirpath) / name
-            if _is_image_file(p):
-                out.append(p)
-    return sorted(out, key=lambda p: str(p))
-
-
-def _market_labels(files: Sequence[Path], strict: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-    pids, camids = [], []
-    for p in files:
-        m = MARKET_PATTERN.match(p.name)
-        if m is None:
-            if strict:
-                raise DatasetError(
-                    f"labels='market': cannot parse identity/camera from file name {p}; expected "
-                    "'<pid>_c<camera>...' like 0002_c1s1_000451_03.jpg"
-                )
-            return None, None
-        pids.append(int(m.group(1)))
-        camids.append(int(m.group(2)) - 1)  # file names count cameras from 1
-    return np.asarray(pids, dtype=np.int64), np.asarray(camids, dtype=np.int64)
-
-
-def _folder_labels(files: Sequence[Path], root: Path) -> np.ndarray:
-    names = []
-    for p in files:
-        if p.parent == root:
-            raise DatasetError(
-                f"labels='folder': {p} sits directly in {root}; expected one sub-folder per "
-                f"identity: {root}/<identity>/<image>"
-            )
-        names.append(p.parent.name)
-    return _label_array(names)
-
-
-def _label_array(values: Sequence[Any]) -> np.ndarray:
-    """int64 when every label is an integer (or an integer string), else str."""
-    ints: list[int] = []
-    for v in values:
-        if isinstance(v, (bool, np.bool_)):
-            break
-        if isinstance(v, (int, np.integer)):
-            ints.append(int(v))
-        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
-            ints.append(int(v))
-        elif isinstance(v, str) and v.strip().lstrip("-").isdigit():
-            ints.append(int(v))
-        else:
-            break
-    if len(ints) == len(values):
-        return np.asarray(ints, dtype=np.int64)
-    return np.asarray([str(v) for v in values])
-
-
-def _read_csv(csv: Path) -> ImageList:
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(csv)
-    except Exception as exc:  # pandas raises several types for malformed CSV
-        raise DatasetError(f"cannot read {csv} as CSV: {exc}") from exc
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    if "path" not in df.columns:
-        raise DatasetError(
-            f"{csv} has no 'path' column; expected columns path[, pid, camid], found {list(df.columns)}"
-        )
-    if df.empty:
-        raise DatasetError(f"{csv} has no rows")
-    for col in [c for c in ("path", "pid", "camid") if c in df.columns]:
-        bad = df[col].isna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # +header, 1-based
-            raise DatasetError(f"empty '{col}' on line {row} of {csv}")
-    paths = []
-    for p in df["path"].astype(str):
-        path = Path(p).expanduser()
-        paths.append((path if path.is_absolute() else csv.parent / path).resolve())
-    seen: dict[str, int] = {}
-    for i, p in enumerate(paths):
-        key = os.path.normcase(str(p))
-        if key in seen:
-            raise DatasetError(f"{csv}: image {p} is listed twice (lines {seen[key] + 2} and {i + 2})")
-        seen[key] = i
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        shown = "\n  ".join(str(p) for p in missing[:10])
-        raise DatasetNotFoundError(f"{csv}: {len(missing)} image file(s) missing:\n  {shown}")
-    pids = _label_array(df["pid"].tolist()) if "pid" in df.columns else None
-    camids = None
-    if "camid" in df.columns:
-        camids = _label_array(df["camid"].tolist())
-        if camids.dtype.kind != "i":
-            raise DatasetError(f"column 'camid' of {csv} must hold integers")
-    return ImageList([str(p) for p in paths], pids, camids, source=str(csv))
-
-
-def list_images(source: PathLike, labels: str = "auto") -> ImageList:
-    """The images of ``source`` and their labels when known.
-
-    Args:
-        source: an image file, a folder (searched recursively for
-            ``.jpg/.jpeg/.png/.bmp``; hidden files and folders skipped) or a ``.csv`` file with
-            a ``path`` column and optional ``pid``/``camid`` columns (relative paths resolve
-            against the CSV's folder).
-        labels: for folders and single images, one of :data:`LABEL_MODES`. (default: ``"auto"``)
-
-    Raises:
-        DatasetNotFoundError: ``source`` (or an image listed in the CSV) does not exist.
-        DatasetError: a folder without images, a CSV without ``path`` column, duplicate paths,
-            a file name that ``labels="market"`` cannot parse.
-    """
-    if labels not in LABEL_MODES:
-        raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
-    src = Path(source).expanduser()
-    if not src.exists():
-        raise DatasetNotFoundError(f"{src} does not exist (expected an image, a folder of images or a .csv file)")
-    if src.is_file() and src.suffix.lower() == ".csv":
-        return _read_csv(src.resolve())
-    if is_feature_file(src):
-        raise DatasetError(f"{src} is a feature file (.npz), not images; pass it where features are accepted")
-    src = src.resolve()
-    if src.is_dir():
-        files = _scan_folder(src)
-        if not files:
-            raise DatasetError(f"folder {src} holds no images ({'/'.join(IMG_EXTENSIONS)}, searched recursively)")
-        root = src
-    else:
-        files, root = [src], src.parent  # a single file: decoded (and checked) when read
-    pids = camids = None
-    if labels in ("auto", "market"):
-        pids, camids = _market_labels(files, strict=labels == "market")
-    elif labels == "folder":
-        pids = _folder_labels(files, root)
-    return ImageList([str(p) for p in files], pids, camids, source=str(src))
-
-
-# ---------------------------------------------------------------------------- features
-def is_feature_file(path: PathLike) -> bool:
-    """Whether ``path`` is an ``.npz`` with a ``features`` array, whatever its name ends with.
-
-    ``np.load`` reads an ``.npz`` by its content, and ``hrnet-pyg extract --out feats`` writes
-    ``feats`` as named; so a file is told from an image by its zip header and members, not its
-    suffix.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return False
-    if path.suffix.lower() == ".npz":
-        return True
-    try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as zf:
-            return "features.npy" in zf.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def feature_fingerprint(model: HRNet) -> str:
-    """A short hash of the weights that determine the features (backbone + BNNeck's BN).
-
-    Stored in feature files so that :func:`search_features` can warn when gallery features
-    came from another checkpoint than the one searching with them.
-    """
-    inner = unwrap_model(model)
-    h = hashlib.sha1()
-    state = inner.state_dict()
-    for key in sorted(state):
-        if key.startswith(("backbone.", "bnneck.bn.")):
-            h.update(key.encode())
-            h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-@dataclass
-class ImageFeatures:
-    """CNN features F of a list of images, with paths and labels when known."""
-
-    features: Tensor  # (N, d) float32 F: pooled CNN features before BNNeck (graph modules' input)
-    paths: list[str]  # (N,) image files
-    pids: np.ndarray | None = None  # (N,) identities when known
-    camids: np.ndarray | None = None  # (N,) 0-based cameras when known
-    model_fingerprint: str | None = None  # feature_fingerprint() of the model that extracted them
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.features, Tensor) or self.features.dim() != 2:
-            shape = tuple(self.features.shape) if isinstance(self.features, Tensor) else type(self.features).__name__
-            raise ValueError(f"features must be a (N, d) tensor, got {shape}")
-        n = self.features.size(0)
-        if len(self.paths) != n:
-            raise ValueError(f"{len(self.paths)} paths for {n} feature rows")
-        for name in ("pids", "camids"):
-            value = getattr(self, name)
-            if value is not None and len(value) != n:
-                raise ValueError(f"{len(value)} {name} for {n} feature rows")
-
-    def __len__(self) -> int:
-        return self.features.size(0)
-
-    def save(self, path: PathLike) -> Path:
-        """Write an ``.npz`` with ``features``, ``paths`` and, when known, ``pids``/``camids``."""
-        path = Path(path)
-        arrays: dict[str, Any] = {
-            "format": np.asarray(FEATURES_FORMAT),
-            "features": self.features.detach().cpu().float().numpy(),
-            "paths": np.asarray(self.paths, dtype=str),
-        }
-        if self.pids is not None:
-            arrays["pids"] = np.asarray(self.pids)
-        if self.camids is not None:
-            arrays["camids"] = np.asarray(self.camids)
-        if self.model_fingerprint is not None:
-            arrays["model_fingerprint"] = np.asarray(self.model_fingerprint)
-        # a file handle: np.savez would append .npz to other names; atomic: never a torn file
-        atomic_write(path, lambda fh: np.savez(fh, **arrays))
-        return path
-
-    @classmethod
-    def load(cls, path: PathLike) -> ImageFeatures:
-        """Read a feature file written by :meth:`save` or by ``hrnet-pyg extract`` (either mode)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"feature file {path} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except Exception as exc:  # zipfile/pickle errors: name the file instead
-            raise ValueError(f"{path} could not be read as an .npz feature file ({type(exc).__name__}: {exc})") from exc
-        for key in ("features", "paths"):
-            if key not in arrays:
-                raise ValueError(
-                    f"{path} has no '{key}' array (found {sorted(arrays)}); write feature files with "
-                    "hrnet-pyg extract"
-                )
-        feats = arrays["features"]
-        if feats.ndim != 2 or not np.issubdtype(feats.dtype, np.floating):
-            raise ValueError(f"{path}: 'features' must be a 2-D float array, got {feats.dtype} {feats.shape}")
-        fp = arrays.get("model_fingerprint")
-        return cls(
-            features=torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
-            paths=[str(p) for p in arrays["paths"].tolist()],
-            pids=arrays.get("pids"),
-            camids=arrays.get("camids"),
-            model_fingerprint=str(fp) if fp is not None else None,
-        )
-
-
-def extract_images(
-    model: HRNet,
-    source: PathLike | ImageList | Sequence[PathLike],
-    *,
-    labels: str = "auto",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    amp: bool | str = "auto",
-    progress: bool = True,
-) -> ImageFeatures:
-    """CNN features F of one's own images (the test transform of the model's ``image_size``).
-
-    Args:
-        model: an :class:`~hrnet_pyg.model.HRNet` with a backbone.
-        source: an image, a folder, a CSV (see :func:`list_images`), a list of image paths
-            (no labels) or an :class:`ImageList`. For PIL images, arrays and tensors use
-            :class:`~hrnet_pyg.extractor.FeatureExtractor`.
-        labels: how labels of a folder are found (:data:`LABEL_MODES`). (default: ``"auto"``)
-        batch_size: images per forward pass. (default: ``64``)
-        num_workers: data loader processes. (default: ``0``)
-        device: ``"auto"``/``None``: CUDA when present, else CPU.
-        amp: autocast as in :func:`~hrnet_pyg.engine.extract` (on for CUDA under ``"auto"``).
-        progress: a bar on a terminal, plain lines otherwise (:class:`~hrnet_pyg.runtime.Progress`).
-
-    A missing or unreadable image raises :class:`~hrnet_pyg.data.DatasetError` naming its path.
-    """
-    from torch.utils.data import DataLoader
-
-    from hrnet_pyg.engine import extract  # the engine imports the model and torch_geometric
-
-    inner = unwrap_model(model)
-    if getattr(inner, "backbone", None) is None:
-        raise ValueError(
-            "this HRNet has no backbone (it was trained on pre-extracted features), so it cannot "
-            "read images; extract features with the CNN that produced them instead"
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(source, ImageList):
-        images = source
-    elif isinstance(source, (list, tuple)):  # a list of image files, in the given order
-        images = ImageList([str(Path(p).expanduser().resolve()) for p in source], source="list of paths")
-        if not images.paths:
-            raise ValueError("the list of images is empty")
-    elif isinstance(source, (str, os.PathLike)):
-        images = list_images(source, labels=labels)
-    else:
-        raise TypeError(
-            "source must be an image, a folder, a CSV, an ImageList or a list of image paths; "
-            f"got {type(source).__name__}"
-        )
-    h, w = inner.config.image_size
-    dataset = ImageDataset([(p, 0, 0) for p in images.paths], build_transforms(h, w, is_train=False))
-    dev = resolve_device(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=dev.type == "cuda")
-    feats, _, _ = extract(inner, loader, device=dev, amp=amp, progress=progress)
-    return ImageFeatures(
-        features=feats.float(),
-        paths=list(images.paths),
-        pids=images.pids,
-        camids=images.camids,
-        model_fingerprint=feature_fingerprint(inner),
-    )
-
-
-def features_of(
-    model: HRNet, source: PathLike | ImageFeatures, **kwargs: Any
-) -> ImageFeatures:
-    """``source`` as features: an :class:`ImageFeatures`, an ``.npz`` feature file, or images."""
-    if isinstance(source, ImageFeatures):
-        return source
-    if is_feature_file(source):
-        return ImageFeatures.load(source)
-    return extract_images(model, source, **kwargs)
 
 
 # ---------------------------------------------------------------------------- search
@@ -622,7 +264,7 @@ def write_grid(
     size: tuple[int, int] = (128, 64),
     border: int = 4,
 ) -> RankedGrid:
-    """The ranked lists as an image grid (:func:`hrnet_pyg.visualize.ranked_list_grid`).
+    """The ranked lists as an image grid (:func:`hrnet_pyg.ranked_grid.ranked_list_grid`).
 
     With identity labels on both sides, borders are green (same identity) or red; without,
     they are grey (:data:`UNKNOWN_COLOR`): a match cannot be told. Returns what was drawn

@@ -7,15 +7,14 @@
   the complete graph of image n), computed by the model's own layers.
 * :func:`plot_attention_heatmaps`: the two-panel heat map of Figure 5 (a) and (b), (b) as the
   deviation from uniform attention (:func:`uniform_deviation`), its magnitude in the title.
-* :func:`ranked_list_grid`: query + top-k gallery images, green border = same identity,
-  red = different (drawn with PIL only).
+* :func:`ranked_list_grid` (:mod:`hrnet_pyg.ranked_grid`, re-exported): query + top-k gallery
+  images, green border = same identity, red = different (drawn with PIL only).
 * :func:`visualize_batch`: both figures for a trained model and a dataset (``hrnet-pyg visualize``).
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,22 +23,22 @@ import torch
 from torch import Tensor, nn
 
 from hrnet_pyg.data import ImageDataset, build_transforms
-from hrnet_pyg.evaluation import cosine_distance
+from hrnet_pyg.distances import cosine_distance
+from hrnet_pyg.ranked_grid import (
+    BACKGROUND_COLOR,
+    MATCH_COLOR,
+    MISMATCH_COLOR,
+    QUERY_COLOR,
+    RankedGrid,
+    ranked_list_grid,
+)
 from hrnet_pyg.rerank import relational_rerank
 from hrnet_pyg.runtime import resolve_device, unwrap_model
 
 if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image as PILImage
-
     from hrnet_pyg.model import HRNet
 
 PathLike = str | os.PathLike[str]
-
-# Border colours of the ranked-list grid (RGB).
-MATCH_COLOR = (0, 200, 0)  # gallery image of the query's identity
-MISMATCH_COLOR = (220, 0, 0)  # another identity
-QUERY_COLOR = (40, 40, 40)  # the query itself
-BACKGROUND_COLOR = (255, 255, 255)
 
 
 # ---------------------------------------------------------------------------- attention matrices
@@ -260,198 +259,6 @@ def plot_attention_heatmaps(
     return path
 
 
-# ---------------------------------------------------------------------------- ranked lists
-@dataclass
-class RankedGrid:
-    """What :func:`ranked_list_grid` drew: one row per query."""
-
-    path: Path
-    queries: list[int]  # query indices, one per row
-    gallery: list[list[int]]  # shown gallery indices per row, best first
-    matches: list[list[bool]]  # same identity as the query, per shown gallery image
-    boxes: list[list[tuple[int, int, int, int]]]  # (x0, y0, x1, y1) of each cell incl. border; [0] = query
-    labels: list[list[str]] = field(default_factory=list)  # text above each cell: "query", "1", "2", ...
-    caption: str | None = None  # the line(s) at the top: which ranking the grid shows
-
-
-def _ranking(ranking: Tensor | np.ndarray, num_q: int, num_g: int) -> np.ndarray:
-    r = ranking.detach().cpu().numpy() if isinstance(ranking, Tensor) else np.asarray(ranking)
-    if r.ndim != 2 or r.shape[0] != num_q:
-        raise ValueError(f"ranked_list_grid: ranking must be (Q, G) = ({num_q}, ...), got shape {r.shape}")
-    if np.issubdtype(r.dtype, np.integer):
-        if r.size and (r.min() < 0 or r.max() >= num_g):
-            raise ValueError(f"ranked_list_grid: ranking holds gallery indices outside [0, {num_g})")
-        return r
-    if r.shape[1] != num_g:
-        raise ValueError(f"ranked_list_grid: distance matrix must be (Q, G) = ({num_q}, {num_g}), got {r.shape}")
-    return np.argsort(r, axis=1, kind="stable")  # distances: lower = better
-
-
-def _font(size: int) -> Any:
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1)
-    except TypeError:
-        return ImageFont.load_default()
-
-
-def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
-    """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word alone)."""
-    lines: list[str] = []
-    for word in text.split():
-        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    return lines
-
-
-def _load_cell(path: PathLike, size: tuple[int, int], border: int, color: tuple[int, int, int]) -> PILImage.Image:
-    from PIL import Image
-
-    h, w = size
-    try:
-        with Image.open(path) as im:
-            img = im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ranked_list_grid: image {path} does not exist") from None
-    except OSError as exc:
-        raise ValueError(f"ranked_list_grid: image {path} could not be read ({exc})") from None
-    cell = Image.new("RGB", (w + 2 * border, h + 2 * border), color)
-    cell.paste(img, (border, border))
-    return cell
-
-
-def ranked_list_grid(
-    query_paths: Sequence[PathLike],
-    gallery_paths: Sequence[PathLike],
-    ranking: Tensor | np.ndarray,
-    q_pids: Tensor | Sequence[int] | Sequence[str],
-    g_pids: Tensor | Sequence[int] | Sequence[str],
-    path: PathLike,
-    topk: int = 10,
-    queries: Sequence[int] | None = None,
-    *,
-    q_camids: Tensor | Sequence[int] | None = None,
-    g_camids: Tensor | Sequence[int] | None = None,
-    size: tuple[int, int] = (128, 64),
-    border: int = 4,
-    gap: int = 4,
-    query_gap: int = 16,
-    caption: str | None = None,
-    font_size: int = 11,
-) -> RankedGrid:
-    """Image grid: each row a query, then its top-``topk`` gallery images, best first.
-
-    Gallery borders are green (:data:`MATCH_COLOR`) for the query's identity, red
-    (:data:`MISMATCH_COLOR`) otherwise; the query's border is dark grey. Above each cell its
-    rank (1 = best; "query" above the query), and above the grid ``caption`` when given: say
-    there which ranking the grid shows (a figure alone cannot tell cosine from re-ranked lists).
-
-    Args:
-        query_paths, gallery_paths: image files of the query and gallery sets.
-        ranking: (Q, G') integer gallery indices per query, best first, or a (Q, G) float
-            distance matrix (lower = better, e.g. from :func:`~hrnet_pyg.rerank.relational_rerank`).
-        q_pids, g_pids: identities of the query and gallery images.
-        path: PNG to write.
-        topk: gallery images per row (default: 10, as in re-ID papers' ranked lists).
-        queries: query indices to draw (default: all queries, up to 8).
-        q_camids, g_camids: when given, gallery images of the query's identity taken by the
-            query's camera are skipped, as the Market-1501 protocol does when scoring.
-        size: (height, width) of each image in pixels (default: (128, 64)).
-        border, gap, query_gap: border width, space between cells, extra space after the query.
-        caption: text drawn above the grid, wrapped to its width. (default: none)
-        font_size: pixel size of the rank numbers and the caption. (default: ``11``)
-
-    Returns:
-        :class:`RankedGrid` with the indices, match flags and cell boxes drawn.
-    """
-    from PIL import Image
-
-    num_q, num_g = len(query_paths), len(gallery_paths)
-    order = _ranking(ranking, num_q, num_g)
-    qp = np.asarray(q_pids.cpu() if isinstance(q_pids, Tensor) else q_pids).reshape(-1)
-    gp = np.asarray(g_pids.cpu() if isinstance(g_pids, Tensor) else g_pids).reshape(-1)
-    if qp.size != num_q or gp.size != num_g:
-        raise ValueError(
-            f"ranked_list_grid: {qp.size} query pids for {num_q} query images, {gp.size} gallery pids "
-            f"for {num_g} gallery images"
-        )
-    if (q_camids is None) != (g_camids is None):
-        raise ValueError("ranked_list_grid: give both q_camids and g_camids, or neither")
-    qc = gc = None
-    if q_camids is not None and g_camids is not None:
-        qc = np.asarray(q_camids.cpu() if isinstance(q_camids, Tensor) else q_camids).reshape(-1)
-        gc = np.asarray(g_camids.cpu() if isinstance(g_camids, Tensor) else g_camids).reshape(-1)
-        if qc.size != num_q or gc.size != num_g:
-            raise ValueError("ranked_list_grid: camids must match the numbers of query and gallery images")
-    if topk < 1:
-        raise ValueError(f"ranked_list_grid: topk must be >= 1, got {topk}")
-    rows = list(range(min(num_q, 8))) if queries is None else [int(q) for q in queries]
-    if not rows:
-        raise ValueError("ranked_list_grid: no query to draw")
-    for q in rows:
-        if not 0 <= q < num_q:
-            raise ValueError(f"ranked_list_grid: query index {q} outside [0, {num_q})")
-
-    from PIL import ImageDraw
-
-    h, w = size
-    cell_w, cell_h = w + 2 * border, h + 2 * border
-    width = gap + cell_w + query_gap + topk * (cell_w + gap)
-    font = _font(font_size)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    line_h = font_size + 3
-    caption_lines = _wrap(measure, caption, font, width - 2 * gap) if caption else []
-    top = gap + len(caption_lines) * line_h  # the caption's band
-    label_h = line_h  # the rank numbers above each row
-    height = top + len(rows) * (label_h + cell_h + gap)
-    canvas = Image.new("RGB", (width, height), BACKGROUND_COLOR)
-    draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(caption_lines):
-        draw.text((gap, gap + i * line_h), line, fill=(0, 0, 0), font=font)
-
-    def label(text: str, x0: int, y0: int) -> None:  # centred above the cell at (x0, y0)
-        x = x0 + (cell_w - draw.textlength(text, font=font)) / 2
-        draw.text((x, y0 - label_h + 1), text, fill=(0, 0, 0), font=font)
-
-    shown: list[list[int]] = []
-    matches: list[list[bool]] = []
-    boxes: list[list[tuple[int, int, int, int]]] = []
-    labels: list[list[str]] = []
-    for r, q in enumerate(rows):
-        y0 = top + r * (label_h + cell_h + gap) + label_h
-        keep = order[q]
-        if qc is not None and gc is not None:
-            keep = keep[~((gp[keep] == qp[q]) & (gc[keep] == qc[q]))]
-        keep = [int(j) for j in keep[:topk]]
-        row_boxes = [(gap, y0, gap + cell_w, y0 + cell_h)]
-        canvas.paste(_load_cell(query_paths[q], size, border, QUERY_COLOR), (gap, y0))
-        label("query", gap, y0)
-        row_match, row_labels = [], ["query"]
-        for c, j in enumerate(keep):
-            x0 = gap + cell_w + query_gap + c * (cell_w + gap)
-            same = bool(gp[j] == qp[q])
-            color = MATCH_COLOR if same else MISMATCH_COLOR
-            canvas.paste(_load_cell(gallery_paths[j], size, border, color), (x0, y0))
-            label(str(c + 1), x0, y0)
-            row_boxes.append((x0, y0, x0 + cell_w, y0 + cell_h))
-            row_match.append(same)
-            row_labels.append(str(c + 1))
-        shown.append(keep)
-        matches.append(row_match)
-        boxes.append(row_boxes)
-        labels.append(row_labels)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return RankedGrid(
-        path=path, queries=rows, gallery=shown, matches=matches, boxes=boxes, labels=labels,
-        caption=caption,
-    )
-
-
 # ---------------------------------------------------------------------------- one call for the CLI
 def _record_fields(record: Any) -> tuple[str, int, int]:
     """(path, pid, camid) of a dataset record (attribute or tuple style)."""
@@ -506,6 +313,34 @@ def ranking_caption(model: HRNet, *, rerank: bool = True, given: bool = False, n
         f"Ranked by {ranking}. Rank 1 = best; green border: same identity, red: another; images "
         "of the query's identity from the query's camera are skipped (Market-1501 protocol)."
     )
+
+
+def _test_distances(
+    model: HRNet, dataset: Any, transform: Any, *, rerank: bool, device: torch.device, batch_size: int,
+    num_workers: int, progress: bool,
+) -> Tensor:
+    """The (Q, G) distances of ``dataset``'s test split: the relational re-ranking when ``rerank``
+    and the model has an IR or PR module, else the cosine distance of BN(F)."""
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg.engine import extract  # the engine imports the model and torch_geometric
+
+    def loader(records: Any) -> DataLoader:
+        return DataLoader(
+            ImageDataset(records, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers
+        )
+
+    qf, _, _ = extract(model, loader(dataset.query), device=device, progress=progress)
+    gf, _, _ = extract(model, loader(dataset.gallery), device=device, progress=progress)
+    if rerank and (model.ir is not None or model.pr is not None):
+        ranked = relational_rerank(model, qf, gf, top_k=model.config.top_k_rerank, device=device, progress=progress)
+        assert isinstance(ranked, Tensor)  # without return_scores: the distance matrix alone
+        return ranked
+    with torch.no_grad():
+        model.to(device).eval()
+        return cosine_distance(
+            model.retrieval_features(qf.to(device)).cpu(), model.retrieval_features(gf.to(device)).cpu()
+        )
 
 
 def visualize_batch(
@@ -577,24 +412,8 @@ def visualize_batch(
     if caption is None:
         caption = ranking_caption(inner, rerank=rerank, given=distmat is not None, num_gallery=len(g_fields))
     if distmat is None:
-
-        def loader(records: Any) -> DataLoader:
-            return DataLoader(
-                ImageDataset(records, test_tf), batch_size=batch_size, shuffle=False, num_workers=num_workers
-            )
-
-        qf, _, _ = extract(inner, loader(dataset.query), device=dev, progress=progress)
-        gf, _, _ = extract(inner, loader(dataset.gallery), device=dev, progress=progress)
-        if rerank and (inner.ir is not None or inner.pr is not None):
-            ranked = relational_rerank(inner, qf, gf, top_k=cfg.top_k_rerank, device=dev, progress=progress)
-            assert isinstance(ranked, Tensor)  # without return_scores: the distance matrix alone
-            distmat = ranked
-        else:
-            with torch.no_grad():
-                inner.to(dev).eval()
-                distmat = cosine_distance(
-                    inner.retrieval_features(qf.to(dev)).cpu(), inner.retrieval_features(gf.to(dev)).cpu()
-                )
+        distmat = _test_distances(inner, dataset, test_tf, rerank=rerank, device=dev, batch_size=batch_size,
+                                  num_workers=num_workers, progress=progress)
     if query_indices is None:
         rng = np.random.default_rng(seed)
         query_indices = sorted(
@@ -618,8 +437,10 @@ def visualize_batch(
 
 
 __all__ = [
+    "BACKGROUND_COLOR",
     "MATCH_COLOR",
     "MISMATCH_COLOR",
+    "QUERY_COLOR",
     "RankedGrid",
     "attention_figure",
     "attention_matrices",

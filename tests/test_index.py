@@ -1,4 +1,4 @@
-"""The persistent gallery index (hrnet_pyg/index.py, ``hrnet-pyg index``, ``search --index``)."""
+"""The persistent gallery index (hrnet_pyg/index/, ``hrnet-pyg index``, ``search --index``)."""
 from __future__ import annotations
 
 import json

@@ -1,36 +1,16 @@
-"""A persistent gallery index: extract once, search many times (``hrnet-pyg index``, ``search --index``).
+"""The gallery index on disk: :class:`GalleryIndex` reads, writes and appends an index folder.
 
-An index is a folder (``gallery.idx``)::
-
-    meta.json              format, the checkpoint's feature fingerprint, d, dtype, shards, faiss part
-    feats_00000.npy        F of the shard's images (N_s, d), float32 or float16: re-ranking input
-    retrieval_00000.npy    BN(F) / ||BN(F)|| (N_s, d), same dtype: the cosine shortlist features
-    meta_00000.csv         path, pid, camid of the shard's images (pid/camid empty when unknown)
-    faiss.index            optional: a faiss index over the retrieval features (flat, ivf, hnsw)
-
-``build`` writes shard 0 (and more shards of ``chunk`` images each), ``add`` appends a shard; the
-``.npy`` files are opened memory-mapped, so a search reads the pages it touches: the whole
-retrieval matrix for an exact shortlist (or none of it with faiss), and only the shortlisted rows
-of F for the re-ranking.
-
-A search (Sec. 4.2 "Testing", as :func:`hrnet_pyg.search.search_features`): the query's BN(F)
-against the gallery's, a shortlist of ``top_k_rerank`` = 120 by cosine, from faiss when the index
-has a faiss part and faiss is installed, else from an exact blocked matrix product; then the query
-and its shortlist pass as one graph through the IR and PR modules
-(:func:`~hrnet_pyg.scoring.query_graph_scores`), reading only those rows of F.
-
-``meta.json`` is replaced last and atomically, so an interrupted ``add`` leaves the index as it was
-(a faiss file that holds more vectors than ``meta.json`` lists is then ignored, with a note).
+The folder's files are described in :mod:`hrnet_pyg.index`; the ``.npy`` files are opened
+memory-mapped, and ``meta.json`` is replaced last and atomically, so an interrupted ``add`` leaves
+the index as it was.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -40,91 +20,32 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor
 
-from hrnet_pyg.runtime import atomic_write, resolve_device, unwrap_model
-from hrnet_pyg.runtime import progress as progress_of
-from hrnet_pyg.search import (
-    ImageFeatures,
-    ImageList,
-    SearchResult,
-    _label_array,
-    _retrieval,
-    extract_images,
-    feature_fingerprint,
-    features_of,
-    is_feature_file,
-    list_images,
+from hrnet_pyg.image_features import ImageFeatures, extract_images, feature_fingerprint
+from hrnet_pyg.image_files import ImageList, _label_array, is_feature_file, list_images
+from hrnet_pyg.index.layout import (
+    DTYPES,
+    FAISS_FILE,
+    FAISS_TYPES,
+    INDEX_FORMAT,
+    GalleryIndexError,
+    naming,
+    write_json,
 )
-from hrnet_pyg.topk import merge_topk
+from hrnet_pyg.index.shortlist import (
+    exact_shortlist,
+    faiss_available,
+    faiss_search,
+    import_faiss,
+    new_faiss_index,
+    write_faiss_index,
+)
+from hrnet_pyg.runtime import resolve_device, unwrap_model
+from hrnet_pyg.search import _retrieval
 
 if TYPE_CHECKING:  # pragma: no cover
     from hrnet_pyg.model import HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-INDEX_FORMAT = "hrnet_pyg.index.v1"
-DTYPES = ("float32", "float16")
-#: faiss index types: ``flat`` (exact inner product), ``ivf`` (IVF-Flat, inverted lists over
-#: k-means cells), ``hnsw`` (HNSW-Flat graph); ``none``: no faiss part (exact blocked product).
-FAISS_TYPES = ("flat", "ivf", "hnsw", "none")
-_FAISS_FILE = "faiss.index"
-
-
-@contextmanager
-def _naming(path: Path) -> Iterator[None]:
-    """Re-raise an ``OSError`` of the block with ``path`` (the index) as its file name: the
-    temporary names the block writes mean nothing to the user."""
-    try:
-        yield
-    except OSError as exc:
-        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
-
-
-class GalleryIndexError(ValueError):
-    """A gallery index that cannot be used as asked (wrong checkpoint, damaged files, ...)."""
-
-
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _import_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as err:
-        raise GalleryIndexError(
-            "this needs faiss: pip install faiss-cpu (or pip install hrnet_pyg[search])"
-        ) from err
-    return faiss
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=1)
-    atomic_write(path, lambda fh: fh.write(text), mode="w")
-
-
-def exact_shortlist(
-    queries: Tensor, blocks: Iterator[tuple[int, np.ndarray]], k: int
-) -> tuple[Tensor, Tensor]:
-    """Top-``k`` inner products of ``queries`` (Q, d) over gallery ``blocks`` of rows.
-
-    ``blocks`` yields ``(offset, rows)`` with ``rows`` (B, d) (any float dtype, memory-mapped or
-    not); the memory beyond the output is one (Q, B) block. Returns ``(sims, index)``, both
-    (Q, k'), ``k' = min(k, G)``, best first.
-    """
-    q = queries.float()
-    best_s = q.new_empty(q.size(0), 0)
-    best_i = torch.empty(q.size(0), 0, dtype=torch.long)
-    for offset, rows in blocks:
-        g = torch.from_numpy(np.ascontiguousarray(rows)).float()  # float16 rows: converted by torch's threads
-        s = q @ g.T  # (Q, B)
-        kk = min(k, s.size(1))
-        ts, ti = s.topk(kk, dim=1)
-        best_s, best_i = merge_topk(best_s, best_i, ts, ti + offset, k, largest=True)
-    return best_s, best_i
 
 
 @dataclass
@@ -309,10 +230,10 @@ class GalleryIndex:
             return None
         import faiss
 
-        index = faiss.read_index(str(self.path / _FAISS_FILE))
+        index = faiss.read_index(str(self.path / FAISS_FILE))
         if index.ntotal != len(self):
             self.notes.append(
-                f"note: {self.path / _FAISS_FILE} holds {index.ntotal} vectors, the index {len(self)} "
+                f"note: {self.path / FAISS_FILE} holds {index.ntotal} vectors, the index {len(self)} "
                 "(an interrupted add?); exact shortlist. Rebuild with hrnet-pyg index build --force"
             )
             self.meta["faiss"] = None
@@ -339,14 +260,8 @@ class GalleryIndex:
         if index is None:
             sims, idx = exact_shortlist(queries, self.blocks("retrieval", block), k)
             return sims, idx, "exact"
-        if nprobe is not None and hasattr(index, "nprobe"):
-            index.nprobe = int(nprobe)
-        if ef_search is not None and hasattr(index, "hnsw"):
-            index.hnsw.efSearch = int(ef_search)
-        if hasattr(index, "hnsw") and index.hnsw.efSearch < k:
-            index.hnsw.efSearch = k  # HNSW returns at most efSearch neighbours
-        d, i = index.search(np.ascontiguousarray(queries.float().numpy()), k)
-        return torch.from_numpy(d).float(), torch.from_numpy(i).long(), f"faiss {self.faiss_type}"
+        sims, idx = faiss_search(index, queries, k, nprobe=nprobe, ef_search=ef_search)
+        return sims, idx, f"faiss {self.faiss_type}"
 
     # ------------------------------------------------------------------ writing
     @classmethod
@@ -368,7 +283,7 @@ class GalleryIndex:
 
         Args:
             model: the trained HRNet whose features the index holds.
-            images: a folder, an image, a CSV (:func:`~hrnet_pyg.search.list_images`), an
+            images: a folder, an image, a CSV (:func:`~hrnet_pyg.image_files.list_images`), an
                 ``.npz`` from ``hrnet-pyg extract`` of this model, or :class:`ImageFeatures`.
             dtype: storage of the ``.npy`` files, ``float32`` or ``float16``. (default: float32)
             faiss_type: one of :data:`FAISS_TYPES`, or ``auto``: ``flat`` when faiss is
@@ -377,7 +292,7 @@ class GalleryIndex:
             checkpoint: the checkpoint's path, recorded for messages.
             force: replace an existing index at ``path`` (only once the new one is complete).
             chunk: images extracted and written per shard.
-            **extract_kw: passed to :func:`~hrnet_pyg.search.extract_images` (labels, batch_size,
+            **extract_kw: passed to :func:`~hrnet_pyg.image_features.extract_images` (labels, batch_size,
                 num_workers, device, progress).
         """
         path = Path(path)
@@ -388,7 +303,7 @@ class GalleryIndex:
         if faiss_type not in FAISS_TYPES:
             raise ValueError(f"faiss type must be auto or one of {', '.join(FAISS_TYPES)}, got {faiss_type!r}")
         if faiss_type != "none":
-            _import_faiss()
+            import_faiss()
         if path.exists() and not force:
             raise GalleryIndexError(
                 f"{path} exists; append images to it with hrnet-pyg index add, or replace it with "
@@ -397,7 +312,7 @@ class GalleryIndex:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         inner = unwrap_model(model)
-        with _naming(path):  # before any extraction: an unwritable folder fails at once
+        with naming(path):  # before any extraction: an unwritable folder fails at once
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
         try:
@@ -435,8 +350,8 @@ class GalleryIndex:
         already in the index are skipped. Returns ``(added, skipped)``."""
         self.check_model(model)
         if self.faiss_type != "none":
-            _import_faiss()
-        with _naming(self.path):  # before any extraction: a read-only index fails at once
+            import_faiss()
+        with naming(self.path):  # before any extraction: a read-only index fails at once
             with tempfile.TemporaryFile(dir=self.path):
                 pass
         return self._append(model, images, chunk=chunk, **extract_kw)
@@ -517,7 +432,7 @@ class GalleryIndex:
         self._paths = None
         if meta.get("faiss"):
             meta["faiss"] = self._update_faiss(dict(meta["faiss"]), new_shards)
-        _write_json(self.path / "meta.json", meta)
+        write_json(self.path / "meta.json", meta)
         self.meta = meta
         self._faiss = None
 
@@ -530,12 +445,12 @@ class GalleryIndex:
         if faiss_type == "none":
             meta["faiss"] = None
         else:
-            tmp_file = self.path / (_FAISS_FILE + ".rebuild")
+            tmp_file = self.path / (FAISS_FILE + ".rebuild")
             part = self._update_faiss({"type": faiss_type, "nlist": nlist}, list(meta["shards"]),
                                       fresh=True, target=tmp_file)
-            os.replace(tmp_file, self.path / _FAISS_FILE)
+            os.replace(tmp_file, self.path / FAISS_FILE)
             meta["faiss"] = part
-        _write_json(self.path / "meta.json", meta)
+        write_json(self.path / "meta.json", meta)
         self.meta = meta
         self._faiss = None
 
@@ -543,10 +458,9 @@ class GalleryIndex:
         self, part: dict[str, Any], new_shards: list[dict[str, Any]], *, fresh: bool = False,
         target: Path | None = None,
     ) -> dict[str, Any]:
-        faiss = _import_faiss()
-        file = self.path / _FAISS_FILE
+        faiss = import_faiss()
+        file = self.path / FAISS_FILE
         target = file if target is None else target
-        d = self.feat_dim
         first_new = len(self) - sum(s["count"] for s in new_shards)
         if file.is_file() and not fresh:
             index = faiss.read_index(str(file))
@@ -555,40 +469,15 @@ class GalleryIndex:
                     f"{file} holds {index.ntotal} vectors, the index {first_new}; rebuild it with "
                     "hrnet-pyg index build --force"
                 )
-        elif part["type"] == "flat":
-            index = faiss.IndexFlatIP(d)
-        elif part["type"] == "hnsw":
-            index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = 80
-            # Recall at a fixed efSearch falls as the graph grows: benchmarks/bench_index.py measures
-            # recall@120 0.97 at 384 for 200,000 images, and 0.90 at 384 / 0.96 at 768 for 1,000,000.
-            part.setdefault("ef_search", 384 if len(self) <= 200_000 else 768)
-        else:  # ivf: trained once, on the first images
-            n = len(self)
-            nlist = int(part.get("nlist") or max(1, round(math.sqrt(n))))
-            nlist = max(1, min(nlist, n))
-            quantizer = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = self._training_sample(min(n, 64 * nlist))
-            index.train(sample)
-            part["nlist"] = nlist
-            # half the cells: what recall@120 >= 0.95 needed on benchmarks/bench_index.py's features
-            part.setdefault("nprobe", max(1, nlist // 2))
+        else:
+            index = new_faiss_index(part, self.feat_dim, len(self), self._training_sample)
         start = first_new
         for offset, rows in self.blocks("retrieval"):
             if offset + len(rows) <= start:
                 continue
             rows = rows[max(0, start - offset):]
             index.add(np.ascontiguousarray(rows, dtype=np.float32))
-        fd, tmp = tempfile.mkstemp(prefix=_FAISS_FILE + ".", suffix=".tmp", dir=self.path)
-        os.close(fd)
-        try:
-            faiss.write_index(index, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_faiss_index(index, self.path, target)
         part["ntotal"] = int(index.ntotal)
         return part
 
@@ -620,126 +509,4 @@ def _select_list(images: ImageList, keep: Sequence[int]) -> ImageList:
     )
 
 
-# ---------------------------------------------------------------------------- search
-@torch.no_grad()
-def search_index(
-    model: HRNet,
-    query: PathLike | ImageFeatures,
-    index: PathLike | GalleryIndex,
-    *,
-    topk: int = 10,
-    rerank: bool = True,
-    shortlist: int | None = None,
-    exclude_self: bool = True,
-    exact: bool = False,
-    nprobe: int | None = None,
-    ef_search: int | None = None,
-    queries_per_pass: int = 16,
-    labels: str = "auto",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> SearchResult:
-    """Rank the images of a :class:`GalleryIndex` for each query (images, a CSV or an ``.npz``).
-
-    The ranking is that of :func:`hrnet_pyg.search.search_features` on the same gallery: the
-    cosine shortlist of ``shortlist`` images (default ``config.top_k_rerank`` = 120) re-scored by
-    :func:`~hrnet_pyg.scoring.query_graph_scores`, the rest of the ``topk`` listed in cosine
-    order; only the shortlist's rows of F are read. ``exact=True`` takes the exact blocked
-    product even when the index has a faiss part; ``nprobe`` overrides an IVF index's, ``ef_search``
-    an HNSW index's.
-    """
-    from hrnet_pyg.scoring import query_graph_scores  # torch_geometric: only when re-ranking
-
-    idx_obj = index if isinstance(index, GalleryIndex) else GalleryIndex(index)
-    inner = unwrap_model(model)
-    idx_obj.check_model(inner)
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
-    if shortlist is not None and shortlist < 1:
-        raise ValueError(f"shortlist must be >= 1, got {shortlist}")
-    if len(idx_obj) == 0:
-        raise ValueError(f"index {idx_obj.path} holds no image")
-    kw: dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device,
-                              progress=progress)
-    q = features_of(inner, query, **kw)
-    if q.model_fingerprint is not None and q.model_fingerprint != idx_obj.fingerprint:
-        raise GalleryIndexError(
-            f"the query features were extracted by another model (fingerprint {q.model_fingerprint}, "
-            f"the index's: {idx_obj.fingerprint}); extract them with the index's checkpoint"
-        )
-    dev = resolve_device(device)
-    inner.to(dev).eval()
-    notes: list[str] = []
-    use_rerank = rerank and (inner.ir is not None or inner.pr is not None)
-    if rerank and not use_rerank:
-        notes.append("note: this model has no IR/PR module; ranked by cosine distance of BN(F)")
-    n_short = min(shortlist or inner.config.top_k_rerank, len(idx_obj)) if use_rerank else 0
-    want = max(topk, n_short)
-    q_ret = Fn.normalize(_retrieval(inner, q.features.float(), dev), dim=1)  # (Q, d)
-    sims, rows, how = idx_obj.shortlist(q_ret, want + (1 if exclude_self else 0), exact=exact, nprobe=nprobe,
-                                        ef_search=ef_search)
-    notes += idx_obj.notes
-    paths = idx_obj.paths
-    if exclude_self:
-        keep_s, keep_r = [], []
-        k = min(want, len(idx_obj) - 1) if len(idx_obj) > 1 else 0
-        for i, qpath in enumerate(q.paths):
-            me = os.path.normcase(os.path.realpath(qpath))
-            valid = [j for j, r in enumerate(rows[i].tolist())
-                     if r >= 0 and os.path.normcase(os.path.realpath(paths[r])) != me][:k]
-            keep_s.append(sims[i, valid])
-            keep_r.append(rows[i, valid])
-        k = min(len(r) for r in keep_r)
-        sims = torch.stack([s[:k] for s in keep_s])
-        rows = torch.stack([r[:k] for r in keep_r])
-    if rows.size(1) < 1:
-        raise ValueError("the index holds only the query image itself; nothing to rank")
-    if bool((rows < 0).any()):  # faiss pads with -1 when it finds fewer neighbours
-        raise GalleryIndexError(
-            f"the faiss {idx_obj.faiss_type} index returned fewer than {rows.size(1)} neighbours for a "
-            "query; raise --nprobe or search with --exact"
-        )
-    order = torch.arange(rows.size(1)).expand_as(rows).clone()  # positions in the cosine shortlist
-    score = torch.full(rows.shape, float("nan"))
-    m = min(n_short, rows.size(1))
-    if use_rerank and m >= 1:
-        passes = range(0, len(q), queries_per_pass)
-        for s in progress_of(passes, "relational re-ranking", show=progress, unit="passes"):
-            e = min(s + queries_per_pass, len(q))
-            g = torch.from_numpy(idx_obj.rows(rows[s:e, :m].numpy()))  # (B, m, d): the shortlist only
-            graph = torch.cat([q.features[s:e].float().unsqueeze(1), g], dim=1).to(dev)  # (B, 1 + m, d)
-            sc = query_graph_scores(inner, graph).float().cpu()  # (B, m)
-            score[s:e, :m] = sc
-            order[s:e, :m] = torch.sort(sc, dim=1, descending=True, stable=True).indices
-    k = min(topk, rows.size(1))
-    order = order[:, :k]
-    picked = rows.gather(1, order)  # (Q, k) gallery rows, best first
-    uniq, inverse = torch.unique(picked, return_inverse=True)
-    g_rows = uniq.tolist()
-    g_pids = idx_obj.pids
-    notes.append(f"note: shortlist from {how} over {len(idx_obj)} indexed images ({idx_obj.path})")
-    return SearchResult(
-        query_paths=list(q.paths),
-        gallery_paths=[paths[r] for r in g_rows],
-        indices=inverse.view_as(picked),
-        cosine_distance=1.0 - sims.gather(1, order),
-        relational_score=score.gather(1, order) if use_rerank else None,
-        reranked=use_rerank,
-        q_pids=q.pids,
-        g_pids=g_pids[g_rows] if g_pids is not None else None,
-        notes=notes,
-    )
-
-
-__all__ = [
-    "DTYPES",
-    "FAISS_TYPES",
-    "GalleryIndex",
-    "INDEX_FORMAT",
-    "GalleryIndexError",
-    "exact_shortlist",
-    "faiss_available",
-    "search_index",
-]
+__all__ = ["GalleryIndex"]

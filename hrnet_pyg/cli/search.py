@@ -1,0 +1,224 @@
+"""``hrnet-pyg search`` and ``hrnet-pyg index``: rank a gallery for query images, and the
+persistent gallery index (:mod:`hrnet_pyg.index`) that ``search --index`` reads."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hrnet_pyg.cli.args import DEVICE_HELP, add_checkpoint_arg, add_image_args, positive_int, writable
+
+_IMAGES_HELP = (
+    "an image, a folder (recursive), a CSV with a path column (pid, camid optional), or an .npz from extract"
+)
+
+
+def add_search_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("search", help="rank gallery images for query images")
+    add_checkpoint_arg(p)
+    p.add_argument(
+        "--query",
+        type=Path,
+        required=True,
+        metavar="IMG_OR_DIR",
+        help="a query image, a folder of them, a CSV or an .npz from extract",
+    )
+    p.add_argument(
+        "--gallery",
+        type=Path,
+        metavar="DIR_OR_FEATS",
+        help="a folder of images, a CSV, or an .npz written by extract (or give --index)",
+    )
+    _add_search_index_args(p)
+    p.add_argument("--topk", type=positive_int, default=10, help="gallery images listed per query (default: 10)")
+    p.add_argument(
+        "--no-rerank",
+        action="store_true",
+        help="plain cosine distance of the BNNeck features instead of the relational re-ranking",
+    )
+    p.add_argument(
+        "--shortlist",
+        type=positive_int,
+        help="re-ranking shortlist length (default: the model's top_k_rerank = 120)",
+    )
+    p.add_argument(
+        "--keep-self",
+        action="store_true",
+        help="keep a query's own file in its ranked list (dropped by default)",
+    )
+    p.add_argument("--grid", type=Path, metavar="PNG", help="also write the ranked lists as an image grid")
+    p.add_argument("--grid-queries", type=positive_int, default=8, help="queries (rows) in the grid (default: 8)")
+    p.add_argument("--csv", type=Path, help="also write the ranked lists as CSV")
+    add_image_args(p)
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_search)
+
+
+def _add_search_index_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--index",
+        type=Path,
+        metavar="GALLERY_IDX",
+        help="search a gallery index written by hrnet-pyg index build instead of --gallery",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="with --index: exact blocked shortlist even when the index has a faiss part",
+    )
+    p.add_argument(
+        "--nprobe",
+        type=int,
+        help="with --index on an IVF faiss part: cells visited per query (default: the index's)",
+    )
+    p.add_argument(
+        "--ef-search",
+        type=int,
+        help="with --index on an HNSW faiss part: candidate list length of the graph search (default: the index's)",
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if getattr(args, "index", None) is not None:
+        return _search_index(args)
+    if args.gallery is None:
+        raise ValueError("give --gallery (images, a CSV or an .npz) or --index (a gallery index)")
+    from hrnet_pyg.engine import load_model
+    from hrnet_pyg.search import search
+
+    writable(args.csv)
+    writable(args.grid)
+    model = load_model(args.checkpoint)
+    result = search(model, args.query, args.gallery, **_search_options(args))
+    return _report_search(result, args)
+
+
+def _search_index(args: argparse.Namespace) -> int:
+    from hrnet_pyg.engine import load_model
+    from hrnet_pyg.index import search_index
+
+    if args.gallery is not None:
+        raise ValueError("give either --gallery or --index, not both")
+    model = load_model(args.checkpoint)
+    result = search_index(
+        model, args.query, args.index, exact=args.exact, nprobe=args.nprobe, ef_search=args.ef_search,
+        **_search_options(args),
+    )
+    return _report_search(result, args)
+
+
+def _search_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options ``search`` and ``search --index`` share."""
+    return dict(
+        topk=args.topk,
+        rerank=not args.no_rerank,
+        shortlist=args.shortlist,
+        exclude_self=not args.keep_self,
+        labels=args.labels,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+def _report_search(result: Any, args: argparse.Namespace) -> int:
+    """The ranked lists on stdout, and the CSV and grid files that ``search`` was asked for."""
+    from hrnet_pyg.search import write_grid
+
+    print(result.format())
+    if args.csv is not None:
+        print(f"wrote {result.to_csv(args.csv)}")
+    if args.grid is not None:
+        print(f"wrote {write_grid(result, args.grid, max_queries=args.grid_queries).path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- gallery index
+def add_index_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("index", help="persistent gallery index: build, add, info")
+    verbs = p.add_subparsers(dest="index_verb", metavar="INDEX_VERB", required=True)
+    for name, helptext in (
+        ("build", "extract a gallery once and write an index folder"),
+        ("add", "append images to an index (paths already in it are skipped)"),
+    ):
+        q = verbs.add_parser(name, help=helptext)
+        add_checkpoint_arg(q)
+        q.add_argument("--images", type=Path, required=True, metavar="DIR_OR_CSV", help=_IMAGES_HELP)
+        if name == "build":
+            _add_build_args(q)
+        else:
+            q.add_argument("--index", type=Path, required=True, help="the index folder to append to")
+        q.add_argument("--chunk", type=int, default=50000, help="images per shard file (default: 50000)")
+        add_image_args(q)
+        q.add_argument("--device", help=DEVICE_HELP)
+        q.add_argument("--no-progress", action="store_true", help="no progress bars")
+        q.set_defaults(func=cmd_index)
+    q = verbs.add_parser("info", help="describe an index")
+    q.add_argument("--index", type=Path, required=True, help="the index folder")
+    q.set_defaults(func=cmd_index)
+
+
+def _add_build_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--out", type=Path, required=True, help="the index folder to write, e.g. gallery.idx")
+    q.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="storage of the memory-mapped features (default: float32)",
+    )
+    q.add_argument(
+        "--faiss",
+        choices=("auto", "flat", "ivf", "hnsw", "none"),
+        default="auto",
+        help="faiss part for the shortlist: auto (flat when faiss-cpu is installed, default), flat (exact), "
+        "ivf, hnsw, none (exact blocked product)",
+    )
+    q.add_argument("--nlist", type=int, help="IVF cells (default: sqrt of the number of images)")
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing index (once the new one is complete)",
+    )
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from hrnet_pyg.index import GalleryIndex
+
+    if args.index_verb == "info":
+        print(GalleryIndex(args.index).summary())
+        return 0
+    from hrnet_pyg.engine import load_model
+
+    model = load_model(args.checkpoint)
+    kw = dict(
+        labels=args.labels,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    if args.index_verb == "build":
+        index = GalleryIndex.build(
+            args.out,
+            model,
+            args.images,
+            dtype=args.dtype,
+            faiss_type=args.faiss,
+            nlist=args.nlist,
+            checkpoint=str(args.checkpoint),
+            force=args.force,
+            chunk=args.chunk,
+            **kw,
+        )
+        print(f"wrote {index.path}: {len(index)} images, d={index.feat_dim}, {index.dtype}, faiss {index.faiss_type}")
+        return 0
+    index = GalleryIndex(args.index)
+    added, skipped = index.add(model, args.images, chunk=args.chunk, **kw)
+    already = f", {skipped} already in the index and skipped" if skipped else ""
+    print(f"added {added} images to {index.path} ({len(index)} in all{already})")
+    return 0
+
+
+__all__ = ["add_index_parser", "add_search_parser", "cmd_index", "cmd_search"]

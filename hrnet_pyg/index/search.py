@@ -1,0 +1,168 @@
+"""Searching a gallery index (``hrnet-pyg search --index``): the paper's test protocol over it.
+
+A search (Sec. 4.2 "Testing", as :func:`hrnet_pyg.search.search_features`): the query's BN(F)
+against the gallery's, a shortlist of ``top_k_rerank`` = 120 by cosine from the index
+(:meth:`~hrnet_pyg.index.GalleryIndex.shortlist`), then the query and its shortlist pass as one
+graph through the IR and PR modules (:func:`~hrnet_pyg.scoring.query_graph_scores`), reading
+only those rows of F.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Union
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor
+
+from hrnet_pyg.image_features import ImageFeatures, features_of
+from hrnet_pyg.index.layout import GalleryIndexError
+from hrnet_pyg.index.store import GalleryIndex
+from hrnet_pyg.runtime import progress as progress_of
+from hrnet_pyg.runtime import resolve_device, unwrap_model
+from hrnet_pyg.search import SearchResult, _retrieval
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hrnet_pyg.model import HRNet
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@torch.no_grad()
+def search_index(
+    model: HRNet,
+    query: PathLike | ImageFeatures,
+    index: PathLike | GalleryIndex,
+    *,
+    topk: int = 10,
+    rerank: bool = True,
+    shortlist: int | None = None,
+    exclude_self: bool = True,
+    exact: bool = False,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    queries_per_pass: int = 16,
+    labels: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Rank the images of a :class:`GalleryIndex` for each query (images, a CSV or an ``.npz``).
+
+    The ranking is that of :func:`hrnet_pyg.search.search_features` on the same gallery: the
+    cosine shortlist of ``shortlist`` images (default ``config.top_k_rerank`` = 120) re-scored by
+    :func:`~hrnet_pyg.scoring.query_graph_scores`, the rest of the ``topk`` listed in cosine
+    order; only the shortlist's rows of F are read. ``exact=True`` takes the exact blocked
+    product even when the index has a faiss part; ``nprobe`` overrides an IVF index's, ``ef_search``
+    an HNSW index's.
+    """
+    idx_obj = index if isinstance(index, GalleryIndex) else GalleryIndex(index)
+    inner = unwrap_model(model)
+    idx_obj.check_model(inner)
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    if shortlist is not None and shortlist < 1:
+        raise ValueError(f"shortlist must be >= 1, got {shortlist}")
+    if len(idx_obj) == 0:
+        raise ValueError(f"index {idx_obj.path} holds no image")
+    kw: dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device,
+                              progress=progress)
+    q = features_of(inner, query, **kw)
+    if q.model_fingerprint is not None and q.model_fingerprint != idx_obj.fingerprint:
+        raise GalleryIndexError(
+            f"the query features were extracted by another model (fingerprint {q.model_fingerprint}, "
+            f"the index's: {idx_obj.fingerprint}); extract them with the index's checkpoint"
+        )
+    dev = resolve_device(device)
+    inner.to(dev).eval()
+    notes: list[str] = []
+    use_rerank = rerank and (inner.ir is not None or inner.pr is not None)
+    if rerank and not use_rerank:
+        notes.append("note: this model has no IR/PR module; ranked by cosine distance of BN(F)")
+    n_short = min(shortlist or inner.config.top_k_rerank, len(idx_obj)) if use_rerank else 0
+    want = max(topk, n_short)
+    q_ret = Fn.normalize(_retrieval(inner, q.features.float(), dev), dim=1)  # (Q, d)
+    sims, rows, how = idx_obj.shortlist(q_ret, want + (1 if exclude_self else 0), exact=exact, nprobe=nprobe,
+                                        ef_search=ef_search)
+    notes += idx_obj.notes
+    paths = idx_obj.paths  # reads the metadata: a damaged file fails before any scoring
+    if exclude_self:
+        sims, rows = _without_self(sims, rows, q.paths, paths, want)
+    if rows.size(1) < 1:
+        raise ValueError("the index holds only the query image itself; nothing to rank")
+    if bool((rows < 0).any()):  # faiss pads with -1 when it finds fewer neighbours
+        raise GalleryIndexError(
+            f"the faiss {idx_obj.faiss_type} index returned fewer than {rows.size(1)} neighbours for a "
+            "query; raise --nprobe or search with --exact"
+        )
+    order, score = _reranked_order(inner, idx_obj, q, rows, n_short if use_rerank else 0, queries_per_pass,
+                                   dev, progress)
+    notes.append(f"note: shortlist from {how} over {len(idx_obj)} indexed images ({idx_obj.path})")
+    return _result(q, idx_obj, sims, rows, order[:, : min(topk, rows.size(1))], score if use_rerank else None,
+                   notes)
+
+
+def _without_self(
+    sims: Tensor, rows: Tensor, query_paths: list[str], paths: list[str], want: int
+) -> tuple[Tensor, Tensor]:
+    """The shortlists without the query's own file, cut to one length (at most ``want``)."""
+    keep_s, keep_r = [], []
+    k = min(want, len(paths) - 1) if len(paths) > 1 else 0
+    for i, qpath in enumerate(query_paths):
+        me = os.path.normcase(os.path.realpath(qpath))
+        valid = [j for j, r in enumerate(rows[i].tolist())
+                 if r >= 0 and os.path.normcase(os.path.realpath(paths[r])) != me][:k]
+        keep_s.append(sims[i, valid])
+        keep_r.append(rows[i, valid])
+    k = min(len(r) for r in keep_r)
+    return torch.stack([s[:k] for s in keep_s]), torch.stack([r[:k] for r in keep_r])
+
+
+def _reranked_order(
+    model: HRNet, index: GalleryIndex, q: ImageFeatures, rows: Tensor, n_short: int, queries_per_pass: int,
+    dev: torch.device, progress: bool,
+) -> tuple[Tensor, Tensor]:
+    """Positions in the cosine shortlist, best first, with the first ``n_short`` re-ranked, and
+    the relational scores (NaN outside the re-ranked part). ``n_short = 0``: the cosine order."""
+    order = torch.arange(rows.size(1)).expand_as(rows).clone()  # positions in the cosine shortlist
+    score = torch.full(rows.shape, float("nan"))
+    m = min(n_short, rows.size(1))
+    if m < 1:
+        return order, score
+    from hrnet_pyg.scoring import query_graph_scores  # torch_geometric: only when re-ranking
+
+    passes = range(0, len(q), queries_per_pass)
+    for s in progress_of(passes, "relational re-ranking", show=progress, unit="passes"):
+        e = min(s + queries_per_pass, len(q))
+        g = torch.from_numpy(index.rows(rows[s:e, :m].numpy()))  # (B, m, d): the shortlist only
+        graph = torch.cat([q.features[s:e].float().unsqueeze(1), g], dim=1).to(dev)  # (B, 1 + m, d)
+        sc = query_graph_scores(model, graph).float().cpu()  # (B, m)
+        score[s:e, :m] = sc
+        order[s:e, :m] = torch.sort(sc, dim=1, descending=True, stable=True).indices
+    return order, score
+
+
+def _result(
+    q: ImageFeatures, index: GalleryIndex, sims: Tensor, rows: Tensor, order: Tensor, score: Tensor | None,
+    notes: list[str],
+) -> SearchResult:
+    """The ranked lists of ``order`` (Q, k) positions in the shortlists ``rows``."""
+    picked = rows.gather(1, order)  # (Q, k) gallery rows, best first
+    uniq, inverse = torch.unique(picked, return_inverse=True)
+    g_rows = uniq.tolist()
+    g_pids = index.pids
+    return SearchResult(
+        query_paths=list(q.paths),
+        gallery_paths=[index.paths[r] for r in g_rows],
+        indices=inverse.view_as(picked),
+        cosine_distance=1.0 - sims.gather(1, order),
+        relational_score=score.gather(1, order) if score is not None else None,
+        reranked=score is not None,
+        q_pids=q.pids,
+        g_pids=g_pids[g_rows] if g_pids is not None else None,
+        notes=notes,
+    )
+
+
+__all__ = ["search_index"]
