@@ -163,7 +163,7 @@ def test_evaluation_without_camera_ids_warns_instead_of_dropping_every_match():
 
 def test_distributed_ranks_draw_different_augmentation_but_resume_exactly(monkeypatch):
     """Each rank reseeds per epoch from (seed, epoch, rank): decorrelated, yet reproducible."""
-    import hrnet_pyg.engine.train as train
+    import hrnet_pyg.engine.hooks as hooks
 
     feats, pids, camids = _features()
 
@@ -176,8 +176,8 @@ def test_distributed_ranks_draw_different_augmentation_but_resume_exactly(monkey
             return f, p, c, idx
 
     def draws_on(rank):
-        monkeypatch.setattr(train, "get_world_size", lambda: 2)
-        monkeypatch.setattr(train, "get_rank", lambda: rank)
+        monkeypatch.setattr(hooks, "get_world_size", lambda: 2)
+        monkeypatch.setattr(hooks, "get_rank", lambda: rank)
         Noisy.draws = []
         torch.manual_seed(0)
         cfg = _cfg()
