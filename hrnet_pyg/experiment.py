@@ -341,7 +341,7 @@ def run_experiment(
 
     from hrnet_pyg.api import HRNet
     from hrnet_pyg.distributed import init_distributed
-    from hrnet_pyg.engine import evaluate
+    from hrnet_pyg.engine import evaluate_features, extract
     from hrnet_pyg.engine.train import load_training_state
     from hrnet_pyg.runtime import amp_dtype, check_compile, resolve_device
 
@@ -393,14 +393,21 @@ def run_experiment(
                 log.info(line)
             log.info("data: %r", dataset)
         use_camids = getattr(dataset, "has_camids", True)
+        last_eval: list[Any] = []  # the features of the latest evaluation during training
+
+        def features(m: Any, show: bool) -> Any:
+            return (
+                *extract(m, query_loader, device=device, progress=show),
+                *extract(m, gallery_loader, device=device, progress=show),
+            )
 
         def eval_fn(m: Any) -> dict[str, float] | None:
-            rep = evaluate(
-                m, query_loader, gallery_loader, rerank=exp.run.eval_rerank, use_camids=use_camids,
-                device=device, progress=False,
-            )
-            if rep is None:  # distributed: ranks other than 0
+            last_eval[:] = [features(m, False)]
+            if not ctx.is_main:  # distributed: rank 0 alone computes the metrics
                 return None
+            rep = evaluate_features(
+                m, *last_eval[0], rerank=exp.run.eval_rerank, use_camids=use_camids, device=device, progress=False,
+            )
             return _rank_metrics(rep.hrnet if rep.hrnet is not None else rep.cnn)
 
         if train:
@@ -411,12 +418,17 @@ def run_experiment(
                 sync_bn=exp.run.sync_bn, graph_scope=exp.run.graph_scope, print_freq=exp.run.print_freq,
                 eval_fn=eval_fn, eval_freq=exp.run.eval_freq, tensorboard=exp.run.tensorboard,
             )
-        report = evaluate(
-            model, query_loader, gallery_loader, rerank=exp.run.rerank, k_reciprocal=exp.run.k_reciprocal,
-            use_camids=use_camids, device=device, progress=progress,
-        )
-        if report is None:  # distributed: a rank other than 0, which computes and writes the metrics
+        # With eval_freq > 0, fit evaluated the trained model after its last epoch: its features
+        # are the final ones (in one process; under DDP that evaluation ran before every rank
+        # took rank 0's BatchNorm statistics), so they are extracted once, not twice.
+        reuse = train and exp.run.eval_freq > 0 and bool(last_eval) and ctx.world_size == 1
+        feats = last_eval[0] if reuse else features(model, progress)
+        if not ctx.is_main:  # distributed: a rank other than 0, which computes and writes the metrics
             return {"metrics": {}, "report": None, "model": model, "dataset": dataset}
+        report = evaluate_features(
+            model, *feats, rerank=exp.run.rerank, k_reciprocal=exp.run.k_reciprocal, use_camids=use_camids,
+            device=device, progress=progress,
+        )
         metrics: dict[str, Any] = {}
         for name, r in (("cnn", report.cnn), ("hrnet", report.hrnet), ("kreciprocal", report.kreciprocal)):
             if r is not None:
