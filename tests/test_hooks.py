@@ -451,3 +451,19 @@ def test_epoch_callback_gets_the_epoch_and_its_row():
     trainer.state.epoch, trainer.state.row = 1, {"epoch": 2}
     hook.after_epoch()
     assert calls == [(1, {"epoch": 2})]
+
+
+def test_a_trainer_built_by_hand_runs_fits_hooks_plus_its_own(tmp_path):
+    from hrnet_pyg.engine import default_hooks
+
+    seen = []
+
+    class Mine(HookBase):
+        def after_epoch(self):
+            seen.append(self.trainer.state.row["loss_total"])
+
+    cfg = _cfg()
+    trainer = _trainer(default_hooks(cfg, tmp_path, progress=False) + [Mine()], cfg=cfg)
+    trainer.train()
+    assert len(seen) == 2 and load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "metrics.csv"))] == ["1", "2"]

@@ -72,6 +72,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` as in Sec. 4.2 and return the per-epoch history.
 
+    A :class:`~hrnet_pyg.engine.trainer.Trainer` with :func:`default_hooks` of these arguments.
+
     Args:
         model: an :class:`~hrnet_pyg.model.HRNet` (with or without backbone).
         train_loader: yields ``(inputs, pids, ...)``; use :class:`~hrnet_pyg.data.PKSampler`
