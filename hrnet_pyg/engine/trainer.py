@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,7 +91,7 @@ class TrainState:
     global_step: int = 0  # steps of the whole run (a resume continues the count)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
     best: dict[str, Any] | None = None  # {"epoch", "mAP"} of best.pth
-    checkpoint: Any = None  # the last checkpoint written (a Path)
+    checkpoint: Path | None = None  # the last checkpoint written
     # the epoch in progress
     epoch: int = 0  # 0-based
     lr: float = 0.0
