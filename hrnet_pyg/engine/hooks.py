@@ -35,7 +35,7 @@ from torch import nn
 from hrnet_pyg.distributed import get_rank, get_world_size
 from hrnet_pyg.engine.checkpoint import model_payload
 from hrnet_pyg.engine.trainer import HookBase
-from hrnet_pyg.runtime import Progress, atomic_save, atomic_write, load_checkpoint, unwrap_model
+from hrnet_pyg.runtime import Progress, _hms, atomic_save, atomic_write, load_checkpoint, unwrap_model
 
 log = logging.getLogger("hrnet_pyg")
 
@@ -140,11 +140,6 @@ class RankSeedHook(HookBase):
 
 
 # ---------------------------------------------------------------------------- progress and logs
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 class ProgressHook(HookBase):
     """Progress of each epoch: the package's :class:`~hrnet_pyg.runtime.Progress` rule (a tqdm bar
     when stderr is a terminal), with the running losses and images/s on the bar; off a terminal
@@ -158,6 +153,8 @@ class ProgressHook(HookBase):
     def __init__(self, print_freq: int) -> None:
         self.print_freq = max(int(print_freq), 1)
         self.bar: Progress | None = None
+        self.desc = ""  # "epoch 1/2", set for each epoch
+        self.steps_after: int | None = None  # steps of the epochs still to come (for the run's ETA)
 
     def before_epoch(self) -> None:
         state = self.trainer.state
@@ -186,9 +183,9 @@ class ProgressHook(HookBase):
         text = f"{where}: loss={losses.get('total', float('nan')):.4f} {images / elapsed:.1f} img/s"
         if total:
             per_step = elapsed / step
-            text += f" eta {_duration(per_step * (total - step))}"
+            text += f" eta {_hms(per_step * (total - step))}"
             if self.steps_after:
-                text += f" (run {_duration(per_step * (total - step + self.steps_after))})"
+                text += f" (run {_hms(per_step * (total - step + self.steps_after))})"
         return text
 
     def after_epoch(self) -> None:
