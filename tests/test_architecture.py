@@ -192,3 +192,39 @@ def test_the_package_root_stays_lazy():
     from it without pulling in the rest, and its names resolve on first access."""
     deps = import_graph()[PACKAGE]
     assert not deps, f"hrnet_pyg/__init__.py imports {sorted(deps)} when it is imported"
+
+
+# ---------------------------------------------------------------------------- sizes
+MAX_FUNCTION_LINES = 80  # code lines: blank lines, comments and the docstring not counted
+MAX_MODULE_LINES = 600
+SIZED = ("engine",)  # the sub-packages held to these sizes
+
+
+def code_lines(source: str, node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of ``node`` that hold code: not blank, not only a comment, not its docstring."""
+    lines = set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        lines -= set(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    text = source.splitlines()
+    return sum(1 for i in lines if text[i - 1].strip() and not text[i - 1].strip().startswith("#"))
+
+
+def test_code_lines_skip_blanks_comments_and_the_docstring():
+    source = 'def f(x):\n    """Doc.\n\n    More.\n    """\n\n    # why\n    y = x\n    return y\n'
+    assert code_lines(source, ast.parse(source).body[0]) == 3
+
+
+@pytest.mark.parametrize("package", SIZED)
+def test_functions_and_modules_stay_small(package):
+    long = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        source = path.read_text()
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            long.append(f"{path.name}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if (n := code_lines(source, node)) > MAX_FUNCTION_LINES:
+                long.append(f"{path.name}:{node.lineno} {node.name}: {n} code lines")
+    assert not long, f"over {MAX_FUNCTION_LINES} lines a function or {MAX_MODULE_LINES} a module: {long}"
