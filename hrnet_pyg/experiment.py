@@ -362,6 +362,52 @@ def _write_metrics(report: Any, out_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+class _RunEvaluation:
+    """A run's evaluations: ``fit``'s ``eval_fn`` (``run.eval_rerank``) and the final table
+    (``run.rerank``, ``run.k_reciprocal``), which can reuse the features of the latest one."""
+
+    def __init__(
+        self, exp: Experiment, dataset: Any, query_loader: Any, gallery_loader: Any, device: Any, is_main: bool,
+    ) -> None:
+        self.exp, self.query_loader, self.gallery_loader = exp, query_loader, gallery_loader
+        self.device, self.is_main = device, is_main
+        self.use_camids = getattr(dataset, "has_camids", True)
+        self.last: tuple[Any, ...] | None = None  # the features of the latest evaluation during training
+
+    def features(self, model: Any, show: bool) -> tuple[Any, ...]:
+        """(qf, q_pids, q_camids, gf, g_pids, g_camids) of ``model``, on every rank."""
+        from hrnet_pyg.engine import extract
+
+        return (
+            *extract(model, self.query_loader, device=self.device, progress=show),
+            *extract(model, self.gallery_loader, device=self.device, progress=show),
+        )
+
+    def report(self, model: Any, feats: tuple[Any, ...], progress: bool, **kwargs: Any) -> Any:
+        from hrnet_pyg.engine import evaluate_features
+
+        return evaluate_features(
+            model, *feats, use_camids=self.use_camids, device=self.device, progress=progress, **kwargs
+        )
+
+    def during_training(self, model: Any) -> dict[str, float] | None:
+        """``fit``'s ``eval_fn``: the metrics of the re-ranked (or the cosine) ranking on rank 0."""
+        self.last = self.features(model, False)
+        if not self.is_main:  # distributed: rank 0 alone computes the metrics
+            return None
+        rep = self.report(model, self.last, False, rerank=self.exp.run.eval_rerank)
+        return _rank_metrics(rep.hrnet if rep.hrnet is not None else rep.cnn)
+
+    def final(self, model: Any, *, reuse: bool, progress: bool) -> Any:
+        """The results table's :class:`~hrnet_pyg.engine.EvalReport` (``None`` on other ranks);
+        ``reuse``: the latest evaluation's features, when there was one, are the model's."""
+        feats = self.last if reuse and self.last is not None else self.features(model, progress)
+        if not self.is_main:
+            return None
+        run = self.exp.run
+        return self.report(model, feats, progress, rerank=run.rerank, k_reciprocal=run.k_reciprocal)
+
+
 def run_experiment(
     exp: Experiment, *, progress: bool = True, train: bool = True, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -376,7 +422,6 @@ def run_experiment(
 
     from hrnet_pyg.api import HRNet
     from hrnet_pyg.distributed import init_distributed
-    from hrnet_pyg.engine import evaluate
     from hrnet_pyg.engine.train import load_training_state
     from hrnet_pyg.runtime import amp_dtype, check_compile, resolve_device
 
@@ -415,29 +460,20 @@ def run_experiment(
     try:
         if ctx.is_main:
             _start_run_files(exp, out_dir, dataset, device)
-        use_camids = getattr(dataset, "has_camids", True)
-
-        def eval_fn(m: Any) -> dict[str, float] | None:
-            rep = evaluate(
-                m, query_loader, gallery_loader, rerank=exp.run.eval_rerank, use_camids=use_camids,
-                device=device, progress=False,
-            )
-            if rep is None:  # distributed: ranks other than 0
-                return None
-            return _rank_metrics(rep.hrnet if rep.hrnet is not None else rep.cnn)
-
+        evaluation = _RunEvaluation(exp, dataset, query_loader, gallery_loader, device, ctx.is_main)
         if train:
             model.fit(
                 train_loader, device=device, amp=exp.run.amp, channels_last=exp.run.channels_last,
                 compile=exp.run.compile, output_dir=out_dir, resume=exp.run.resume,
                 max_steps_per_epoch=exp.run.max_steps_per_epoch, progress=progress,
                 sync_bn=exp.run.sync_bn, graph_scope=exp.run.graph_scope, print_freq=exp.run.print_freq,
-                eval_fn=eval_fn, eval_freq=exp.run.eval_freq, tensorboard=exp.run.tensorboard,
+                eval_fn=evaluation.during_training, eval_freq=exp.run.eval_freq, tensorboard=exp.run.tensorboard,
             )
-        report = evaluate(
-            model, query_loader, gallery_loader, rerank=exp.run.rerank, k_reciprocal=exp.run.k_reciprocal,
-            use_camids=use_camids, device=device, progress=progress,
-        )
+        # With eval_freq > 0, fit evaluated the trained model after its last epoch: its features
+        # are the final ones (in one process; under DDP that evaluation ran before every rank
+        # took rank 0's BatchNorm statistics), so they are extracted once, not twice.
+        reuse = train and exp.run.eval_freq > 0 and ctx.world_size == 1
+        report = evaluation.final(model, reuse=reuse, progress=progress)
         if report is None:  # distributed: a rank other than 0, which computes and writes the metrics
             return {"metrics": {}, "report": None, "model": model, "dataset": dataset}
         metrics = _write_metrics(report, out_dir)

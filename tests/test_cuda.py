@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from hrnet_pyg.config import TABLE1_ROWS, HRNetConfig
 from hrnet_pyg.data import FeatureDataset, PKSampler
 from hrnet_pyg.engine import evaluate, evaluate_features, fit, load_model
-from hrnet_pyg.engine.train import _rng_state, _set_rng_state
+from hrnet_pyg.engine.hooks import rng_state, set_rng_state
 from hrnet_pyg.evaluation import euclidean_distance
 from hrnet_pyg.model import HRNet
 from hrnet_pyg.runtime import autocast_context, load_checkpoint, resolve_device
@@ -483,20 +483,20 @@ def test_cli_bad_device_is_one_line(name, tmp_path, capsys):
 def test_resume_state_cuda_entry(monkeypatch):
     """The RNG of every GPU is saved when CUDA is present; a state with a ``cuda`` entry restores on
     a CPU-only machine (the entry is skipped) and on one with fewer GPUs (those it has)."""
-    assert ("cuda" in _rng_state()) == CUDA
+    assert ("cuda" in rng_state()) == CUDA
     fake = [torch.full((8,), i, dtype=torch.uint8) for i in range(3)]  # a 3-GPU run's states
     torch.manual_seed(5)
-    saved = _rng_state()
+    saved = rng_state()
     saved["cuda"] = fake
     expected = torch.rand(3)
     if not CUDA:
-        _set_rng_state(saved)  # no GPU: the CPU streams come back, the GPU states are skipped
+        set_rng_state(saved)  # no GPU: the CPU streams come back, the GPU states are skipped
         torch.testing.assert_close(torch.rand(3), expected)
     restored: list[tuple[int, torch.Tensor]] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((i, s)))
-    _set_rng_state(saved)
+    set_rng_state(saved)
     assert [i for i, _ in restored] == [0, 1] and all(torch.equal(s, fake[i]) for i, s in restored)
     torch.testing.assert_close(torch.rand(3), expected)
 

@@ -508,9 +508,13 @@ def test_torchrun_train_end_to_end(tmp_path):
         "--config",
         str(cfg),
         "--no-progress",
+        "--set",
+        "run.eval_freq=1",  # the evaluation during training: every rank extracts its shard
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("| method |") == 1  # the table comes from rank 0 only
-    assert (tmp_path / "run" / "last.pth").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+    for name in ("last.pth", "best.pth", "metrics.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert "eval_mAP" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert "relational re-ranking" in proc.stdout

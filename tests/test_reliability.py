@@ -452,7 +452,7 @@ def test_a_redirected_run_leaves_clean_files_a_log_and_a_best_checkpoint(tmp_pat
 
 
 def test_tensorboard_steps_continue_after_resume(tmp_path, monkeypatch):
-    import hrnet_pyg.engine.train as train
+    import hrnet_pyg.engine.hooks as hooks
 
     steps = []
 
@@ -464,7 +464,7 @@ def test_tensorboard_steps_continue_after_resume(tmp_path, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(train, "_tensorboard", lambda log_dir, wanted: Writer())
+    monkeypatch.setattr(hooks, "open_tensorboard", lambda log_dir, wanted: Writer())
     _feature_run(tmp_path, epochs=1, num_workers=0)
     first = [s for t, s in steps if t == "lr"]
     _feature_run(tmp_path, epochs=2, num_workers=0, resume=tmp_path / "run" / "last.pth")

@@ -167,3 +167,29 @@ def test_index_build_and_add_in_read_only_folders_name_the_index(trained, tmp_pa
     assert code == 1
     _one_line_error(capsys, f"hrnet-pyg index: error: cannot write {index}: Permission denied")
     assert sorted(p.name for p in index.iterdir()) == before
+
+
+# ---------------------------------------------------------------------------- evaluation after training
+def test_the_last_epochs_evaluation_is_not_extracted_twice(trained, tmp_path, monkeypatch, capsys):
+    """With ``run.eval_freq > 0`` the features of the evaluation after the last epoch serve the
+    final table too: one extraction of query and gallery, and the table ``eval`` prints for the
+    saved model."""
+    import hrnet_pyg.engine
+    import hrnet_pyg.engine.eval
+
+    real = hrnet_pyg.engine.eval.extract
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hrnet_pyg.engine, "extract", counting)
+    monkeypatch.setattr(hrnet_pyg.engine.eval, "extract", counting)
+    run = tmp_path / "run"
+    args = ["--output-dir", str(run), "--epochs", "1", "--set", "run.eval_freq=1", "--no-progress"]
+    assert main(["train", *_tiny_args(trained, *args)]) == 0
+    assert len(calls) == 2  # query and gallery, once
+    trained_table = capsys.readouterr().out
+    assert main(["eval", *_tiny_args(trained, "--checkpoint", str(run / "last.pth"), "--no-progress")]) == 0
+    assert capsys.readouterr().out == trained_table and "| relational re-ranking |" in trained_table
