@@ -1,4 +1,5 @@
-"""hrnet_pyg: the Hybrid Relationship Network (Xu et al., AAAI 2021) for person re-ID, on PyG.
+"""hrnet_pyg: HRNet, from "Learning Hybrid Relationships for Person Re-identification" (Liu, Huang
+and Zhang, AAAI 2021), for person re-ID on PyG.
 
 The names below are imported on first use, so that ``hrnet-pyg --help`` and the verbs that need
 neither torch nor torch_geometric start without paying for them.
@@ -17,10 +18,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "HRNet": "hrnet_pyg.api",
     "HRNetConfig": "hrnet_pyg.config",
+    "HRNetModule": "hrnet_pyg.model",
     "HRNetOutput": "hrnet_pyg.model",
-    "IndividualRelationConv": "hrnet_pyg.layers",
-    "PairwiseRelationConv": "hrnet_pyg.layers",
-    "VerificationHead": "hrnet_pyg.layers",
+    "RelationHead": "hrnet_pyg.head",
+    "IndividualRelationConv": "hrnet_pyg.nn",
+    "PairwiseRelationConv": "hrnet_pyg.nn",
+    "VerificationHead": "hrnet_pyg.nn",
     "HybridRelationBlock": "hrnet_pyg.hybrid",
     "HybridOutput": "hrnet_pyg.hybrid",
     "hybrid_graph": "hrnet_pyg.graphs",
@@ -81,11 +84,13 @@ __all__ = [
     "FeatureExtractor",
     "HRNet",
     "HRNetConfig",
+    "HRNetModule",
     "HRNetOutput",
     "HybridOutput",
     "HybridRelationBlock",
     "IndividualRelationConv",
     "PairwiseRelationConv",
+    "RelationHead",
     "VerificationHead",
     "__version__",
     "build_dataset",

@@ -14,12 +14,15 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from hrnet_pyg import engine, model
+from hrnet_pyg import engine
 from hrnet_pyg.engine import EvalReport, FitResult
+from hrnet_pyg.model import HRNetModule
 
 
-class HRNet(model.HRNet):
-    """:class:`hrnet_pyg.model.HRNet` plus the methods below (see :mod:`hrnet_pyg.engine`).
+class HRNet(HRNetModule):
+    """HRNet, the method of "Learning Hybrid Relationships for Person Re-identification" (Liu, Huang
+    and Zhang, AAAI 2021): :class:`~hrnet_pyg.model.HRNetModule` plus the methods below (see
+    :mod:`hrnet_pyg.engine`).
 
     Args:
         config: hyperparameters and Table 1 switches (defaults: the paper's values).

@@ -17,7 +17,7 @@ A search (Sec. 4.2 "Testing", as :func:`hrnet_pyg.search.search_features`): the 
 against the gallery's, a shortlist of ``top_k_rerank`` = 120 by cosine, from faiss when the index
 has a faiss part and faiss is installed, else from an exact blocked matrix product; then the query
 and its shortlist pass as one graph through the IR and PR modules
-(:func:`~hrnet_pyg.scoring.query_graph_scores`), reading only those rows of F.
+(:func:`~hrnet_pyg.scoring.score_query_graphs`), reading only those rows of F.
 
 ``meta.json`` is replaced last and atomically, so an interrupted ``add`` leaves the index as it was
 (a faiss file that holds more vectors than ``meta.json`` lists is then ignored, with a note).
@@ -57,7 +57,7 @@ from hrnet_pyg.search import (
 from hrnet_pyg.topk import merge_topk
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule as HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -645,12 +645,12 @@ def search_index(
 
     The ranking is that of :func:`hrnet_pyg.search.search_features` on the same gallery: the
     cosine shortlist of ``shortlist`` images (default ``config.top_k_rerank`` = 120) re-scored by
-    :func:`~hrnet_pyg.scoring.query_graph_scores`, the rest of the ``topk`` listed in cosine
+    :func:`~hrnet_pyg.scoring.score_query_graphs`, the rest of the ``topk`` listed in cosine
     order; only the shortlist's rows of F are read. ``exact=True`` takes the exact blocked
     product even when the index has a faiss part; ``nprobe`` overrides an IVF index's, ``ef_search``
     an HNSW index's.
     """
-    from hrnet_pyg.scoring import query_graph_scores  # torch_geometric: only when re-ranking
+    from hrnet_pyg.scoring import score_query_graphs  # torch_geometric: only when re-ranking
 
     idx_obj = index if isinstance(index, GalleryIndex) else GalleryIndex(index)
     inner = unwrap_model(model)
@@ -710,7 +710,7 @@ def search_index(
             e = min(s + queries_per_pass, len(q))
             g = torch.from_numpy(idx_obj.rows(rows[s:e, :m].numpy()))  # (B, m, d): the shortlist only
             graph = torch.cat([q.features[s:e].float().unsqueeze(1), g], dim=1).to(dev)  # (B, 1 + m, d)
-            sc = query_graph_scores(inner, graph).float().cpu()  # (B, m)
+            sc = score_query_graphs(inner, graph).float().cpu()  # (B, m)
             score[s:e, :m] = sc
             order[s:e, :m] = torch.sort(sc, dim=1, descending=True, stable=True).indices
     k = min(topk, rows.size(1))

@@ -47,7 +47,7 @@ from hrnet_pyg.topk import stable_k_smallest
 from hrnet_pyg.visualize import RankedGrid, ranked_list_grid
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule as HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
