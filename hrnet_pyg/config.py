@@ -104,7 +104,7 @@ class HRNetConfig:
         coerce_dataclass(self)
         check(self.ir_graph in ("knn", "full"), "ir_graph", f"must be 'knn' or 'full', got {self.ir_graph!r}")
         check(self.ir_attention_norm != "size", "ir_attention_norm",
-              "'size' is no longer available: it lost to 'neighbors' at both levels (docs/efficacy.md); "
+              "'size' is no longer available: it lost to 'neighbors' on both rows measured (docs/efficacy.md); "
               "use 'neighbors' (the default) or 'all' (Eq. 2 as printed)")
         check(self.ir_attention_norm in ("all", "neighbors"), "ir_attention_norm",
               f"must be 'all' (Eq. 2) or 'neighbors' (GAT), got {self.ir_attention_norm!r}")

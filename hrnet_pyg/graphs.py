@@ -261,17 +261,8 @@ def knn_edges(
             )
     kk_graph = torch.minimum(avail, avail.new_full((), k))
 
-    nmax = int(counts.max())
     if backend == "auto":
-        if nmax * nmax <= dense_budget:
-            backend = "torch"
-        elif _has_torch_cluster():
-            backend = "cluster"
-        elif _pyg_has_knn():
-            backend = "pyg"
-        else:
-            backend = "torch"
-
+        backend = _auto_backend(int(counts.max()), dense_budget)
     with torch.no_grad():
         if backend == "torch":
             return _knn_torch(x, sq, kk_graph, perm, counts, ptr, loop, dense_budget)
@@ -279,27 +270,34 @@ def knn_edges(
         bs = None
         if batch is not None:
             bs = torch.repeat_interleave(torch.arange(counts.numel(), device=x.device), counts)
-        if backend == "pyg":
-            if not _pyg_has_knn():
-                raise ImportError(
-                    f"{where}: backend='pyg' needs pyg-lib>=0.6 (torch_geometric.nn.knn_graph); "
-                    f"install it or use backend='torch'"
-                )
-            from torch_geometric.nn import knn_graph
+        edge_index = _knn_compiled(xs, k, bs, loop, backend, where)
+        return edge_index if perm is None else perm[edge_index]
 
-            edge_index = knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
-        else:  # cluster
-            if not _has_torch_cluster():
-                raise ImportError(
-                    f"{where}: backend='cluster' needs torch-cluster "
-                    f"(pip install torch-cluster); or use backend='torch'"
-                )
-            import torch_cluster
 
-            edge_index = torch_cluster.knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
-        if perm is not None:
-            edge_index = perm[edge_index]
-        return edge_index
+def _auto_backend(nmax: int, dense_budget: int) -> str:
+    """``backend="auto"`` of :func:`knn_edges` for a largest graph of ``nmax`` nodes."""
+    if nmax * nmax <= dense_budget:
+        return "torch"
+    if _has_torch_cluster():
+        return "cluster"
+    return "pyg" if _pyg_has_knn() else "torch"
+
+
+def _knn_compiled(xs: Tensor, k: int, bs: Tensor | None, loop: bool, backend: str, where: str) -> Tensor:
+    """pyg-lib's or torch-cluster's kNN graph of graph-contiguous nodes ``xs`` (``bs``: their graphs)."""
+    if backend == "pyg":
+        if not _pyg_has_knn():
+            raise ImportError(f"{where}: backend='pyg' needs pyg-lib>=0.6 (torch_geometric.nn.knn_graph); "
+                              f"install it or use backend='torch'")
+        from torch_geometric.nn import knn_graph
+
+        return knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
+    if not _has_torch_cluster():
+        raise ImportError(f"{where}: backend='cluster' needs torch-cluster (pip install torch-cluster); "
+                          f"or use backend='torch'")
+    import torch_cluster
+
+    return torch_cluster.knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
 
 
 def knn_adjacency(x: Tensor, k: int, loop: bool = False, sq_norms: Tensor | None = None) -> Tensor:

@@ -243,7 +243,7 @@ def test_removed_ir_attention_norm_size_is_one_clear_line(tmp_path):
     from hrnet_pyg.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"^ir_attention_norm: 'size' is no longer available: it lost to "
-                                          r"'neighbors' at both levels \(docs/efficacy.md\)"):
+                                          r"'neighbors' on both rows measured \(docs/efficacy.md\)"):
         HRNetConfig(ir_attention_norm="size")
     ckpt = torch.load(FIXTURES / "flat_layout_hrnet.pth", weights_only=True)
     ckpt["config"]["ir_attention_norm"] = "size"
