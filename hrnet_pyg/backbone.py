@@ -160,8 +160,8 @@ class PretrainedWeightsError(RuntimeError, ValueError):
 # Top-level key groups of the checkpoint layouts this module reads that are not the trunk:
 # torchvision's ImageNet classifier (fc), torchreid's ID classifier (classifier) and its optional
 # embedding layer (fc), fast-reid's heads and input normalisation buffers, and this project's
-# BNNecks and relation head (its modules sat at the top level in checkpoints written before the
-# head). Anything else outside the trunk is an unexpected key.
+# BNNecks and relation head (and the head's modules at the top level: the flat layout of older
+# checkpoints). Anything else outside the trunk is an unexpected key.
 _HEAD_GROUPS = frozenset({
     "fc", "classifier", "heads", "pixel_mean", "pixel_std",
     "bnneck", "head", "ir", "ir_neck", "pr", "verifier",

@@ -1,5 +1,5 @@
-"""The graph layers of HRNet, under their first import path: :mod:`hrnet_pyg.nn` holds them, one
-module per concept (``individual.py``, ``pairwise.py``, ``verification.py``)."""
+"""The graph layers of HRNet under the import path ``hrnet_pyg.layers``; :mod:`hrnet_pyg.nn` holds
+them, one module per concept (``individual.py``, ``pairwise.py``, ``verification.py``)."""
 from hrnet_pyg.nn import (
     IndividualProjection,
     IndividualRelationConv,

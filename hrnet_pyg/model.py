@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ log = logging.getLogger("hrnet_pyg")
 # process's L_cl (see hrnet_pyg.distributed.gather_graph_batch).
 GraphBatch = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, float]]
 
-# The relation head's modules, which checkpoints written before the head existed hold at the top level.
+# The relation head's modules, which checkpoints of the flat layout hold at the top level.
 _HEAD_MODULES = ("ir", "ir_neck", "pr", "verifier")
 
 
@@ -60,8 +61,8 @@ class HRNetOutput:
 
 
 def _head_layout(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-    """Load-time hook: keys of a checkpoint written before the relation head (``ir.lin.weight``)
-    are renamed to the head's (``head.ir.lin.weight``)."""
+    """Load-time hook: keys of a checkpoint of the flat layout (``ir.lin.weight``) are renamed to
+    the relation head's (``head.ir.lin.weight``)."""
     for key in list(state_dict):
         if key.startswith(prefix) and key[len(prefix):].split(".", 1)[0] in _HEAD_MODULES:
             state_dict[f"{prefix}head.{key[len(prefix):]}"] = state_dict.pop(key)
@@ -192,10 +193,8 @@ class HRNetModule(nn.Module):
 
 
 def __getattr__(name: str):
-    # The modeling class was called HRNet, the name of the facade hrnet_pyg.HRNet today.
+    # Imports of hrnet_pyg.model.HRNet resolve to HRNetModule, with a warning: the name HRNet is the facade's.
     if name == "HRNet":
-        import warnings
-
         warnings.warn("hrnet_pyg.model.HRNet is now hrnet_pyg.model.HRNetModule (hrnet_pyg.HRNet is the "
                       "model with fit/evaluate/save/load)", DeprecationWarning, stacklevel=2)
         return HRNetModule

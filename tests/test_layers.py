@@ -213,8 +213,8 @@ def test_individual_repr_and_errors():
     # index checks are MessagePassing's: one line naming edge_index
     with pytest.raises(ValueError, match="edge_index"):
         conv(torch.randn(3, 4), torch.zeros(3, 2, dtype=torch.long))
-    with pytest.raises(IndexError, match="edge_index.*larger than"):
-        conv(torch.randn(3, 4), torch.tensor([[7], [0]]))
+    with pytest.raises(IndexError, match="edge_index.*larger than"):  # a fresh layer: no warning first
+        IndividualRelationConv(4, 4)(torch.randn(3, 4), torch.tensor([[7], [0]]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -284,16 +284,10 @@ class IndividualRelationConv(MessagePassing):
         s_src = x_src @ self.att_src  # (N_src,)
         lse = None
         if self.normalize == "all":
-            if batch is None and not bipartite and not self._warned_batch \
-                    and not torch.compiler.is_compiling() and _blocks_of_consecutive_nodes(edge_index, num_dst):
-                self._warned_batch = True
-                warnings.warn(
-                    f"{where}: edge_index falls apart into blocks of consecutive nodes, as a PyG DataLoader "
-                    f"batch of several graphs does, but no batch vector was given: Eq. 2's all-node "
-                    f"denominator spans all {num_dst} nodes; pass batch= (zeros for one graph)",
-                    UserWarning, stacklevel=2)
             lse = all_node_logsumexp(s_dst, s_src, batch_dst, self.negative_slope, batch_src=batch_src)
         alpha = self.edge_updater(edge_index, s=(s_src, s_dst), lse=lse, size=(num_src, num_dst))
+        if lse is not None and batch is None and not bipartite:  # after MessagePassing's index checks
+            self._warn_missing_batch(edge_index, num_dst, where)
 
         h = self.lin(x_src)  # (N_src, d'): X W_s
         if bipartite:
@@ -309,6 +303,19 @@ class IndividualRelationConv(MessagePassing):
         if return_attention_weights:
             return out, with_weights(edge_index, alpha)
         return out
+
+    def _warn_missing_batch(self, edge_index: Adj, num_nodes: int, where: str) -> None:
+        """Warn once (eager mode) when the graph looks like a PyG batch of several graphs: Eq. 2's
+        all-node denominator then spans all of them."""
+        if self._warned_batch or torch.compiler.is_compiling() \
+                or not _blocks_of_consecutive_nodes(edge_index, num_nodes):
+            return
+        self._warned_batch = True
+        warnings.warn(
+            f"{where}: edge_index falls apart into blocks of consecutive nodes, as a PyG DataLoader "
+            f"batch of several graphs does, but no batch vector was given: Eq. 2's all-node "
+            f"denominator spans all {num_nodes} nodes; pass batch= (zeros for one graph)",
+            UserWarning, stacklevel=3)
 
     @staticmethod
     def _batches(batch, num_src: int, num_dst: int, bipartite: bool, where: str):
