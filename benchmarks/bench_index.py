@@ -10,7 +10,7 @@ shards through ``GalleryIndex.build`` / ``add``), then each query is served the 
   efConstruction 80) at the smallest efSearch of a sweep whose recall@120 against the exact
   shortlist reaches 0.95; ``--faiss ivf`` measures IVF-Flat (nlist = sqrt(N)) with an nprobe sweep;
 * the **relational re-ranking** that follows: the 120 shortlisted rows of F read from the
-  memory-mapped file and ``scoring.query_graph_scores`` of the (1, 121, d) graph, with a full HRNet
+  memory-mapped file and ``scoring.score_query_graphs`` of the (1, 121, d) graph, with a full HRNet
   (IR + CNC + PR + IGP, paper defaults, random weights: timing does not depend on them).
 
 The three are interleaved per query (exact, faiss, re-ranking, exact, ...) so that load on a shared
@@ -56,8 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
 from hrnet_pyg.index import GalleryIndex, faiss_available  # noqa: E402
-from hrnet_pyg.model import HRNet  # noqa: E402
-from hrnet_pyg.scoring import query_graph_scores  # noqa: E402
+from hrnet_pyg.model import HRNetModule as HRNet  # noqa: E402
+from hrnet_pyg.scoring import score_query_graphs  # noqa: E402
 from hrnet_pyg.search import ImageFeatures  # noqa: E402
 
 
@@ -188,7 +188,7 @@ def main() -> None:
         t0 = time.perf_counter()
         rows = torch.from_numpy(index.rows(fa_i.numpy()))  # (1, k, d): the shortlisted rows of F only
         graph = torch.cat([qf[i : i + 1].unsqueeze(1), rows], dim=1)  # (1, 1 + k, d)
-        scores = query_graph_scores(model, graph)
+        scores = score_query_graphs(model, graph)
         lat["rerank"].append(time.perf_counter() - t0)
         assert scores.shape == (1, k)
     for name, label in (

@@ -2,8 +2,8 @@
 
 Both paths start from the same image features F and IR outputs V (requires_grad, as in training)
 with the same weights, and run forward + backward of a fixed random projection <U', W>. The
-message-passing (MP) path includes building its HeteroData (``pair_graph``): that is part of what
-it costs to go from F to U'.
+message-passing (MP) path includes building its HeteroData (the pair part of ``hybrid_graph``):
+that is part of what it costs to go from F to U'.
 
 Timing: one warm-up step per path, then rounds that alternate the two paths (several dense steps,
 one MP step per round), so that load on a shared machine hits both alike; medians are reported.
@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hrnet_pyg.graphs import pair_graph  # noqa: E402
+from hrnet_pyg.graphs import INTRA, LEFT, RIGHT, hybrid_graph  # noqa: E402
 from hrnet_pyg.layers import PairwiseRelationConv  # noqa: E402
 
 
@@ -68,7 +68,9 @@ def main() -> None:
         if path == "dense":
             out = conv.forward_dense(f, v)
         else:
-            out = conv.forward_hetero(pair_graph(f, v)).view(n, n, d)
+            data = hybrid_graph(f, 1, full=True)  # the N complete pair graphs (and a cheap image graph)
+            out = conv(data["pair"].x, data[INTRA].edge_index, v, data[LEFT].edge_index,
+                       data[RIGHT].edge_index).view(n, n, d)
         (out * w).sum().backward()
         return {"out": out.detach(), "grad_f": f.grad, "grad_v": v.grad,
                 "grad_wp": conv.lin_p.weight.grad}

@@ -20,7 +20,7 @@ row-n aggregation G F W_p 2 (M-1) M d, and v'_q W_l plus v'_i W_r for the M-1 ga
 2 M d^2. Elementwise work, the softmaxes and the top-k are not counted.
 
 Also checked and timed on a few queries: the per-graph path (every weight matrix applied inside
-each query graph, IR by message passing: what ``query_graph_scores`` did before the per-image
+each query graph, IR by message passing: what ``score_query_graphs`` did before the per-image
 precomputation) must give the same scores.
 
     python benchmarks/bench_rerank.py            # Market-1501 size, ~4-6 min on 2 busy cores
@@ -61,10 +61,10 @@ from hrnet_pyg.config import HRNetConfig  # noqa: E402
 from hrnet_pyg.evaluation import evaluate_rank  # noqa: E402
 from hrnet_pyg.graphs import pair_mask  # noqa: E402
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features  # noqa: E402
-from hrnet_pyg.model import HRNet  # noqa: E402
+from hrnet_pyg.model import HRNetModule as HRNet  # noqa: E402
 from hrnet_pyg.rerank import relational_rerank  # noqa: E402
 from hrnet_pyg.runtime import resolve_device  # noqa: E402
-from hrnet_pyg.scoring import fuse_scores, query_graph_scores  # noqa: E402
+from hrnet_pyg.scoring import fuse_scores, score_query_graphs  # noqa: E402
 
 
 def make_features(num_q: int, num_g: int, d: int, num_ids: int, seed: int, with_ids: bool = False):
@@ -241,7 +241,7 @@ def main() -> None:
         sync()
         t_pg = time.perf_counter() - t0
         t0 = time.perf_counter()
-        fast = query_graph_scores(model, graph)
+        fast = score_query_graphs(model, graph)
         sync()
         t_fast_graphs = time.perf_counter() - t0
         dist = relational_rerank(model, qf_dev[:c], gf_dev, top_k=top_k, device=dev, progress=False)
@@ -251,7 +251,7 @@ def main() -> None:
     err_rr = float((dist.gather(1, top.cpu()) + 1.0 + ref_cpu - ref_cpu.amin(dim=1, keepdim=True)).abs().max())
     tol = 1e-3 if args.tf32 == "on" else 1e-4
     ok = err <= tol and err_rr <= tol
-    print(f"check on {c} queries: |fast - per-graph| max {err:.1e} (query_graph_scores), "
+    print(f"check on {c} queries: |fast - per-graph| max {err:.1e} (score_query_graphs), "
           f"{err_rr:.1e} (relational_rerank) -> {'MATCH' if ok else 'MISMATCH'} "
           f"(d={d}: float32 sums of 2048 products; the tests check 1e-5 at small d)")
 
@@ -270,7 +270,7 @@ def main() -> None:
     if "kr" in med:
         print(f"k-reciprocal:          median {med['kr']:.3f} s (range {min(times['kr']):.3f}-"
               f"{max(times['kr']):.3f}); peak RSS so far {rss['kr']:.0f} MiB")
-    print(f"per-graph path on {c} query graphs: {t_pg:.3f} s vs query_graph_scores on the same "
+    print(f"per-graph path on {c} query graphs: {t_pg:.3f} s vs score_query_graphs on the same "
           f"graphs {t_fast_graphs:.3f} s (image terms computed per graph node there too)")
     per_query_pg = t_pg / c
     print(f"per-graph path extrapolated to {nq} queries (+ the same shortlist): "

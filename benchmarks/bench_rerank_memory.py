@@ -37,7 +37,7 @@ def main() -> None:
         args.queries, args.gallery = 1000, 8000
 
     from hrnet_pyg.config import HRNetConfig
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule as HRNet
     from hrnet_pyg.rerank import relational_rerank
 
     torch.manual_seed(0)

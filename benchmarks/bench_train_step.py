@@ -58,7 +58,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
-from hrnet_pyg.model import HRNet  # noqa: E402
+from hrnet_pyg.model import HRNetModule as HRNet  # noqa: E402
 from hrnet_pyg.runtime import resolve_device  # noqa: E402
 
 NUM_CLASSES = 751  # Market-1501 training identities

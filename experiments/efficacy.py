@@ -85,8 +85,7 @@ STUDIES: dict[str, tuple[str, Sequence[str], dict[str, dict[str, Any]]]] = {
     "paper": ("the paper-literal reading of every open detail", ROWS, {"paper-literal": PAPER_LITERAL}),
     "eq2": ("Eq. 2's denominator (ir_attention_norm)", ("CNN+IR+CNC", "HRNet"),
             {"all (literal)": dict(ir_attention_norm="all"),
-             "neighbors (GAT)": dict(ir_attention_norm="neighbors"),
-             "size (scaled to P x K)": dict(ir_attention_norm="size")}),
+             "neighbors (GAT)": dict(ir_attention_norm="neighbors")}),
     "cnc": ("CNC 'hardest' pairs (cnc_mining) and CNC itself", ("CNN+IR+CNC",),
             {"violation": dict(cnc_mining="violation"), "batch_hard": dict(cnc_mining="batch_hard"),
              "no CNC (CNN+IR)": dict(use_cnc=False)}),
@@ -203,7 +202,7 @@ def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, d
     from hrnet_pyg.evaluation import cosine_distance
     from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
     from hrnet_pyg.rerank import relational_rerank
-    from hrnet_pyg.scoring import fuse_scores, graph_score_terms, image_terms
+    from hrnet_pyg.scoring import fuse_scores, project_images, similarity_terms
 
     cfg = model.config
     qb, gb = model.retrieval_features(q[0]), model.retrieval_features(g[0])
@@ -215,14 +214,14 @@ def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, d
     out["relational"] = _rank(relational_rerank(model, q[0], g[0], top_k=cfg.top_k_rerank,
                                                 device="cpu", progress=False), q, g)
     # each module's term alone, and every fusion, on the same shortlists
-    terms = image_terms(model, torch.cat([q[0], g[0]]).float())
+    images = project_images(model, torch.cat([q[0], g[0]]).float())
     num_q = q[0].size(0)
-    cos = terms.retrieval[:num_q] @ terms.retrieval[num_q:].T
+    cos = images.retrieval[:num_q] @ images.retrieval[num_q:].T
     top = cos.topk(min(cfg.top_k_rerank, cos.size(1)), dim=1).indices
     index = torch.cat([torch.arange(num_q).unsqueeze(1), top + num_q], dim=1)
     parts: dict[str, list[torch.Tensor]] = {}
     for s in range(0, num_q, 64):
-        for name, value in graph_score_terms(model, terms, index[s:s + 64]).items():
+        for name, value in similarity_terms(model, images, index[s:s + 64]).items():
             parts.setdefault(name, []).append(value)
     joined = {name: torch.cat(v) for name, v in parts.items()}
 
@@ -248,7 +247,7 @@ def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, d
                                                  device="cpu", progress=False), q, g)
     if cfg.pr_edges is None and model.pr is not None:  # Fig. 4's "66 = complete" end point
         for relative in (False, True):
-            m2 = copy.copy(model)
+            m2 = copy.deepcopy(model)  # the head holds the config: a shallow copy would share it
             m2.config = dataclasses.replace(cfg, pr_edges=cfg.batch_size, pr_edges_relative=relative)
             label = f"pr_edges={cfg.batch_size} {'relative' if relative else 'absolute'}"
             out[label] = _rank(relational_rerank(m2, q[0], g[0], top_k=cfg.top_k_rerank,
@@ -270,19 +269,19 @@ def pr_diagnostics(model, q: tuple, g: tuple, num_graphs: int = 200) -> dict[str
 
     Each value is stored under ``"mAP"`` (``"rank1"`` NaN) so that the records keep one shape.
     """
-    from hrnet_pyg.scoring import image_terms, individual_adjacency, individual_dense
+    from hrnet_pyg.scoring import project_images
 
     cfg = model.config
-    terms = image_terms(model, torch.cat([q[0], g[0]]).float())
+    images = project_images(model, torch.cat([q[0], g[0]]).float())
     num_q = min(num_graphs, q[0].size(0))
-    cos = terms.retrieval[:num_q] @ terms.retrieval[q[0].size(0):].T
+    cos = images.retrieval[:num_q] @ images.retrieval[q[0].size(0):].T
     top = cos.topk(min(cfg.top_k_rerank, cos.size(1)), dim=1).indices
     f = torch.cat([q[0][:num_q].unsqueeze(1).float(), g[0][top].float()], dim=1)  # (B, M, d)
-    v = f
+    v = None
     if model.ir is not None:
-        v = individual_dense(model.ir, f, individual_adjacency(model, f))
+        v = model.ir.forward_dense(f, model.head.individual_adjacency(f))
     rows = torch.zeros(1, dtype=torch.long)
-    u_prime, att, _ = model.pr.forward_dense(f, v if cfg.use_igp else None, rows=rows, return_attention=True)
+    u_prime, att, _ = model.pr.forward_dense(f, model.head.image_nodes(f, v), rows=rows, return_attention=True)
     u = f[:, :1] - f  # (B, M, d): u_{q,i}
     att = att[:, 0]  # (B, M, M)
     tv = 0.5 * (att - att.mean(dim=1, keepdim=True)).abs().sum(-1).mean()
@@ -310,16 +309,16 @@ def pr_diagnostics(model, q: tuple, g: tuple, num_graphs: int = 200) -> dict[str
 
 def _rerank_after(model, qf: torch.Tensor, gf: torch.Tensor, base: torch.Tensor, top_k: int) -> torch.Tensor:
     """Relational re-ranking of the shortlist that another distance (k-reciprocal) gives."""
-    from hrnet_pyg.scoring import graph_scores, image_terms
+    from hrnet_pyg.scoring import project_images, relational_scores
 
-    terms = image_terms(model, torch.cat([qf, gf]).float())
+    images = project_images(model, torch.cat([qf, gf]).float())
     num_q = qf.size(0)
     base = torch.as_tensor(base).float()
     top = (-base).topk(min(top_k, base.size(1)), dim=1).indices
     index = torch.cat([torch.arange(num_q).unsqueeze(1), top + num_q], dim=1)
     dist = base - base.min() + 1.0  # every item >= 1, keeps the base order outside the shortlist
     for s in range(0, num_q, 64):
-        score = graph_scores(model, terms, index[s:s + 64])
+        score = relational_scores(model, images, index[s:s + 64])
         dist[s:s + 64].scatter_(1, top[s:s + 64], score.amin(dim=1, keepdim=True) - score)
     return dist
 

@@ -1,6 +1,6 @@
 """``hrnet_pyg.HRNet``: the model with the engine's verbs as methods.
 
-:class:`hrnet_pyg.model.HRNet` is the modeling alone and never imports the engine; this subclass
+:class:`hrnet_pyg.model.HRNetModule` is the modeling alone and never imports the engine; this subclass
 sits above both and adds ``fit``, ``extract``, ``evaluate``, ``save`` and ``load``, so that a user
 writes ``HRNet(cfg, num_classes).fit(loader)``. Its weights, config and checkpoints are those of
 the base class: a checkpoint saved by either loads into either.
@@ -14,12 +14,15 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from hrnet_pyg import engine, model
+from hrnet_pyg import engine
 from hrnet_pyg.engine import EvalReport, FitResult
+from hrnet_pyg.model import HRNetModule
 
 
-class HRNet(model.HRNet):
-    """:class:`hrnet_pyg.model.HRNet` plus the methods below (see :mod:`hrnet_pyg.engine`).
+class HRNet(HRNetModule):
+    """HRNet, the method of "Learning Hybrid Relationships for Person Re-identification" (Liu, Huang
+    and Zhang, AAAI 2021): :class:`~hrnet_pyg.model.HRNetModule` plus the methods below (see
+    :mod:`hrnet_pyg.engine`).
 
     Args:
         config: hyperparameters and Table 1 switches (defaults: the paper's values).

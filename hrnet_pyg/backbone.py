@@ -249,10 +249,11 @@ class MobileNetV2Backbone(nn.Module):
 # Top-level key groups of the checkpoint layouts this module reads that are not the trunk:
 # torchvision's ImageNet classifier (fc), torchreid's ID classifier (classifier) and its optional
 # embedding layer (fc), fast-reid's heads and input normalisation buffers, and this project's
-# BNNecks and relationship modules. Anything else outside the trunk is an unexpected key.
+# BNNecks and relation head (and the head's modules at the top level: the flat layout of older
+# checkpoints). Anything else outside the trunk is an unexpected key.
 _HEAD_GROUPS = frozenset({
     "fc", "classifier", "heads", "pixel_mean", "pixel_std",
-    "bnneck", "ir", "ir_neck", "pr", "verifier",
+    "bnneck", "head", "ir", "ir_neck", "pr", "verifier",
 })
 
 def torchvision_weights(depth: int | str, name: bool | str = True) -> Any:
@@ -455,7 +456,7 @@ class TimmBackbone(nn.Module):
         for k, v in state.items():
             if k in own:
                 backbone[k] = v
-            elif k.startswith(head + ".") or k.split(".", 1)[0] in _HEAD_GROUPS | {"head"}:
+            elif k.startswith(head + ".") or k.split(".", 1)[0] in _HEAD_GROUPS:
                 group = head if k.startswith(head + ".") else k.split(".", 1)[0]
                 skipped[group] = skipped.get(group, 0) + 1
             else:

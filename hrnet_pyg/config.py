@@ -79,9 +79,9 @@ class HRNetConfig:
     use_pr: bool = True  # pairwise relationship (Eq. 6)
     use_igp: bool = True  # inter-graph propagation (Eq. 7-9)
     # --- details the paper leaves open (docs/paper_map.md) ---
-    # Eq. 2's denominator: "all" (literal: over all N nodes), "neighbors" (GAT: over the k
-    # neighbours), "size" (the all-node one scaled to a P x K graph). docs/efficacy.md measured
-    # "neighbors" best at both levels; "all" stays selectable (experiments/*/paper_literal.yaml).
+    # Eq. 2's denominator: "all" (literal: over all N nodes) or "neighbors" (GAT: over the k
+    # neighbours). docs/efficacy.md measured "neighbors" best at both levels; "all" stays
+    # selectable (experiments/*/paper_literal.yaml).
     ir_attention_norm: str = "neighbors"
     ir_self_in_knn: bool = False  # whether a node counts among its own k neighbours (Eq. 1)
     pr_edges: int | None = None  # Fig. 4: edges per difference node; None = complete graph
@@ -105,9 +105,11 @@ class HRNetConfig:
         # (lr="3e-4" -> 3e-4), then every range checked, each error naming its field.
         coerce_dataclass(self)
         check(self.ir_graph in ("knn", "full"), "ir_graph", f"must be 'knn' or 'full', got {self.ir_graph!r}")
-        check(self.ir_attention_norm in ("all", "neighbors", "size"), "ir_attention_norm",
-              "must be 'all' (Eq. 2), 'neighbors' (GAT) or 'size' (Eq. 2 scaled to the training graph's size), "
-              f"got {self.ir_attention_norm!r}")
+        check(self.ir_attention_norm != "size", "ir_attention_norm",
+              "'size' is no longer available: it lost to 'neighbors' on both rows measured (docs/efficacy.md); "
+              "use 'neighbors' (the default) or 'all' (Eq. 2 as printed)")
+        check(self.ir_attention_norm in ("all", "neighbors"), "ir_attention_norm",
+              f"must be 'all' (Eq. 2) or 'neighbors' (GAT), got {self.ir_attention_norm!r}")
         for name, valid in (("cnc_mining", ("violation", "batch_hard")),
                             ("pr_head", ("diagonal", "projected")),
                             ("pr_head_init", ("glorot", "distance")),

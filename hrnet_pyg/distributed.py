@@ -4,12 +4,13 @@
 launcher's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``) is read by :func:`init_distributed`, and the pieces below do the rest:
 
-- :func:`prepare_for_training` (called by :func:`hrnet_pyg.engine.fit`): graph scope,
-  SyncBatchNorm, ``DistributedDataParallel`` wrapping;
+- :func:`prepare_for_training` (called by :func:`hrnet_pyg.engine.fit`): graph scope
+  (:func:`set_graph_scope`), SyncBatchNorm, ``DistributedDataParallel`` wrapping;
 - :class:`~hrnet_pyg.data.PKSampler` with ``num_replicas``/``rank``: every rank gets whole,
   disjoint identities of one global P x K plan;
-- :func:`all_gather_with_grad` (used by :meth:`hrnet_pyg.model.HRNet.forward` when
-  ``graph_scope == "global"``): the graph modules see the batch of all ranks;
+- :func:`gather_graph_batch` (:func:`all_gather_with_grad` of the features, set by
+  :func:`set_graph_scope` as the model's ``graph_batch`` hook when ``graph_scope == "global"``, so
+  that the forward, which DDP wraps, calls it): the graph modules see the batch of all ranks;
 - :class:`ShardSampler` + :func:`all_gather_cat` (used by :func:`hrnet_pyg.engine.extract`):
   each rank extracts a contiguous shard of a test split, every rank gets the whole split back
   in the original order, and rank 0 computes the metrics.
@@ -263,9 +264,13 @@ def all_gather_cat(x: Tensor) -> Tensor:
     return torch.cat(_all_gather_padded(local, sizes)).to(x.device)
 
 
-def gather_graph_batch(feats: Tensor, pids: Tensor) -> tuple[Tensor, Tensor]:
-    """The global batch for ``graph_scope="global"``: features with gradients, identities without."""
-    return all_gather_with_grad(feats), all_gather_cat(pids)
+def gather_graph_batch(feats: Tensor, pids: Tensor) -> tuple[Tensor, Tensor, float]:
+    """The global batch for ``graph_scope="global"``: features with gradients, identities without,
+    and the weight of this rank's ``L_cl`` that makes DDP's average over the ranks the mean over the
+    global batch (1 when the ranks hold equally many images). The model's ``graph_batch`` hook."""
+    n_local = feats.size(0)
+    feats, pids = all_gather_with_grad(feats), all_gather_cat(pids)
+    return feats, pids, get_world_size() * n_local / feats.size(0)
 
 
 def check_graph_scope(scope: str) -> str:
@@ -275,6 +280,17 @@ def check_graph_scope(scope: str) -> str:
             f"all ranks), got {scope!r}"
         )
     return scope
+
+
+def set_graph_scope(model: nn.Module, scope: str) -> None:
+    """``"global"``: the model's graphs span the batch of all ranks (its ``graph_batch`` hook is
+    :func:`gather_graph_batch`); ``"local"``: this rank's batch (no hook)."""
+    unwrap_model(model).graph_batch = gather_graph_batch if check_graph_scope(scope) == "global" else None
+
+
+def graph_scope_of(model: nn.Module) -> str:
+    """The scope :func:`set_graph_scope` gave ``model`` (``"local"`` by default)."""
+    return "global" if getattr(unwrap_model(model), "graph_batch", None) is not None else "local"
 
 
 # ---------------------------------------------------------------------------- samplers
@@ -352,13 +368,13 @@ def prepare_for_training(
 ) -> nn.Module:
     """What :func:`hrnet_pyg.engine.fit` does before its first step; returns the model to train.
 
-    Sets ``graph_scope`` on the HRNet, converts BatchNorm to SyncBatchNorm when asked, and wraps
-    the model in ``DistributedDataParallel`` inside a process group of more than one rank (DDP
+    Sets the graph scope of the HRNet (:func:`set_graph_scope`), converts BatchNorm to SyncBatchNorm
+    when asked, and wraps the model in ``DistributedDataParallel`` inside a process group of more than one rank (DDP
     broadcasts rank 0's parameters, so all ranks start equal). A no-op wrapper-wise otherwise.
     """
     inner = unwrap_model(model)
     if graph_scope is not None:
-        inner.graph_scope = check_graph_scope(graph_scope)
+        set_graph_scope(inner, graph_scope)
     if sync_bn:
         if is_distributed() and device.type == "cpu":
             raise ValueError(
@@ -423,6 +439,7 @@ __all__ = [
     "gather_graph_batch",
     "get_rank",
     "get_world_size",
+    "graph_scope_of",
     "init_distributed",
     "is_distributed",
     "is_main_process",
@@ -430,4 +447,5 @@ __all__ = [
     "main_process_first",
     "prepare_for_training",
     "reduce_epoch_stats",
+    "set_graph_scope",
 ]

@@ -45,7 +45,7 @@ from hrnet_pyg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hrnet_pyg.runtime import unwrap_model
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -79,7 +79,7 @@ class FeatureExtractor(nn.Module):
         self.with_feats = with_feats
 
     @classmethod
-    def from_model(cls, model: HRNet, with_feats: bool = False) -> FeatureExtractor:
+    def from_model(cls, model: HRNetModule, with_feats: bool = False) -> FeatureExtractor:
         inner = unwrap_model(model)
         if inner.backbone is None:
             raise ValueError(
@@ -229,7 +229,7 @@ def load_exported(path: PathLike) -> Callable[[Tensor], tuple[Tensor, ...]]:
     return run_torch
 
 
-def _metadata(model: HRNet, fmt: str, with_feats: bool) -> dict[str, Any]:
+def _metadata(model: HRNetModule, fmt: str, with_feats: bool) -> dict[str, Any]:
     inner = unwrap_model(model)
     h, w = inner.config.image_size
     return {
@@ -250,7 +250,7 @@ def _metadata(model: HRNet, fmt: str, with_feats: bool) -> dict[str, Any]:
 
 
 def export_model(
-    model: HRNet,
+    model: HRNetModule,
     path: PathLike,
     format: str = "torchscript",
     *,
@@ -263,7 +263,7 @@ def export_model(
     """Export the feature extractor of ``model`` and check it against the eager model.
 
     Args:
-        model: an :class:`~hrnet_pyg.model.HRNet` with a backbone (left unchanged).
+        model: an :class:`~hrnet_pyg.model.HRNetModule` with a backbone (left unchanged).
         path: output file; the usual suffix (:data:`EXPORT_FORMATS`) is not added.
         format: ``"torchscript"``, ``"onnx"`` or ``"torch.export"``. (default: ``"torchscript"``)
         with_feats: also output F (for the relational re-ranking). (default: ``False``)

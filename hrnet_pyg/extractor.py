@@ -25,18 +25,18 @@ from torch import Tensor, nn
 from hrnet_pyg.data.base import read_image
 from hrnet_pyg.data.transforms import build_transforms
 from hrnet_pyg.engine import extract, load_model
-from hrnet_pyg.model import HRNet
+from hrnet_pyg.model import HRNetModule
 from hrnet_pyg.runtime import resolve_device, unwrap_model
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 class FeatureExtractor:
-    """Features of images for a trained :class:`~hrnet_pyg.model.HRNet`.
+    """Features of images for a trained :class:`~hrnet_pyg.model.HRNetModule`.
 
     Args:
         model: a checkpoint path (``last.pth`` of a run, or a file of ``HRNet.save``) or an
-            :class:`~hrnet_pyg.model.HRNet` with a backbone.
+            :class:`~hrnet_pyg.model.HRNetModule` with a backbone.
         device: ``"auto"``/``None`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda:N"``.
         batch_size: images per forward pass. (default: ``64``)
         amp: autocast as in :func:`~hrnet_pyg.engine.extract` (on for CUDA under ``"auto"``).
@@ -71,7 +71,7 @@ class FeatureExtractor:
             net = load_model(os.fspath(model))
         else:
             raise TypeError(f"model must be an HRNet or a checkpoint path, got {type(model).__name__}")
-        if not isinstance(net, HRNet):
+        if not isinstance(net, HRNetModule):
             raise TypeError(f"model must be an HRNet or a checkpoint path, got {type(net).__name__}")
         if getattr(net, "backbone", None) is None:
             raise ValueError(

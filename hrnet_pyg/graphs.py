@@ -7,7 +7,8 @@
 * :func:`hybrid_graph` -- the whole hybrid graph of Fig. 2 as one
   :class:`~torch_geometric.data.HeteroData` (:class:`HybridGraph`): the individual kNN graph of
   Eq. 1, the N complete graphs over difference nodes :math:`u_{n,i} = f_n - f_i` of Eq. 6 and the
-  inter-graph links of Eq. 7-9; :func:`pair_graph` is its pair part alone.
+  inter-graph links of Eq. 7-9 (its node and edge types: ``"image"``, ``"pair"``, :data:`KNN`,
+  :data:`INTRA`, :data:`LEFT`, :data:`RIGHT`).
 * :func:`pair_mask` -- the (N, N) neighbour mask of the pair graphs when they are not complete
   (Fig. 4 sweep), used by :func:`hybrid_graph` and by the dense path.
 
@@ -31,6 +32,12 @@ from hrnet_pyg.topk import k_smallest_mask
 DEFAULT_DENSE_BUDGET = 1 << 24
 
 _BACKENDS = ("auto", "torch", "pyg", "cluster")
+
+# The edge types of a hybrid graph (source node type, relation, target node type).
+KNN = ("image", "knn", "image")  # C of Eq. 1: v_j -> v_i
+INTRA = ("pair", "intra", "pair")  # Eq. 6: u_{n,j} -> u_{n,i} inside graph n
+LEFT = ("image", "left", "pair")  # Eq. 7-9: v_n -> u_{n,i}
+RIGHT = ("image", "right", "pair")  # Eq. 7-9: v_i -> u_{n,i}
 
 
 def _has_torch_cluster() -> bool:
@@ -254,17 +261,8 @@ def knn_edges(
             )
     kk_graph = torch.minimum(avail, avail.new_full((), k))
 
-    nmax = int(counts.max())
     if backend == "auto":
-        if nmax * nmax <= dense_budget:
-            backend = "torch"
-        elif _has_torch_cluster():
-            backend = "cluster"
-        elif _pyg_has_knn():
-            backend = "pyg"
-        else:
-            backend = "torch"
-
+        backend = _auto_backend(int(counts.max()), dense_budget)
     with torch.no_grad():
         if backend == "torch":
             return _knn_torch(x, sq, kk_graph, perm, counts, ptr, loop, dense_budget)
@@ -272,27 +270,34 @@ def knn_edges(
         bs = None
         if batch is not None:
             bs = torch.repeat_interleave(torch.arange(counts.numel(), device=x.device), counts)
-        if backend == "pyg":
-            if not _pyg_has_knn():
-                raise ImportError(
-                    f"{where}: backend='pyg' needs pyg-lib>=0.6 (torch_geometric.nn.knn_graph); "
-                    f"install it or use backend='torch'"
-                )
-            from torch_geometric.nn import knn_graph
+        edge_index = _knn_compiled(xs, k, bs, loop, backend, where)
+        return edge_index if perm is None else perm[edge_index]
 
-            edge_index = knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
-        else:  # cluster
-            if not _has_torch_cluster():
-                raise ImportError(
-                    f"{where}: backend='cluster' needs torch-cluster "
-                    f"(pip install torch-cluster); or use backend='torch'"
-                )
-            import torch_cluster
 
-            edge_index = torch_cluster.knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
-        if perm is not None:
-            edge_index = perm[edge_index]
-        return edge_index
+def _auto_backend(nmax: int, dense_budget: int) -> str:
+    """``backend="auto"`` of :func:`knn_edges` for a largest graph of ``nmax`` nodes."""
+    if nmax * nmax <= dense_budget:
+        return "torch"
+    if _has_torch_cluster():
+        return "cluster"
+    return "pyg" if _pyg_has_knn() else "torch"
+
+
+def _knn_compiled(xs: Tensor, k: int, bs: Tensor | None, loop: bool, backend: str, where: str) -> Tensor:
+    """pyg-lib's or torch-cluster's kNN graph of graph-contiguous nodes ``xs`` (``bs``: their graphs)."""
+    if backend == "pyg":
+        if not _pyg_has_knn():
+            raise ImportError(f"{where}: backend='pyg' needs pyg-lib>=0.6 (torch_geometric.nn.knn_graph); "
+                              f"install it or use backend='torch'")
+        from torch_geometric.nn import knn_graph
+
+        return knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
+    if not _has_torch_cluster():
+        raise ImportError(f"{where}: backend='cluster' needs torch-cluster (pip install torch-cluster); "
+                          f"or use backend='torch'")
+    import torch_cluster
+
+    return torch_cluster.knn_graph(xs, k, bs, loop=loop, flow="source_to_target")
 
 
 def knn_adjacency(x: Tensor, k: int, loop: bool = False, sq_norms: Tensor | None = None) -> Tensor:
@@ -448,7 +453,7 @@ def pair_mask(f: Tensor, num_edges: int | None) -> Tensor | None:
 
 
 class HybridGraph(HeteroData):
-    r"""The :class:`~torch_geometric.data.HeteroData` of :func:`hybrid_graph` (and :func:`pair_graph`).
+    r"""The :class:`~torch_geometric.data.HeteroData` of :func:`hybrid_graph`.
 
     It differs from a plain :class:`HeteroData` only in how it batches: the pair-node attributes
     ``n`` and ``i`` are image-node indices, so :class:`torch_geometric.loader.DataLoader` shifts
@@ -490,11 +495,10 @@ def _add_pair_part(data: HeteroData, f: Tensor, num_edges: int | None, rows: Ten
         # ||u_{n,i} - u_{n,j}|| = ||f_i - f_j||: the same neighbour pattern in every graph
         tgt_i, src_j = mask.nonzero(as_tuple=True)
     offset = (torch.arange(r, device=device) * n).repeat_interleave(tgt_i.numel())
-    data["pair", "intra", "pair"].edge_index = torch.stack([src_j.repeat(r) + offset,
-                                                            tgt_i.repeat(r) + offset])
+    data[INTRA].edge_index = torch.stack([src_j.repeat(r) + offset, tgt_i.repeat(r) + offset])
     pair_ids = torch.arange(r * n, device=device)
-    data["image", "left", "pair"].edge_index = torch.stack([pn, pair_ids])
-    data["image", "right", "pair"].edge_index = torch.stack([pi, pair_ids])
+    data[LEFT].edge_index = torch.stack([pn, pair_ids])
+    data[RIGHT].edge_index = torch.stack([pi, pair_ids])
 
 
 def hybrid_graph(
@@ -527,7 +531,7 @@ def hybrid_graph(
 
     * ``("image", "knn", "image")``: :math:`\mathbf{C}` of Eq. 1, :math:`v_j \rightarrow v_i`
       for the :math:`k` nearest :math:`j` of :math:`i` (:func:`knn_edges`, the edges
-      :class:`~hrnet_pyg.model.HRNet` trains on), or every :math:`j` with ``full=True`` (IR*).
+      :class:`~hrnet_pyg.model.HRNetModule` trains on), or every :math:`j` with ``full=True`` (IR*).
     * ``("pair", "intra", "pair")``: inside graph :math:`n`, :math:`u_{n,j} \rightarrow u_{n,i}`
       for all :math:`i, j` including :math:`j = i` (:math:`RN^2` edges), or only the
       ``pr_edges`` nearest :math:`j` of each :math:`i` (:func:`pair_mask`, Fig. 4).
@@ -535,8 +539,8 @@ def hybrid_graph(
     * ``("image", "right", "pair")``: :math:`v_i \rightarrow u_{n,i}` (the :math:`q^n_{i,i}` link).
 
     The pair part materialises :math:`R N d` features and :math:`R N^2` edges: this is the general,
-    readable message-passing representation. :class:`~hrnet_pyg.model.HRNet` trains on the dense
-    factorised path (:meth:`~hrnet_pyg.layers.PairwiseRelationConv.forward_dense`) instead, which
+    readable message-passing representation. :class:`~hrnet_pyg.model.HRNetModule` trains on the dense
+    factorised path (:meth:`~hrnet_pyg.nn.PairwiseRelationConv.forward_dense`) instead, which
     gives the same result.
 
     Args:
@@ -547,7 +551,7 @@ def hybrid_graph(
         loop (bool, optional): Count a node among its own :math:`k` neighbours
             (``HRNetConfig.ir_self_in_knn``); with ``full``, add self loops. (default: :obj:`False`)
         pr_edges (int, optional): Incoming edges per difference node, itself included
-            (:meth:`HRNet.pr_edges_for(N) <hrnet_pyg.model.HRNet.pr_edges_for>`); :obj:`None` or
+            (:meth:`RelationHead.pr_edges_for(N) <hrnet_pyg.head.RelationHead.pr_edges_for>`); :obj:`None` or
             :math:`\ge N`: complete graphs. (default: :obj:`None`)
         rows (torch.LongTensor, optional): The graphs :math:`n` to build, :math:`(R,)` (e.g. only
             the query's graph at test time). (default: all :math:`N`)
@@ -574,46 +578,21 @@ def hybrid_graph(
     data["image"].x = f
     if y is not None:
         data["image"].y = y
-    data["image", "knn", "image"].edge_index = knn
+    data[KNN].edge_index = knn
     _add_pair_part(data, f, pr_edges, rows)
     return data
 
 
-def pair_graph(
-    f: Tensor,
-    v: Tensor | None = None,
-    num_edges: int | None = None,
-    rows: Tensor | None = None,
-) -> HybridGraph:
-    r"""The pair part of :func:`hybrid_graph` (no individual graph), with given image nodes
-    :math:`\mathbf{v}`: the input of :meth:`~hrnet_pyg.layers.PairwiseRelationConv.forward_hetero`.
-
-    ``data["image"].x`` = :math:`\mathbf{f}`, ``data["image"].v`` = the image nodes the
-    inter-graph propagation reads (the individual-module outputs, or ``f`` when ``v`` is not given,
-    as for the CNN+PR+IGP row of Table 1); the ``"pair"`` nodes and the ``intra``, ``left`` and
-    ``right`` edges are those of :func:`hybrid_graph` with ``pr_edges=num_edges``.
-    """
-    where = "pair_graph"
-    if not isinstance(f, Tensor) or f.dim() != 2:
-        shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
-        raise ValueError(f"{where}: f must be a 2-D tensor (N, d), got {shape}")
-    if v is not None and (not isinstance(v, Tensor) or v.shape != f.shape):
-        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-        raise ValueError(f"{where}: v must have the shape of f {tuple(f.shape)}, got {shape}")
-    data = HybridGraph()
-    data["image"].x = f
-    data["image"].v = f if v is None else v
-    _add_pair_part(data, f, num_edges, _check_rows(rows, f.size(0), f.device, where))
-    return data
-
-
 __all__ = [
+    "INTRA",
+    "KNN",
+    "LEFT",
+    "RIGHT",
     "HybridGraph",
     "full_edges",
     "hybrid_graph",
     "individual_graph",
     "knn_adjacency",
     "knn_edges",
-    "pair_graph",
     "pair_mask",
 ]

@@ -3,9 +3,10 @@
 :class:`HybridRelationBlock` runs the individual relationship layer (Eq. 2-3), the pairwise layer
 with inter-graph propagation (Eq. 6-9) and the verification head (Eq. 13) on the
 :class:`~torch_geometric.data.HeteroData` of :func:`hrnet_pyg.graphs.hybrid_graph`, through the
-layers' message-passing ``forward``. It is the readable, reusable form of what
-:class:`~hrnet_pyg.model.HRNet` computes on its dense factorised path, and gives the same numbers
-(``tests/test_hybrid.py``); it batches with :class:`torch_geometric.loader.DataLoader`.
+layers' message-passing ``forward``, as wired by :meth:`hrnet_pyg.head.RelationHead.forward_graph`.
+It is the readable, reusable form of what :class:`~hrnet_pyg.model.HRNetModule` computes on its
+dense factorised path, and gives the same numbers (``tests/test_hybrid.py``); it batches with
+:class:`torch_geometric.loader.DataLoader`.
 """
 from __future__ import annotations
 
@@ -15,13 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hrnet_pyg.graphs import HybridGraph, hybrid_graph
-from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv, VerificationHead
-
-KNN = ("image", "knn", "image")
-INTRA = ("pair", "intra", "pair")
-LEFT = ("image", "left", "pair")
-RIGHT = ("image", "right", "pair")
+from hrnet_pyg.graphs import INTRA, KNN, LEFT, RIGHT, HybridGraph, hybrid_graph
+from hrnet_pyg.head import RelationHead
+from hrnet_pyg.nn import IndividualRelationConv, PairwiseRelationConv, VerificationHead
 
 
 @dataclass
@@ -41,11 +38,11 @@ class HybridOutput:
 
 
 class HybridRelationBlock(torch.nn.Module):
-    r"""The relation step of the "Hybrid Relationship Network for Person Re-identification" paper
-    (Xu et al., AAAI 2021; Eq. 2-9 and 13) on a hybrid graph, by message passing.
+    r"""The relation step of HRNet, from "Learning Hybrid Relationships for Person Re-identification"
+    (Liu, Huang and Zhang, AAAI 2021; Eq. 2-9 and 13), on a hybrid graph, by message passing.
 
     On the individual graph (node type ``image``, edges ``("image", "knn", "image")`` = C of
-    Eq. 1) the individual relationship layer (:class:`~hrnet_pyg.layers.IndividualRelationConv`)
+    Eq. 1) the individual relationship layer (:class:`~hrnet_pyg.nn.IndividualRelationConv`)
     computes
 
     .. math::
@@ -58,7 +55,7 @@ class HybridRelationBlock(torch.nn.Module):
     constraint (Eq. 4-5) compares (``feats`` and ``ir_feats`` of the output). On the pair graphs
     (node type ``pair``, :math:`\mathbf{u}_{n,i} = \mathbf{f}_n - \mathbf{f}_i`, edges
     ``("pair", "intra", "pair")``) the pairwise layer
-    (:class:`~hrnet_pyg.layers.PairwiseRelationConv`) aggregates with Eq. 6 and, over the
+    (:class:`~hrnet_pyg.nn.PairwiseRelationConv`) aggregates with Eq. 6 and, over the
     inter-graph links ``("image", "left" / "right", "pair")``, from the image nodes
     :math:`\mathbf{v}_n, \mathbf{v}_i` (Eq. 7-9):
 
@@ -70,12 +67,13 @@ class HybridRelationBlock(torch.nn.Module):
 
     with :math:`\mathbf{v} = \mathbf{V}'` when the block has an individual layer and
     :math:`\mathbf{v} = \mathbf{F}` otherwise (the CNN+PR+IGP row of Table 1). The verification
-    head (:class:`~hrnet_pyg.layers.VerificationHead`) then gives the logit of
+    head (:class:`~hrnet_pyg.nn.VerificationHead`) then gives the logit of
     :math:`\hat{t}(n, i)` per pair node (Eq. 13).
 
-    The block owns no parameters of its own: it wires the three modules it is given, so
-    :meth:`from_model` shares a trained :class:`~hrnet_pyg.model.HRNet`'s weights (like PyG's
-    ``GAE(encoder, decoder)`` wires its parts). In training mode the head's BatchNorm takes its
+    The block owns no parameters of its own: a :class:`~hrnet_pyg.head.RelationHead` wires the
+    three modules it is given, so :meth:`from_model` shares a trained
+    :class:`~hrnet_pyg.model.HRNetModule`'s head and weights (like PyG's ``GAE(encoder, decoder)``
+    wires its parts). In training mode the head's BatchNorm takes its
     statistics over all pair nodes of the input, i.e. over the whole mini-batch of a
     :class:`~torch_geometric.loader.DataLoader` (as every BatchNorm in a PyG batch does); in
     evaluation mode every graph of a batch gets exactly what it gets alone.
@@ -105,47 +103,41 @@ class HybridRelationBlock(torch.nn.Module):
         verifier: VerificationHead | None = None,
     ) -> None:
         super().__init__()
-        where = type(self).__name__
         if ir is None and pr is None:
-            raise ValueError(f"{where}: needs an individual (ir=) or a pairwise (pr=) layer, got neither")
-        if ir is not None and not isinstance(ir, IndividualRelationConv):
-            raise ValueError(f"{where}: ir must be an IndividualRelationConv, got {type(ir).__name__}")
-        if pr is not None and not isinstance(pr, PairwiseRelationConv):
-            raise ValueError(f"{where}: pr must be a PairwiseRelationConv, got {type(pr).__name__}")
-        if verifier is not None:
-            if not isinstance(verifier, VerificationHead):
-                raise ValueError(f"{where}: verifier must be a VerificationHead, got {type(verifier).__name__}")
-            if pr is None:
-                raise ValueError(f"{where}: verifier scores the pairwise layer's outputs; pass pr= too")
-            if verifier.in_channels != pr.channels:
-                raise ValueError(f"{where}: verifier takes {verifier.in_channels} channels, "
-                                 f"the pairwise layer gives {pr.channels}")
-        if ir is not None and pr is not None:
-            if ir.in_channels != pr.channels:
-                raise ValueError(f"{where}: both layers read the image features: ir has "
-                                 f"{ir.in_channels} input channels, pr {pr.channels}")
-            if pr.igp and ir.out_channels != pr.channels:
-                raise ValueError(f"{where}: the inter-graph propagation reads V' with {pr.channels} "
-                                 f"channels, but ir gives {ir.out_channels}")
-        self.ir = ir
-        self.pr = pr
-        self.verifier = verifier
-        self.in_channels = ir.in_channels if ir is not None else pr.channels  # type: ignore[union-attr]
+            raise ValueError(f"{type(self).__name__}: needs an individual (ir=) or a pairwise (pr=) layer, got neither")
+        self.head = RelationHead(ir=ir, pr=pr, verifier=verifier)
+
+    @property
+    def ir(self) -> IndividualRelationConv | None:
+        return self.head.ir
+
+    @property
+    def pr(self) -> PairwiseRelationConv | None:
+        return self.head.pr
+
+    @property
+    def verifier(self) -> VerificationHead | None:
+        return self.head.verifier
+
+    @property
+    def in_channels(self) -> int:
+        if self.ir is not None:
+            return self.ir.in_channels
+        assert self.pr is not None
+        return self.pr.channels
 
     @classmethod
     def from_model(cls, model: Any) -> HybridRelationBlock:
-        """The block of a (trained) :class:`~hrnet_pyg.model.HRNet`, sharing its ``ir``, ``pr`` and
-        ``verifier`` modules (the same Parameter objects: training one trains the other)."""
+        """The block of a (trained) :class:`~hrnet_pyg.model.HRNetModule`, sharing its ``ir``, ``pr``
+        and ``verifier`` modules (the same Parameter objects: training one trains the other)."""
         missing = [name for name in ("ir", "pr", "verifier") if not hasattr(model, name)]
         if missing:
             raise ValueError(f"HybridRelationBlock.from_model: {type(model).__name__} has no "
-                             f"{', '.join(missing)} (expected an HRNet)")
+                             f"{', '.join(missing)} (expected an HRNetModule)")
         return cls(ir=model.ir, pr=model.pr, verifier=model.verifier)
 
     def reset_parameters(self) -> None:
-        for module in (self.ir, self.pr, self.verifier):
-            if module is not None:
-                module.reset_parameters()
+        self.head.reset_parameters()
 
     def forward(self, data: HybridGraph) -> HybridOutput:
         """The relation step on ``data`` (a :func:`~hrnet_pyg.graphs.hybrid_graph` or a batch)."""
@@ -161,39 +153,23 @@ class HybridRelationBlock(torch.nn.Module):
             types = data.node_types if isinstance(key, str) else data.edge_types
             if key not in types or attr not in data[key]:
                 raise ValueError(f"{where}: data lacks {key}.{attr}; build it with hrnet_pyg.graphs.hybrid_graph")
-        f = data["image"].x
-        out = HybridOutput(feats=f)
-        v = f  # Eq. 7 uses v = f when the IR module is off (note under Table 1)
-        if self.ir is not None:
-            batch = data["image"].batch if "batch" in data["image"] else None
-            if batch is None:  # one graph: Eq. 2's all-node denominator spans its N nodes
-                batch = torch.zeros(f.size(0), dtype=torch.long, device=f.device)
-            v, out.ir_attention = self.ir(f, data[KNN].edge_index, batch=batch, return_attention_weights=True)
-            out.ir_feats = v
-        if self.pr is not None:
-            igp: dict[str, Tensor] = {}
-            if self.pr.igp:
-                igp = dict(x_image=v, left_index=data[LEFT].edge_index, right_index=data[RIGHT].edge_index)
-            out.pair_feats = self.pr(data["pair"].x, data[INTRA].edge_index, **igp)
-            if self.verifier is not None:
-                out.pair_logits = self.verifier(out.pair_feats)
-        return out
+        rel = self.head.forward_graph(data)
+        return HybridOutput(feats=data["image"].x, ir_feats=rel.ir_feats, ir_attention=rel.ir_attention,
+                            pair_feats=rel.pair_feats, pair_logits=rel.pair_logits)
 
     def __repr__(self) -> str:
-        parts = [f"{name}={module}" for name, module in
-                 (("ir", self.ir), ("pr", self.pr), ("verifier", self.verifier)) if module is not None]
-        return f"{self.__class__.__name__}({', '.join(parts)})"
+        return repr(self.head).replace(type(self.head).__name__, self.__class__.__name__, 1)
 
 
 def hybrid_graph_for(model: Any, f: Tensor, y: Tensor | None = None, rows: Tensor | None = None) -> HybridGraph:
     """:func:`~hrnet_pyg.graphs.hybrid_graph` of the image features ``f`` (N, d) with the graph
-    options of an :class:`~hrnet_pyg.model.HRNet`'s config: ``k``, ``ir_graph`` (kNN, or full for
-    IR*), ``ir_self_in_knn`` and the Fig. 4 edges ``HRNet.pr_edges_for(N)``: the graph that
-    ``HRNet.forward`` builds for a training batch of these features."""
+    options of an :class:`~hrnet_pyg.model.HRNetModule`'s config: ``k``, ``ir_graph`` (kNN, or full
+    for IR*), ``ir_self_in_knn`` and the Fig. 4 edges ``model.pr_edges_for(N)``: the graph that
+    ``HRNetModule.forward`` builds for a training batch of these features."""
     cfg = model.config
     full = cfg.ir_graph == "full"
     return hybrid_graph(f, cfg.k, full=full, loop=cfg.ir_self_in_knn and not full,
                         pr_edges=model.pr_edges_for(f.size(0)), y=y, rows=rows)
 
 
-__all__ = ["HybridOutput", "HybridRelationBlock", "hybrid_graph_for"]
+__all__ = ["INTRA", "KNN", "LEFT", "RIGHT", "HybridOutput", "HybridRelationBlock", "hybrid_graph_for"]

@@ -25,7 +25,7 @@ from hrnet_pyg.image_files import ImageList, is_feature_file, list_images
 from hrnet_pyg.runtime import atomic_write, resolve_device, unwrap_model
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule as HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -136,7 +136,7 @@ def extract_images(
     """CNN features F of one's own images (the test transform of the model's ``image_size``).
 
     Args:
-        model: an :class:`~hrnet_pyg.model.HRNet` with a backbone.
+        model: an :class:`~hrnet_pyg.model.HRNetModule` with a backbone.
         source: an image, a folder, a CSV (see :func:`list_images`), a list of image paths
             (no labels) or an :class:`ImageList`. For PIL images, arrays and tensors use
             :class:`~hrnet_pyg.extractor.FeatureExtractor`.

@@ -1,12 +1,14 @@
-"""HRNet: the CNN, the two relationship modules and their losses, wired as in Figure 2.
+"""HRNetModule: the CNN, the BNNeck and the relation head, wired as in Figure 2.
 
-Data flow of one P x K training batch (N = P * K images)::
+The method is HRNet of Shuang Liu, Wenmin Huang and Zhong Zhang, "Learning Hybrid Relationships for
+Person Re-identification", AAAI 2021. Data flow of one P x K training batch (N = P * K images)::
 
     images -(backbone, Sec. 3.1)-> F (N, d) -+-> BNNeck -> L_cl (Eq. 10-11), and L_tr on F (Eq. 12)
-                                             +-> kNN graph C (Eq. 1) -> IR conv (Eq. 2-3) -> V' (N, d)
-                                             |        V' -> own BNNeck -> L_in ; (F, V') -> L_c+/- (Eq. 4-5)
-                                             +-> difference nodes u_{n,i} = f_n - f_i -> PR conv (Eq. 6-9,
-                                                      IGP from V' or F) -> U' (N, N, d) -> t_hat -> L_pa (Eq. 13)
+                                             +-> RelationHead (hrnet_pyg/head.py):
+                                                   kNN graph C (Eq. 1) -> IR conv (Eq. 2-3) -> V' (N, d)
+                                                   V' -> own BNNeck -> L_in ; (F, V') -> L_c+/- (Eq. 4-5)
+                                                   u_{n,i} = f_n - f_i -> PR conv (Eq. 6-9, IGP from V' or F)
+                                                   -> U' (N, N, d) -> t_hat -> L_pa (Eq. 13)
 
 The Table 1 rows are switches of :class:`~hrnet_pyg.config.HRNetConfig` (``use_ir``, ``ir_graph``,
 ``use_cnc``, ``use_pr``, ``use_igp``). With ``backbone=None`` the same module trains the graph
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,18 +27,18 @@ from torch import Tensor, nn
 
 from hrnet_pyg.backbone import BNNeck, build_backbone
 from hrnet_pyg.config import HRNetConfig
-from hrnet_pyg.distributed import check_graph_scope, gather_graph_batch, get_world_size
-from hrnet_pyg.graphs import full_edges, knn_edges, pair_mask
-from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv, VerificationHead
-from hrnet_pyg.losses import (
-    batch_hard_triplet_loss,
-    consistent_node_loss,
-    cross_entropy_label_smooth,
-    hrnet_total_loss,
-    verification_loss,
-)
+from hrnet_pyg.head import RelationHead
+from hrnet_pyg.losses import batch_hard_triplet_loss, cross_entropy_label_smooth, hrnet_total_loss
+from hrnet_pyg.nn import IndividualRelationConv, PairwiseRelationConv, VerificationHead
 
 log = logging.getLogger("hrnet_pyg")
+
+# (F, pids) of this process -> (F, pids) of the batch the graphs span, and the weight of this
+# process's L_cl (see hrnet_pyg.distributed.gather_graph_batch).
+GraphBatch = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, float]]
+
+# The relation head's modules, which checkpoints of the flat layout hold at the top level.
+_HEAD_MODULES = ("ir", "ir_neck", "pr", "verifier")
 
 
 @dataclass
@@ -56,8 +60,16 @@ class HRNetOutput:
     loss: Tensor | None = None  # L_total (Eq. 14)
 
 
-class HRNet(nn.Module):
-    """Hybrid Relationship Network (Xu et al., AAAI 2021): the modeling alone.
+def _head_layout(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-time hook: keys of a checkpoint of the flat layout (``ir.lin.weight``) are renamed to
+    the relation head's (``head.ir.lin.weight``)."""
+    for key in list(state_dict):
+        if key.startswith(prefix) and key[len(prefix):].split(".", 1)[0] in _HEAD_MODULES:
+            state_dict[f"{prefix}head.{key[len(prefix):]}"] = state_dict.pop(key)
+
+
+class HRNetModule(nn.Module):
+    """HRNet (Liu, Huang and Zhang, AAAI 2021): the modeling alone.
 
     Training, evaluation and checkpoints are the engine's (:mod:`hrnet_pyg.engine`);
     :class:`hrnet_pyg.HRNet` is this class with ``fit``/``extract``/``evaluate``/``save``/``load``
@@ -73,7 +85,6 @@ class HRNet(nn.Module):
         cfg = config if config is not None else HRNetConfig()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (training identities), got {num_classes}")
-        self.config = cfg
         self.num_classes = num_classes
         if cfg.backbone is None:
             self.backbone: nn.Module | None = None
@@ -90,40 +101,44 @@ class HRNet(nn.Module):
                         "only with backbone: null); recorded as %d", cfg.feat_dim, cfg.backbone, dim, dim,
                     )
                 cfg = dataclasses.replace(cfg, feat_dim=dim)
-                self.config = cfg
         self.feat_dim = dim
-        # under torch.distributed: "local" = graphs per rank, "global" = over all ranks' batch
-        self.graph_scope = "local"
         self.bnneck = BNNeck(dim, num_classes)
-        self.ir: IndividualRelationConv | None = None
-        self.ir_neck: BNNeck | None = None
-        if cfg.use_ir:
-            self.ir = IndividualRelationConv(
-                dim, dim, negative_slope=cfg.leaky_relu_slope, normalize=cfg.ir_attention_norm,
-                ref_nodes=cfg.batch_size if cfg.ir_attention_norm == "size" else None,
-            )
-            self.ir_neck = BNNeck(dim, num_classes)  # L_in: "its own classifier"
-        self.pr: PairwiseRelationConv | None = None
-        self.verifier: VerificationHead | None = None
-        if cfg.use_pr:
-            self.pr = PairwiseRelationConv(
-                dim,
-                alpha=cfg.alpha,
-                beta=cfg.beta,
-                negative_slope=cfg.leaky_relu_slope,
-                igp=cfg.use_igp,
-            )
-            self.verifier = VerificationHead(dim, projection=cfg.pr_head == "projected",
-                                             init=cfg.pr_head_init)
+        self.head = RelationHead.from_config(cfg, dim, num_classes)
+        # Set by the engine under torch.distributed when the graphs span the batch of all ranks
+        # (hrnet_pyg.distributed.set_graph_scope); None: the graphs span this process's batch.
+        self.graph_batch: GraphBatch | None = None
+        self.register_load_state_dict_pre_hook(_head_layout)
 
-    # ------------------------------------------------------------------ graph construction
-    def individual_edges(self, feats: Tensor, batch: Tensor | None = None, k: int | None = None) -> Tensor:
-        """Edges of C (Eq. 1): kNN, or the fully-connected graph for the IR* row."""
-        if self.config.ir_graph == "full":
-            return full_edges(feats.size(0), batch=batch, device=feats.device)
-        return knn_edges(feats.detach(), k=k or self.config.k, batch=batch, loop=self.config.ir_self_in_knn)
+    @property
+    def config(self) -> HRNetConfig:
+        """The hyperparameters and switches; the relation head reads its graph and loss options here."""
+        return self.head.config
 
-    # ------------------------------------------------------------------ forward
+    @config.setter
+    def config(self, cfg: HRNetConfig) -> None:
+        self.head.config = cfg
+
+    # The relation head's modules, under the names the model has always given them.
+    @property
+    def ir(self) -> IndividualRelationConv | None:
+        """The individual relationship layer (Eq. 2-3), or None."""
+        return self.head.ir
+
+    @property
+    def ir_neck(self) -> BNNeck | None:
+        """The BNNeck of V' (L_in), or None."""
+        return self.head.ir_neck
+
+    @property
+    def pr(self) -> PairwiseRelationConv | None:
+        """The pairwise relationship layer (Eq. 6-9), or None."""
+        return self.head.pr
+
+    @property
+    def verifier(self) -> VerificationHead | None:
+        """The verification head (Eq. 13), or None."""
+        return self.head.verifier
+
     def extract_features(self, inputs: Tensor) -> Tensor:
         """F (N, d): the backbone's pooled features, or ``inputs`` itself without a backbone."""
         if self.backbone is None:
@@ -138,53 +153,27 @@ class HRNet(nn.Module):
         return self.backbone(inputs)
 
     def forward(self, inputs: Tensor, pids: Tensor | None = None) -> HRNetOutput:
-        feats = self.extract_features(inputs)  # (N, d)
+        feats = self.extract_features(inputs)  # (N, d) F
         bn_feats, logits = self.bnneck(feats)
         out = HRNetOutput(feats=feats, bn_feats=bn_feats, logits=logits)
         if pids is None or not self.training:
             return out
-        cfg = self.config
         if not bool(torch.isfinite(feats).all()):  # one sync; a clear message beats a kNN error
             raise ValueError("non-finite CNN features F (NaN or inf) entering the loss terms and graph modules")
+        cfg, losses = self.config, out.losses
         # Graph modules run in fp32 under autocast: softmax over up to N^2 logits per graph.
         with torch.autocast(device_type=feats.device.type, enabled=False):
             f32 = feats.float()
-            losses = out.losses
-            losses["cl"] = cross_entropy_label_smooth(logits.float(), pids, cfg.label_smoothing)
-            # --- under torch.distributed, with graph_scope "global", L_tr and the graph modules below
-            # see the batch of all ranks (features gathered with gradients); L_cl above stays per
-            # rank, weighted so that DDP's average over the ranks is the mean over the global batch
-            # (the weight is 1 when the ranks hold equally many images). See hrnet_pyg/distributed.py.
-            if check_graph_scope(self.graph_scope) == "global":
-                n_local = f32.size(0)
-                f32, pids = gather_graph_batch(f32, pids)
-                losses["cl"] = losses["cl"] * (get_world_size() * n_local / f32.size(0))
-            # --- end distributed
-            n = f32.size(0)
-            if self.ir is not None and cfg.ir_graph == "knn" and n < cfg.k + 1:
-                raise ValueError(
-                    f"a batch of {n} images is smaller than k+1 = {cfg.k + 1} (k = {cfg.k} neighbours "
-                    f"of Eq. 1); use a larger batch (P x K = {cfg.num_identities} x {cfg.num_instances}) "
-                    "or a smaller k"
-                )
-            losses["tr"] = batch_hard_triplet_loss(f32, pids, cfg.triplet_margin)
-            v = f32  # Eq. 7 uses v = f when the IR module is off (note under Table 1)
-            if self.ir is not None and self.ir_neck is not None:
-                edge_index = self.individual_edges(f32)
-                one_graph = torch.zeros(n, dtype=torch.long, device=f32.device)  # Eq. 2 spans the batch
-                v, att = self.ir(f32, edge_index, batch=one_graph, return_attention_weights=True)
-                out.ir_feats, out.ir_attention = v, att
-                _, out.ir_logits = self.ir_neck(v)
-                losses["in"] = cross_entropy_label_smooth(out.ir_logits, pids, cfg.label_smoothing)
-                if cfg.use_cnc:
-                    losses["c_pos"], losses["c_neg"] = consistent_node_loss(
-                        f32, v, pids, cfg.cnc_margin, mining=cfg.cnc_mining)
-            if self.pr is not None and self.verifier is not None:
-                mask = pair_mask(f32.detach(), self.pr_edges_for(n)) if cfg.pr_edges else None
-                u = self.pr.forward_dense(f32, v if cfg.use_igp else None, mask=mask)  # (N, N, d)
-                out.pair_logits = self.verifier(u)  # (N, N)
-                losses["pa"] = verification_loss(out.pair_logits, pids)
-            out.loss = hrnet_total_loss(losses, cfg.lambda_cnc)
+            losses["cl"] = cross_entropy_label_smooth(logits.float(), pids, cfg.label_smoothing)  # Eq. 10-11
+            if self.graph_batch is not None:  # L_tr and the graphs over the batch of all ranks
+                f32, pids, cl_weight = self.graph_batch(f32, pids)
+                losses["cl"] = losses["cl"] * cl_weight
+            losses["tr"] = batch_hard_triplet_loss(f32, pids, cfg.triplet_margin)  # Eq. 12
+            rel = self.head(f32, pids)  # V', U', t_hat; L_in, L_c+/-, L_pa
+            losses.update(rel.losses)
+            out.ir_feats, out.ir_logits, out.ir_attention = rel.ir_feats, rel.ir_logits, rel.ir_attention
+            out.pair_logits = rel.pair_logits
+            out.loss = hrnet_total_loss(losses, cfg.lambda_cnc)  # Eq. 14
         return out
 
     # ------------------------------------------------------------------ test protocol
@@ -193,19 +182,23 @@ class HRNet(nn.Module):
         """BN(F): the CNN features used for the cosine top-k shortlist (BNNeck convention)."""
         return self.bnneck.bn(feats)
 
+    def individual_edges(self, feats: Tensor, batch: Tensor | None = None, k: int | None = None) -> Tensor:
+        """Edges of C (Eq. 1): :meth:`RelationHead.individual_edges <hrnet_pyg.head.RelationHead.individual_edges>`."""
+        return self.head.individual_edges(feats, batch=batch, k=k)
+
     def pr_edges_for(self, num_nodes: int) -> int | None:
-        """Fig. 4's edges per difference node in a pair graph of ``num_nodes`` nodes.
-
-        ``pr_edges`` counts edges in a training graph of P x K nodes; with
-        ``pr_edges_relative`` (default) a graph of another size (121 nodes at test time) keeps the
-        same share of its nodes, so ``pr_edges = P K`` is the complete graph at any size.
-        """
-        cfg = self.config
-        if cfg.pr_edges is None:
-            return None
-        if not cfg.pr_edges_relative:
-            return cfg.pr_edges
-        return max(1, min(num_nodes, round(cfg.pr_edges * num_nodes / cfg.batch_size)))
+        """Fig. 4's edges per difference node: :meth:`RelationHead.pr_edges_for
+        <hrnet_pyg.head.RelationHead.pr_edges_for>`."""
+        return self.head.pr_edges_for(num_nodes)
 
 
-__all__ = ["HRNet", "HRNetOutput"]
+def __getattr__(name: str):
+    # Imports of hrnet_pyg.model.HRNet resolve to HRNetModule, with a warning: the name HRNet is the facade's.
+    if name == "HRNet":
+        warnings.warn("hrnet_pyg.model.HRNet is now hrnet_pyg.model.HRNetModule (hrnet_pyg.HRNet is the "
+                      "model with fit/evaluate/save/load)", DeprecationWarning, stacklevel=2)
+        return HRNetModule
+    raise AttributeError(f"module 'hrnet_pyg.model' has no attribute {name!r}")
+
+
+__all__ = ["GraphBatch", "HRNetModule", "HRNetOutput"]

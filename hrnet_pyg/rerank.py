@@ -9,9 +9,9 @@ their cosine order after them. The classic k-reciprocal baseline lives in
 Why it is fast (``docs/performance.md``): every weight matrix that acts on one image at a time
 (W_s of Eq. 3, W_p of Eq. 7 through sum_j g_ij u_j W_p = f_n W_p - (G F W_p)_i, and the
 attention vectors of Eq. 2, 6, 8-9) is applied once per image of the whole query + gallery set
-(:func:`~hrnet_pyg.scoring.image_terms`), and each query graph gathers the rows of its 121
+(:func:`~hrnet_pyg.scoring.project_images`), and each query graph gathers the rows of its 121
 images. Per query only what depends on its node set remains
-(:func:`~hrnet_pyg.scoring.graph_scores`): the kNN graph, the attention normalisers, two
+(:func:`~hrnet_pyg.scoring.relational_scores`): the kNN graph, the attention normalisers, two
 (M, M) x (M, d) aggregations and V' W_r (about 1 GFLOP per query at d = 2048), batched over
 ``queries_per_pass`` queries into single large matrix products.
 """
@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hrnet_pyg.model import HRNet
+from hrnet_pyg.model import HRNetModule
 from hrnet_pyg.runtime import progress as progress_of
 from hrnet_pyg.runtime import resolve_device
-from hrnet_pyg.scoring import graph_scores, image_terms
+from hrnet_pyg.scoring import project_images, relational_scores
 
 # Bytes of one (queries, 1 + top_k, d) float32 tensor of a pass when queries_per_pass is not given.
 # CPU: glibc serves allocations above 32 MiB with fresh mmap()s, which page-fault again on every
@@ -35,7 +35,7 @@ _PASS_TENSOR_BYTES_OTHER = 128 << 20
 
 @torch.no_grad()
 def relational_rerank(
-    model: HRNet,
+    model: HRNetModule,
     query_feats: Tensor,
     gallery_feats: Tensor,
     top_k: int = 120,
@@ -48,7 +48,7 @@ def relational_rerank(
     """Query x gallery distance matrix (lower = better) after relational re-ranking.
 
     Args:
-        model: a trained :class:`~hrnet_pyg.model.HRNet` (its BNNeck gives the cosine
+        model: a trained :class:`~hrnet_pyg.model.HRNetModule` (its BNNeck gives the cosine
             shortlist; its IR/PR modules re-score it).
         query_feats: (Q, d) CNN features F of the queries (``HRNet.extract``).
         gallery_feats: (G, d) CNN features F of the gallery.
@@ -65,7 +65,7 @@ def relational_rerank(
     Returns:
         (Q, G) float32 tensor on the CPU that :func:`~hrnet_pyg.evaluation.evaluate_rank`
         accepts. It encodes an ordering: the shortlist (re-scored) first, the rest by cosine.
-        Each query's scores equal :func:`~hrnet_pyg.scoring.query_graph_scores` of its graph (query, shortlist);
+        Each query's scores equal :func:`~hrnet_pyg.scoring.score_query_graphs` of its graph (query, shortlist);
         a shortlisted item's distance is ``-1 - (score - lowest score of the shortlist)``, below
         every cosine distance (>= 0) of the items left in cosine order, whatever the scores' range
         (the fusion of ``config.rerank_norm`` need not be bounded).
@@ -92,17 +92,17 @@ def relational_rerank(
         budget = _PASS_TENSOR_BYTES.get(dev.type, _PASS_TENSOR_BYTES_OTHER)
         queries_per_pass = max(1, budget // ((k + 1) * query_feats.size(1) * 4))
     # Per-image terms of queries (rows 0..Q-1) and gallery (rows Q..Q+G-1), computed once.
-    terms = image_terms(model, torch.cat([query_feats.float().to(dev), gallery_feats.float().to(dev)]))
-    g_ret = terms.retrieval[num_q:]  # (G, d) normalised BN(F)
+    images = project_images(model, torch.cat([query_feats.float().to(dev), gallery_feats.float().to(dev)]))
+    g_ret = images.retrieval[num_q:]  # (G, d) normalised BN(F)
     dist = torch.empty(num_q, num_g, dtype=torch.float32)
     scores = torch.full((num_q, num_g), float("nan")) if return_scores else None
     starts = range(0, num_q, queries_per_pass)
     for s in progress_of(starts, "relational re-ranking", show=progress, unit="passes"):
         e = min(s + queries_per_pass, num_q)
-        cos = terms.retrieval[s:e] @ g_ret.T  # (B, G) cosine of BN(F)
+        cos = images.retrieval[s:e] @ g_ret.T  # (B, G) cosine of BN(F)
         top = cos.topk(k, dim=1).indices  # (B, k) the shortlist
         q_ids = torch.arange(s, e, device=dev).unsqueeze(1)
-        score = graph_scores(model, terms, torch.cat([q_ids, top + num_q], dim=1))  # (B, k)
+        score = relational_scores(model, images, torch.cat([q_ids, top + num_q], dim=1))  # (B, k)
         chunk = cos.neg_().add_(1.0)  # 1 - cos: items outside the shortlist keep cosine order
         chunk.scatter_(1, top, score.amin(dim=1, keepdim=True) - score - 1.0)
         dist[s:e] = chunk.cpu()

@@ -47,7 +47,7 @@ from hrnet_pyg.runtime import resolve_device, unwrap_model
 from hrnet_pyg.topk import stable_k_smallest
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule as HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -144,7 +144,7 @@ def search_features(
     """Rank ``gallery`` for every query.
 
     Args:
-        model: the trained :class:`~hrnet_pyg.model.HRNet` that extracted the features.
+        model: the trained :class:`~hrnet_pyg.model.HRNetModule` that extracted the features.
         query, gallery: CNN features F (:func:`extract_images`, :meth:`ImageFeatures.load`).
         topk: gallery images listed per query. (default: ``10``)
         rerank: order by the paper's relational re-ranking (Sec. 4.2: cosine shortlist of

@@ -36,7 +36,7 @@ from hrnet_pyg.rerank import relational_rerank
 from hrnet_pyg.runtime import resolve_device, unwrap_model
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule
 
 PathLike = str | os.PathLike[str]
 
@@ -91,15 +91,15 @@ def edge_attention_to_dense(edge_index: Tensor, alpha: Tensor, num_nodes: int) -
 
 
 @torch.no_grad()
-def attention_matrices(model: HRNet, feats: Tensor, pids: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def attention_matrices(model: HRNetModule, feats: Tensor, pids: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """A∘C (Eq. 3) and :math:`\\sum_n G^n` (Eq. 6) of one batch, as in Figure 5.
 
-    The graphs are built exactly as in :meth:`HRNet.forward` (kNN graph C of Eq. 1 or the
+    The graphs are built exactly as in :meth:`HRNetModule.forward` (kNN graph C of Eq. 1 or the
     complete graph of the IR* row; PR pair graphs complete or masked to ``pr_edges``; IGP inputs
     V' when IGP is on), with the model in eval mode so no BatchNorm statistics change.
 
     Args:
-        model: an :class:`~hrnet_pyg.model.HRNet`.
+        model: an :class:`~hrnet_pyg.model.HRNetModule`.
         feats: (N, d) CNN features F of one P x K batch, ordered identity-major (for readable
             block-diagonal heat maps; the function itself does not reorder).
         pids: (N,) identities of the rows of ``feats`` (checked only for shape: the matrices
@@ -119,7 +119,7 @@ def attention_matrices(model: HRNet, feats: Tensor, pids: Tensor) -> tuple[Tenso
     with _EvalMode(inner):
         f = feats.detach().float().to(next(inner.parameters()).device)
         n = f.size(0)
-        v = f  # Eq. 7: v = f when the IR module is off (note under Table 1)
+        v = None
         if inner.ir is not None:
             if cfg.ir_graph == "knn" and n < cfg.k + 1:
                 raise ValueError(
@@ -130,10 +130,8 @@ def attention_matrices(model: HRNet, feats: Tensor, pids: Tensor) -> tuple[Tenso
             v, (att_index, alpha) = inner.ir(f, edge_index, batch=one_graph, return_attention_weights=True)
             ac = edge_attention_to_dense(att_index, alpha, n).cpu()
         if inner.pr is not None:
-            from hrnet_pyg.graphs import pair_mask  # torch_geometric, which the image grids do not need
-
-            mask = pair_mask(f, cfg.pr_edges) if cfg.pr_edges else None
-            _, g, _ = inner.pr.forward_dense(f, v if cfg.use_igp else None, mask=mask, return_attention=True)
+            head = inner.head  # the graphs and the IGP input as in training
+            _, g, _ = inner.pr.forward_dense(f, head.image_nodes(f, v), mask=head.pair_mask(f), return_attention=True)
             if g.shape != (n, n, n):
                 raise RuntimeError(
                     f"PairwiseRelationConv returned attention of shape {tuple(g.shape)}, expected {(n, n, n)}"
@@ -290,7 +288,9 @@ def sample_pk_batch(records: Sequence[Any], num_identities: int, num_instances: 
     return out
 
 
-def ranking_caption(model: HRNet, *, rerank: bool = True, given: bool = False, num_gallery: int | None = None) -> str:
+def ranking_caption(
+    model: HRNetModule, *, rerank: bool = True, given: bool = False, num_gallery: int | None = None
+) -> str:
     """The caption of :func:`visualize_batch`'s ranked-list grid: which ranking it shows.
 
     ``given``: the caller passed the distance matrix; otherwise the relational re-ranking when
@@ -316,7 +316,7 @@ def ranking_caption(model: HRNet, *, rerank: bool = True, given: bool = False, n
 
 
 def _test_distances(
-    model: HRNet, dataset: Any, transform: Any, *, rerank: bool, device: torch.device, batch_size: int,
+    model: HRNetModule, dataset: Any, transform: Any, *, rerank: bool, device: torch.device, batch_size: int,
     num_workers: int, progress: bool,
 ) -> Tensor:
     """The (Q, G) distances of ``dataset``'s test split: the relational re-ranking when ``rerank``
@@ -344,7 +344,7 @@ def _test_distances(
 
 
 def visualize_batch(
-    model: HRNet,
+    model: HRNetModule,
     dataset: Any,
     out_dir: PathLike,
     *,
@@ -363,7 +363,7 @@ def visualize_batch(
     """Figure 5 heat maps for one P x K training batch and a ranked-list grid; returns the PNG paths.
 
     Args:
-        model: a trained :class:`~hrnet_pyg.model.HRNet` with a backbone (images in).
+        model: a trained :class:`~hrnet_pyg.model.HRNetModule` with a backbone (images in).
         dataset: a dataset of :func:`hrnet_pyg.data.build_dataset` (``train``, ``query``,
             ``gallery`` lists of records with ``path``, ``pid``, ``camid``).
         out_dir: folder for ``fig5_attention.png`` and ``ranked_list.png``.

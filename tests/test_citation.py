@@ -27,9 +27,6 @@ AUTHORS = [("Liu", "Shuang"), ("Huang", "Wenmin"), ("Zhang", "Zhong")]
 # The attribution this project once made by mistake (written as a pattern, so that a plain grep
 # for it finds nothing in the repository, this file included).
 WRONG_AUTHOR = re.compile(r"\bXu\s+et\s+al\b")
-# Files still being corrected by refactors running beside this one; the coordinator removes each
-# entry when its refactor lands (the test below fails on an entry no longer needed).
-WRONG_AUTHOR_PENDING = {"hrnet_pyg/layers.py", "hrnet_pyg/model.py", "hrnet_pyg/hybrid.py"}
 
 
 def _cff() -> dict:
@@ -83,12 +80,9 @@ def test_no_file_credits_the_paper_to_the_wrong_authors():
             continue
         if path.suffix not in {".py", ".md", ".cff", ".cfg", ".toml", ".yaml", ".yml", ".json", ".txt", ".csv"}:
             continue
-        if rel not in WRONG_AUTHOR_PENDING and WRONG_AUTHOR.search(path.read_text(errors="replace")):
+        if WRONG_AUTHOR.search(path.read_text(errors="replace")):
             found.append(rel)
     assert not found, f"the paper is by Liu, Huang and Zhang (AAAI 2021); wrong authors in: {', '.join(found)}"
-    stale = [rel for rel in sorted(WRONG_AUTHOR_PENDING)
-             if not (REPO / rel).is_file() or not WRONG_AUTHOR.search((REPO / rel).read_text())]
-    assert not stale, f"corrected now; remove from WRONG_AUTHOR_PENDING: {', '.join(stale)}"
 
 
 def _cffconvert() -> str:

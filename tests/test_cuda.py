@@ -25,7 +25,7 @@ from hrnet_pyg.data import FeatureDataset, PKSampler
 from hrnet_pyg.engine import evaluate, evaluate_features, fit, load_model
 from hrnet_pyg.engine.hooks import rng_state, set_rng_state
 from hrnet_pyg.evaluation import euclidean_distance
-from hrnet_pyg.model import HRNet
+from hrnet_pyg.model import HRNetModule as HRNet
 from hrnet_pyg.runtime import autocast_context, load_checkpoint, resolve_device
 
 CUDA = torch.cuda.is_available()

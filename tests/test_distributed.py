@@ -29,18 +29,20 @@ from hrnet_pyg.distributed import (
     all_gather_cat,
     all_gather_with_grad,
     check_graph_scope,
+    graph_scope_of,
     init_distributed,
     loader_is_sharded,
     prepare_for_training,
+    set_graph_scope,
 )
 from hrnet_pyg.engine import evaluate, extract, fit
 from hrnet_pyg.losses import hrnet_total_loss
-from hrnet_pyg.model import HRNet
+from hrnet_pyg.model import HRNetModule as HRNet
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 DIM = 16
-GRAPH_PARTS = ("ir", "ir_neck", "pr", "verifier")  # the modules that only see the graph batch
+GRAPH_PARTS = ("head",)  # the modules that only see the graph batch: the relation head
 GRAPH_TERMS = ("tr", "in", "c_pos", "c_neg", "pa")  # Eq. 14 terms computed on the graph batch
 
 
@@ -115,7 +117,7 @@ def _scenario_fit(ctx: Any, out_dir: str, scope: str) -> dict[str, Any]:
         "init": {k: v.clone() for k, v in _model(seed=100).state_dict().items()},
         "history": res.history,
         "seen": data.seen,
-        "scope": model.graph_scope,
+        "scope": graph_scope_of(model),
     }
 
 
@@ -125,7 +127,7 @@ def _scenario_global_graph(ctx: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # 1) plain module, graph over all ranks: losses and the gradient reaching this rank's features
     model = _model().train()
-    model.graph_scope = "global"
+    set_graph_scope(model, "global")
     x = feats[rows].clone().requires_grad_(True)
     res = model(x, pids[rows])
     _graph_losses(res, model.config.lambda_cnc).backward()
@@ -242,7 +244,7 @@ def test_parameters_identical_across_ranks_after_steps(ranks, scope):
         assert torch.equal(value, r1["state"][name]), name  # started from different weights
     # (BatchNorm running statistics included: fit ends by broadcasting rank 0's buffers)
     moved = [n for n, v in r0["state"].items() if v.is_floating_point() and not torch.equal(v, r0["init"][n])]
-    assert any(n.startswith("ir.") for n in moved) and any(n.startswith("pr.") for n in moved)
+    assert any(n.startswith("head.ir.") for n in moved) and any(n.startswith("head.pr.") for n in moved)
     # epoch rows are reduced over the ranks: every rank logs the same numbers
     assert len(r0["history"]) == 2
     def timeless(row):
@@ -425,7 +427,7 @@ def test_without_process_group_everything_is_local(monkeypatch):
     assert all_gather_with_grad(x) is x and all_gather_cat(x) is x
     model = _model()
     assert prepare_for_training(model, torch.device("cpu"), graph_scope="global") is model
-    assert model.graph_scope == "global"
+    assert graph_scope_of(model) == "global"
 
 
 def test_init_distributed_names_missing_launcher_variables(monkeypatch):
@@ -442,9 +444,13 @@ def test_graph_scope_is_checked():
     with pytest.raises(ValueError, match="graph_scope must be 'local'.*got 'world'"):
         check_graph_scope("world")
     model = _model().train()
-    model.graph_scope = "world"
     with pytest.raises(ValueError, match="graph_scope must be"):
-        model(torch.randn(12, DIM), torch.arange(4).repeat_interleave(3))
+        set_graph_scope(model, "world")
+    assert graph_scope_of(model) == "local" and model.graph_batch is None  # the model's own batch
+    set_graph_scope(model, "global")
+    assert graph_scope_of(model) == "global"
+    set_graph_scope(model, "local")
+    assert model.graph_batch is None
 
 
 def test_sync_bn_converts_backbone_and_bnneck_only():

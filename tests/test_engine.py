@@ -17,7 +17,7 @@ from hrnet_pyg.engine import (
     load_model,
     lr_at_epoch,
 )
-from hrnet_pyg.scoring import query_graph_scores
+from hrnet_pyg.scoring import score_query_graphs
 
 D = 16
 
@@ -100,7 +100,7 @@ def test_save_load_roundtrip_keeps_graph_modules(tmp_path):
     assert loaded.config == model.config  # backbone-free: pretrained=False already
     feats, _, _ = _features(num_ids=4, per_id=3, seed=5)
     model.eval()
-    torch.testing.assert_close(query_graph_scores(loaded, feats[None]), query_graph_scores(model, feats[None]))
+    torch.testing.assert_close(score_query_graphs(loaded, feats[None]), score_query_graphs(model, feats[None]))
 
 
 def test_checkpoint_errors_are_clear(tmp_path):

@@ -14,7 +14,7 @@ from hrnet_pyg.cli import main
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.engine import CHECKPOINT_FORMAT_VERSION, load_checkpoint, load_model
 from hrnet_pyg.export import FeatureExtractor, export_model, load_exported
-from hrnet_pyg.scoring import query_graph_scores
+from hrnet_pyg.scoring import score_query_graphs
 
 
 def tiny_model(seed: int = 0) -> HRNet:
@@ -183,7 +183,7 @@ def test_save_load_roundtrip_of_the_whole_hrnet(model, tmp_path):
     loaded = HRNet.load(path).eval()
     own, back = model.state_dict(), loaded.state_dict()
     assert set(own) == set(back)
-    for prefix in ("backbone.", "bnneck.", "ir.", "ir_neck.", "pr.", "verifier."):
+    for prefix in ("backbone.", "bnneck.", "head.ir.", "head.ir_neck.", "head.pr.", "head.verifier."):
         assert any(k.startswith(prefix) for k in own), prefix  # graph modules are part of it
     assert all(torch.equal(own[k], back[k]) for k in own)
     assert loaded.config == model.config and loaded.num_classes == model.num_classes
@@ -192,7 +192,7 @@ def test_save_load_roundtrip_of_the_whole_hrnet(model, tmp_path):
     torch.testing.assert_close(loaded(x).bn_feats, model.eval()(x).bn_feats, rtol=0, atol=0)
     graphs = torch.randn(2, 5, model.feat_dim, generator=torch.Generator().manual_seed(8)).relu()
     with torch.no_grad():
-        torch.testing.assert_close(query_graph_scores(loaded, graphs), query_graph_scores(model, graphs),
+        torch.testing.assert_close(score_query_graphs(loaded, graphs), score_query_graphs(model, graphs),
                                    rtol=0, atol=0)
     pids = torch.tensor([0, 0, 1, 1])
     a, b = tiny_model(), HRNet.load(path)  # a fresh copy of the saved weights, and the loaded one

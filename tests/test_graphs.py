@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from torch_geometric.data import Data, HeteroData
+from torch_geometric.data import Data
 from torch_geometric.testing import withPackage
 
 from hrnet_pyg.graphs import (
@@ -13,7 +13,6 @@ from hrnet_pyg.graphs import (
     individual_graph,
     knn_adjacency,
     knn_edges,
-    pair_graph,
     pair_mask,
 )
 
@@ -221,43 +220,6 @@ def test_pair_mask():
         pair_mask(f, 0)
     with pytest.raises(ValueError, match=r"f must be \(N, d\)"):
         pair_mask(f[0], 2)
-
-
-@pytest.mark.parametrize("num_edges", [None, 2])
-def test_pair_graph(num_edges):
-    torch.manual_seed(7)
-    n, d = 4, 3
-    f = torch.randn(n, d)
-    v = torch.randn(n, d)
-    data = pair_graph(f, v, num_edges=num_edges)
-    assert isinstance(data, HeteroData)
-    assert data["image"].x is f and data["image"].v is v
-    assert data["pair"].x.shape == (n * n, d)
-    for a in range(n):
-        for i in range(n):
-            p = a * n + i
-            assert torch.equal(data["pair"].x[p], f[a] - f[i])
-            assert data["pair"].n[p] == a and data["pair"].i[p] == i
-    intra = edge_set(data["pair", "intra", "pair"].edge_index)
-    if num_edges is None:
-        ref = {(a * n + j, a * n + i) for a in range(n) for i in range(n) for j in range(n)}
-        assert len(intra) == n**3
-    else:
-        # ||u_{a,i} - u_{a,j}|| = ||f_i - f_j||: the nearest difference nodes, computed directly
-        ref = set()
-        for a in range(n):
-            u = [f[a] - f[i] for i in range(n)]
-            for i in range(n):
-                near = sorted(range(n), key=lambda j: (float((u[i] - u[j]).norm()), j))
-                ref.update((a * n + j, a * n + i) for j in near[:num_edges])
-    assert intra == ref
-    assert edge_set(data["image", "left", "pair"].edge_index) == {
-        (a, a * n + i) for a in range(n) for i in range(n)}
-    assert edge_set(data["image", "right", "pair"].edge_index) == {
-        (i, a * n + i) for a in range(n) for i in range(n)}
-    assert pair_graph(f)["image"].v is f
-    with pytest.raises(ValueError, match="v must have the shape of f"):
-        pair_graph(f, v[:2])
 
 
 def test_sq_norms_chunked_and_wide_features():

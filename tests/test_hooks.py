@@ -31,7 +31,7 @@ from hrnet_pyg.engine.hooks import (
     write_csv,
 )
 from hrnet_pyg.engine.trainer import HookBase, LossMeter, Trainer, lr_at_epoch
-from hrnet_pyg.model import HRNet
+from hrnet_pyg.model import HRNetModule as HRNet
 
 D = 16
 

@@ -11,7 +11,7 @@ from hrnet_pyg.losses import (
     cross_entropy_label_smooth,
     verification_loss,
 )
-from hrnet_pyg.scoring import query_graph_scores
+from hrnet_pyg.scoring import score_query_graphs
 
 D = 16
 
@@ -104,10 +104,10 @@ def test_wrong_feature_shape_is_a_clear_error():
         model(torch.randn(12, 3, 8, 4))
 
 
-def test_query_graph_scores_cnn_row_is_cosine_of_bnneck_features():
+def test_score_query_graphs_cnn_row_is_cosine_of_bnneck_features():
     model = HRNet(_cfg("CNN"), num_classes=4).eval()
     x, _ = _batch()
-    s = query_graph_scores(model, x[None])
+    s = score_query_graphs(model, x[None])
     b = Fn.normalize(model.bnneck.bn(x), dim=1)
     torch.testing.assert_close(s[0], b[1:] @ b[0])
 
@@ -194,3 +194,67 @@ def test_relational_reranking_beats_cosine_on_a_tiny_feature_world():
         cos = evaluate_rank(cosine_distance(model.retrieval_features(qf), model.retrieval_features(gf)), *args)
         rel = evaluate_rank(relational_rerank(model, qf, gf, top_k=40, progress=False), *args)
     assert rel.mAP > cos.mAP + 0.02, (rel.mAP, cos.mAP)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of the flat layout (before the relation head): ir., ir_neck., pr., verifier.
+# ---------------------------------------------------------------------------------------------
+FIXTURES = __import__("pathlib").Path(__file__).resolve().parent / "fixtures"
+
+
+def test_checkpoint_of_the_flat_layout_loads():
+    """A checkpoint written by the package before the relation head (tests/fixtures, made by
+    make_flat_layout_checkpoint.py at commit 3a97ed0) loads, and the model computes what the old
+    package computed from it: the training losses and the test-time scores."""
+    from hrnet_pyg.engine import load_model
+
+    raw = torch.load(FIXTURES / "flat_layout_hrnet.pth", weights_only=True)["model"]
+    assert any(k.startswith("ir.") for k in raw) and not any(k.startswith("head.") for k in raw)
+    expected = torch.load(FIXTURES / "flat_layout_expected.pt", weights_only=True)
+    for model in (HRNet.load(FIXTURES / "flat_layout_hrnet.pth"), load_model(FIXTURES / "flat_layout_hrnet.pth")):
+        state = model.state_dict()
+        # the same tensors in the same order (an optimizer's state, saved for resume, is by position)
+        assert list(state) == [k if k.startswith(("backbone.", "bnneck.")) else f"head.{k}" for k in raw]
+        for key, value in raw.items():
+            assert torch.equal(state[key if key.startswith("bnneck.") else f"head.{key}"], value), key
+        with torch.no_grad():
+            torch.testing.assert_close(score_query_graphs(model.eval(), expected["graphs"]), expected["scores"],
+                                       atol=1e-6, rtol=1e-6)
+            out = model.train()(expected["x"], expected["pids"])
+        assert set(out.losses) == set(expected["losses"])
+        for name, value in expected["losses"].items():
+            torch.testing.assert_close(out.losses[name], value, atol=1e-6, rtol=1e-6)
+
+
+def test_flat_state_dict_loads_strictly_and_other_keys_still_fail():
+    torch.manual_seed(5)
+    model = HRNet(_cfg("HRNet"), num_classes=4)
+    flat = {k.removeprefix("head."): v.clone() for k, v in model.state_dict().items()}
+    assert "ir.lin.weight" in flat
+    other = HRNet(_cfg("HRNet"), num_classes=4)
+    other.load_state_dict(flat)  # strict: every key found after the rename
+    for key, value in model.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value), key
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        other.load_state_dict({**flat, "irx.weight": torch.zeros(1)})
+
+
+def test_removed_ir_attention_norm_size_is_one_clear_line(tmp_path):
+    from hrnet_pyg.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^ir_attention_norm: 'size' is no longer available: it lost to "
+                                          r"'neighbors' on both rows measured \(docs/efficacy.md\)"):
+        HRNetConfig(ir_attention_norm="size")
+    ckpt = torch.load(FIXTURES / "flat_layout_hrnet.pth", weights_only=True)
+    ckpt["config"]["ir_attention_norm"] = "size"
+    torch.save(ckpt, tmp_path / "old.pth")
+    with pytest.raises(ValueError, match="ir_attention_norm: 'size' is no longer available") as err:
+        HRNet.load(tmp_path / "old.pth")
+    assert "\n" not in str(err.value)
+
+
+def test_the_model_module_keeps_its_old_class_name_as_a_deprecated_alias():
+    import hrnet_pyg.model as model_module
+
+    with pytest.warns(DeprecationWarning, match="HRNetModule"):
+        assert model_module.HRNet is model_module.HRNetModule

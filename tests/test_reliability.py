@@ -90,7 +90,7 @@ def _feature_run(tmp_path, epochs, num_workers, resume=None, out="run"):
     from hrnet_pyg.config import HRNetConfig
     from hrnet_pyg.data import FeatureDataset
     from hrnet_pyg.engine import fit
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule as HRNet
 
     g = torch.Generator().manual_seed(0)
     pids = torch.arange(8).repeat_interleave(4)  # 8 identities: few batches, all prefetched by 2 workers
@@ -326,7 +326,7 @@ def test_k_equal_one_warns_that_the_triplet_loss_is_idle(caplog):
     from hrnet_pyg.config import HRNetConfig
     from hrnet_pyg.data import FeatureDataset, PKSampler
     from hrnet_pyg.engine import fit
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule as HRNet
 
     pids = torch.arange(6).repeat_interleave(2)
     feats = torch.randn(len(pids), 16).relu()

@@ -1,31 +1,23 @@
-"""Fast relational re-ranking (per-image precomputation, dense batched graphs) against a plain
+"""Fast relational re-ranking (per-image projections, dense batched graphs) against a plain
 per-query reference: shortlist by cosine, kNN edges by a brute-force loop, the IR layer through
-message passing, the PR layer through ``forward_hetero`` on ``pair_graph``."""
+message passing, the PR layer through message passing on the pair part of ``hybrid_graph``."""
 import pytest
 import torch
 import torch.nn.functional as Fn
 
 from hrnet_pyg.config import HRNetConfig
-from hrnet_pyg.graphs import knn_edges, pair_graph
-from hrnet_pyg.layers import IndividualRelationConv, PairwiseRelationConv
-from hrnet_pyg.model import HRNet
+from hrnet_pyg.graphs import INTRA, LEFT, RIGHT, hybrid_graph, knn_edges
+from hrnet_pyg.model import HRNetModule
 from hrnet_pyg.rerank import relational_rerank
-from hrnet_pyg.scoring import (
-    fuse_scores,
-    individual_adjacency,
-    individual_dense,
-    individual_dots,
-    pairwise_query_graph,
-    query_graph_scores,
-)
+from hrnet_pyg.scoring import fuse_scores, project_images, relational_scores, score_query_graphs, similarity_terms
 
 D = 16
 
 
-def make_model(row: str, seed: int = 0, **overrides) -> HRNet:
+def make_model(row: str, seed: int = 0, **overrides) -> HRNetModule:
     torch.manual_seed(seed)
     cfg = HRNetConfig.from_row(row, backbone=None, feat_dim=D, k=3, pretrained=False, **overrides)
-    model = HRNet(cfg, num_classes=5)
+    model = HRNetModule(cfg, num_classes=5)
     # Non-trivial BatchNorm statistics (BNNeck and verifier), as after training.
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
         bn.running_mean.normal_(0.0, 0.3)
@@ -66,7 +58,7 @@ def reference_normalise(s: torch.Tensor, norm: str) -> torch.Tensor:
     return out
 
 
-def reference_graph_scores(model: HRNet, f: torch.Tensor) -> torch.Tensor:
+def reference_graph_scores(model: HRNetModule, f: torch.Tensor) -> torch.Tensor:
     """Score of node 0 (query) against nodes 1..M-1 of one graph f (M, d), written plainly."""
     cfg = model.config
     m = f.size(0)
@@ -85,8 +77,10 @@ def reference_graph_scores(model: HRNet, f: torch.Tensor) -> torch.Tensor:
         edges = cfg.pr_edges
         if edges is not None and cfg.pr_edges_relative:  # the same share of a P x K graph
             edges = max(1, min(m, round(edges * m / (cfg.num_identities * cfg.num_instances))))
-        data = pair_graph(f, v if cfg.use_igp else None, num_edges=edges)
-        u = model.pr.forward_hetero(data).view(m, m, -1)  # row n*M + i is u'_{n,i}
+        data = hybrid_graph(f, 1, full=True, pr_edges=edges)  # its pair part: the M pair graphs
+        igp = dict(x_image=v, left_index=data[LEFT].edge_index, right_index=data[RIGHT].edge_index)
+        u = model.pr(data["pair"].x, data[INTRA].edge_index, **(igp if cfg.use_igp else {}))
+        u = u.view(m, m, -1)  # row n*M + i is u'_{n,i}
         logit = model.verifier(u[0, 1:])  # graph n = the query
         pr = logit if cfg.rerank_pr_score == "pr_logit" else torch.sigmoid(logit)
         weight = cfg.rerank_pr_weight if model.ir is not None else 1.0  # one module: its own order
@@ -94,7 +88,7 @@ def reference_graph_scores(model: HRNet, f: torch.Tensor) -> torch.Tensor:
     return score
 
 
-def reference_rerank(model: HRNet, qf: torch.Tensor, gf: torch.Tensor, top_k: int) -> torch.Tensor:
+def reference_rerank(model: HRNetModule, qf: torch.Tensor, gf: torch.Tensor, top_k: int) -> torch.Tensor:
     qb = Fn.normalize(model.bnneck.bn(qf), dim=1)
     gb = Fn.normalize(model.bnneck.bn(gf), dim=1)
     k = min(top_k, gf.size(0))
@@ -127,7 +121,7 @@ VARIANTS = [
     ("HRNet", {"pr_edges": 40}),
     ("HRNet", {"pr_edges": 4, "pr_edges_relative": False}),
     ("CNN+PR+IGP", {"pr_edges": 3, "pr_edges_relative": False}),
-    ("HRNet", {"ir_attention_norm": "size"}),
+    ("HRNet", {"ir_attention_norm": "all"}),
     ("HRNet", {"rerank_norm": "zscore"}),
     ("HRNet", {"rerank_norm": "rank", "rerank_ir_score": "ir_bn_cosine", "rerank_pr_score": "pr_logit"}),
     ("CNN+IR+CNC", {"rerank_norm": "zscore", "rerank_ir_score": "ir_bn_cosine"}),
@@ -157,12 +151,12 @@ def test_fast_rerank_matches_per_query_reference(row, overrides, num_g, top_k):
 
 @pytest.mark.parametrize("row,overrides", [("HRNet", {}), ("CNN+PR+IGP", {}), ("CNN", {}),
                                            ("HRNet", {"rerank_norm": "zscore"})])
-def test_query_graph_scores_match_reference(row, overrides):
+def test_score_query_graphs_match_reference(row, overrides):
     model = make_model(row, seed=3, **overrides)
     graphs = features(3 * 7, seed=4).view(3, 7, D)
     with torch.no_grad():
         ref = torch.stack([reference_graph_scores(model, g) for g in graphs])
-    torch.testing.assert_close(query_graph_scores(model, graphs), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(score_query_graphs(model, graphs), ref, atol=1e-5, rtol=0)
 
 
 def test_result_does_not_depend_on_queries_per_pass():
@@ -185,7 +179,7 @@ def test_rerank_errors_are_specific():
     with pytest.raises(ValueError, match="queries_per_pass"):
         relational_rerank(model, torch.randn(2, D), torch.randn(4, D), queries_per_pass=0, progress=False)
     with pytest.raises(ValueError, match=r"\(B, M, 16\)"):
-        query_graph_scores(model, torch.randn(2, 1, D))
+        score_query_graphs(model, torch.randn(2, 1, D))
     parts = {"ir_cosine": torch.randn(2, 5), "pr_prob": torch.rand(2, 5)}
     with pytest.raises(ValueError, match="pr_weight"):
         fuse_scores(parts, pr_weight=-0.5)
@@ -195,89 +189,22 @@ def test_rerank_errors_are_specific():
     assert HRNetConfig.from_dict({"rerank_pr_weight": "2.5e-1"}).rerank_pr_weight == 0.25
 
 
-# ---------------------------------------------------------------------------------------------
-# The fast path's own layer re-statements (hrnet_pyg.scoring), against the layers' paths
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("normalize", ["all", "neighbors", "size"])
-@pytest.mark.parametrize("loop", [False, True])
-def test_individual_dense_equals_message_passing(normalize, loop):
-    torch.manual_seed(8)
-    conv = IndividualRelationConv(D, 12, normalize=normalize, ref_nodes=4).double()
-    b, m = 3, 9
-    x = torch.randn(b, m, D, dtype=torch.float64)
-    batch = torch.arange(b).repeat_interleave(m)
-    edge_index = knn_edges(x.reshape(b * m, D), 3, batch=batch, loop=loop)
-    adj = torch.zeros(b * m, m, dtype=torch.bool)
-    adj[edge_index[1], edge_index[0] % m] = True
-    ref = conv(x.reshape(b * m, D), edge_index, batch=batch).view(b, m, 12)
-    torch.testing.assert_close(individual_dense(conv, x, adj.view(b, m, m)), ref)
-    # precomputed per-node terms give the same result
-    out = individual_dense(conv, x, adj.view(b, m, m), x_lin=conv.lin(x), dots=individual_dots(conv, x))
-    torch.testing.assert_close(out, ref)
-    # a single graph without a batch axis
-    torch.testing.assert_close(individual_dense(conv, x[1], adj.view(b, m, m)[1]), ref[1])
-
-
-def test_individual_dense_node_without_neighbours_gets_only_itself():
-    conv = IndividualRelationConv(D, D, normalize="neighbors").double()
-    x = torch.randn(4, D, dtype=torch.float64)
-    adj = torch.zeros(4, 4, dtype=torch.bool)
-    adj[0, 1] = True
-    out = individual_dense(conv, x, adj)
-    torch.testing.assert_close(out[2], torch.relu(conv.lin(x[2])))
-    torch.testing.assert_close(out, conv(x, torch.tensor([[1], [0]])))
-
-
-def test_individual_dense_errors():
-    conv = IndividualRelationConv(D, D)
-    x = torch.randn(2, 5, D)
-    with pytest.raises(ValueError, match="adj must be a bool tensor of shape"):
-        individual_dense(conv, x, torch.ones(2, 5, 5))
-    with pytest.raises(ValueError, match="x_lin must have shape"):
-        individual_dense(conv, x, torch.ones(2, 5, 5, dtype=torch.bool), x_lin=torch.randn(2, 5, 3))
-    with pytest.raises(ValueError, match="dots must have shape"):
-        individual_dense(conv, x, torch.ones(2, 5, 5, dtype=torch.bool), dots=torch.randn(2, 5, 3))
-    with pytest.raises(ValueError, match="x must be a 2-D or 3-D tensor with 16 channels"):
-        individual_dense(conv, torch.randn(5, 3), torch.ones(5, 5, dtype=torch.bool))
-
-
-@pytest.mark.parametrize("igp", [True, False])
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("n", [6, 40])  # 6 < d: scalars folded into the (M, M) factors; 40 > d: into (M, d)
-def test_pairwise_query_graph_equals_forward_dense(igp, masked, n):
-    torch.manual_seed(9)
-    conv = PairwiseRelationConv(D, igp=igp).double()
-    b = 2
-    f = torch.randn(b, n, D, dtype=torch.float64)
-    v = torch.randn(b, n, D, dtype=torch.float64)
-    mask = torch.rand(b, n, n) < 0.5 if masked else None
-    if mask is not None:
-        mask[..., 0] = True  # every difference node keeps a source
-    ref = conv.forward_dense(f, v, mask=mask, rows=torch.tensor([0]))[:, 0]
-    kw = dict(f_lin=conv.lin_p(f), f_dots=conv.image_dots(f))
-    if igp:
-        kw.update(v_lin_l=conv.lin_l(v)[:, :1], v_lin_r=conv.lin_r(v), v_dots=conv.node_dots(v))
-    out = pairwise_query_graph(conv, f, mask=mask, **kw)
-    torch.testing.assert_close(out, ref)
-    # and the literal loop re-statement of tests/test_layers.py, graph n = 0 of each batch entry
-    from test_layers import ref_pairwise
-
-    for k in range(b):
-        torch.testing.assert_close(out[k], ref_pairwise(f[k], v[k], conv, None if mask is None else mask[k])[0][0])
-
-
-def test_pairwise_query_graph_shape_errors():
-    conv = PairwiseRelationConv(D, igp=True)
-    f = torch.randn(2, 5, D)
-    kw = dict(f_lin=conv.lin_p(f), f_dots=conv.image_dots(f), v_lin_l=torch.randn(2, 1, D),
-              v_lin_r=torch.randn(2, 5, D), v_dots=torch.randn(2, 5, 2))
-    with pytest.raises(ValueError, match=r"f_dots must have shape \(2, 5, 4\)"):
-        pairwise_query_graph(conv, f, **{**kw, "f_dots": torch.randn(2, 5, 2)})
-    with pytest.raises(ValueError, match="v_lin_l must have shape"):
-        pairwise_query_graph(conv, f, **{**kw, "v_lin_l": None})
-    no_igp = PairwiseRelationConv(D, igp=False)
-    with pytest.raises(ValueError, match="igp=False"):
-        no_igp.node_dots(f)
+def test_similarity_terms_and_fusion_are_the_relational_scores():
+    """relational_scores = fuse_scores(similarity_terms) under the model's protocol, on graphs
+    that share images (rows of one projection), and each graph scores as it does alone."""
+    model = make_model("HRNet", seed=12, rerank_norm="zscore")
+    images = features(20, seed=13)
+    index = torch.tensor([[0, 5, 6, 7, 8], [1, 5, 9, 0, 19], [2, 3, 4, 5, 6]])
+    proj = project_images(model, images)
+    parts = similarity_terms(model, proj, index)
+    assert set(parts) == {"cosine", "ir_cosine", "ir_bn_cosine", "pr_logit", "pr_prob"}
+    assert all(p.shape == (3, 4) for p in parts.values())
+    cfg = model.config
+    fused = fuse_scores(parts, cfg.rerank_ir_score, cfg.rerank_pr_score, cfg.rerank_norm, cfg.rerank_pr_weight)
+    torch.testing.assert_close(relational_scores(model, proj, index), fused)
+    torch.testing.assert_close(score_query_graphs(model, images[index]), fused, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"index must be \(B, M\) with M >= 2"):
+        similarity_terms(model, proj, index[:, :1])
 
 
 @pytest.mark.parametrize("self_in_knn", [False, True])
@@ -288,7 +215,7 @@ def test_individual_adjacency_equals_knn_edges_with_tied_distances(self_in_knn):
     base = features(4 * 5, seed=11).view(4, 5, D)
     graphs = torch.cat([base, base[:, :3]], dim=1)  # nodes 5..7 duplicate nodes 0..2: ties
     b, m = graphs.shape[:2]
-    adj = individual_adjacency(model, graphs)
+    adj = model.head.individual_adjacency(graphs)
     batch = torch.arange(b).repeat_interleave(m)
     ei = knn_edges(graphs.reshape(b * m, D), model.config.k, batch=batch, loop=self_in_knn)
     ref = torch.zeros(b * m, m, dtype=torch.bool)

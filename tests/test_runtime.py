@@ -56,17 +56,17 @@ def test_the_facade_adds_the_engine_verbs_to_the_modeling_class(tmp_path):
     from hrnet_pyg.config import HRNetConfig
     from hrnet_pyg.engine import load_model
 
-    assert issubclass(hrnet_pyg.HRNet, hrnet_pyg.model.HRNet)
+    assert issubclass(hrnet_pyg.HRNet, hrnet_pyg.model.HRNetModule)
     for verb in ("fit", "extract", "evaluate", "save", "load"):
-        assert hasattr(hrnet_pyg.HRNet, verb) and not hasattr(hrnet_pyg.model.HRNet, verb)
+        assert hasattr(hrnet_pyg.HRNet, verb) and not hasattr(hrnet_pyg.model.HRNetModule, verb)
     cfg = HRNetConfig(backbone=None, feat_dim=8, num_identities=2, num_instances=2, k=2)
     torch.manual_seed(0)
-    plain = hrnet_pyg.model.HRNet(cfg, num_classes=4)
+    plain = hrnet_pyg.model.HRNetModule(cfg, num_classes=4)
     path = tmp_path / "m.pth"
     hrnet_pyg.HRNet.save(plain, path)  # the facade's save takes a plain model as well
     loaded = hrnet_pyg.HRNet.load(path)
     assert type(loaded) is hrnet_pyg.HRNet
-    assert type(load_model(path)) is hrnet_pyg.model.HRNet
+    assert type(load_model(path)) is hrnet_pyg.model.HRNetModule
     for key, value in plain.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
 

@@ -15,7 +15,7 @@ from hrnet_pyg import HRNet
 from hrnet_pyg.cli import main
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.data import DatasetError, DatasetNotFoundError
-from hrnet_pyg.scoring import query_graph_scores
+from hrnet_pyg.scoring import score_query_graphs
 from hrnet_pyg.search import (
     UNKNOWN_COLOR,
     ImageFeatures,
@@ -305,7 +305,7 @@ def test_search_rerank_orders_shortlist_by_relational_scores(model, q_feats, g_f
         short, rest = top[:shortlist], top[shortlist:]
         graph = torch.cat([q.features[i : i + 1], g.features[short]]).unsqueeze(0)  # (1, 1 + k, d)
         with torch.no_grad():
-            scores = query_graph_scores(model, graph)[0]
+            scores = score_query_graphs(model, graph)[0]
         by_score = [short[j] for j in sorted(range(shortlist), key=lambda j: -float(scores[j]))]
         assert res.indices[i].tolist() == by_score + rest
         np.testing.assert_allclose(

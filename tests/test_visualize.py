@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hrnet_pyg.config import HRNetConfig
-from hrnet_pyg.model import HRNet
+from hrnet_pyg.model import HRNetModule as HRNet
 from hrnet_pyg.visualize import (
     BACKGROUND_COLOR,
     MATCH_COLOR,

@@ -89,10 +89,10 @@ def test_own_checkpoint(tmp_path, resnet18, capsys):
     model.backbone.load_state_dict(_trunk(resnet18))
     save_model(model, tmp_path / "hrnet.pth")
     skipped = {k.split(".", 1)[0] for k in model.state_dict() if not k.startswith("backbone.")}
-    assert {"bnneck", "ir", "pr", "verifier"} <= skipped
+    assert {"bnneck", "head"} <= skipped
     ours = ResNetBackbone(18, pretrained=str(tmp_path / "hrnet.pth"), last_stride=2).eval()
     line = capsys.readouterr().out
-    assert "(hrnet_pyg checkpoint)" in line and "bnneck (" in line and "verifier (" in line
+    assert "(hrnet_pyg checkpoint)" in line and "bnneck (" in line and "head (" in line
     x = torch.randn(1, 3, 64, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), _reference(resnet18, x), atol=1e-5, rtol=1e-4)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hrnet_pyg.config import HRNetConfig
-from hrnet_pyg.model import HRNet
+from hrnet_pyg.model import HRNetModule
 from hrnet_pyg.runtime import CHECKPOINT_FORMAT_VERSION, CHECKPOINT_KIND, atomic_save, load_checkpoint, unwrap_model
 
 
@@ -34,8 +34,8 @@ def save_model(model: nn.Module, path: str | Path) -> None:
     atomic_save(model_payload(model), path)
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], cls: type[HRNet] = HRNet) -> HRNet:
-    """A ``cls`` (an :class:`~hrnet_pyg.model.HRNet` or subclass) built from a loaded checkpoint."""
+def model_from_checkpoint(ckpt: dict[str, Any], cls: type[HRNetModule] = HRNetModule) -> HRNetModule:
+    """A ``cls`` (an :class:`~hrnet_pyg.model.HRNetModule` or subclass) built from a loaded checkpoint."""
     values = dict(ckpt["config"])
     values["pretrained"] = False  # the checkpoint carries the weights: never download
     model = cls(HRNetConfig.from_dict(values), num_classes=int(ckpt["num_classes"]))
@@ -43,10 +43,12 @@ def model_from_checkpoint(ckpt: dict[str, Any], cls: type[HRNet] = HRNet) -> HRN
     return model
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu", cls: type[HRNet] = HRNet) -> HRNet:
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu", cls: type[HRNetModule] = HRNetModule
+) -> HRNetModule:
     """The HRNet saved by :func:`save_model` or by :func:`~hrnet_pyg.engine.fit`'s checkpoints.
 
-    ``cls``: the class to build (default: :class:`hrnet_pyg.model.HRNet`); :meth:`hrnet_pyg.HRNet.load`
+    ``cls``: the class to build (default: :class:`hrnet_pyg.model.HRNetModule`); :meth:`hrnet_pyg.HRNet.load`
     passes its own class, so that the model it returns has the ``fit``/``evaluate`` methods.
     """
     return model_from_checkpoint(load_checkpoint(path, map_location=map_location), cls)

@@ -75,7 +75,7 @@ def fit(
     A :class:`~hrnet_pyg.engine.trainer.Trainer` with :func:`default_hooks` of these arguments.
 
     Args:
-        model: an :class:`~hrnet_pyg.model.HRNet` (with or without backbone).
+        model: an :class:`~hrnet_pyg.model.HRNetModule` (with or without backbone).
         train_loader: yields ``(inputs, pids, ...)``; use :class:`~hrnet_pyg.data.PKSampler`
             as its ``batch_sampler`` for the paper's P x K batches.
         epochs: total epochs (default ``config.epochs`` = 200). With ``resume`` it is the total,
@@ -98,7 +98,8 @@ def fit(
         on_epoch_end: ``callable(epoch, row)`` called after each epoch's checkpoint.
         sync_bn: under ``torchrun`` (DDP), SyncBatchNorm in the backbone and BNNeck (CUDA only).
         graph_scope: ``"local"``: graphs per rank; ``"global"``: graphs over the batch of all
-            ranks (see :mod:`hrnet_pyg.distributed`); ``None`` keeps ``model.graph_scope``.
+            ranks (see :mod:`hrnet_pyg.distributed`); ``None`` keeps the scope the model has
+            (:func:`~hrnet_pyg.distributed.graph_scope_of`).
         print_freq: steps between two progress lines when stderr is not a terminal, and between
             two reads of the loss values: the loop's one host-device synchronisation per
             interval (every step's values stay on the device meanwhile and are all logged).

@@ -17,7 +17,7 @@ A search (Sec. 4.2 "Testing", as :func:`hrnet_pyg.search.search_features`): the 
 against the gallery's, a shortlist of ``top_k_rerank`` = 120 by cosine, from faiss when the index
 has a faiss part and faiss is installed, else from an exact blocked matrix product; then the query
 and its shortlist pass as one graph through the IR and PR modules
-(:func:`~hrnet_pyg.scoring.query_graph_scores`), reading only those rows of F.
+(:func:`~hrnet_pyg.scoring.score_query_graphs`), reading only those rows of F.
 
 The package's modules: ``layout`` (the format's names and error), ``store`` (:class:`GalleryIndex`:
 reading, writing, appending), ``shortlist`` (exact blocked product and faiss parts), ``search``

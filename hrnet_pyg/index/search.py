@@ -3,7 +3,7 @@
 A search (Sec. 4.2 "Testing", as :func:`hrnet_pyg.search.search_features`): the query's BN(F)
 against the gallery's, a shortlist of ``top_k_rerank`` = 120 by cosine from the index
 (:meth:`~hrnet_pyg.index.GalleryIndex.shortlist`), then the query and its shortlist pass as one
-graph through the IR and PR modules (:func:`~hrnet_pyg.scoring.query_graph_scores`), reading
+graph through the IR and PR modules (:func:`~hrnet_pyg.scoring.score_query_graphs`), reading
 only those rows of F.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hrnet_pyg.runtime import resolve_device, unwrap_model
 from hrnet_pyg.search import SearchResult, _retrieval
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule as HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -52,7 +52,7 @@ def search_index(
 
     The ranking is that of :func:`hrnet_pyg.search.search_features` on the same gallery: the
     cosine shortlist of ``shortlist`` images (default ``config.top_k_rerank`` = 120) re-scored by
-    :func:`~hrnet_pyg.scoring.query_graph_scores`, the rest of the ``topk`` listed in cosine
+    :func:`~hrnet_pyg.scoring.score_query_graphs`, the rest of the ``topk`` listed in cosine
     order; only the shortlist's rows of F are read. ``exact=True`` takes the exact blocked
     product even when the index has a faiss part; ``nprobe`` overrides an IVF index's, ``ef_search``
     an HNSW index's.
@@ -130,14 +130,14 @@ def _reranked_order(
     m = min(n_short, rows.size(1))
     if m < 1:
         return order, score
-    from hrnet_pyg.scoring import query_graph_scores  # torch_geometric: only when re-ranking
+    from hrnet_pyg.scoring import score_query_graphs  # torch_geometric: only when re-ranking
 
     passes = range(0, len(q), queries_per_pass)
     for s in progress_of(passes, "relational re-ranking", show=progress, unit="passes"):
         e = min(s + queries_per_pass, len(q))
         g = torch.from_numpy(index.rows(rows[s:e, :m].numpy()))  # (B, m, d): the shortlist only
         graph = torch.cat([q.features[s:e].float().unsqueeze(1), g], dim=1).to(dev)  # (B, 1 + m, d)
-        sc = query_graph_scores(model, graph).float().cpu()  # (B, m)
+        sc = score_query_graphs(model, graph).float().cpu()  # (B, m)
         score[s:e, :m] = sc
         order[s:e, :m] = torch.sort(sc, dim=1, descending=True, stable=True).indices
     return order, score

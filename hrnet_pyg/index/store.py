@@ -43,7 +43,7 @@ from hrnet_pyg.runtime import resolve_device, unwrap_model
 from hrnet_pyg.search import _retrieval
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hrnet_pyg.model import HRNet
+    from hrnet_pyg.model import HRNetModule as HRNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
