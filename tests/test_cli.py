@@ -39,7 +39,7 @@ TINY = [
     "--set",
     "model.num_instances=2",
     "--set",
-    "model.top_k_rerank=10",
+    "rerank.shortlist=10",
     "--set",
     "run.num_workers=0",
     "--set",
