@@ -68,6 +68,7 @@ def test_train_resume_eval_on_generated_images(tmp_path, capsys, caplog):
     out = capsys.readouterr().out
     assert "CNN (cosine)" in out and "relational re-ranking" in out
     # the checkpoint carries the run's test protocol (--set rerank.shortlist=10), and eval uses it
+    # (the table names it in a line under it)
     assert load_checkpoint(ckpt)["rerank"] == RerankConfig(shortlist=10).to_dict()
     assert "test protocol: rerank.shortlist=10, rerank.ir_score=ir_bn_cosine," in out
     # --shortlist and --set rerank.<field> change it for this evaluation; --top-k is --shortlist's

@@ -78,8 +78,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if report is not None:  # None on the ranks other than 0 of a distributed run
         print(report.table())
-        if report.rerank_config is not None:
-            print("test protocol: " + ", ".join(f"rerank.{k}={v}" for k, v in report.rerank_config.to_dict().items()))
     return 0
 
 

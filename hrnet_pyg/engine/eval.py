@@ -95,6 +95,11 @@ NO_RELATIONAL_MODULES = (
 )
 
 
+def protocol_note(protocol: RerankConfig) -> str:
+    """The line under the table that names the relational re-ranking's test protocol."""
+    return "test protocol: " + ", ".join(f"rerank.{k}={v}" for k, v in protocol.to_dict().items())
+
+
 def evaluate_features(
     model: nn.Module,
     qf: Tensor,
@@ -137,7 +142,10 @@ def evaluate_features(
     kr = None
     if k_reciprocal:
         kr = evaluate_rank(k_reciprocal_rerank_features(qb.to(dev), gb.to(dev), progress=progress).cpu(), *args)
-    notes = [NO_RELATIONAL_MODULES] if hr is not None and inner.ir is None and inner.pr is None else []
+    notes = []
+    if protocol is not None:  # what the relational row is: the cosine again, or which protocol
+        no_modules = inner.ir is None and inner.pr is None
+        notes.append(NO_RELATIONAL_MODULES if no_modules else protocol_note(protocol))
     return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr, notes=notes, rerank_config=protocol)
 
 
