@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one setting of every experiment, e.g. --set model.epochs=120 "
         "--set run.device=cuda:1 (repeatable; values parsed as YAML). Runs whose "
-        "model settings (or run.max_steps_per_epoch, run.rerank) differ from "
+        "model settings, test protocol (rerank.*), run.max_steps_per_epoch or run.rerank differ from "
         "their YAML are marked † in the tables",
     )
     p.add_argument(
