@@ -62,9 +62,10 @@ from hrnet_pyg.evaluation import evaluate_rank  # noqa: E402
 from hrnet_pyg.graphs import pair_mask  # noqa: E402
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features  # noqa: E402
 from hrnet_pyg.model import HRNetModule as HRNet  # noqa: E402
+from hrnet_pyg.protocol import RerankConfig  # noqa: E402
 from hrnet_pyg.rerank import relational_rerank  # noqa: E402
 from hrnet_pyg.runtime import resolve_device  # noqa: E402
-from hrnet_pyg.scoring import fuse_scores, score_query_graphs  # noqa: E402
+from hrnet_pyg.scoring import fuse_scores, fusion_of, score_query_graphs  # noqa: E402
 
 
 def make_features(num_q: int, num_g: int, d: int, num_ids: int, seed: int, with_ids: bool = False):
@@ -84,7 +85,7 @@ def make_features(num_q: int, num_g: int, d: int, num_ids: int, seed: int, with_
 def per_graph_scores(model: HRNet, graph: torch.Tensor) -> torch.Tensor:
     """The per-graph formulation (no per-image precomputation): every weight matrix is applied
     inside each query graph, the IR layer runs by message passing over the graphs' union; the two
-    modules' terms fused as the config says (``fuse_scores``)."""
+    modules' terms fused as the model's test protocol says (``fuse_scores``)."""
     b, m, d = graph.shape
     cfg = model.config
     flat = graph.reshape(b * m, d)
@@ -102,11 +103,11 @@ def per_graph_scores(model: HRNet, graph: torch.Tensor) -> torch.Tensor:
     bn_v = model.ir_neck.bn(v.reshape(b * m, -1)).view(b, m, -1)
     parts = {"ir_cosine": query_cosine(v), "ir_bn_cosine": query_cosine(bn_v),
              "pr_logit": logit, "pr_prob": torch.sigmoid(logit)}
-    return fuse_scores(parts, cfg.rerank_ir_score, cfg.rerank_pr_score, cfg.rerank_norm, cfg.rerank_pr_weight)
+    return fuse_scores(parts, **fusion_of(model.rerank_config))
 
 
-def useful_flops(num_q: int, num_g: int, d: int, top_k: int, k_ir: int) -> dict[str, float]:
-    m = min(top_k, num_g) + 1
+def useful_flops(num_q: int, num_g: int, d: int, shortlist: int, k_ir: int) -> dict[str, float]:
+    m = min(shortlist, num_g) + 1
     return {
         "cosine shortlist": 2.0 * num_q * num_g * d,
         "per-image X W_s, F W_p": 2.0 * 2.0 * (num_q + num_g) * d * d,
@@ -121,10 +122,10 @@ def maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top_k: int) -> dict[str, float]:
+def ranking_agreement(a: torch.Tensor, b: torch.Tensor, shortlist: int) -> dict[str, float]:
     """How far two (Q, G) re-ranked distance matrices order the gallery alike."""
     oa, ob = a.argsort(dim=1, stable=True), b.argsort(dim=1, stable=True)
-    short = oa[:, :top_k]
+    short = oa[:, :shortlist]
     return {
         "rank1": float((oa[:, 0] == ob[:, 0]).double().mean()),
         "top10": float((oa[:, :10] == ob[:, :10]).all(dim=1).double().mean()),
@@ -137,7 +138,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=3368)
     ap.add_argument("--gallery", type=int, default=15913)
     ap.add_argument("--d", type=int, default=2048)
-    ap.add_argument("--top-k", type=int, default=120)
+    ap.add_argument("--shortlist", "--top-k", type=int, default=120, help="re-ranking shortlist length (paper: 120)")
     ap.add_argument("--queries-per-pass", type=int, default=None,
                     help="(default: relational_rerank's own choice)")
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 1; quick: 3; GPU: 3)")
@@ -160,7 +161,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if cuda and dev.index is not None:
         torch.cuda.set_device(dev)
-    nq, ng, d, top_k = args.queries, args.gallery, args.d, args.top_k
+    nq, ng, d, shortlist = args.queries, args.gallery, args.d, args.shortlist
 
     def set_tf32(on: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = on
@@ -173,12 +174,12 @@ def main() -> None:
     set_tf32(args.tf32 == "on")
     torch.manual_seed(0)
     cfg = HRNetConfig.from_row("HRNet", backbone=None, feat_dim=d, pretrained=False)
-    model = HRNet(cfg, num_classes=751).eval()
+    model = HRNet(cfg, num_classes=751, rerank_config=RerankConfig(shortlist=shortlist)).eval()
     qf, gf, q_ids, g_ids = make_features(nq, ng, d, num_ids=751, seed=0, with_ids=True)
     load0 = os.getloadavg()
     where = f"{dev} ({torch.cuda.get_device_name(dev)})" if cuda else "CPU"
     print(f"relational re-ranking (HRNet: IR k={cfg.k} + PR + IGP), {nq} queries x {ng} gallery, "
-          f"d={d}, top-{top_k}; k-reciprocal k1=20 k2=6 lambda=0.3; torch {torch.__version__}, "
+          f"d={d}, top-{shortlist}; k-reciprocal k1=20 k2=6 lambda=0.3; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {where}, {repeats} timed round(s), "
           f"TF32 matmuls {'on' if args.tf32 == 'on' else 'off'}")
     print(f"load average {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} on {os.cpu_count()} cores")
@@ -194,7 +195,7 @@ def main() -> None:
         sync()
 
     def run_rel():
-        return relational_rerank(model, qf_dev, gf_dev, top_k=top_k, queries_per_pass=args.queries_per_pass,
+        return relational_rerank(model, qf_dev, gf_dev, queries_per_pass=args.queries_per_pass,
                                  device=dev, progress=False)
 
     def run_kr():
@@ -204,7 +205,7 @@ def main() -> None:
 
     # Warm-up (small problems: allocator, MKL and OpenMP pools, CUDA kernels), then interleaved rounds.
     run_mm()
-    relational_rerank(model, qf_dev[:64], gf_dev[:2000], top_k=top_k, device=dev, progress=False)
+    relational_rerank(model, qf_dev[:64], gf_dev[:2000], device=dev, progress=False)
     if not args.skip_kreciprocal:
         k_reciprocal_rerank_features(qf_dev[:200], gf_dev[:800], progress=False)
     sync()
@@ -232,7 +233,7 @@ def main() -> None:
     c = min(args.check_queries, nq)
     model = model.to(dev)
     ret = Fn.normalize(model.retrieval_features(torch.cat([qf_dev[:c], gf_dev])), dim=1)
-    top = (ret[:c] @ ret[c:].T).topk(min(top_k, ng), dim=1).indices
+    top = (ret[:c] @ ret[c:].T).topk(min(shortlist, ng), dim=1).indices
     graph = torch.cat([qf_dev[:c].unsqueeze(1), gf_dev[top]], dim=1)  # (c, M, d)
     with torch.no_grad():
         sync()
@@ -244,7 +245,7 @@ def main() -> None:
         fast = score_query_graphs(model, graph)
         sync()
         t_fast_graphs = time.perf_counter() - t0
-        dist = relational_rerank(model, qf_dev[:c], gf_dev, top_k=top_k, device=dev, progress=False)
+        dist = relational_rerank(model, qf_dev[:c], gf_dev, device=dev, progress=False)
     err = float((fast - ref).abs().max())
     # relational_rerank's shortlist distance is lowest score - score - 1 (rerank.py)
     ref_cpu = ref.cpu()
@@ -255,7 +256,7 @@ def main() -> None:
           f"{err_rr:.1e} (relational_rerank) -> {'MATCH' if ok else 'MISMATCH'} "
           f"(d={d}: float32 sums of 2048 products; the tests check 1e-5 at small d)")
 
-    flops = useful_flops(nq, ng, d, top_k, cfg.k)
+    flops = useful_flops(nq, ng, d, shortlist, cfg.k)
     total = sum(flops.values())
     mm_rate = mm_flop / med["mm"]
     rel_rate = total / med["rel"]
@@ -285,7 +286,7 @@ def main() -> None:
             on_out = run_rel()
             t_on.append(time.perf_counter() - t0)
         set_tf32(False)
-        agree = ranking_agreement(rel_out, on_out, min(top_k, ng))
+        agree = ranking_agreement(rel_out, on_out, min(shortlist, ng))
         qc, gc = np.zeros(nq, dtype=np.int64), np.ones(ng, dtype=np.int64)  # no same-camera junk
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # queries without a match in a small gallery: the same for both

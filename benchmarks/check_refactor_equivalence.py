@@ -1,7 +1,8 @@
 """Side-by-side check that a refactor left the numbers alone: this checkout against an old one.
 
-For every row of Table 1 (``config.TABLE1_ROWS``), with the defaults and with ``PAPER_LITERAL``,
-plus a Fig. 4 masked-pair-graph case and one small image-backbone case (resnet18 at 32 x 16), the
+For every row of Table 1 (``config.TABLE1_ROWS``), with the defaults and with ``PAPER_LITERAL``
+(its test protocol included), plus a Fig. 4 masked-pair-graph case, one case of another test
+protocol and one small image-backbone case (resnet18 at 32 x 16), the
 old package builds a model with a fixed seed (weights perturbed away from their init, BatchNorm
 statistics randomised, so that nothing sits at a symmetric start) and records, on fixed inputs:
 
@@ -10,7 +11,10 @@ statistics randomised, so that nothing sits at a symmetric start) and records, o
 * the backward of L_total: the gradient of every parameter and of the input features;
 * test time: the fast path's similarity terms of a batch of query graphs, and the distances and
   scores of ``relational_rerank`` (two shortlist lengths, so that both of the dense PR path's
-  branches run: M < d and M >= d).
+  branches run: M < d and M >= d). A package whose test protocol is a ``RerankConfig``
+  (``hrnet_pyg.protocol``) gets the case's protocol passed to ``relational_rerank`` while its
+  model carries the default one; an older package reads it from the model's config fields
+  (``rerank_*``), the names the cases use.
 
 The new package then loads the old weights (through its checkpoint-layout remap) and records the
 same on the same inputs. One line per case gives the largest absolute difference of each quantity
@@ -43,17 +47,36 @@ HEAD_MODULES = ("ir", "ir_neck", "pr", "verifier")
 # ---------------------------------------------------------------------------- the cases
 def cases() -> list[tuple[str, str, dict[str, Any]]]:
     """(name, Table 1 row, config overrides) of every case; the config module is imported by the
-    worker of either package (the rows and PAPER_LITERAL are read from the old one)."""
+    worker of either package (the rows and PAPER_LITERAL are read from the old one). The test
+    protocol's fields go by their former config names (``rerank_*``)."""
     from hrnet_pyg.config import PAPER_LITERAL, TABLE1_ROWS
 
+    literal = dict(PAPER_LITERAL)
+    protocol = _protocol_module()
+    if protocol is not None:  # the paper-literal test protocol, under the config's former names
+        from hrnet_pyg.config import LEGACY_RERANK_FIELDS
+
+        paper = protocol.RerankConfig.paper_literal()
+        literal.update({old: getattr(paper, new) for old, new in LEGACY_RERANK_FIELDS.items() if old != "top_k_rerank"})
     out = []
-    for setting, over in (("defaults", {}), ("paper-literal", dict(PAPER_LITERAL))):
+    for setting, over in (("defaults", {}), ("paper-literal", literal)):
         for row in TABLE1_ROWS:
             out.append((f"{row} {setting}", row, over))
     out.append(("HRNet defaults pr_edges=4", "HRNet", {"pr_edges": 4}))
+    out.append(("HRNet rank-normalised logit, weight 0.5", "HRNet",
+                {"rerank_norm": "rank", "rerank_pr_score": "pr_logit", "rerank_pr_weight": 0.5}))
     out.append(("HRNet defaults resnet18 32x16", "HRNet",
                 {"backbone": "resnet18", "feat_dim": 512, "image_size": (32, 16)}))
     return out
+
+
+def _protocol_module() -> Any:
+    """``hrnet_pyg.protocol`` where the test protocol is a RerankConfig, else None."""
+    try:
+        import hrnet_pyg.protocol as protocol
+    except ImportError:
+        return None
+    return protocol
 
 
 def new_name(name: str) -> str:
@@ -63,17 +86,25 @@ def new_name(name: str) -> str:
 
 # ---------------------------------------------------------------------------- one package's run
 def build(row: str, over: dict[str, Any], state: dict[str, torch.Tensor] | None, seed: int):
+    """The case's model, and its test protocol where that is a RerankConfig (else None: the
+    model's config holds it)."""
     import hrnet_pyg.model as model_mod
     from hrnet_pyg.config import HRNetConfig
 
     cls = getattr(model_mod, "HRNetModule", None) or model_mod.HRNet
-    base = dict(backbone=None, feat_dim=D, k=3, num_identities=N_IDS, num_instances=N_INST, pretrained=False,
-                top_k_rerank=8)
+    base = dict(backbone=None, feat_dim=D, k=3, num_identities=N_IDS, num_instances=N_INST, pretrained=False)
+    over, rerank = dict(over), None
+    protocol = _protocol_module()
+    if protocol is not None:
+        from hrnet_pyg.config import LEGACY_RERANK_FIELDS
+
+        rerank = protocol.RerankConfig(**{LEGACY_RERANK_FIELDS[k]: over.pop(k) for k in list(over)
+                                          if k in LEGACY_RERANK_FIELDS})
     torch.manual_seed(seed)
     model = cls(HRNetConfig.from_row(row, **{**base, **over}), num_classes=6)
     if state is not None:
         model.load_state_dict(state)  # the old layout: the new package remaps it
-        return model
+        return model, rerank
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # away from the init's symmetric start (the head's "distance" init)
         for p in model.parameters():
@@ -81,7 +112,7 @@ def build(row: str, over: dict[str, Any], state: dict[str, torch.Tensor] | None,
         for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
             bn.running_mean.normal_(0.0, 0.3, generator=g)
             bn.running_var.uniform_(0.5, 2.0, generator=g)
-    return model
+    return model, rerank
 
 
 def inputs(over: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
@@ -97,8 +128,9 @@ def inputs(over: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
             "query": torch.randn(6, D, generator=g).relu(), "gallery": torch.randn(60, D, generator=g).relu()}
 
 
-def test_time(model, data: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Similarity terms of query graphs and relational_rerank's distances, in eval mode."""
+def test_time(model, data: dict[str, torch.Tensor], rerank: Any = None) -> dict[str, Any]:
+    """Similarity terms of query graphs and relational_rerank's distances, in eval mode; ``rerank``:
+    the test protocol to pass (None: the model's config holds it)."""
     from hrnet_pyg.rerank import relational_rerank
 
     model.eval()
@@ -110,8 +142,8 @@ def test_time(model, data: dict[str, torch.Tensor]) -> dict[str, Any]:
             qf, gf = data["query"], data["gallery"]
         out: dict[str, Any] = {}
         for k in (8, 40):
-            dist, scores = relational_rerank(model, qf, gf, top_k=k, device="cpu", progress=False,
-                                             return_scores=True)
+            how = {"top_k": k} if rerank is None else {"rerank_config": rerank.replace(shortlist=k)}
+            dist, scores = relational_rerank(model, qf, gf, device="cpu", progress=False, return_scores=True, **how)
             out[f"dist@{k}"], out[f"scores@{k}"] = dist, scores.nan_to_num(0.0)
         out.update({f"term {k}": v for k, v in similarity_terms(model, qf, gf).items()})
     return out
@@ -167,11 +199,11 @@ def worker(out_path: str, ref_path: str | None) -> None:
     todo = cases() if ref is None else [(name, rec["row"], rec["over"]) for name, rec in ref.items()]
     for seed, (name, row, over) in enumerate(todo):
         state = None if ref is None else ref[name]["state"]
-        model = build(row, over, state, seed)
+        model, rerank = build(row, over, state, seed)
         data = inputs(over, seed) if ref is None else ref[name]["inputs"]
         rec: dict[str, Any] = {"row": row, "over": over, "inputs": data,
                                "state": {k: v.clone() for k, v in model.state_dict().items()}}
-        rec["values"] = {**test_time(model, data), **training_step(model, data)}
+        rec["values"] = {**test_time(model, data, rerank), **training_step(model, data)}
         results[name] = rec
     torch.save(results, out_path)
 
@@ -196,7 +228,7 @@ def compare(old: dict[str, Any], new: dict[str, Any], atol: float) -> bool:
         ok &= worst <= atol
         bits = sum(v == 0.0 for v in diffs.values())
         parts = ", ".join(f"{g} {v:.1e}" if v else f"{g} 0" for g, v in groups.items())
-        print(f"{name:<34} {status:<8} max|diff| {worst:.1e} ({bits}/{len(diffs)} bit-identical): {parts}")
+        print(f"{name:<42} {status:<8} max|diff| {worst:.1e} ({bits}/{len(diffs)} bit-identical): {parts}")
     return ok
 
 

@@ -51,8 +51,9 @@ import torch  # noqa: E402
 ROWS = ("CNN", "CNN+IR+CNC", "CNN+PR+IGP", "HRNet")
 SEEDS = (0, 1, 2)
 
-from hrnet_pyg.config import PAPER_LITERAL  # noqa: E402
+from hrnet_pyg.config import LEGACY_RERANK_FIELDS, PAPER_LITERAL  # noqa: E402
 from hrnet_pyg.demo import DEMO_DATA  # noqa: E402
+from hrnet_pyg.protocol import RerankConfig  # noqa: E402
 
 # Per level: how a row is trained. The feature level trains the graph modules from scratch on
 # fixed features: the paper's lr and schedule shape (x0.1 twice), over fewer epochs.
@@ -66,23 +67,27 @@ LEVELS: dict[str, dict[str, Any]] = {
                   data=dict(DEMO_DATA)),
 }
 
-# --quick: the same code path at smoke-test sizes (tests, dry runs); its numbers mean nothing.
+# --quick: the same code path at smoke-test sizes (tests, dry runs); its numbers mean nothing. A
+# level's "rerank" entry changes its test protocol (RerankConfig; default: RerankConfig()).
 QUICK_LEVELS: dict[str, dict[str, Any]] = {
-    "feature": dict(model=dict(LEVELS["feature"]["model"], feat_dim=16, epochs=2, milestones=(1, 2),
-                               top_k_rerank=20),
-                    world=dict(dim=16, num_train_ids=30, num_test_ids=20, imgs_per_id=6)),
+    "feature": dict(model=dict(LEVELS["feature"]["model"], feat_dim=16, epochs=2, milestones=(1, 2)),
+                    world=dict(dim=16, num_train_ids=30, num_test_ids=20, imgs_per_id=6),
+                    rerank=dict(shortlist=20)),
     "image": dict(model=dict(LEVELS["image"]["model"], image_size=(32, 16), epochs=1, milestones=(1, 2),
-                             top_k_rerank=20, k=3, num_identities=4, num_instances=3),
+                             k=3, num_identities=4, num_instances=3),
                   data=dict(num_train_ids=8, num_test_ids=6, imgs_per_id=6, queries_per_id=2,
-                            num_distractors=2, num_junk=1)),
+                            num_distractors=2, num_junk=1),
+                  rerank=dict(shortlist=20)),
 }
 
-# Studies: name -> (what it varies, rows, {variant label: model overrides at training time}).
+# Studies: name -> (what it varies, rows, {variant label: model overrides at training time, and
+# under "rerank" the variant's test protocol, RerankConfig fields}).
 # Test-time choices (fusion, shortlist, Fig. 4's end point) need no training of their own: they
 # are scored on the models of "main" (see TEST_TIME).
 STUDIES: dict[str, tuple[str, Sequence[str], dict[str, dict[str, Any]]]] = {
     "main": ("the defaults", ROWS, {"defaults": {}}),
-    "paper": ("the paper-literal reading of every open detail", ROWS, {"paper-literal": PAPER_LITERAL}),
+    "paper": ("the paper-literal reading of every open detail", ROWS,
+              {"paper-literal": {**PAPER_LITERAL, "rerank": RerankConfig.paper_literal().to_dict()}}),
     "eq2": ("Eq. 2's denominator (ir_attention_norm)", ("CNN+IR+CNC", "HRNet"),
             {"all (literal)": dict(ir_attention_norm="all"),
              "neighbors (GAT)": dict(ir_attention_norm="neighbors")}),
@@ -97,19 +102,18 @@ STUDIES: dict[str, tuple[str, Sequence[str], dict[str, dict[str, Any]]]] = {
               {"kNN (CNN+IR)": {}, "fully connected (CNN+IR*)": dict(ir_graph="full")}),
 }
 
-# Test-time variants scored on every trained model: label -> config overrides at test time.
+# Test-time variants scored on every trained model: label -> RerankConfig fields at test time.
+# The test protocol is not part of a run's key (one trained model is scored under all of them); a
+# record stores the fields its row uses (see _test_protocol).
 PR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-# Config fields that only the test protocol reads: not part of a run's key (one trained model is
-# scored under all of them); a record stores the ones its row uses (see _test_protocol).
-TEST_TIME_FIELDS = ("top_k_rerank", "rerank_ir_score", "rerank_pr_score", "rerank_norm", "rerank_pr_weight")
 TEST_TIME: dict[str, dict[str, Any]] = {
-    **{f"{ir} + {pr}, {norm}": dict(rerank_ir_score=ir, rerank_pr_score=pr, rerank_norm=norm)
-       for ir in ("ir_cosine", "ir_bn_cosine") for pr in ("pr_prob", "pr_logit")
-       for norm in ("none", "zscore", "rank")},
-    **{f"{pr} weight {w}": dict(rerank_ir_score="ir_bn_cosine", rerank_pr_score=pr, rerank_norm="zscore",
-                                rerank_pr_weight=w) for pr in ("pr_prob", "pr_logit") for w in PR_WEIGHTS},
-    "top-60 shortlist": dict(top_k_rerank=60),
-    "top-240 shortlist": dict(top_k_rerank=240),
+    **{f"{ir} + {pr}, {norm}": dict(ir_score=ir, pr_score=pr, norm=norm)
+       for ir in RerankConfig.choices("ir_score") for pr in RerankConfig.choices("pr_score")
+       for norm in RerankConfig.choices("norm")},
+    **{f"{pr} weight {w}": dict(ir_score="ir_bn_cosine", pr_score=pr, norm="zscore", pr_weight=w)
+       for pr in RerankConfig.choices("pr_score") for w in PR_WEIGHTS},
+    "top-60 shortlist": dict(shortlist=60),
+    "top-240 shortlist": dict(shortlist=240),
 }
 
 
@@ -136,7 +140,17 @@ def image_level_data(seed: int, root: Path) -> dict[str, Any]:
 def _model_config(level: str, row: str, seed: int, overrides: dict[str, Any]):
     from hrnet_pyg.config import HRNetConfig
 
-    return HRNetConfig.from_row(row, **{**LEVELS[level]["model"], "seed": seed, **overrides})
+    # Records of the former layout carry the test protocol among their overrides (top_k_rerank,
+    # rerank_*): it is not part of the training config.
+    training = {k: v for k, v in overrides.items() if k != "rerank" and k not in LEGACY_RERANK_FIELDS}
+    return HRNetConfig.from_row(row, **{**LEVELS[level]["model"], "seed": seed, **training})
+
+
+def _rerank_config(level: str, overrides: dict[str, Any]) -> RerankConfig:
+    """The test protocol of a variant: the level's, with the variant's "rerank" fields (or, in a
+    record of the former layout, its top_k_rerank / rerank_* overrides)."""
+    legacy = {LEGACY_RERANK_FIELDS[k]: v for k, v in overrides.items() if k in LEGACY_RERANK_FIELDS}
+    return RerankConfig.from_dict({**LEVELS[level].get("rerank", {}), **legacy, **overrides.get("rerank", {})})
 
 
 def train_feature_row(cfg, data: dict[str, Any], seed: int):
@@ -197,27 +211,27 @@ def _rank(dist, q, g) -> dict[str, float]:
 def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, dict[str, float]]:
     """Every test protocol of the study on one trained model: name -> {mAP, rank1}.
 
-    ``extended``: also the test-graph variants (shortlist lengths, Fig. 4's end point), which
-    only the defaults' models need."""
+    "relational" is the model's own protocol (``model.rerank_config``); the other protocols are
+    RerankConfigs passed alongside the same model. ``extended``: also the test-graph variants
+    (shortlist lengths, Fig. 4's end point), which only the defaults' models need."""
     from hrnet_pyg.evaluation import cosine_distance
     from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
     from hrnet_pyg.rerank import relational_rerank
     from hrnet_pyg.scoring import fuse_scores, project_images, similarity_terms
 
-    cfg = model.config
+    cfg, protocol = model.config, model.rerank_config
     qb, gb = model.retrieval_features(q[0]), model.retrieval_features(g[0])
     out: dict[str, dict[str, float]] = {"cosine": _rank(cosine_distance(qb, gb), q, g)}
     kr = k_reciprocal_rerank_features(qb, gb, progress=False)
     out["k-reciprocal"] = _rank(kr, q, g)
     if model.ir is None and model.pr is None:
         return out
-    out["relational"] = _rank(relational_rerank(model, q[0], g[0], top_k=cfg.top_k_rerank,
-                                                device="cpu", progress=False), q, g)
+    out["relational"] = _rank(relational_rerank(model, q[0], g[0], protocol, device="cpu", progress=False), q, g)
     # each module's term alone, and every fusion, on the same shortlists
     images = project_images(model, torch.cat([q[0], g[0]]).float())
     num_q = q[0].size(0)
     cos = images.retrieval[:num_q] @ images.retrieval[num_q:].T
-    top = cos.topk(min(cfg.top_k_rerank, cos.size(1)), dim=1).indices
+    top = cos.topk(min(protocol.shortlist, cos.size(1)), dim=1).indices
     index = torch.cat([torch.arange(num_q).unsqueeze(1), top + num_q], dim=1)
     parts: dict[str, list[torch.Tensor]] = {}
     for s in range(0, num_q, 64):
@@ -234,24 +248,23 @@ def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, d
             out[f"term {name}"] = ranked(value)
     if "ir_cosine" in joined and "pr_prob" in joined:
         for label, over in TEST_TIME.items():
-            if "rerank_norm" in over:
-                name = label if "rerank_pr_weight" in over else f"fusion {label}"
-                out[name] = ranked(fuse_scores(joined, over["rerank_ir_score"], over["rerank_pr_score"],
-                                               over["rerank_norm"], over.get("rerank_pr_weight", 1.0)))
-    out["relational after k-reciprocal"] = _rank(_rerank_after(model, q[0], g[0], kr, cfg.top_k_rerank), q, g)
+            if "norm" in over:
+                name = label if "pr_weight" in over else f"fusion {label}"
+                out[name] = ranked(fuse_scores(joined, over["ir_score"], over["pr_score"], over["norm"],
+                                               over.get("pr_weight", 1.0)))
+    out["relational after k-reciprocal"] = _rank(_rerank_after(model, q[0], g[0], kr, protocol), q, g)
     if not extended:
         return out
     for label, over in TEST_TIME.items():
-        if "top_k_rerank" in over:
-            out[label] = _rank(relational_rerank(model, q[0], g[0], top_k=over["top_k_rerank"],
+        if "shortlist" in over:
+            out[label] = _rank(relational_rerank(model, q[0], g[0], protocol.replace(**over),
                                                  device="cpu", progress=False), q, g)
     if cfg.pr_edges is None and model.pr is not None:  # Fig. 4's "66 = complete" end point
         for relative in (False, True):
             m2 = copy.deepcopy(model)  # the head holds the config: a shallow copy would share it
             m2.config = dataclasses.replace(cfg, pr_edges=cfg.batch_size, pr_edges_relative=relative)
             label = f"pr_edges={cfg.batch_size} {'relative' if relative else 'absolute'}"
-            out[label] = _rank(relational_rerank(m2, q[0], g[0], top_k=cfg.top_k_rerank,
-                                                 device="cpu", progress=False), q, g)
+            out[label] = _rank(relational_rerank(m2, q[0], g[0], protocol, device="cpu", progress=False), q, g)
     return out
 
 
@@ -275,7 +288,7 @@ def pr_diagnostics(model, q: tuple, g: tuple, num_graphs: int = 200) -> dict[str
     images = project_images(model, torch.cat([q[0], g[0]]).float())
     num_q = min(num_graphs, q[0].size(0))
     cos = images.retrieval[:num_q] @ images.retrieval[q[0].size(0):].T
-    top = cos.topk(min(cfg.top_k_rerank, cos.size(1)), dim=1).indices
+    top = cos.topk(min(model.rerank_config.shortlist, cos.size(1)), dim=1).indices
     f = torch.cat([q[0][:num_q].unsqueeze(1).float(), g[0][top].float()], dim=1)  # (B, M, d)
     v = None
     if model.ir is not None:
@@ -307,42 +320,45 @@ def pr_diagnostics(model, q: tuple, g: tuple, num_graphs: int = 200) -> dict[str
             "pr shortlist AP, cosine": {"mAP": ap_of(cos.gather(1, top)), "rank1": float("nan")}}
 
 
-def _rerank_after(model, qf: torch.Tensor, gf: torch.Tensor, base: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Relational re-ranking of the shortlist that another distance (k-reciprocal) gives."""
+def _rerank_after(model, qf: torch.Tensor, gf: torch.Tensor, base: torch.Tensor,
+                  protocol: RerankConfig) -> torch.Tensor:
+    """Relational re-ranking (under ``protocol``) of the shortlist that another distance (k-reciprocal) gives."""
     from hrnet_pyg.scoring import project_images, relational_scores
 
     images = project_images(model, torch.cat([qf, gf]).float())
     num_q = qf.size(0)
     base = torch.as_tensor(base).float()
-    top = (-base).topk(min(top_k, base.size(1)), dim=1).indices
+    top = (-base).topk(min(protocol.shortlist, base.size(1)), dim=1).indices
     index = torch.cat([torch.arange(num_q).unsqueeze(1), top + num_q], dim=1)
     dist = base - base.min() + 1.0  # every item >= 1, keeps the base order outside the shortlist
     for s in range(0, num_q, 64):
-        score = relational_scores(model, images, index[s:s + 64])
+        score = relational_scores(model, images, index[s:s + 64], protocol)
         dist[s:s + 64].scatter_(1, top[s:s + 64], score.amin(dim=1, keepdim=True) - score)
     return dist
 
 
 # ------------------------------------------------------------------------------------ runner
-def _test_protocol(cfg) -> dict[str, Any]:
+def _test_protocol(cfg, protocol: RerankConfig) -> dict[str, Any]:
     """The test-time fields that decide this row's relational re-ranking (its record is stale
     when they change): the shortlist length, the IR similarity (two orders), and the rest only
-    where two terms are added (one term's t_hat, its logit, z-scored or ranked: the same order)."""
-    out: dict[str, Any] = {"top_k_rerank": cfg.top_k_rerank}
+    where two terms are added (one term's t_hat, its logit, z-scored or ranked: the same order).
+
+    Records name them as the records on disk do, by the fields' former HRNetConfig names
+    (``top_k_rerank``, ``rerank_*``), so that the committed records stay current."""
+    out: dict[str, Any] = {"top_k_rerank": protocol.shortlist}
     if cfg.use_ir:
-        out["rerank_ir_score"] = cfg.rerank_ir_score
+        out["rerank_ir_score"] = protocol.ir_score
     if cfg.use_ir and cfg.use_pr:
-        out.update(rerank_pr_score=cfg.rerank_pr_score, rerank_norm=cfg.rerank_norm,
-                   rerank_pr_weight=cfg.rerank_pr_weight)
+        out.update(rerank_pr_score=protocol.pr_score, rerank_norm=protocol.norm, rerank_pr_weight=protocol.pr_weight)
     return out
 
 
 def _key(level: str, row: str, seed: int, overrides: dict[str, Any]) -> str:
     # Keyed by the resolved training config, so a variant that equals the defaults reuses their run;
-    # the test-time fields are left out: they re-score a saved model (_test_protocol).
+    # the test protocol is left out: it re-scores a saved model (_test_protocol). HRNetConfig.to_dict()
+    # holds no test-protocol field, so it is exactly the dict the key has always hashed (the former
+    # HRNetConfig.to_dict() less top_k_rerank and rerank_*): the records on disk keep their keys.
     resolved = _model_config(level, row, seed, overrides).to_dict()
-    for name in TEST_TIME_FIELDS:
-        resolved.pop(name)
     blob = json.dumps({"level": level, "model": resolved, "setup": LEVELS[level]},
                       sort_keys=True, default=str)
     slug = row.lower().replace("+", "_").replace("*", "_star")
@@ -352,7 +368,7 @@ def _key(level: str, row: str, seed: int, overrides: dict[str, Any]) -> str:
 def _current(record: dict[str, Any], overrides: dict[str, Any]) -> bool:
     """Whether a record was scored with the test protocol that ``overrides`` give its row today."""
     cfg = _model_config(record["level"], record["row"], record["seed"], overrides)
-    return record.get("test_protocol") == _test_protocol(cfg)
+    return record.get("test_protocol") == _test_protocol(cfg, _rerank_config(record["level"], overrides))
 
 
 def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results: Path,
@@ -370,7 +386,7 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
         if _current(record, overrides):
             return record
     t0 = time.perf_counter()
-    cfg = _model_config(level, row, seed, overrides)
+    cfg, protocol = _model_config(level, row, seed, overrides), _rerank_config(level, overrides)
     if (level, seed) not in cache:
         cache[(level, seed)] = (feature_level_data(seed) if level == "feature"
                                 else image_level_data(seed, results / "data" / f"seed{seed}"))
@@ -384,6 +400,7 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
         model = (train_feature_row if level == "feature" else train_image_row)(cfg, data, seed)
         atomic_save(model.state_dict(), weights)
         how = "trained"
+    model.rerank_config = protocol  # "relational" in the scores: the variant's own test protocol
     if level == "feature":
         q, g = data["query"], data["gallery"]
     else:
@@ -394,7 +411,7 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
         if model.pr is not None:
             scores.update(pr_diagnostics(model, q, g))
     record = dict(key=key, level=level, row=row, seed=seed, overrides=overrides,
-                  test_protocol=_test_protocol(cfg), scores=scores,
+                  test_protocol=_test_protocol(cfg, protocol), scores=scores,
                   num_queries=int(q[0].size(0)), num_gallery=int(g[0].size(0)),
                   data=data["summary"], seconds=time.perf_counter() - t0, how=how)
     atomic_write(path, lambda fh: fh.write(json.dumps(record, indent=1, default=str)), mode="w")
@@ -502,7 +519,7 @@ def report(results: Path, out: Path) -> str:
                  ("term ir_bn_cosine", "IR cos(BN(V'))"), ("term pr_prob", "PR t_hat"),
                  ("term pr_logit", "PR logit")]
         fusions = [(f"fusion {label}", label) for label, over in TEST_TIME.items()
-                   if "rerank_norm" in over and "rerank_pr_weight" not in over]
+                   if "norm" in over and "pr_weight" not in over]
         weights = [(f"{pr} weight {w}", f"z(cos(BN(V'))) + {w} z({name})" + (" (IR alone)" if w == 0 else ""))
                    for pr, name in (("pr_prob", "t_hat"), ("pr_logit", "logit of t_hat")) for w in PR_WEIGHTS]
         shortlist = [("relational", "top-120 (paper)"), ("top-60 shortlist", "top-60"),
@@ -516,13 +533,13 @@ def report(results: Path, out: Path) -> str:
                 ("pr shortlist AP, head on u", "shortlist AP, same head on u"),
                 ("pr shortlist AP, cosine", "shortlist AP, cosine")]
         pr_rows = [(r, "defaults", {}) for r in ("CNN+PR+IGP", "HRNet")]
-        literal = [(r, "paper-literal", PAPER_LITERAL) for r in ("CNN+PR+IGP", "HRNet")]
+        literal = [(r, "paper-literal", STUDIES["paper"][2]["paper-literal"]) for r in ("CNN+PR+IGP", "HRNet")]
         extra = [
             ("The issue's inequalities, seed by seed (the defaults)", _paired_table(recs, level)),
             ("Each module's similarity alone (the defaults' models)", table(recs, level, main[1:], terms)),
             ("Fusion: which similarities are added, normalised how (HRNet, the defaults' models, "
              "the two terms as equals)", _transposed(recs, level, "HRNet", {}, fusions)),
-            ("Fusion: the PR term's weight after the z-score (HRNet, the defaults' models; `rerank_pr_weight`)",
+            ("Fusion: the PR term's weight after the z-score (HRNet, the defaults' models; `rerank.pr_weight`)",
              _transposed(recs, level, "HRNet", {}, weights, "fusion (IR term + weight x PR term)")),
             ("The test graph: shortlist length and source (the defaults' models)",
              table(recs, level, main[1:], shortlist)),

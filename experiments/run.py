@@ -181,13 +181,16 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_deviations(
-    output_dir: Path, expected_model: dict[str, Any], expected_run: dict[str, Any] | None = None
+    output_dir: Path, expected_model: dict[str, Any], expected_run: dict[str, Any] | None = None,
+    expected_rerank: dict[str, Any] | None = None,
 ) -> list[str]:
     """``key=value`` of settings the run used (its experiment.json) that differ from the YAML.
 
-    Model settings, plus the run settings that change what is measured (``_MEASURED_RUN_KEYS``):
-    runs made with ``--set model.epochs=1`` and the like are flagged in the tables instead of
-    passing for the paper's setting.
+    Model settings, the test protocol (``rerank.*``) and the run settings that change what is
+    measured (``_MEASURED_RUN_KEYS``): runs made with ``--set model.epochs=1`` and the like are
+    flagged in the tables instead of passing for the paper's setting. A run of the former layout,
+    whose protocol sat among the model's settings (``model.rerank_norm``), is compared under the
+    protocol's names.
     """
     path = Path(output_dir) / "experiment.json"
     if not path.is_file():
@@ -198,6 +201,13 @@ def config_deviations(
         return [f"unreadable {path.name}"]
     want, got = _flatten(expected_model), _flatten(used.get("model", {}))
     out = [f"{k}={got[k]}" for k in sorted(got) if k in want and k not in _NEUTRAL_MODEL_KEYS and got[k] != want[k]]
+    if expected_rerank is not None:
+        from hrnet_pyg.config import LEGACY_RERANK_FIELDS as LEGACY
+
+        used_rerank = {LEGACY[k]: v for k, v in used.get("model", {}).items() if k in LEGACY}
+        used_rerank.update(used.get("rerank", {}))
+        out += [f"rerank.{k}={used_rerank[k]}" for k in sorted(used_rerank)
+                if k in expected_rerank and used_rerank[k] != expected_rerank[k]]
     used_run = used.get("run", {})
     for k in sorted(_MEASURED_RUN_KEYS):
         if expected_run is not None and k in used_run and used_run[k] != expected_run.get(k):
@@ -217,7 +227,7 @@ def measured_of(exp: Any, reference: Any = None) -> Measured | None:
         return None
     m = headline(metrics, out_dir / "metrics.json")
     ref = reference if reference is not None else exp
-    m.deviations = config_deviations(out_dir, ref.model.to_dict(), dataclasses.asdict(ref.run))
+    m.deviations = config_deviations(out_dir, ref.model.to_dict(), dataclasses.asdict(ref.run), ref.rerank.to_dict())
     return m
 
 
@@ -559,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one setting of every experiment, e.g. --set model.epochs=120 "
         "--set run.device=cuda:1 (repeatable; values parsed as YAML). Runs whose "
-        "model settings (or run.max_steps_per_epoch, run.rerank) differ from "
+        "model settings, test protocol (rerank.*), run.max_steps_per_epoch or run.rerank differ from "
         "their YAML are marked † in the tables",
     )
     p.add_argument(

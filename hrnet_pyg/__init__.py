@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "HRNet": "hrnet_pyg.api",
     "HRNetConfig": "hrnet_pyg.config",
+    "RerankConfig": "hrnet_pyg.protocol",
     "HRNetModule": "hrnet_pyg.model",
     "HRNetOutput": "hrnet_pyg.model",
     "RelationHead": "hrnet_pyg.head",
@@ -91,6 +92,7 @@ __all__ = [
     "IndividualRelationConv",
     "PairwiseRelationConv",
     "RelationHead",
+    "RerankConfig",
     "VerificationHead",
     "__version__",
     "build_dataset",

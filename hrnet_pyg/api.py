@@ -27,6 +27,8 @@ class HRNet(HRNetModule):
     Args:
         config: hyperparameters and Table 1 switches (defaults: the paper's values).
         num_classes: number of training identities S (Eq. 10).
+        rerank_config: the test protocol it re-ranks with by default
+            (:class:`~hrnet_pyg.protocol.RerankConfig`; stored in its checkpoints).
     """
 
     def fit(self, train_loader: Iterable, epochs: int | None = None, **kwargs: Any) -> FitResult:
@@ -40,7 +42,8 @@ class HRNet(HRNetModule):
 
     def evaluate(self, query_loader: Iterable, gallery_loader: Iterable, **kwargs: Any) -> EvalReport | None:
         """CNN-only and relational re-ranking metrics side by side (Sec. 4.2 "Testing"):
-        :func:`~hrnet_pyg.engine.evaluate`."""
+        :func:`~hrnet_pyg.engine.evaluate`; ``rerank_config=RerankConfig(...)`` scores under
+        another test protocol than the model's."""
         return engine.evaluate(self, query_loader, gallery_loader, **kwargs)
 
     def save(self, path: str | Path) -> None:

@@ -6,6 +6,7 @@ and point to ``docs/paper_map.md`` where the choice is argued.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import types
@@ -28,16 +29,24 @@ TABLE1_ROWS = {
     "HRNet": dict(use_ir=True, ir_graph="knn", use_cnc=True, use_pr=True, use_igp=True),
 }
 
-# The paper-literal reading of every open detail whose default docs/efficacy.md decided by
+# The paper-literal reading of every open training detail whose default docs/efficacy.md decided by
 # measurement: HRNetConfig.from_row(row, **PAPER_LITERAL), or experiments/*/hrnet_paper_literal.yaml.
+# The test protocol's literal reading is RerankConfig.paper_literal() (hrnet_pyg.protocol).
 PAPER_LITERAL = dict(
     ir_attention_norm="all",  # Eq. 2 as printed: denominator over all N nodes
     pr_head="diagonal",  # Eq. 13's head, the first round's reading: w^T BN(u' * u') + b
     pr_head_init="glorot",
-    rerank_ir_score="ir_cosine",  # Sec. 4.2: the two similarity scores (cosine, t_hat) added as they are
-    rerank_norm="none",
-    rerank_pr_weight=1.0,
 )
+
+# The test protocol's former HRNetConfig fields -> their RerankConfig names (hrnet_pyg.protocol).
+# Old configs and checkpoints that carry them still load (split_legacy_rerank).
+LEGACY_RERANK_FIELDS = {
+    "top_k_rerank": "shortlist",
+    "rerank_ir_score": "ir_score",
+    "rerank_pr_score": "pr_score",
+    "rerank_norm": "norm",
+    "rerank_pr_weight": "pr_weight",
+}
 
 
 @dataclass
@@ -60,17 +69,7 @@ class HRNetConfig:
     milestones: tuple[int, ...] = (40, 120)  # lr x gamma at these epochs
     gamma: float = 0.1
     warmup_epochs: int = 0  # not in the paper (BoT-style linear warm-up); 0 = off
-    # --- test protocol (Sec. 4.2 "Testing") ---
-    top_k_rerank: int = 120
-    # which similarity each module adds at test time, and its normalisation over the shortlist
-    # (open details, decided in docs/efficacy.md; the paper-literal reading is
-    # ir_cosine + pr_prob, norm "none")
-    rerank_ir_score: str = "ir_bn_cosine"  # "ir_cosine": cos(v'_q, v'_g); "ir_bn_cosine": of BN(V')
-    rerank_pr_score: str = "pr_prob"  # "pr_prob": t_hat (Eq. 13); "pr_logit": its logit
-    rerank_norm: str = "zscore"  # "none" (literal sum), "zscore" or "rank" over the shortlist
-    # weight of the PR term in the sum, after the normalisation (1.0: the two added as equals).
-    # 0.25 measured: the PR term is weaker than the IR term and largely redundant with it
-    rerank_pr_weight: float = 0.25
+    # --- input (Sec. 3.1) ---
     image_size: tuple[int, int] = (256, 128)  # (height, width), Sec. 3.1
     # --- Table 1 switches ---
     use_ir: bool = True  # individual relationship (Eq. 1-3)
@@ -112,12 +111,9 @@ class HRNetConfig:
               f"must be 'all' (Eq. 2) or 'neighbors' (GAT), got {self.ir_attention_norm!r}")
         for name, valid in (("cnc_mining", ("violation", "batch_hard")),
                             ("pr_head", ("diagonal", "projected")),
-                            ("pr_head_init", ("glorot", "distance")),
-                            ("rerank_ir_score", ("ir_cosine", "ir_bn_cosine")),
-                            ("rerank_pr_score", ("pr_prob", "pr_logit")),
-                            ("rerank_norm", ("none", "zscore", "rank"))):
+                            ("pr_head_init", ("glorot", "distance"))):
             check(getattr(self, name) in valid, name, f"must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
-        for name in ("k", "num_identities", "num_instances", "epochs", "top_k_rerank", "feat_dim"):
+        for name in ("k", "num_identities", "num_instances", "epochs", "feat_dim"):
             at_least(self, name, 1)
         for name in ("warmup_epochs", "seed"):  # seed: numpy's generators take no negative seed
             at_least(self, name, 0)
@@ -126,8 +122,7 @@ class HRNetConfig:
         check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
         for name in ("lr", "gamma"):
             check(0.0 < getattr(self, name) < math.inf, name, f"must be a finite number > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "lambda_cnc", "cnc_margin", "triplet_margin", "leaky_relu_slope",
-                     "rerank_pr_weight"):
+        for name in ("weight_decay", "lambda_cnc", "cnc_margin", "triplet_margin", "leaky_relu_slope"):
             check(0.0 <= getattr(self, name) < math.inf, name,
                   f"must be a finite number >= 0, got {getattr(self, name)}")
         check(all(m >= 1 for m in self.milestones), "milestones",
@@ -150,7 +145,15 @@ class HRNetConfig:
         return cls(**{**TABLE1_ROWS[row], **overrides})
 
     @classmethod
-    def from_dict(cls, values: dict) -> HRNetConfig:
+    def from_dict(cls, values: dict, where: str | None = None) -> HRNetConfig:
+        """The config of a mapping of field names to values (a YAML section, a checkpoint's config).
+
+        The test protocol's former fields (``top_k_rerank``, ``rerank_*``) are left out with one
+        deprecation line: they are :class:`~hrnet_pyg.protocol.RerankConfig`'s now, which
+        :meth:`RerankConfig.from_legacy <hrnet_pyg.protocol.RerankConfig.from_legacy>` reads from
+        the same mapping. ``where`` names the mapping's source in that line (a file, a checkpoint).
+        """
+        values, _ = split_legacy_rerank(values, where)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -167,21 +170,23 @@ class HRNetConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> HRNetConfig:
+        """The ``model:`` section of a YAML file (:func:`hrnet_pyg.experiment.load_experiment` reads all)."""
         values = load_yaml_with_base(path).get("model", {})
-        return cls.from_dict(values)
+        return cls.from_dict(values, where=str(path))
 
 
 # ---------------------------------------------------------------------------- checked values
 class ConfigError(ValueError):
     """A configuration value that does not fit its field: ``field`` names it, ``problem`` says why.
 
-    The message is ``"<field>: <problem>"``; :func:`hrnet_pyg.experiment.load_experiment`
-    rewrites it to name where the value came from (``--set model.lr``, ``exp.yaml: model.lr``).
+    The message is ``"<field>: <problem>"`` (``"<section>.<field>: <problem>"`` for a section's
+    own dataclass, e.g. ``rerank.norm``); :func:`hrnet_pyg.experiment.load_experiment` rewrites it
+    to name where the value came from (``--set model.lr``, ``exp.yaml: model.lr``).
     """
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field, self.problem = field, problem
+    def __init__(self, field: str, problem: str, section: str | None = None) -> None:
+        super().__init__(f"{section + '.' if section else ''}{field}: {problem}")
+        self.field, self.problem, self.section = field, problem, section
 
 
 def check(ok: bool, field: str, problem: str) -> None:
@@ -199,18 +204,80 @@ def within(obj: Any, name: str, low: float, high: float) -> None:
     check(low <= value <= high, name, f"must lie in [{low:g}, {high:g}], got {value}")
 
 
-def coerce_dataclass(obj: Any) -> None:
-    """Convert every field of the dataclass instance ``obj`` to its annotated type, in place.
+def coerce_dataclass(obj: Any, section: str | None = None) -> None:
+    """Convert every field of the dataclass instance ``obj`` to its annotated type, in place
+    (frozen dataclasses too).
 
-    Raises :class:`ConfigError` naming the field, e.g. ``lr: expected float, got 'fast'``.
+    Raises :class:`ConfigError` naming the field, e.g. ``lr: expected float, got 'fast'``, or
+    ``rerank.norm: expected one of 'none', 'zscore', 'rank', got 'z'`` for a ``Literal`` field.
     """
     hints = _type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         try:
-            setattr(obj, f.name, _coerce(value, hints[f.name]))
+            object.__setattr__(obj, f.name, _coerce(value, hints[f.name]))
         except _Mismatch:
-            raise ConfigError(f.name, f"expected {_type_name(hints[f.name])}, got {value!r}") from None
+            raise ConfigError(f.name, f"expected {_type_name(hints[f.name])}, got {value!r}", section) from None
+
+
+def bounds(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    """Field metadata of a number's range, which :func:`validate_dataclass` checks:
+    ``field(default=120, metadata=bounds(low=1))``. Floats must also be finite."""
+    return {"bounds": (low, high)}
+
+
+def validate_dataclass(obj: Any, section: str | None = None) -> None:
+    """The one validator of a dataclass whose fields say what they take: every field coerced to
+    its annotation (a ``Literal`` field to one of its values), then every number checked against
+    its field's :func:`bounds`. Errors are :class:`ConfigError` naming ``section.field``."""
+    coerce_dataclass(obj, section)
+    for f in dataclasses.fields(obj):
+        low, high = f.metadata.get("bounds", (None, None))
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f.name, f"must be a finite number, got {value}", section)
+        if low is not None and value < low:
+            raise ConfigError(f.name, f"must be at least {low}, got {value}", section)
+        if high is not None and value > high:
+            raise ConfigError(f.name, f"must be at most {high}, got {value}", section)
+
+
+def literal_values(cls: Any, name: str) -> tuple[Any, ...]:
+    """The values a ``Literal``-typed field ``name`` of the dataclass ``cls`` takes."""
+    hint = _type_hints(cls)[name]
+    if typing.get_origin(hint) is not typing.Literal:
+        raise TypeError(f"{cls.__name__}.{name} is not a Literal-typed field")
+    return typing.get_args(hint)
+
+
+# ---------------------------------------------------------------------------- deprecations
+log = logging.getLogger("hrnet_pyg")
+
+
+def deprecated(message: str) -> None:
+    """One deprecation line, ``"deprecated: <message>"``, as a warning of the ``hrnet_pyg``
+    logger: shown by the command line and, with no logging set up, on stderr."""
+    log.warning("deprecated: %s", message)
+
+
+def split_legacy_rerank(
+    values: dict[str, Any], where: str | None = None, section: str = "model"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` without the test protocol's former HRNetConfig fields, and those fields under
+    their :class:`~hrnet_pyg.protocol.RerankConfig` names; one deprecation line when there are any.
+
+    ``where`` and ``section`` name the mapping in that line: ``exp.yaml: model.top_k_rerank``,
+    ``--set model.rerank_norm``, ``checkpoint x.pth: config.rerank_norm``.
+    """
+    old = [k for k in values if k in LEGACY_RERANK_FIELDS]
+    if not old:
+        return values, {}
+    given = ", ".join(f"{section}.{k}" for k in old)
+    now = ", ".join(f"rerank.{LEGACY_RERANK_FIELDS[k]}" for k in old)
+    deprecated(f"{where + ': ' if where else ''}{given}: the test protocol has its own section now; "
+               f"read as {now} (hrnet_pyg.protocol.RerankConfig)")
+    return ({k: v for k, v in values.items() if k not in LEGACY_RERANK_FIELDS},
+            {LEGACY_RERANK_FIELDS[k]: values[k] for k in old})
 
 
 # ---------------------------------------------------------------------------- typed values
@@ -221,6 +288,8 @@ _FALSE = {"false", "no", "off", "0"}
 def _type_name(tp: Any) -> str:
     """``int``, ``float or null``, ``list of int``, ``list of 2 int``, ``bool or str`` ..."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
     if origin is Union or origin is types.UnionType:
         names = [_type_name(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or null" if type(None) in args else "")
@@ -263,6 +332,11 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is Any:
         return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:  # one of the listed values, of the listed value's type
+        for choice in args:
+            if type(value) is type(choice) and value == choice:
+                return choice
+        raise _Mismatch
     if origin is Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None
@@ -419,6 +493,6 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 __all__ = [
-    "ConfigError", "HRNetConfig", "PAPER_LITERAL", "TABLE1_ROWS", "coerce_dataclass", "coerce_fields",
-    "load_yaml_with_base",
+    "LEGACY_RERANK_FIELDS", "ConfigError", "HRNetConfig", "PAPER_LITERAL", "TABLE1_ROWS", "bounds", "coerce_dataclass",
+    "coerce_fields", "deprecated", "literal_values", "load_yaml_with_base", "split_legacy_rerank", "validate_dataclass",
 ]

@@ -136,7 +136,8 @@ def _run_demo(out: Path, quick: bool, device: str, progress: bool, with_baseline
         lines.append(line("CNN (baseline)", "cosine", results["CNN"]["report"].cnn,
                           f"{results['CNN']['seconds']:.0f}"))
     lines.append(line("HRNet", "cosine of its CNN features", hr.cnn, f"{results['HRNet']['seconds']:.0f}"))
-    lines.append(line("HRNet", "top-120 relational re-ranking (Sec. 4.2)", hr.hrnet, "(same run)"))
+    lines.append(line("HRNet", f"top-{hr.rerank_config.shortlist} relational re-ranking (Sec. 4.2)", hr.hrnet,
+                      "(same run)"))
     lines.append(line("HRNet", "k-reciprocal re-ranking of the same features", hr.kreciprocal, "(same run)"))
     table = "\n".join(lines)
     print(table)

@@ -1,14 +1,15 @@
-"""One experiment = one YAML file: data, model (HRNetConfig) and run settings.
+"""One experiment = one YAML file: data, model (HRNetConfig), test protocol (RerankConfig) and run settings.
 
-A YAML file has three sections, each optional::
+A YAML file has four sections, each optional::
 
     _base_: ../base.yaml          # merged underneath, key by key
-    data:  {name: market1501, root: data, kwargs: {}}
-    model: {use_ir: true, ...}    # HRNetConfig fields
-    run:   {output_dir: runs/market1501/hrnet, device: auto, ...}
+    data:   {name: market1501, root: data, kwargs: {}}
+    model:  {use_ir: true, ...}   # HRNetConfig fields
+    rerank: {shortlist: 120, norm: zscore, ...}   # RerankConfig fields (hrnet_pyg.protocol)
+    run:    {output_dir: runs/market1501/hrnet, device: auto, ...}
 
-``run_experiment`` trains, evaluates with the paper's test protocol and writes
-``metrics.json`` beside the checkpoint.
+``run_experiment`` trains, evaluates with the experiment's test protocol (the ``rerank`` section)
+and writes ``metrics.json`` beside the checkpoint.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from hrnet_pyg.config import (
     coerce_dataclass,
     coerce_fields,
     load_yaml_with_base,
+    split_legacy_rerank,
 )
 from hrnet_pyg.outputs import CLI_NAMES, RUN_FILES, check_run_folder, clear_run_folder
+from hrnet_pyg.protocol import RerankConfig
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -90,11 +93,13 @@ class Experiment:
     model: HRNetConfig
     run: RunConfig
     source: str | None = None
+    rerank: RerankConfig = field(default_factory=RerankConfig)  # the test protocol (Sec. 4.2 "Testing")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "data": dataclasses.asdict(self.data),
             "model": self.model.to_dict(),
+            "rerank": self.rerank.to_dict(),
             "run": dataclasses.asdict(self.run),
         }
 
@@ -108,6 +113,26 @@ def _section(cls: Any, values: dict[str, Any], where: str, label: Any) -> Any:
         return cls(**coerce_fields(cls, values, where, label))
     except ConfigError as exc:  # a value out of range: name it as the user wrote it
         raise ValueError(f"{label(exc.field)}: {exc.problem}") from None
+
+
+SECTIONS = ("data", "model", "rerank", "run")
+
+
+def _legacy_to_rerank(values: dict[str, Any], where: str | None) -> dict[str, Any]:
+    """``values`` (one source's sections) with the test protocol's former ``model.top_k_rerank`` /
+    ``model.rerank_*`` keys moved to the ``rerank`` section (one deprecation line); they win over
+    that source's own ``rerank`` keys, so a file of the former layout keeps its protocol over a
+    new-layout base."""
+    model = values.get("model")
+    if not isinstance(model, dict):
+        return values
+    model, legacy = split_legacy_rerank(model, where)
+    if not legacy:
+        return values
+    rerank = values.get("rerank", {})
+    if not isinstance(rerank, dict):  # load_experiment reports the section that is not a mapping
+        return values
+    return {**values, "model": model, "rerank": {**rerank, **legacy}}
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -158,11 +183,13 @@ def load_experiment(path: str | Path | None = None, overrides: dict[str, Any] | 
     for section, entries in overrides.items():
         if not isinstance(entries, dict):
             raise ValueError(f"--set {section}={entries!r}: give a key of the section, e.g. {section}.KEY=VALUE")
+    values = _legacy_to_rerank(values, str(path) if path is not None else None)
+    overrides = _legacy_to_rerank(overrides, "--set")
     values = _merge(values, overrides)
-    unknown = sorted(set(values) - {"data", "model", "run"})
+    unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
         src = f"{path}" if path is not None and not set(unknown) & set(overrides) else "--set"
-        raise ValueError(f"{src}: unknown section(s) {unknown}; valid: data, model, run")
+        raise ValueError(f"{src}: unknown section(s) {unknown}; valid: {', '.join(SECTIONS)}")
     where = str(path) if path is not None else "experiment"
     overridden = set(_keys(overrides))
 
@@ -173,7 +200,7 @@ def load_experiment(path: str | Path | None = None, overrides: dict[str, Any] | 
 
         return name
 
-    for section in ("data", "model", "run"):
+    for section in SECTIONS:
         if not isinstance(values.get(section, {}), dict):
             raise ValueError(f"{where}: section '{section}' must be a mapping of keys to values")
     model_values = values.get("model", {})
@@ -185,6 +212,7 @@ def load_experiment(path: str | Path | None = None, overrides: dict[str, Any] | 
         data=_section(DataConfig, values.get("data", {}), f"{where} [data]", label("data")),
         model=_section(HRNetConfig, model_values, "model", label("model")),
         run=_section(RunConfig, values.get("run", {}), f"{where} [run]", label("run")),
+        rerank=_section(RerankConfig, values.get("rerank", {}), f"{where} [rerank]", label("rerank")),
         source=str(path) if path is not None else None,
     )
 
@@ -387,7 +415,8 @@ class _RunEvaluation:
         from hrnet_pyg.engine import evaluate_features
 
         return evaluate_features(
-            model, *feats, use_camids=self.use_camids, device=self.device, progress=progress, **kwargs
+            model, *feats, use_camids=self.use_camids, rerank_config=self.exp.rerank, device=self.device,
+            progress=progress, **kwargs,
         )
 
     def during_training(self, model: Any) -> dict[str, float] | None:
@@ -444,12 +473,13 @@ def run_experiment(
     # Everything that can be checked is checked before the first file is written: the test
     # split, the model, and the checkpoint a resume continues (a best.pth, another model's).
     check_test_split(dataset, exp.data.name)
-    if train:
-        model = HRNet(exp.model, num_classes=dataset.num_train_pids)
+    if train:  # the model carries the experiment's test protocol into its checkpoints
+        model = HRNet(exp.model, num_classes=dataset.num_train_pids, rerank_config=exp.rerank)
         if exp.run.resume is not None:
             load_training_state(model, exp.run.resume)
     else:
         model = HRNet.load(out_dir / "last.pth")
+        model.rerank_config = exp.rerank  # evaluated with the experiment's test protocol
     exp = dataclasses.replace(exp, model=model.config)  # as built (feat_dim: the backbone's width)
     run_log = None
     if ctx.is_main:
@@ -484,6 +514,6 @@ def run_experiment(
 
 
 __all__ = [
-    "DataConfig", "Experiment", "RUN_FILES", "RunConfig", "build_loaders", "check_test_split", "load_experiment",
-    "parse_overrides", "run_experiment",
+    "SECTIONS", "DataConfig", "Experiment", "RUN_FILES", "RunConfig", "build_loaders", "check_test_split",
+    "load_experiment", "parse_overrides", "run_experiment",
 ]

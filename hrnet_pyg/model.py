@@ -30,6 +30,7 @@ from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.head import RelationHead
 from hrnet_pyg.losses import batch_hard_triplet_loss, cross_entropy_label_smooth, hrnet_total_loss
 from hrnet_pyg.nn import IndividualRelationConv, PairwiseRelationConv, VerificationHead
+from hrnet_pyg.protocol import RerankConfig
 
 log = logging.getLogger("hrnet_pyg")
 
@@ -78,9 +79,14 @@ class HRNetModule(nn.Module):
     Args:
         config: hyperparameters and Table 1 switches (defaults: the paper's values).
         num_classes: number of training identities S (Eq. 10).
+        rerank_config: the test protocol this model re-ranks with when none is given
+            (``model.rerank_config``; default: :class:`~hrnet_pyg.protocol.RerankConfig`'s
+            defaults). Checkpoints store it; it has no parameter and no effect on training.
     """
 
-    def __init__(self, config: HRNetConfig | None = None, num_classes: int = 751) -> None:
+    def __init__(
+        self, config: HRNetConfig | None = None, num_classes: int = 751, rerank_config: RerankConfig | None = None
+    ) -> None:
         super().__init__()
         cfg = config if config is not None else HRNetConfig()
         if num_classes < 2:
@@ -107,6 +113,9 @@ class HRNetModule(nn.Module):
         # Set by the engine under torch.distributed when the graphs span the batch of all ranks
         # (hrnet_pyg.distributed.set_graph_scope); None: the graphs span this process's batch.
         self.graph_batch: GraphBatch | None = None
+        if rerank_config is not None and not isinstance(rerank_config, RerankConfig):
+            raise TypeError(f"rerank_config must be a RerankConfig, got {type(rerank_config).__name__}")
+        self.rerank_config = rerank_config if rerank_config is not None else RerankConfig()
         self.register_load_state_dict_pre_hook(_head_layout)
 
     @property

@@ -1,10 +1,11 @@
 """The paper's test-time relational re-ranking (Sec. 4.2 "Testing").
 
-For each query: the top-k gallery images by cosine similarity of the CNN features (k = 120),
-then the query and those k images pass as one graph through both relationship modules, and
-the IR similarity plus the PR similarity re-orders them. Gallery images outside the top-k keep
-their cosine order after them. The classic k-reciprocal baseline lives in
-:mod:`hrnet_pyg.kreciprocal`.
+For each query: the shortlist, its top gallery images by cosine similarity of the CNN features
+(120 of them), then the query and the shortlist pass as one graph through both relationship
+modules, and the IR similarity plus the PR similarity re-orders them. Gallery images outside the
+shortlist keep their cosine order after them. The test protocol (shortlist, similarities,
+normalisation, PR weight) is a :class:`~hrnet_pyg.protocol.RerankConfig`. The classic
+k-reciprocal baseline lives in :mod:`hrnet_pyg.kreciprocal`.
 
 Why it is fast (``docs/performance.md``): every weight matrix that acts on one image at a time
 (W_s of Eq. 3, W_p of Eq. 7 through sum_j g_ij u_j W_p = f_n W_p - (G F W_p)_i, and the
@@ -21,11 +22,12 @@ import torch
 from torch import Tensor
 
 from hrnet_pyg.model import HRNetModule
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.runtime import progress as progress_of
 from hrnet_pyg.runtime import resolve_device
-from hrnet_pyg.scoring import project_images, relational_scores
+from hrnet_pyg.scoring import project_images, protocol_of, relational_scores
 
-# Bytes of one (queries, 1 + top_k, d) float32 tensor of a pass when queries_per_pass is not given.
+# Bytes of one (queries, 1 + shortlist, d) float32 tensor of a pass when queries_per_pass is not given.
 # CPU: glibc serves allocations above 32 MiB with fresh mmap()s, which page-fault again on every
 # pass, and a pass allocates about a dozen such tensors; below the threshold freed blocks are
 # reused. GPUs (caching allocator) gain from larger passes: fewer kernel launches per query.
@@ -38,12 +40,13 @@ def relational_rerank(
     model: HRNetModule,
     query_feats: Tensor,
     gallery_feats: Tensor,
-    top_k: int = 120,
+    rerank_config: RerankConfig | None = None,
     *,
     queries_per_pass: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
     return_scores: bool = False,
+    top_k: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Query x gallery distance matrix (lower = better) after relational re-ranking.
 
@@ -52,15 +55,18 @@ def relational_rerank(
             shortlist; its IR/PR modules re-score it).
         query_feats: (Q, d) CNN features F of the queries (``HRNet.extract``).
         gallery_feats: (G, d) CNN features F of the gallery.
-        top_k: shortlist length (the paper's 120); clipped to G.
+        rerank_config: the test protocol (:class:`~hrnet_pyg.protocol.RerankConfig`: the
+            shortlist length, clipped to G, the similarities, their normalisation and the PR
+            weight); ``None``: the model's (``model.rerank_config``, its run's).
         queries_per_pass: query graphs processed together (their per-graph matrix products are
             batched into one; memory grows with it, about 1 MB per query and per-pass tensor at
-            d = 2048, top-120). Default on the CPU: as many as keep one (queries, 1 + top_k, d)
+            d = 2048, top-120). Default on the CPU: as many as keep one (queries, 1 + shortlist, d)
             float32 tensor within 24 MiB (24 queries at d = 2048, top-120): larger passes gain
             nothing on a quiet machine, the GEMM being large already, and lose to page faults;
             on a GPU within 128 MiB.
 
         return_scores: also return the (Q, G) relational scores, NaN outside each shortlist.
+        top_k: the shortlist's former name (deprecated: ``RerankConfig(shortlist=...)``).
 
     Returns:
         (Q, G) float32 tensor on the CPU that :func:`~hrnet_pyg.evaluation.evaluate_rank`
@@ -68,15 +74,14 @@ def relational_rerank(
         Each query's scores equal :func:`~hrnet_pyg.scoring.score_query_graphs` of its graph (query, shortlist);
         a shortlisted item's distance is ``-1 - (score - lowest score of the shortlist)``, below
         every cosine distance (>= 0) of the items left in cosine order, whatever the scores' range
-        (the fusion of ``config.rerank_norm`` need not be bounded).
+        (the protocol's normalisation need not be bounded).
     """
     if query_feats.dim() != 2 or gallery_feats.dim() != 2 or query_feats.size(1) != gallery_feats.size(1):
         raise ValueError(
             "query_feats and gallery_feats must be (Q, d) and (G, d) with the same d; got "
             f"{tuple(query_feats.shape)} and {tuple(gallery_feats.shape)}"
         )
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    protocol = protocol_of(model, rerank_config, top_k=top_k)
     if queries_per_pass is not None and queries_per_pass < 1:
         raise ValueError(f"queries_per_pass must be >= 1, got {queries_per_pass}")
     if gallery_feats.size(0) == 0:
@@ -87,7 +92,7 @@ def relational_rerank(
     dev = resolve_device(device)
     model = model.to(dev).eval()
     num_q, num_g = query_feats.size(0), gallery_feats.size(0)
-    k = min(top_k, num_g)
+    k = min(protocol.shortlist, num_g)
     if queries_per_pass is None:
         budget = _PASS_TENSOR_BYTES.get(dev.type, _PASS_TENSOR_BYTES_OTHER)
         queries_per_pass = max(1, budget // ((k + 1) * query_feats.size(1) * 4))
@@ -102,7 +107,7 @@ def relational_rerank(
         cos = images.retrieval[s:e] @ g_ret.T  # (B, G) cosine of BN(F)
         top = cos.topk(k, dim=1).indices  # (B, k) the shortlist
         q_ids = torch.arange(s, e, device=dev).unsqueeze(1)
-        score = relational_scores(model, images, torch.cat([q_ids, top + num_q], dim=1))  # (B, k)
+        score = relational_scores(model, images, torch.cat([q_ids, top + num_q], dim=1), protocol)  # (B, k)
         chunk = cos.neg_().add_(1.0)  # 1 - cos: items outside the shortlist keep cosine order
         chunk.scatter_(1, top, score.amin(dim=1, keepdim=True) - score - 1.0)
         dist[s:e] = chunk.cpu()

@@ -10,14 +10,14 @@ This module only gathers and fuses: no equation is written here.
 * :func:`project_images` -- the per-image half, once per image set.
 * :func:`similarity_terms` -- every similarity of each query graph (rows of the projections).
 * :func:`fuse_scores` -- Sec. 4.2's sum of the two modules' similarities.
-* :func:`relational_scores` -- the two above with the model's test protocol: what re-ranking uses.
+* :func:`relational_scores` -- the two above under a test protocol (:class:`~hrnet_pyg.protocol.RerankConfig`):
+  what re-ranking uses.
 * :func:`score_query_graphs` -- the same from the (B, M, d) features of B query graphs.
 
 Node 0 of each query graph is its query; the scores are those of node 0 against nodes 1..M-1.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor
 
+from hrnet_pyg.config import deprecated
 from hrnet_pyg.nn import IndividualProjection, PairProjection, gather_rows
+from hrnet_pyg.protocol import IRScore, Norm, PRScore, RerankConfig
+from hrnet_pyg.runtime import unwrap_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from hrnet_pyg.model import HRNetModule
@@ -48,11 +51,11 @@ class ImageProjections:
     pr: PairProjection | None = None  # F W_p, Eq. 6 and 8-9's dot products; IGP on v = F (no IR module)
 
 
-# Test-time similarities that fuse_scores can add (keys of similarity_terms).
+# The similarities and normalisations fuse_scores takes: RerankConfig's, read from its annotations.
 RERANK_SCORES = {
-    "ir": ("ir_cosine", "ir_bn_cosine"),
-    "pr": ("pr_prob", "pr_logit"),
-    "norm": ("none", "zscore", "rank"),
+    "ir": RerankConfig.choices("ir_score"),
+    "pr": RerankConfig.choices("pr_score"),
+    "norm": RerankConfig.choices("norm"),
 }
 
 
@@ -70,8 +73,8 @@ def _normalise_over_shortlist(s: Tensor, norm: str) -> Tensor:
     return 1.0 - ranks.to(s.dtype) / k
 
 
-def fuse_scores(parts: dict[str, Tensor], ir: str = "ir_cosine", pr: str = "pr_prob",
-                norm: str = "none", pr_weight: float = 1.0) -> Tensor:
+def fuse_scores(parts: dict[str, Tensor], ir: IRScore = "ir_cosine", pr: PRScore = "pr_prob",
+                norm: Norm = "none", pr_weight: float = 1.0) -> Tensor:
     """Sec. 4.2: "the similarity scores calculated from the two relationship learning modules are
     added". ``parts`` are :func:`similarity_terms`; ``ir`` and ``pr`` name the term each
     module contributes and ``norm`` how each is normalised over the query's shortlist before the
@@ -82,13 +85,7 @@ def fuse_scores(parts: dict[str, Tensor], ir: str = "ir_cosine", pr: str = "pr_p
 
     Shapes: every part (B, K) -> (B, K).
     """
-    if ir not in RERANK_SCORES["ir"] or pr not in RERANK_SCORES["pr"] or norm not in RERANK_SCORES["norm"]:
-        raise ValueError(
-            f"rerank scores: ir must be one of {RERANK_SCORES['ir']}, pr one of {RERANK_SCORES['pr']}, "
-            f"norm one of {RERANK_SCORES['norm']}; got ir={ir!r}, pr={pr!r}, norm={norm!r}"
-        )
-    if not 0.0 <= pr_weight < math.inf:
-        raise ValueError(f"pr_weight must be a finite number >= 0, got {pr_weight}")
+    RerankConfig(ir_score=ir, pr_score=pr, norm=norm, pr_weight=pr_weight)  # the values checked, once
     if ir in parts and pr in parts:
         return _normalise_over_shortlist(parts[ir], norm) + pr_weight * _normalise_over_shortlist(parts[pr], norm)
     for name in (ir, pr):
@@ -97,11 +94,33 @@ def fuse_scores(parts: dict[str, Tensor], ir: str = "ir_cosine", pr: str = "pr_p
     return parts["cosine"]
 
 
-def fusion_of(model: HRNetModule) -> dict[str, Any]:
-    """The keyword arguments of :func:`fuse_scores` that the model's test protocol names."""
-    cfg = model.config
-    return dict(ir=cfg.rerank_ir_score, pr=cfg.rerank_pr_score, norm=cfg.rerank_norm,
-                pr_weight=cfg.rerank_pr_weight)
+def protocol_of(
+    model: HRNetModule, rerank_config: RerankConfig | int | None = None, *, shortlist: int | None = None,
+    top_k: int | None = None, where: str = "relational_rerank",
+) -> RerankConfig:
+    """The test protocol to score with: ``rerank_config``, or the one the model carries (its run's,
+    from its checkpoint), with its shortlist replaced by ``shortlist`` when given.
+
+    ``top_k`` (or an int in place of ``rerank_config``) is the shortlist's former name, accepted
+    with one deprecation line naming ``where``.
+    """
+    if isinstance(rerank_config, int) and not isinstance(rerank_config, bool):
+        rerank_config, top_k = None, rerank_config
+    if top_k is not None:
+        deprecated(f"{where}(top_k=...): the shortlist is the test protocol's now; pass "
+                   "rerank_config=RerankConfig(shortlist=...)")
+        shortlist = top_k if shortlist is None else shortlist
+    if rerank_config is None:
+        rerank_config = getattr(unwrap_model(model), "rerank_config", None) or RerankConfig()
+    elif not isinstance(rerank_config, RerankConfig):
+        raise TypeError(f"rerank_config must be a RerankConfig, got {type(rerank_config).__name__}")
+    return rerank_config if shortlist is None else rerank_config.replace(shortlist=shortlist)
+
+
+def fusion_of(rerank_config: RerankConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`fuse_scores` that the test protocol names."""
+    return dict(ir=rerank_config.ir_score, pr=rerank_config.pr_score, norm=rerank_config.norm,
+                pr_weight=rerank_config.pr_weight)
 
 
 @torch.no_grad()
@@ -154,22 +173,24 @@ def similarity_terms(model: HRNetModule, images: ImageProjections, index: Tensor
 
 
 @torch.no_grad()
-def relational_scores(model: HRNetModule, images: ImageProjections, index: Tensor) -> Tensor:
+def relational_scores(
+    model: HRNetModule, images: ImageProjections, index: Tensor, rerank_config: RerankConfig | None = None
+) -> Tensor:
     """The relational similarity of each graph's query (node 0) to its other nodes, the graphs'
     nodes being rows ``index`` (B, M) of ``images`` (:func:`project_images`).
 
-    The similarities of :func:`similarity_terms` fused as the model's test protocol says
-    (:func:`fuse_scores` with :func:`fusion_of`: ``rerank_ir_score`` + ``rerank_pr_weight`` x
-    ``rerank_pr_score``, each normalised over the query's shortlist by ``rerank_norm``).
+    The similarities of :func:`similarity_terms` fused as the test protocol says
+    (:func:`fuse_scores` with :func:`fusion_of`: ``ir_score`` + ``pr_weight`` x ``pr_score``, each
+    normalised over the query's shortlist by ``norm``); ``rerank_config=None``: the model's.
 
     Returns:
         (B, M - 1) similarity of node 0 to nodes 1..M-1 (higher = more similar).
     """
-    return fuse_scores(similarity_terms(model, images, index), **fusion_of(model))
+    return fuse_scores(similarity_terms(model, images, index), **fusion_of(protocol_of(model, rerank_config)))
 
 
 @torch.no_grad()
-def score_query_graphs(model: HRNetModule, graph_feats: Tensor) -> Tensor:
+def score_query_graphs(model: HRNetModule, graph_feats: Tensor, rerank_config: RerankConfig | None = None) -> Tensor:
     """Relational similarity of each graph's node 0 (the query) to its other nodes.
 
     Sec. 4.2 "Testing": the query and its top-k gallery images form one graph that passes
@@ -178,12 +199,14 @@ def score_query_graphs(model: HRNetModule, graph_feats: Tensor) -> Tensor:
     Args:
         model: an :class:`~hrnet_pyg.model.HRNetModule` (in eval mode for its BatchNorms).
         graph_feats: (B, M, d) CNN features F of B query graphs; node 0 of each is the query.
+        rerank_config: the test protocol's similarities, normalisation and PR weight (its
+            shortlist is the graphs' size here); ``None``: the model's.
 
     Returns:
-        (B, M - 1) similarity (higher = more similar): the IR module's cosine plus
-        ``rerank_pr_weight`` times the PR module's t_hat(q, g) (or its logit), each normalised as
-        the config says and each where the module is enabled; the plain
-        cosine of the BN(F) retrieval features when neither is.
+        (B, M - 1) similarity (higher = more similar): the IR module's cosine plus ``pr_weight``
+        times the PR module's t_hat(q, g) (or its logit), each normalised as the protocol says
+        and each where the module is enabled; the plain cosine of the BN(F) retrieval features
+        when neither is.
     """
     if graph_feats.dim() != 3 or graph_feats.size(-1) != model.feat_dim or graph_feats.size(1) < 2:
         raise ValueError(
@@ -195,7 +218,7 @@ def score_query_graphs(model: HRNetModule, graph_feats: Tensor) -> Tensor:
     b, m, d = graph_feats.shape
     images = project_images(model, graph_feats.reshape(b * m, d))
     index = torch.arange(b * m, device=graph_feats.device).view(b, m)
-    return relational_scores(model, images, index)
+    return relational_scores(model, images, index, rerank_config)
 
 
 __all__ = [
@@ -204,6 +227,7 @@ __all__ = [
     "fuse_scores",
     "fusion_of",
     "project_images",
+    "protocol_of",
     "relational_scores",
     "score_query_graphs",
     "similarity_terms",

@@ -3,7 +3,7 @@
 The data flow is the paper's test protocol (Sec. 4.2 "Testing") applied to arbitrary images::
 
     image folder / CSV / single image -(test transform, backbone)-> F (N, d)   [extract_images]
-        -> BN(F), cosine shortlist of ``top_k_rerank`` = 120 gallery images per query
+        -> BN(F), cosine shortlist of ``rerank.shortlist`` = 120 gallery images per query
         -> query + shortlist as one graph through the IR and PR modules       [relational_rerank]
         -> ranked list (rank, path, cosine distance, relational score)        [search_features]
 
@@ -41,9 +41,11 @@ from hrnet_pyg.image_features import (
     features_of,
 )
 from hrnet_pyg.image_files import LABEL_MODES, ImageList, is_feature_file, list_images
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.ranked_grid import RankedGrid, ranked_list_grid
 from hrnet_pyg.rerank import relational_rerank
 from hrnet_pyg.runtime import resolve_device, unwrap_model
+from hrnet_pyg.scoring import protocol_of
 from hrnet_pyg.topk import stable_k_smallest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,6 +139,7 @@ def search_features(
     topk: int = 10,
     rerank: bool = True,
     shortlist: int | None = None,
+    rerank_config: RerankConfig | None = None,
     exclude_self: bool = True,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -151,7 +154,9 @@ def search_features(
             ``shortlist`` images re-scored by the IR and PR modules); ``False``: plain cosine
             distance of BN(F). A model without IR and PR modules always ranks by cosine.
             (default: ``True``)
-        shortlist: re-ranking shortlist length (default: ``config.top_k_rerank`` = 120).
+        shortlist: re-ranking shortlist length (default: the protocol's, 120).
+        rerank_config: the re-ranking's test protocol (:class:`~hrnet_pyg.protocol.RerankConfig`);
+            ``None``: the model's (``model.rerank_config``).
         exclude_self: drop the gallery image whose file is the query's own file (a query
             searched in the folder it comes from). (default: ``True``)
     """
@@ -167,6 +172,7 @@ def search_features(
             raise ValueError(f"the {name} set is empty")
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
+    protocol = protocol_of(inner, rerank_config, shortlist=shortlist)
     notes: list[str] = []
     fp = feature_fingerprint(inner)
     for name, feats in (("query", query), ("gallery", gallery)):
@@ -186,9 +192,8 @@ def search_features(
         notes.append("note: this model has no IR/PR module; ranked by cosine distance of BN(F)")
     score = None
     if use_rerank:
-        k = min(shortlist or inner.config.top_k_rerank, len(gallery))
         dist, score = relational_rerank(
-            inner, qf, gf, top_k=k, device=dev, progress=progress, return_scores=True
+            inner, qf, gf, protocol, device=dev, progress=progress, return_scores=True
         )  # score: NaN outside the shortlist
     else:
         dist = cos.clone()
@@ -225,6 +230,7 @@ def search(
     topk: int = 10,
     rerank: bool = True,
     shortlist: int | None = None,
+    rerank_config: RerankConfig | None = None,
     exclude_self: bool = True,
     labels: str = "auto",
     batch_size: int = 64,
@@ -249,6 +255,7 @@ def search(
         topk=topk,
         rerank=rerank,
         shortlist=shortlist,
+        rerank_config=rerank_config,
         exclude_self=exclude_self,
         device=device,
         progress=progress,

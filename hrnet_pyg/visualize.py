@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from hrnet_pyg.data import ImageDataset, build_transforms
 from hrnet_pyg.distances import cosine_distance
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.ranked_grid import (
     BACKGROUND_COLOR,
     MATCH_COLOR,
@@ -34,6 +35,7 @@ from hrnet_pyg.ranked_grid import (
 )
 from hrnet_pyg.rerank import relational_rerank
 from hrnet_pyg.runtime import resolve_device, unwrap_model
+from hrnet_pyg.scoring import protocol_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from hrnet_pyg.model import HRNetModule
@@ -289,19 +291,22 @@ def sample_pk_batch(records: Sequence[Any], num_identities: int, num_instances: 
 
 
 def ranking_caption(
-    model: HRNetModule, *, rerank: bool = True, given: bool = False, num_gallery: int | None = None
+    model: HRNetModule, *, rerank: bool = True, given: bool = False, num_gallery: int | None = None,
+    rerank_config: RerankConfig | None = None,
 ) -> str:
     """The caption of :func:`visualize_batch`'s ranked-list grid: which ranking it shows.
 
     ``given``: the caller passed the distance matrix; otherwise the relational re-ranking when
-    ``rerank`` and the model has an IR or PR module, else the cosine distance of BN(F).
+    ``rerank`` and the model has an IR or PR module (its shortlist that of ``rerank_config``,
+    ``None``: the model's protocol), else the cosine distance of BN(F).
     """
     inner = unwrap_model(model)
     modules = [name for name, m in (("IR", inner.ir), ("PR", inner.pr)) if m is not None]
     if given:
         ranking = "the distance matrix passed in"
     elif rerank and modules:
-        k = inner.config.top_k_rerank if num_gallery is None else min(inner.config.top_k_rerank, num_gallery)
+        shortlist = protocol_of(inner, rerank_config).shortlist
+        k = shortlist if num_gallery is None else min(shortlist, num_gallery)
         ranking = (
             f"the relational re-ranking (Sec. 4.2): each query's top {k} by cosine re-scored by the "
             f"{' and '.join(modules)} module{'s' if len(modules) > 1 else ''}"
@@ -317,10 +322,11 @@ def ranking_caption(
 
 def _test_distances(
     model: HRNetModule, dataset: Any, transform: Any, *, rerank: bool, device: torch.device, batch_size: int,
-    num_workers: int, progress: bool,
+    num_workers: int, progress: bool, rerank_config: RerankConfig | None = None,
 ) -> Tensor:
-    """The (Q, G) distances of ``dataset``'s test split: the relational re-ranking when ``rerank``
-    and the model has an IR or PR module, else the cosine distance of BN(F)."""
+    """The (Q, G) distances of ``dataset``'s test split: the relational re-ranking (under
+    ``rerank_config``, ``None``: the model's protocol) when ``rerank`` and the model has an IR or
+    PR module, else the cosine distance of BN(F)."""
     from torch.utils.data import DataLoader
 
     from hrnet_pyg.engine import extract  # the engine imports the model and torch_geometric
@@ -333,7 +339,7 @@ def _test_distances(
     qf, _, _ = extract(model, loader(dataset.query), device=device, progress=progress)
     gf, _, _ = extract(model, loader(dataset.gallery), device=device, progress=progress)
     if rerank and (model.ir is not None or model.pr is not None):
-        ranked = relational_rerank(model, qf, gf, top_k=model.config.top_k_rerank, device=device, progress=progress)
+        ranked = relational_rerank(model, qf, gf, rerank_config, device=device, progress=progress)
         assert isinstance(ranked, Tensor)  # without return_scores: the distance matrix alone
         return ranked
     with torch.no_grad():
@@ -353,6 +359,7 @@ def visualize_batch(
     topk: int = 10,
     distmat: Tensor | np.ndarray | None = None,
     rerank: bool = True,
+    rerank_config: RerankConfig | None = None,
     seed: int = 0,
     device: str | torch.device | None = "auto",
     batch_size: int = 128,
@@ -373,6 +380,8 @@ def visualize_batch(
             without it, query and gallery features are extracted and ranked here.
         rerank: rank with the paper's relational re-ranking (Sec. 4.2) when the model has a
             relationship module; otherwise (or ``False``) by cosine distance of BN(F).
+        rerank_config: the re-ranking's test protocol (:class:`~hrnet_pyg.protocol.RerankConfig`);
+            ``None``: the model's.
         seed: seeds the batch and query draws.
         device, batch_size, num_workers, progress: feature extraction settings.
         caption: the ranked-list grid's caption; by default it names the ranking drawn (the
@@ -410,10 +419,11 @@ def visualize_batch(
     q_fields = [_record_fields(r) for r in dataset.query]
     g_fields = [_record_fields(r) for r in dataset.gallery]
     if caption is None:
-        caption = ranking_caption(inner, rerank=rerank, given=distmat is not None, num_gallery=len(g_fields))
+        caption = ranking_caption(inner, rerank=rerank, given=distmat is not None, num_gallery=len(g_fields),
+                                  rerank_config=rerank_config)
     if distmat is None:
         distmat = _test_distances(inner, dataset, test_tf, rerank=rerank, device=dev, batch_size=batch_size,
-                                  num_workers=num_workers, progress=progress)
+                                  num_workers=num_workers, progress=progress, rerank_config=rerank_config)
     if query_indices is None:
         rng = np.random.default_rng(seed)
         query_indices = sorted(

@@ -1,5 +1,6 @@
 """The package's dependencies point one way: runtime <- nn (the layers) <- head <- model <- {rerank,
-engine} <- commands; and each equation of the paper lives in the layers.
+engine} <- commands; each equation of the paper lives in the layers; the test protocol's valid values
+are listed once (hrnet_pyg/protocol.py).
 
 The import graph is read from the source with ``ast`` (module-level and function-level imports,
 absolute and relative), so the tests see imports that a plain ``import hrnet_pyg`` never runs.
@@ -352,3 +353,34 @@ def test_no_module_over_the_line_limit():
         if lines > MAX_MODULE_LINES:
             too_long.append(f"{PACKAGE}/{rel} ({lines} lines)")
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split them by concept): " + ", ".join(too_long)
+
+
+# ---------------------------------------------------------------------------- valid values listed once
+_SOURCES = [p for d in ("hrnet_pyg", "experiments", "benchmarks") for p in sorted((ROOT.parent / d).rglob("*.py"))]
+
+
+def listed_choices(source: str) -> list[tuple[int, list[str]]]:
+    """(line, values) of every tuple, list or set literal of strings that lists two or more valid
+    values of one of RerankConfig's Literal fields."""
+    from hrnet_pyg.protocol import RerankConfig
+
+    groups = [set(RerankConfig.choices(name)) for name in ("ir_score", "pr_score", "norm")]
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            strings = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+            if any(len(strings & group) >= 2 for group in groups):
+                out.append((node.lineno, sorted(strings)))
+    return out
+
+
+def test_the_listing_check_catches_a_list():
+    assert listed_choices('ok = ("ir_cosine",)\nbad = ["none", "rank"]\n') == [(2, ["none", "rank"])]
+    assert listed_choices('x = {"ir_cosine": 1, "ir_bn_cosine": 2}\n') == []  # names of terms, not a listing
+
+
+def test_valid_values_are_listed_once():
+    """The test protocol's valid values are RerankConfig's annotations: no other module lists them."""
+    found = [f"{p.relative_to(ROOT.parent)}:{line} {values}" for p in _SOURCES if p.name != "protocol.py"
+             for line, values in listed_choices(p.read_text())]
+    assert not found, "valid values of RerankConfig listed outside hrnet_pyg/protocol.py: " + "; ".join(found)

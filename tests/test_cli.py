@@ -4,6 +4,8 @@ import json
 import pytest
 
 from hrnet_pyg.cli import build_parser, main
+from hrnet_pyg.protocol import RerankConfig
+from hrnet_pyg.runtime import load_checkpoint
 
 VERBS = ["train", "eval", "extract", "search", "export", "demo", "visualize", "datasets"]
 
@@ -39,7 +41,7 @@ TINY = [
     "--set",
     "model.num_instances=2",
     "--set",
-    "model.top_k_rerank=10",
+    "rerank.shortlist=10",
     "--set",
     "run.num_workers=0",
     "--set",
@@ -51,7 +53,7 @@ TINY = [
 ]
 
 
-def test_train_resume_eval_on_generated_images(tmp_path, capsys):
+def test_train_resume_eval_on_generated_images(tmp_path, capsys, caplog):
     data = TINY + ["--data-root", str(tmp_path / "data")]
     common = data + ["--output-dir", str(tmp_path / "run")]
     assert main(["train", *common, "--epochs", "1", "--no-progress"]) == 0
@@ -65,6 +67,22 @@ def test_train_resume_eval_on_generated_images(tmp_path, capsys):
     assert main(["eval", *data, "--checkpoint", str(ckpt), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "CNN (cosine)" in out and "relational re-ranking" in out
+    # the checkpoint carries the run's test protocol (--set rerank.shortlist=10), and eval uses it
+    # (the table names it in a line under it)
+    assert load_checkpoint(ckpt)["rerank"] == RerankConfig(shortlist=10).to_dict()
+    assert "test protocol: rerank.shortlist=10, rerank.ir_score=ir_bn_cosine," in out
+    # --shortlist and --set rerank.<field> change it for this evaluation; --top-k is --shortlist's
+    # former name: the same, with one deprecation line
+    for flag in ("--shortlist", "--top-k"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hrnet_pyg"):
+            assert main(["eval", *data, "--checkpoint", str(ckpt), "--no-progress", flag, "5",
+                         "--set", "rerank.norm=none"]) == 0
+        out = capsys.readouterr().out
+        assert "test protocol: rerank.shortlist=5, rerank.ir_score=ir_bn_cosine, rerank.pr_score=pr_prob, " \
+               "rerank.norm=none, rerank.pr_weight=0.25" in out
+        notes = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+        assert notes == ([] if flag == "--shortlist" else ["deprecated: --top-k is now --shortlist"])
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):

@@ -26,6 +26,7 @@ from hrnet_pyg.engine import evaluate, evaluate_features, fit, load_model
 from hrnet_pyg.engine.hooks import rng_state, set_rng_state
 from hrnet_pyg.evaluation import euclidean_distance
 from hrnet_pyg.model import HRNetModule as HRNet
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.runtime import autocast_context, load_checkpoint, resolve_device
 
 CUDA = torch.cuda.is_available()
@@ -324,10 +325,11 @@ def test_relational_rerank_and_evaluate_on_device_equal_cpu(device, no_tf32):
     model = _feature_model()
     qf, qp, qc = _clustered(40, 12, 64, seed=1)
     gf, gp, gc = _clustered(300, 12, 64, seed=2)
-    ref = relational_rerank(model, qf, gf, top_k=30, device="cpu", progress=False)
+    protocol = RerankConfig(shortlist=30)
+    ref = relational_rerank(model, qf, gf, protocol, device="cpu", progress=False)
     for per_pass in (7, None):
         got = relational_rerank(
-            model, qf.to(device), gf.to(device), top_k=30, queries_per_pass=per_pass, device=device, progress=False
+            model, qf.to(device), gf.to(device), protocol, queries_per_pass=per_pass, device=device, progress=False
         )
         assert got.device.type == "cpu" and got.dtype == torch.float32
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
@@ -337,9 +339,9 @@ def test_relational_rerank_and_evaluate_on_device_equal_cpu(device, no_tf32):
         assert torch.equal(got.argsort(dim=1, stable=True)[:, :30], order[:, :30])
         assert bool((got.gather(1, order).diff(dim=1) >= -1e-6).all())
     assert next(model.parameters()).device.type == device.type  # the model stays where it ran
-    on_cpu = evaluate_features(model, qf, qp, qc, gf, gp, gc, top_k=30, device="cpu", progress=False)
+    on_cpu = evaluate_features(model, qf, qp, qc, gf, gp, gc, rerank_config=protocol, device="cpu", progress=False)
     on_dev = evaluate_features(
-        model, qf, qp, qc, gf, gp, gc, top_k=30, device=device, progress=False, k_reciprocal=True
+        model, qf, qp, qc, gf, gp, gc, rerank_config=protocol, device=device, progress=False, k_reciprocal=True
     )
     for name in ("cnn", "hrnet"):
         a, b = getattr(on_cpu, name), getattr(on_dev, name)

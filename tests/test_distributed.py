@@ -38,6 +38,7 @@ from hrnet_pyg.distributed import (
 from hrnet_pyg.engine import evaluate, extract, fit
 from hrnet_pyg.losses import hrnet_total_loss
 from hrnet_pyg.model import HRNetModule as HRNet
+from hrnet_pyg.protocol import RerankConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -48,13 +49,13 @@ GRAPH_TERMS = ("tr", "in", "c_pos", "c_neg", "pa")  # Eq. 14 terms computed on t
 
 # ---------------------------------------------------------------------------- shared fixtures
 def _cfg(**kw: Any) -> HRNetConfig:
-    base = dict(backbone=None, feat_dim=DIM, k=3, num_identities=4, num_instances=3, lr=1e-2, top_k_rerank=6)
+    base = dict(backbone=None, feat_dim=DIM, k=3, num_identities=4, num_instances=3, lr=1e-2)
     return HRNetConfig(**{**base, **kw})
 
 
 def _model(seed: int = 0, **kw: Any) -> HRNet:
     torch.manual_seed(seed)
-    return HRNet(_cfg(**kw), num_classes=8)
+    return HRNet(_cfg(**kw), num_classes=8, rerank_config=RerankConfig(shortlist=6))
 
 
 def _train_data() -> FeatureDataset:
@@ -483,7 +484,8 @@ model:
   num_identities: 4
   num_instances: 3
   epochs: 1
-  top_k_rerank: 5
+rerank:
+  shortlist: 5
 run:
   output_dir: {out}
   device: cpu

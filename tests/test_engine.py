@@ -17,6 +17,7 @@ from hrnet_pyg.engine import (
     load_model,
     lr_at_epoch,
 )
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.scoring import score_query_graphs
 
 D = 16
@@ -145,7 +146,8 @@ def test_evaluate_features_reports_cnn_and_reranked_metrics():
     fit(model, _loader(cfg), epochs=2, progress=False)
     qf, qp, qc = _features(num_ids=5, per_id=2, seed=11)
     gf, gp, gc = _features(num_ids=5, per_id=6, seed=11)
-    report = evaluate_features(model, qf, qp, qc + 1, gf, gp, gc, top_k=20, progress=False)
+    report = evaluate_features(model, qf, qp, qc + 1, gf, gp, gc, rerank_config=RerankConfig(shortlist=20),
+                               progress=False)
     assert 0.0 <= report.cnn.mAP <= 1.0 and 0.0 <= report.hrnet.mAP <= 1.0
     assert "relational re-ranking" in report.table()
 
@@ -157,7 +159,8 @@ def test_evaluation_without_camera_ids_warns_instead_of_dropping_every_match():
     gf, gp, _ = _features(num_ids=5, per_id=6, seed=11)
     zeros_q, zeros_g = torch.zeros_like(qp), torch.zeros_like(gp)
     with pytest.warns(UserWarning, match="camera"):
-        report = evaluate_features(model, qf, qp, zeros_q, gf, gp, zeros_g, use_camids=False, top_k=20, progress=False)
+        report = evaluate_features(model, qf, qp, zeros_q, gf, gp, zeros_g, use_camids=False,
+                                   rerank_config=RerankConfig(shortlist=20), progress=False)
     assert report.cnn.num_valid_queries == len(qp)
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from hrnet_pyg.config import PAPER_LITERAL, TABLE1_ROWS, HRNetConfig, load_yaml_with_base
 from hrnet_pyg.experiment import DataConfig, RunConfig, load_experiment
+from hrnet_pyg.protocol import RerankConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"
@@ -83,6 +84,19 @@ def test_base_model_values_equal_hrnetconfig_defaults():
         got = tuple(value) if isinstance(value, list) else value
         assert got == want, f"base.yaml model.{key} = {value!r}, HRNetConfig default {want!r}"
     assert load_experiment(EXP / "base.yaml").model == HRNetConfig()
+    # the test protocol: its own section, every field stated, RerankConfig's defaults
+    assert raw["rerank"] == RerankConfig().to_dict()
+    assert load_experiment(EXP / "base.yaml").rerank == RerankConfig()
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_YAMLS, ids=_id)
+def test_no_yaml_uses_the_former_test_protocol_names(path, caplog):
+    raw = yaml.safe_load(path.read_text()) or {}
+    assert not {"top_k_rerank", "rerank_ir_score", "rerank_pr_score", "rerank_norm", "rerank_pr_weight"} & set(
+        raw.get("model", {})), path
+    with caplog.at_level("WARNING", logger="hrnet_pyg"):
+        load_experiment(path)
+    assert "deprecated" not in caplog.text
 
 
 @pytest.mark.parametrize("path", ROW_YAMLS, ids=_id)
@@ -100,6 +114,7 @@ def test_row_file_sets_exactly_its_table1_switches(path):
     # the row file states only its switches and its output_dir
     raw = yaml.safe_load(path.read_text())
     assert set(raw) <= {"_base_", "model", "run"} and set(raw.get("model", {})) == set(SWITCHES)
+    assert exp.rerank == base.rerank == RerankConfig()
     assert set(raw.get("run", {})) == {"output_dir"}
 
 
@@ -116,6 +131,7 @@ def test_paper_literal_file_is_the_hrnet_row_with_every_literal_reading(path):
     exp = load_experiment(path)
     base = load_experiment(path.parent / "hrnet.yaml")
     assert exp.model == dataclasses.replace(base.model, **PAPER_LITERAL)
+    assert exp.rerank == RerankConfig.paper_literal() and base.rerank == RerankConfig()
     assert exp.data == base.data
     assert exp.run.output_dir == f"runs/{path.parent.name}/hrnet_paper_literal"
     # every literal reading differs from today's measured default (else it would not be listed)
@@ -282,6 +298,15 @@ def test_shortened_runs_are_flagged(tmp_path, monkeypatch):
         tmp_path / "runs/msmt17/hrnet", 0.6, 0.8, model=exp.model.to_dict(), run_section=dataclasses.asdict(exp.run)
     )
     assert run.measured_of(exp).deviations == []
+    # another test protocol is another measurement: flagged, under either layout of experiment.json
+    (tmp_path / "runs/msmt17/hrnet/experiment.json").write_text(json.dumps(
+        {"model": exp.model.to_dict(), "rerank": RerankConfig.paper_literal().to_dict(),
+         "run": dataclasses.asdict(exp.run)}))
+    assert run.measured_of(exp).deviations == ["rerank.ir_score=ir_cosine", "rerank.norm=none", "rerank.pr_weight=1.0"]
+    (tmp_path / "runs/msmt17/hrnet/experiment.json").write_text(json.dumps(
+        {"model": {**exp.model.to_dict(), "top_k_rerank": 60, "rerank_norm": "zscore"},
+         "run": dataclasses.asdict(exp.run)}))
+    assert run.measured_of(exp).deviations == ["rerank.shortlist=60"]
 
 
 def test_format_table1_for_a_dataset_without_paper_numbers(tmp_path):

@@ -13,13 +13,14 @@ from PIL import Image
 from hrnet_pyg import HRNet, HRNetConfig
 from hrnet_pyg.cli import main
 from hrnet_pyg.index import GalleryIndex, GalleryIndexError, exact_shortlist, faiss_available, search_index
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.search import ImageFeatures, extract_images, search
 
 
 def tiny_model(seed: int = 0) -> HRNet:
     torch.manual_seed(seed)
-    cfg = HRNetConfig(backbone="resnet18", pretrained=False, image_size=(64, 32), k=3, top_k_rerank=6)
-    model = HRNet(cfg, num_classes=3)
+    cfg = HRNetConfig(backbone="resnet18", pretrained=False, image_size=(64, 32), k=3)
+    model = HRNet(cfg, num_classes=3, rerank_config=RerankConfig(shortlist=6))
     bn = model.bnneck.bn  # non-trivial BN statistics: BN(F) differs from F
     g = torch.Generator().manual_seed(seed + 1)
     bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) * 0.5)

@@ -11,6 +11,7 @@ from hrnet_pyg.losses import (
     cross_entropy_label_smooth,
     verification_loss,
 )
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.scoring import score_query_graphs
 
 D = 16
@@ -182,7 +183,7 @@ def test_relational_reranking_beats_cosine_on_a_tiny_feature_world():
     torch.manual_seed(0)
     w = generate_feature_world(FeatureWorldConfig(dim=32, num_train_ids=200, num_test_ids=100, seed=0))
     cfg = HRNetConfig.from_row("HRNet", backbone=None, feat_dim=32, lr=1e-3, epochs=15,
-                               milestones=(10, 13), top_k_rerank=40)
+                               milestones=(10, 13))
     loader = DataLoader(FeatureDataset(w.train.feats, w.train.pids),
                         batch_sampler=PKSampler(w.train.pids.tolist(), P=11, K=6, seed=0))
     model = HRNet(cfg, num_classes=w.num_train_pids)
@@ -192,7 +193,7 @@ def test_relational_reranking_beats_cosine_on_a_tiny_feature_world():
     with torch.no_grad():
         qf, gf = w.query.feats, w.gallery.feats
         cos = evaluate_rank(cosine_distance(model.retrieval_features(qf), model.retrieval_features(gf)), *args)
-        rel = evaluate_rank(relational_rerank(model, qf, gf, top_k=40, progress=False), *args)
+        rel = evaluate_rank(relational_rerank(model, qf, gf, RerankConfig(shortlist=40), progress=False), *args)
     assert rel.mAP > cos.mAP + 0.02, (rel.mAP, cos.mAP)
 
 

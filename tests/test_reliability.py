@@ -308,8 +308,10 @@ def test_permission_denied_names_the_path(tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------------------- smaller items
 def test_zero_shortlists_are_argument_errors(capsys):
     for argv in (
-        ["eval", "--checkpoint", "x.pth", "--top-k", "0"],
+        ["eval", "--checkpoint", "x.pth", "--shortlist", "0"],
+        ["eval", "--checkpoint", "x.pth", "--top-k", "0"],  # the former name
         ["search", "--checkpoint", "x", "--query", "q", "--gallery", "g", "--shortlist", "0"],
+        ["visualize", "--checkpoint", "x", "--shortlist", "0"],
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)

@@ -8,16 +8,18 @@ import torch.nn.functional as Fn
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.graphs import INTRA, LEFT, RIGHT, hybrid_graph, knn_edges
 from hrnet_pyg.model import HRNetModule
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.rerank import relational_rerank
 from hrnet_pyg.scoring import fuse_scores, project_images, relational_scores, score_query_graphs, similarity_terms
 
 D = 16
 
 
-def make_model(row: str, seed: int = 0, **overrides) -> HRNetModule:
+def make_model(row: str, seed: int = 0, rerank: dict | None = None, **overrides) -> HRNetModule:
+    """A model of ``row`` with ``overrides``; it carries the test protocol ``RerankConfig(**rerank)``."""
     torch.manual_seed(seed)
     cfg = HRNetConfig.from_row(row, backbone=None, feat_dim=D, k=3, pretrained=False, **overrides)
-    model = HRNetModule(cfg, num_classes=5)
+    model = HRNetModule(cfg, num_classes=5, rerank_config=RerankConfig(**(rerank or {})))
     # Non-trivial BatchNorm statistics (BNNeck and verifier), as after training.
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
         bn.running_mean.normal_(0.0, 0.3)
@@ -59,8 +61,9 @@ def reference_normalise(s: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def reference_graph_scores(model: HRNetModule, f: torch.Tensor) -> torch.Tensor:
-    """Score of node 0 (query) against nodes 1..M-1 of one graph f (M, d), written plainly."""
-    cfg = model.config
+    """Score of node 0 (query) against nodes 1..M-1 of one graph f (M, d), written plainly, under
+    the model's test protocol."""
+    cfg, protocol = model.config, model.rerank_config
     m = f.size(0)
     if model.ir is None and model.pr is None:
         r = Fn.normalize(model.bnneck.bn(f), dim=1)
@@ -70,9 +73,9 @@ def reference_graph_scores(model: HRNetModule, f: torch.Tensor) -> torch.Tensor:
     if model.ir is not None:
         edges = brute_force_knn(f, min(cfg.k, m - 1), cfg.ir_self_in_knn, cfg.ir_graph == "full")
         v = model.ir(f, edges)  # message passing; one graph: Eq. 2 denominator over its M nodes
-        w = model.ir_neck.bn(v) if cfg.rerank_ir_score == "ir_bn_cosine" else v
+        w = model.ir_neck.bn(v) if protocol.ir_score == "ir_bn_cosine" else v
         ir = torch.stack([Fn.cosine_similarity(w[0], w[i], dim=0) for i in range(1, m)])
-        score = score + reference_normalise(ir, cfg.rerank_norm)
+        score = score + reference_normalise(ir, protocol.norm)
     if model.pr is not None:
         edges = cfg.pr_edges
         if edges is not None and cfg.pr_edges_relative:  # the same share of a P x K graph
@@ -82,9 +85,9 @@ def reference_graph_scores(model: HRNetModule, f: torch.Tensor) -> torch.Tensor:
         u = model.pr(data["pair"].x, data[INTRA].edge_index, **(igp if cfg.use_igp else {}))
         u = u.view(m, m, -1)  # row n*M + i is u'_{n,i}
         logit = model.verifier(u[0, 1:])  # graph n = the query
-        pr = logit if cfg.rerank_pr_score == "pr_logit" else torch.sigmoid(logit)
-        weight = cfg.rerank_pr_weight if model.ir is not None else 1.0  # one module: its own order
-        score = score + weight * reference_normalise(pr, cfg.rerank_norm)
+        pr = logit if protocol.pr_score == "pr_logit" else torch.sigmoid(logit)
+        weight = protocol.pr_weight if model.ir is not None else 1.0  # one module: its own order
+        score = score + weight * reference_normalise(pr, protocol.norm)
     return score
 
 
@@ -122,14 +125,16 @@ VARIANTS = [
     ("HRNet", {"pr_edges": 4, "pr_edges_relative": False}),
     ("CNN+PR+IGP", {"pr_edges": 3, "pr_edges_relative": False}),
     ("HRNet", {"ir_attention_norm": "all"}),
-    ("HRNet", {"rerank_norm": "zscore"}),
-    ("HRNet", {"rerank_norm": "rank", "rerank_ir_score": "ir_bn_cosine", "rerank_pr_score": "pr_logit"}),
-    ("CNN+IR+CNC", {"rerank_norm": "zscore", "rerank_ir_score": "ir_bn_cosine"}),
-    ("CNN+PR+IGP", {"rerank_norm": "rank", "rerank_pr_score": "pr_logit"}),
-    ("HRNet", {"rerank_pr_weight": 1.0}),
-    ("HRNet", {"rerank_pr_weight": 0.0}),
-    ("HRNet", {"rerank_pr_weight": 2.5, "rerank_norm": "rank"}),
-    ("CNN+PR+IGP", {"rerank_pr_weight": 0.0}),
+    ("HRNet", {"rerank": dict(norm="zscore")}),
+    ("HRNet", {"rerank": dict(norm="rank", ir_score="ir_bn_cosine", pr_score="pr_logit")}),
+    ("CNN+IR+CNC", {"rerank": dict(norm="zscore", ir_score="ir_bn_cosine")}),
+    ("CNN+PR+IGP", {"rerank": dict(norm="rank", pr_score="pr_logit")}),
+    ("HRNet", {"rerank": dict(pr_weight=1.0)}),
+    ("HRNet", {"rerank": dict(pr_weight=0.0)}),
+    ("HRNet", {"rerank": dict(pr_weight=2.5, norm="rank")}),
+    ("CNN+PR+IGP", {"rerank": dict(pr_weight=0.0)}),
+    ("HRNet", {"rerank": RerankConfig.paper_literal().to_dict()}),
+    ("CNN+IR", {"rerank": RerankConfig.paper_literal().to_dict()}),
 ]
 
 
@@ -140,9 +145,16 @@ def test_fast_rerank_matches_per_query_reference(row, overrides, num_g, top_k):
     qf, gf = features(5, seed=1), features(num_g, seed=2)
     with torch.no_grad():
         ref = reference_rerank(model, qf, gf, top_k)
-    fast = relational_rerank(model, qf, gf, top_k=top_k, queries_per_pass=2, device="cpu", progress=False)
+    protocol = model.rerank_config.replace(shortlist=top_k)
+    fast = relational_rerank(model, qf, gf, protocol, queries_per_pass=2, device="cpu", progress=False)
     assert fast.shape == (5, num_g) and fast.dtype == torch.float32
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+    # The protocol passed in, to a model that carries another, ranks exactly as the model carrying it.
+    other = make_model(row, **{k: v for k, v in overrides.items() if k != "rerank"},
+                       rerank=dict(norm="rank", pr_weight=3.0, shortlist=2))
+    assert other.rerank_config != protocol
+    explicit = relational_rerank(other, qf, gf, protocol, queries_per_pass=2, device="cpu", progress=False)
+    assert torch.equal(explicit, fast)
     # The same ordering: re-scored shortlist first, then the rest by cosine (the reference's
     # distances, read in the fast ranking's order, never decrease; ties may come in either order).
     in_fast_order = ref.gather(1, fast.argsort(dim=1, stable=True))
@@ -150,7 +162,7 @@ def test_fast_rerank_matches_per_query_reference(row, overrides, num_g, top_k):
 
 
 @pytest.mark.parametrize("row,overrides", [("HRNet", {}), ("CNN+PR+IGP", {}), ("CNN", {}),
-                                           ("HRNet", {"rerank_norm": "zscore"})])
+                                           ("HRNet", {"rerank": dict(norm="none")})])
 def test_score_query_graphs_match_reference(row, overrides):
     model = make_model(row, seed=3, **overrides)
     graphs = features(3 * 7, seed=4).view(3, 7, D)
@@ -162,7 +174,8 @@ def test_score_query_graphs_match_reference(row, overrides):
 def test_result_does_not_depend_on_queries_per_pass():
     model = make_model("HRNet", seed=5)
     qf, gf = features(7, seed=6), features(25, seed=7)
-    runs = [relational_rerank(model, qf, gf, top_k=6, queries_per_pass=b, device="cpu", progress=False)
+    runs = [relational_rerank(model, qf, gf, RerankConfig(shortlist=6), queries_per_pass=b, device="cpu",
+                              progress=False)
             for b in (1, 3, 64)]
     for r in runs[1:]:
         torch.testing.assert_close(r, runs[0], atol=1e-6, rtol=0)
@@ -172,8 +185,10 @@ def test_rerank_errors_are_specific():
     model = make_model("HRNet")
     with pytest.raises(ValueError, match="same d"):
         relational_rerank(model, torch.randn(2, D), torch.randn(4, D + 1), progress=False)
-    with pytest.raises(ValueError, match="top_k"):
-        relational_rerank(model, torch.randn(2, D), torch.randn(4, D), top_k=0, progress=False)
+    with pytest.raises(ValueError, match="rerank.shortlist: must be at least 1, got 0"):
+        relational_rerank(model, torch.randn(2, D), torch.randn(4, D), RerankConfig(shortlist=0), progress=False)
+    with pytest.raises(TypeError, match="rerank_config must be a RerankConfig"):
+        relational_rerank(model, torch.randn(2, D), torch.randn(4, D), {"shortlist": 3}, progress=False)
     with pytest.raises(ValueError, match="empty"):
         relational_rerank(model, torch.randn(2, D), torch.randn(0, D), progress=False)
     with pytest.raises(ValueError, match="queries_per_pass"):
@@ -181,28 +196,31 @@ def test_rerank_errors_are_specific():
     with pytest.raises(ValueError, match=r"\(B, M, 16\)"):
         score_query_graphs(model, torch.randn(2, 1, D))
     parts = {"ir_cosine": torch.randn(2, 5), "pr_prob": torch.rand(2, 5)}
-    with pytest.raises(ValueError, match="pr_weight"):
+    with pytest.raises(ValueError, match="rerank.pr_weight: must be at least 0"):
         fuse_scores(parts, pr_weight=-0.5)
-    with pytest.raises(ValueError, match="rerank_pr_weight"):
-        HRNetConfig(rerank_pr_weight=float("nan"))
-    # YAML 1.1 reads 2.5e-1 as a string: the typed config makes it the number
-    assert HRNetConfig.from_dict({"rerank_pr_weight": "2.5e-1"}).rerank_pr_weight == 0.25
+    with pytest.raises(ValueError, match="rerank.norm: expected one of 'none', 'zscore', 'rank', got 'z'"):
+        fuse_scores(parts, norm="z")  # type: ignore[arg-type]
 
 
 def test_similarity_terms_and_fusion_are_the_relational_scores():
     """relational_scores = fuse_scores(similarity_terms) under the model's protocol, on graphs
     that share images (rows of one projection), and each graph scores as it does alone."""
-    model = make_model("HRNet", seed=12, rerank_norm="zscore")
+    model = make_model("HRNet", seed=12, rerank=dict(norm="zscore"))
     images = features(20, seed=13)
     index = torch.tensor([[0, 5, 6, 7, 8], [1, 5, 9, 0, 19], [2, 3, 4, 5, 6]])
     proj = project_images(model, images)
     parts = similarity_terms(model, proj, index)
     assert set(parts) == {"cosine", "ir_cosine", "ir_bn_cosine", "pr_logit", "pr_prob"}
     assert all(p.shape == (3, 4) for p in parts.values())
-    cfg = model.config
-    fused = fuse_scores(parts, cfg.rerank_ir_score, cfg.rerank_pr_score, cfg.rerank_norm, cfg.rerank_pr_weight)
+    protocol = model.rerank_config
+    fused = fuse_scores(parts, protocol.ir_score, protocol.pr_score, protocol.norm, protocol.pr_weight)
     torch.testing.assert_close(relational_scores(model, proj, index), fused)
     torch.testing.assert_close(score_query_graphs(model, images[index]), fused, atol=1e-6, rtol=0)
+    # another protocol passed in: the same terms, fused its way
+    literal = RerankConfig.paper_literal()
+    fused = fuse_scores(parts, "ir_cosine", "pr_prob", "none", 1.0)
+    assert torch.equal(relational_scores(model, proj, index, literal), fused)
+    torch.testing.assert_close(score_query_graphs(model, images[index], literal), fused, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"index must be \(B, M\) with M >= 2"):
         similarity_terms(model, proj, index[:, :1])
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from hrnet_pyg import HRNet
 from hrnet_pyg.cli import main
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.data import DatasetError, DatasetNotFoundError
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.scoring import score_query_graphs
 from hrnet_pyg.search import (
     UNKNOWN_COLOR,
@@ -294,7 +294,7 @@ def test_search_rerank_orders_shortlist_by_relational_scores(model, q_feats, g_f
     # The literal sum of the two terms: z-scores over a 4-image shortlist of a random model would
     # divide float rounding by a tiny spread (the fusion itself is tested in test_rerank.py).
     model = copy.copy(model)
-    model.config = dataclasses.replace(model.config, rerank_norm="none")
+    model.rerank_config = RerankConfig(norm="none")
     q, g = q_feats, g_feats
     shortlist = 4  # < G = 6: both the re-scored part and the cosine-ordered tail are checked
     res = search_features(model, q, g, topk=6, shortlist=shortlist, device="cpu", progress=False)

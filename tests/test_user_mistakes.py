@@ -134,7 +134,8 @@ def test_zero_or_negative_epochs_are_refused(capsys):
 
 @pytest.mark.parametrize("item, expected", [
     ("model.lr=-1", "--set model.lr: must be a finite number > 0, got -1.0"),
-    ("model.top_k_rerank=0", "--set model.top_k_rerank: must be at least 1, got 0"),
+    ("rerank.shortlist=0", "--set rerank.shortlist: must be at least 1, got 0"),
+    ("rerank.norm=z", "--set rerank.norm: expected one of 'none', 'zscore', 'rank', got 'z'"),
     ("model.image_size=[0, 0]", "--set model.image_size: must be a (height, width) of at least 1 pixel each"),
     ("model.num_identities=0", "--set model.num_identities: must be at least 1, got 0"),
     ("model.label_smoothing=1.5", "--set model.label_smoothing: must lie in [0, 1), got 1.5"),

@@ -11,6 +11,7 @@ from PIL import Image
 
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.model import HRNetModule as HRNet
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.visualize import (
     BACKGROUND_COLOR,
     MATCH_COLOR,
@@ -319,7 +320,7 @@ def test_ranked_grid_has_rank_numbers_and_a_caption(tmp_path):
 
 
 def test_ranking_caption_names_the_ranking_drawn():
-    hrnet = tiny_model(top_k_rerank=120)
+    hrnet = tiny_model()
     assert ranking_caption(hrnet, num_gallery=50).startswith(
         "Ranked by the relational re-ranking (Sec. 4.2): each query's top 50 by cosine re-scored by the IR and PR "
         "modules. Rank 1 = best"
@@ -331,6 +332,10 @@ def test_ranking_caption_names_the_ranking_drawn():
     )
     assert "top 120 by cosine re-scored by the IR module." in ranking_caption(tiny_model(use_pr=False), num_gallery=200)
     assert ranking_caption(hrnet, given=True).startswith("Ranked by the distance matrix passed in.")
+    # the shortlist is the test protocol's: the model's, or the one passed in
+    assert "top 30 by cosine" in ranking_caption(hrnet, rerank_config=RerankConfig(shortlist=30))
+    hrnet.rerank_config = RerankConfig(shortlist=40)
+    assert "top 40 by cosine" in ranking_caption(hrnet)
 
 
 def test_ranked_grid_errors(tmp_path):
@@ -366,9 +371,9 @@ def test_visualize_batch_on_generated_images(tmp_path):
     dataset = build_dataset("synthetic", tmp_path / "data", num_train_ids=4, num_test_ids=3, imgs_per_id=6,
                             num_distractors=2, num_junk=0, height=32, width=16, progress=False)
     cfg = HRNetConfig(backbone="resnet18", pretrained=False, image_size=(32, 16), k=3,
-                      num_identities=P, num_instances=K, top_k_rerank=5)
+                      num_identities=P, num_instances=K)
     torch.manual_seed(0)
-    model = HRNet(cfg, num_classes=dataset.num_train_pids)
+    model = HRNet(cfg, num_classes=dataset.num_train_pids, rerank_config=RerankConfig(shortlist=5))
     paths = visualize_batch(model, dataset, tmp_path / "figs", num_queries=2, topk=4, device="cpu", progress=False)
     assert [p.name for p in paths] == ["fig5_attention.png", "ranked_list.png"]
     with Image.open(paths[0]) as im:

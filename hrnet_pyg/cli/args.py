@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from hrnet_pyg.experiment import Experiment
+    from hrnet_pyg.protocol import RerankConfig
 
 CHECKPOINT_HELP = "a last.pth or a file written by HRNet.save"
 DEVICE_HELP = "auto (default: CUDA if present), cpu, cuda or cuda:N"
@@ -107,14 +108,58 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
 
 
+class DeprecatedAlias(argparse.Action):
+    """An option's former name (``new``: the option it is now): stores into that option's ``dest``
+    and prints one deprecation line."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, **kwargs)  # type: ignore[arg-type]
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from hrnet_pyg.config import deprecated
+
+        deprecated(f"{option_string} is now {self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def add_shortlist_args(p: argparse.ArgumentParser, default: str, former: str | None = None) -> None:
+    """``--shortlist N``, the re-ranking's shortlist length; ``former``: its former name in this command."""
+    p.add_argument("--shortlist", type=positive_int, help=f"re-ranking shortlist length (default: {default})")
+    if former is not None:
+        p.add_argument(former, dest="shortlist", type=positive_int, action=DeprecatedAlias, new="--shortlist",
+                       metavar="N", help="deprecated: the former name of --shortlist")
+
+
+def protocol_from_args(args: argparse.Namespace, exp: Experiment, saved: RerankConfig) -> RerankConfig:
+    """The test protocol of a command that re-ranks with a checkpoint: the checkpoint's (``saved``),
+    changed by the command line's ``--set rerank.<field>=...`` and ``--shortlist``. A config file's
+    ``rerank:`` section describes the run that trained the checkpoint, as its ``model:`` section
+    does, and is not applied."""
+    from hrnet_pyg.config import LEGACY_RERANK_FIELDS
+    from hrnet_pyg.experiment import parse_overrides
+
+    over = parse_overrides(args.overrides)
+    given = set(over.get("rerank", {})) | {LEGACY_RERANK_FIELDS[k] for k in over.get("model", {})
+                                           if k in LEGACY_RERANK_FIELDS}
+    changes = {name: getattr(exp.rerank, name) for name in given}  # load_experiment checked them
+    if getattr(args, "shortlist", None) is not None:
+        changes["shortlist"] = args.shortlist
+    return saved.replace(**changes)
+
+
 __all__ = [
     "CHECKPOINT_HELP",
     "DEVICE_HELP",
+    "DeprecatedAlias",
     "add_checkpoint_arg",
     "add_experiment_args",
     "add_image_args",
+    "add_shortlist_args",
     "count",
     "experiment_from_args",
     "positive_int",
+    "protocol_from_args",
     "writable",
 ]

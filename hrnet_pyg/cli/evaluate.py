@@ -9,8 +9,9 @@ from hrnet_pyg.cli.args import (
     add_checkpoint_arg,
     add_experiment_args,
     add_image_args,
+    add_shortlist_args,
     experiment_from_args,
-    positive_int,
+    protocol_from_args,
     writable,
 )
 
@@ -25,11 +26,8 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="also report k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)",
     )
-    p.add_argument(
-        "--top-k",
-        type=positive_int,
-        help="shortlist length of the re-ranking (default: model.top_k_rerank = 120)",
-    )
+    add_shortlist_args(p, "the checkpoint's test protocol, rerank.shortlist = 120; its other fields: "
+                          "--set rerank.norm=none and the like", former="--top-k")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
@@ -70,12 +68,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     exp = experiment_from_args(args)
     model = load_model(args.checkpoint)
     exp.model = model.config
+    protocol = protocol_from_args(args, exp, model.rerank_config)
     dataset, _, query_loader, gallery_loader = build_loaders(exp)
     check_test_split(dataset, exp.data.name)
     report = evaluate(
         model, query_loader, gallery_loader, rerank=not args.no_rerank, k_reciprocal=args.k_reciprocal,
         use_camids=getattr(dataset, "has_camids", True),
-        top_k=args.top_k, device=exp.run.device, progress=not args.no_progress,
+        rerank_config=protocol, device=exp.run.device, progress=not args.no_progress,
     )
     if report is not None:  # None on the ranks other than 0 of a distributed run
         print(report.table())

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hrnet_pyg.cli.args import DEVICE_HELP, add_checkpoint_arg, add_image_args, positive_int, writable
+from hrnet_pyg.cli.args import (
+    DEVICE_HELP,
+    add_checkpoint_arg,
+    add_image_args,
+    add_shortlist_args,
+    positive_int,
+    writable,
+)
 
 _IMAGES_HELP = (
     "an image, a folder (recursive), a CSV with a path column (pid, camid optional), or an .npz from extract"
@@ -36,11 +43,7 @@ def add_search_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="plain cosine distance of the BNNeck features instead of the relational re-ranking",
     )
-    p.add_argument(
-        "--shortlist",
-        type=positive_int,
-        help="re-ranking shortlist length (default: the model's top_k_rerank = 120)",
-    )
+    add_shortlist_args(p, "the checkpoint's test protocol, rerank.shortlist = 120")
     p.add_argument(
         "--keep-self",
         action="store_true",

@@ -8,9 +8,11 @@ from pathlib import Path
 from hrnet_pyg.cli.args import (
     add_checkpoint_arg,
     add_experiment_args,
+    add_shortlist_args,
     count,
     experiment_from_args,
     positive_int,
+    protocol_from_args,
     writable,
 )
 
@@ -73,6 +75,7 @@ def add_visualize_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
         default=4,
         help="queries shown in the ranked-list grid (default: 4)",
     )
+    add_shortlist_args(p, "the checkpoint's test protocol, rerank.shortlist = 120")
     p.set_defaults(func=cmd_visualize)
 
 
@@ -139,8 +142,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     exp = experiment_from_args(args)
     model = load_model(args.checkpoint)
     exp.model = model.config
+    protocol = protocol_from_args(args, exp, model.rerank_config)
     dataset, _, _, _ = build_loaders(exp)
-    paths = visualize_batch(model, dataset, args.out_dir, num_queries=args.num_queries, device=exp.run.device)
+    paths = visualize_batch(model, dataset, args.out_dir, num_queries=args.num_queries, device=exp.run.device,
+                            rerank_config=protocol)
     for p in paths:
         print(f"wrote {p}")
     return 0

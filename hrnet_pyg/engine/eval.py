@@ -13,9 +13,11 @@ from torch import Tensor, nn
 from hrnet_pyg.distributed import all_gather_cat, loader_is_sharded
 from hrnet_pyg.evaluation import cosine_distance, evaluate_rank
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.rerank import relational_rerank
 from hrnet_pyg.runtime import autocast_context, is_main_process, resolve_device, unwrap_model
 from hrnet_pyg.runtime import progress as progress_of
+from hrnet_pyg.scoring import protocol_of
 
 
 def split_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -70,6 +72,7 @@ class EvalReport:
     hrnet: Any  # RankResult after the relational re-ranking (None if skipped)
     kreciprocal: Any = None  # RankResult of k-reciprocal re-ranking, when asked
     notes: list[str] = field(default_factory=list)  # lines printed under the table
+    rerank_config: RerankConfig | None = None  # the test protocol of ``hrnet`` (None if skipped)
 
     def table(self) -> str:
         rows = [("CNN (cosine)", self.cnn), ("relational re-ranking", self.hrnet), ("k-reciprocal", self.kreciprocal)]
@@ -92,6 +95,11 @@ NO_RELATIONAL_MODULES = (
 )
 
 
+def protocol_note(protocol: RerankConfig) -> str:
+    """The line under the table that names the relational re-ranking's test protocol."""
+    return "test protocol: " + ", ".join(f"rerank.{k}={v}" for k, v in protocol.to_dict().items())
+
+
 def evaluate_features(
     model: nn.Module,
     qf: Tensor,
@@ -104,11 +112,17 @@ def evaluate_features(
     rerank: bool = True,
     k_reciprocal: bool = False,
     use_camids: bool = True,
-    top_k: int | None = None,
+    rerank_config: RerankConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    top_k: int | None = None,
 ) -> EvalReport:
-    """Metrics of the CNN features and of the paper's relational re-ranking, side by side."""
+    """Metrics of the CNN features and of the paper's relational re-ranking, side by side.
+
+    ``rerank_config``: the re-ranking's test protocol (:class:`~hrnet_pyg.protocol.RerankConfig`);
+    ``None``: the model's (``model.rerank_config``). ``top_k``: the shortlist's former name
+    (deprecated).
+    """
     inner = unwrap_model(model)
     dev = resolve_device(device)
     inner.to(dev).eval()
@@ -119,18 +133,20 @@ def evaluate_features(
     cams = (q_camids.numpy(), g_camids.numpy()) if use_camids else (None, None)
     args = (q_pids.numpy(), g_pids.numpy(), *cams)
     cnn = evaluate_rank(cosine_distance(qb, gb), *args)
-    hr = None
+    hr, protocol = None, None
     if rerank:
-        dist = relational_rerank(
-            inner, qf, gf, top_k=top_k or inner.config.top_k_rerank, device=dev, progress=progress
-        )
+        protocol = protocol_of(inner, rerank_config, top_k=top_k, where="evaluate")
+        dist = relational_rerank(inner, qf, gf, protocol, device=dev, progress=progress)
         assert isinstance(dist, Tensor)  # without return_scores: the distance matrix alone
         hr = evaluate_rank(dist, *args)
     kr = None
     if k_reciprocal:
         kr = evaluate_rank(k_reciprocal_rerank_features(qb.to(dev), gb.to(dev), progress=progress).cpu(), *args)
-    notes = [NO_RELATIONAL_MODULES] if hr is not None and inner.ir is None and inner.pr is None else []
-    return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr, notes=notes)
+    notes = []
+    if protocol is not None:  # what the relational row is: the cosine again, or which protocol
+        no_modules = inner.ir is None and inner.pr is None
+        notes.append(NO_RELATIONAL_MODULES if no_modules else protocol_note(protocol))
+    return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr, notes=notes, rerank_config=protocol)
 
 
 def evaluate(
@@ -141,11 +157,13 @@ def evaluate(
     rerank: bool = True,
     k_reciprocal: bool = False,
     use_camids: bool = True,
-    top_k: int | None = None,
+    rerank_config: RerankConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    top_k: int | None = None,
 ) -> EvalReport | None:
-    """Extract query and gallery features, then :func:`evaluate_features`.
+    """Extract query and gallery features, then :func:`evaluate_features` (``rerank_config``: the
+    test protocol; ``None``: the model's).
 
     Under ``torch.distributed`` the metrics are computed on rank 0 (the other ranks return
     ``None``); loaders built on :class:`~hrnet_pyg.distributed.ShardSampler` split the
@@ -156,8 +174,8 @@ def evaluate(
     if not is_main_process():  # under torch.distributed rank 0 alone computes the metrics
         return None
     return evaluate_features(
-        model, qf, qp, qc, gf, gp, gc, rerank=rerank, k_reciprocal=k_reciprocal, top_k=top_k,
-        use_camids=use_camids, device=device, progress=progress,
+        model, qf, qp, qc, gf, gp, gc, rerank=rerank, k_reciprocal=k_reciprocal, rerank_config=rerank_config,
+        use_camids=use_camids, device=device, progress=progress, top_k=top_k,
     )
 
 

@@ -14,7 +14,7 @@ retrieval matrix for an exact shortlist (or none of it with faiss), and only the
 of F for the re-ranking.
 
 A search (Sec. 4.2 "Testing", as :func:`hrnet_pyg.search.search_features`): the query's BN(F)
-against the gallery's, a shortlist of ``top_k_rerank`` = 120 by cosine, from faiss when the index
+against the gallery's, a shortlist of ``rerank.shortlist`` = 120 by cosine, from faiss when the index
 has a faiss part and faiss is installed, else from an exact blocked matrix product; then the query
 and its shortlist pass as one graph through the IR and PR modules
 (:func:`~hrnet_pyg.scoring.score_query_graphs`), reading only those rows of F.

@@ -1,7 +1,7 @@
 """Searching a gallery index (``hrnet-pyg search --index``): the paper's test protocol over it.
 
 A search (Sec. 4.2 "Testing", as :func:`hrnet_pyg.search.search_features`): the query's BN(F)
-against the gallery's, a shortlist of ``top_k_rerank`` = 120 by cosine from the index
+against the gallery's, a shortlist of ``rerank.shortlist`` = 120 by cosine from the index
 (:meth:`~hrnet_pyg.index.GalleryIndex.shortlist`), then the query and its shortlist pass as one
 graph through the IR and PR modules (:func:`~hrnet_pyg.scoring.score_query_graphs`), reading
 only those rows of F.
@@ -18,8 +18,10 @@ from torch import Tensor
 from hrnet_pyg.image_features import ImageFeatures, features_of
 from hrnet_pyg.index.layout import GalleryIndexError
 from hrnet_pyg.index.store import GalleryIndex
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.runtime import progress as progress_of
 from hrnet_pyg.runtime import resolve_device, unwrap_model
+from hrnet_pyg.scoring import protocol_of
 from hrnet_pyg.search import SearchResult, _retrieval
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,6 +39,7 @@ def search_index(
     topk: int = 10,
     rerank: bool = True,
     shortlist: int | None = None,
+    rerank_config: RerankConfig | None = None,
     exclude_self: bool = True,
     exact: bool = False,
     nprobe: int | None = None,
@@ -51,19 +54,18 @@ def search_index(
     """Rank the images of a :class:`GalleryIndex` for each query (images, a CSV or an ``.npz``).
 
     The ranking is that of :func:`hrnet_pyg.search.search_features` on the same gallery: the
-    cosine shortlist of ``shortlist`` images (default ``config.top_k_rerank`` = 120) re-scored by
-    :func:`~hrnet_pyg.scoring.score_query_graphs`, the rest of the ``topk`` listed in cosine
-    order; only the shortlist's rows of F are read. ``exact=True`` takes the exact blocked
-    product even when the index has a faiss part; ``nprobe`` overrides an IVF index's, ``ef_search``
-    an HNSW index's.
+    cosine shortlist of ``shortlist`` images (default: the test protocol's, 120) re-scored by
+    :func:`~hrnet_pyg.scoring.score_query_graphs` under ``rerank_config`` (``None``: the model's),
+    the rest of the ``topk`` listed in cosine order; only the shortlist's rows of F are read.
+    ``exact=True`` takes the exact blocked product even when the index has a faiss part;
+    ``nprobe`` overrides an IVF index's, ``ef_search`` an HNSW index's.
     """
     idx_obj = index if isinstance(index, GalleryIndex) else GalleryIndex(index)
     inner = unwrap_model(model)
     idx_obj.check_model(inner)
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
-    if shortlist is not None and shortlist < 1:
-        raise ValueError(f"shortlist must be >= 1, got {shortlist}")
+    protocol = protocol_of(inner, rerank_config, shortlist=shortlist)
     if len(idx_obj) == 0:
         raise ValueError(f"index {idx_obj.path} holds no image")
     kw: dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device,
@@ -80,7 +82,7 @@ def search_index(
     use_rerank = rerank and (inner.ir is not None or inner.pr is not None)
     if rerank and not use_rerank:
         notes.append("note: this model has no IR/PR module; ranked by cosine distance of BN(F)")
-    n_short = min(shortlist or inner.config.top_k_rerank, len(idx_obj)) if use_rerank else 0
+    n_short = min(protocol.shortlist, len(idx_obj)) if use_rerank else 0
     want = max(topk, n_short)
     q_ret = Fn.normalize(_retrieval(inner, q.features.float(), dev), dim=1)  # (Q, d)
     sims, rows, how = idx_obj.shortlist(q_ret, want + (1 if exclude_self else 0), exact=exact, nprobe=nprobe,
@@ -96,8 +98,8 @@ def search_index(
             f"the faiss {idx_obj.faiss_type} index returned fewer than {rows.size(1)} neighbours for a "
             "query; raise --nprobe or search with --exact"
         )
-    order, score = _reranked_order(inner, idx_obj, q, rows, n_short if use_rerank else 0, queries_per_pass,
-                                   dev, progress)
+    order, score = _reranked_order(inner, idx_obj, q, rows, n_short if use_rerank else 0, protocol,
+                                   queries_per_pass, dev, progress)
     notes.append(f"note: shortlist from {how} over {len(idx_obj)} indexed images ({idx_obj.path})")
     return _result(q, idx_obj, sims, rows, order[:, : min(topk, rows.size(1))], score if use_rerank else None,
                    notes)
@@ -120,8 +122,8 @@ def _without_self(
 
 
 def _reranked_order(
-    model: HRNet, index: GalleryIndex, q: ImageFeatures, rows: Tensor, n_short: int, queries_per_pass: int,
-    dev: torch.device, progress: bool,
+    model: HRNet, index: GalleryIndex, q: ImageFeatures, rows: Tensor, n_short: int, protocol: RerankConfig,
+    queries_per_pass: int, dev: torch.device, progress: bool,
 ) -> tuple[Tensor, Tensor]:
     """Positions in the cosine shortlist, best first, with the first ``n_short`` re-ranked, and
     the relational scores (NaN outside the re-ranked part). ``n_short = 0``: the cosine order."""
@@ -137,7 +139,7 @@ def _reranked_order(
         e = min(s + queries_per_pass, len(q))
         g = torch.from_numpy(index.rows(rows[s:e, :m].numpy()))  # (B, m, d): the shortlist only
         graph = torch.cat([q.features[s:e].float().unsqueeze(1), g], dim=1).to(dev)  # (B, 1 + m, d)
-        sc = score_query_graphs(model, graph).float().cpu()  # (B, m)
+        sc = score_query_graphs(model, graph, protocol).float().cpu()  # (B, m)
         score[s:e, :m] = sc
         order[s:e, :m] = torch.sort(sc, dim=1, descending=True, stable=True).indices
     return order, score
