@@ -6,6 +6,9 @@
   ties towards the lower index (k-reciprocal neighbour lists, ranked lists of ``search``).
 * :func:`merge_topk` -- a running top-k over column blocks (blocked passes that never hold a
   whole distance or similarity matrix: k-reciprocal re-ranking, the gallery index shortlist).
+* :func:`k_smallest_sorted`, :func:`merge_k_smallest` -- the same pair with the tie rule of
+  :func:`k_smallest_mask` (lower column first) at every step, so that a blocked pass gives exactly
+  the neighbours of the dense one (the kNN tables of :mod:`hrnet_pyg.neighbours`).
 
 A leaf module: torch only.
 """
@@ -63,3 +66,40 @@ def merge_topk(
     ci = torch.cat([best_i, i], 1)
     nv, pos = torch.topk(cv, min(k, cv.size(1)), dim=1, largest=largest, sorted=True)
     return nv, ci.gather(1, pos)
+
+
+def _lexsort(v: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row of ``(v, i)`` (R, c) sorted by value, equal values by index (two stable sorts)."""
+    order = i.argsort(dim=1, stable=True)
+    v, i = v.gather(1, order), i.gather(1, order)
+    order = v.argsort(dim=1, stable=True)
+    return v.gather(1, order), i.gather(1, order)
+
+
+def k_smallest_sorted(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` smallest entries of each row of ``dist`` (R, C) and their columns, both (R, k),
+    sorted by value, equal values by column: exactly the entries of :func:`k_smallest_mask`
+    (ties towards the lower column index), in a deterministic order.
+
+    :func:`torch.topk` picks them; only the rows where an entry equal to the ``k``-th value is left
+    out (``topk``'s choice among equal values is unspecified) are redone with the mask.
+    """
+    vals, idx = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+    if k == 0:
+        return vals, idx
+    thr = vals[:, -1:]
+    tied = (dist == thr).sum(1) > (vals == thr).sum(1)
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        kk = torch.full((rows.numel(),), k, dtype=torch.long, device=dist.device)
+        idx[rows] = k_smallest_mask(dist[rows], kk, k).nonzero()[:, 1].view(-1, k)
+        vals = dist.gather(1, idx)
+    return _lexsort(vals, idx)
+
+
+def merge_k_smallest(best_v: Tensor, best_i: Tensor, v: Tensor, i: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`merge_topk` (smallest first) with the tie rule of :func:`k_smallest_mask`: the best
+    ``k`` of both candidate sets by (value, index), so a running merge over blocks of columns keeps
+    the same entries as one pass over the whole row. The two sets must not share an index."""
+    cv, ci = _lexsort(torch.cat([best_v, v], 1), torch.cat([best_i, i], 1))
+    return cv[:, :k], ci[:, :k]
