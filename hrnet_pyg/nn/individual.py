@@ -331,7 +331,7 @@ class IndividualRelationConv(MessagePassing):
         if bipartite:
             if isinstance(proj, IndividualProjection) or not isinstance(proj, (tuple, list)) or len(proj) != 2:
                 raise ValueError(f"{where}: with bipartite x, proj must be a pair (project(x_src), project(x_dst))")
-            pairs = ((proj[0], num_src, "proj[0]"), (proj[1], num_dst, "proj[1]"))
+            pairs: tuple[tuple[object, int, str], ...] = ((proj[0], num_src, "proj[0]"), (proj[1], num_dst, "proj[1]"))
         else:
             if not isinstance(proj, IndividualProjection):
                 raise ValueError(f"{where}: proj must be the IndividualProjection of x "
