@@ -48,8 +48,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 NEIGHBOURS = ("all", "gallery")
 OUTPUTS = ("topk", "distances")
-# Scalars of one block of the layer's messages (targets x k x d'): 32M floats = 128 MiB in fp32.
-_MESSAGE_BUDGET = 1 << 25
+# Scalars of one block of the layer's messages (targets x k x d'): 4M floats = 16 MiB in fp32, below
+# glibc's mmap threshold, so the blocks' message tensors reuse freed memory instead of page-faulting.
+_MESSAGE_BUDGET = 1 << 22
 # Entries of one (queries, G) block of similarities in the ranking (64 MiB in fp32).
 _RANK_BUDGET = 1 << 24
 # Bytes of one (queries, 1 + shortlist, d) tensor of a PR pass (as relational_rerank on the CPU).
@@ -111,7 +112,7 @@ def layer_pass(layer: IndividualRelationConv, x_src: Tensor, x_dst: Tensor, tabl
                proj_src: IndividualProjection, proj_dst: IndividualProjection) -> Tensor:
     """V' of the targets ``x_dst`` (T, d) whose neighbours are rows ``table`` (T, k) of ``x_src``:
     the layer's own bipartite forward (Eq. 2-3), block of targets by block of targets (the messages
-    of one block stay within 128 MiB), from the projections computed once per node. Eq. 2's
+    of one block stay within 16 MiB), from the projections computed once per node. Eq. 2's
     all-node denominator (``normalize="all"``) runs over every source node."""
     num, k = table.shape
     step = max(1, _MESSAGE_BUDGET // max(1, k * layer.out_channels))
@@ -207,6 +208,9 @@ def _rank_blocks(query: Tensor, gallery: Tensor, depth: int, dense: bool, progre
     for s in progress_of(range(0, num_q, step), "gallery ranking", show=progress, unit="blocks"):
         e = min(num_q, s + step)
         cos = query[s:e] @ gallery.T  # (B, G)
+        if depth == 0:  # the dense matrix alone: nothing to list
+            yield s, e, cos.new_zeros(e - s, 0), torch.zeros(e - s, 0, dtype=torch.long), cos
+            continue
         top_s, top_i = cos.topk(min(depth, num_g), dim=1)
         yield s, e, top_s, top_i, (cos if dense else None)
 
