@@ -51,8 +51,9 @@ OUTPUTS = ("topk", "distances")
 # Scalars of one block of the layer's messages (targets x k x d'): 4M floats = 16 MiB in fp32, below
 # glibc's mmap threshold, so the blocks' message tensors reuse freed memory instead of page-faulting.
 _MESSAGE_BUDGET = 1 << 22
-# Entries of one (queries, G) block of similarities in the ranking (64 MiB in fp32).
-_RANK_BUDGET = 1 << 24
+# Entries of one (queries, G) block of similarities in the ranking (16 MiB in fp32: below glibc's
+# mmap threshold, so the blocks reuse freed memory instead of page-faulting).
+_RANK_BUDGET = 1 << 22
 # Bytes of one (queries, 1 + shortlist, d) tensor of a PR pass (as relational_rerank on the CPU).
 _PASS_TENSOR_BYTES = 24 << 20
 
@@ -200,19 +201,24 @@ def retrieval_of(model: HRNetModule, v: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------ ranking
-def _rank_blocks(query: Tensor, gallery: Tensor, depth: int, dense: bool, progress: bool):
-    """Per block of queries: ``(s, e, top_sims (B, depth), top_index (B, depth), cos (B, G) or None)``
-    of unit-row features (cosine similarity), best first."""
+def _rank_blocks(query: Tensor, gallery: Tensor, depth: int, out: Tensor | None, progress: bool):
+    """Per block of queries: ``(s, e, top_sims (B, depth), top_index (B, depth), cos (B, G))`` of
+    unit-row features (cosine similarity), best first. With ``out`` (Q, G) on the features' device
+    the block is written into its rows (no copy)."""
     num_q, num_g = query.size(0), gallery.size(0)
     step = max(1, _RANK_BUDGET // max(1, num_g))
+    in_place = out is not None and out.device == query.device and out.dtype == query.dtype
     for s in progress_of(range(0, num_q, step), "gallery ranking", show=progress, unit="blocks"):
         e = min(num_q, s + step)
-        cos = query[s:e] @ gallery.T  # (B, G)
+        if in_place and out is not None:
+            cos = torch.mm(query[s:e], gallery.T, out=out[s:e])  # (B, G), the output's rows
+        else:
+            cos = query[s:e] @ gallery.T
         if depth == 0:  # the dense matrix alone: nothing to list
             yield s, e, cos.new_zeros(e - s, 0), torch.zeros(e - s, 0, dtype=torch.long), cos
             continue
         top_s, top_i = cos.topk(min(depth, num_g), dim=1)
-        yield s, e, top_s, top_i, (cos if dense else None)
+        yield s, e, top_s, top_i, cos
 
 
 class _PairScorer:
@@ -253,7 +259,7 @@ def _ranked(retrieval: Tensor, num_q: int, output: str, top_k: int, scorer: _Pai
     depth = pr_top_k if dense else max(top_k, pr_top_k)
     dist = torch.empty(num_q, g.size(0), dtype=torch.float32) if dense else None
     rows_i, rows_d = [], []
-    for s, e, top_s, top_i, cos in _rank_blocks(q, g, depth, dense, progress):
+    for s, e, top_s, top_i, cos in _rank_blocks(q, g, depth, dist, progress):
         d_top = 1.0 - top_s
         if scorer is not None:
             short = top_i[:, :pr_top_k]
@@ -269,9 +275,9 @@ def _ranked(retrieval: Tensor, num_q: int, output: str, top_k: int, scorer: _Pai
                 d_top = torch.cat([d_short, d_top[:, pr_top_k:]], dim=1)
         elif dense:
             cos.neg_().add_(1.0)
-        if dense:
-            assert dist is not None and cos is not None
-            dist[s:e] = cos.float().cpu()
+        if dist is not None:
+            if cos.data_ptr() != dist[s:e].data_ptr():  # computed elsewhere (another device, dtype)
+                dist[s:e] = cos.float().cpu()
         else:
             rows_i.append(top_i[:, :top_k].cpu())
             rows_d.append(d_top[:, :top_k].float().cpu())
