@@ -16,8 +16,12 @@ machine hits all alike; medians are reported.
 Useful FLOPs of the relational re-ranking are the matrix products its math needs, counted at their
 minimum (``docs/performance.md``): the cosine shortlist 2 Q G d; per image X W_s and F W_p
 (2 d^2 each); per query the kNN distance block M(M-1) d, the kNN aggregation 2 M k_ir d, the
-row-n aggregation G F W_p 2 (M-1) M d, and v'_q W_l plus v'_i W_r for the M-1 gallery nodes:
-2 M d^2. Elementwise work, the softmaxes and the top-k are not counted.
+row-n aggregation G F W_p 2 (M-1) M d, v'_q W_l plus v'_i W_r for the M-1 gallery nodes:
+2 M d^2, and with the projected verification head (``pr_head="projected"``, the default) the
+product u'_{q,i} W_h of Eq. 13's head for the M-1 pair nodes of the query's row: 2 (M-1) d d_h.
+That last product is per pair (u' passes through a ReLU, so it cannot be factored into per-image
+terms) and as large as V' W_r; the diagonal head has none. Elementwise work, the softmaxes and the
+top-k are not counted.
 
 Also checked and timed on a few queries: the per-graph path (every weight matrix applied inside
 each query graph, IR by message passing: what ``score_query_graphs`` did before the per-image
@@ -106,9 +110,10 @@ def per_graph_scores(model: HRNet, graph: torch.Tensor) -> torch.Tensor:
     return fuse_scores(parts, **fusion_of(model.rerank_config))
 
 
-def useful_flops(num_q: int, num_g: int, d: int, shortlist: int, k_ir: int) -> dict[str, float]:
+def useful_flops(num_q: int, num_g: int, d: int, shortlist: int, k_ir: int, head_channels: int = 0) -> dict[str, float]:
+    """``head_channels``: d_h of the projected verification head's W_h (0: the diagonal head)."""
     m = min(shortlist, num_g) + 1
-    return {
+    flops = {
         "cosine shortlist": 2.0 * num_q * num_g * d,
         "per-image X W_s, F W_p": 2.0 * 2.0 * (num_q + num_g) * d * d,
         "kNN distance blocks": float(num_q) * m * (m - 1) * d,
@@ -116,6 +121,9 @@ def useful_flops(num_q: int, num_g: int, d: int, shortlist: int, k_ir: int) -> d
         "PR aggregation G F W_p": 2.0 * num_q * (m - 1) * m * d,
         "V' W_r, v'_q W_l": 2.0 * num_q * m * d * d,
     }
+    if head_channels:
+        flops["verification head u' W_h"] = 2.0 * num_q * (m - 1) * d * head_channels
+    return flops
 
 
 def maxrss_mib() -> float:
@@ -151,6 +159,8 @@ def main() -> None:
     ap.add_argument("--skip-kreciprocal", action="store_true", help="time the relational re-ranking only")
     ap.add_argument("--mm-size", type=int, default=4096, help="side of the reference torch.mm (default 4096)")
     ap.add_argument("--quick", action="store_true", help="300 queries x 1,500 gallery (CI size)")
+    ap.add_argument("--pr-head", choices=("projected", "diagonal"), default=None,
+                    help="verification head (default: the config's, projected)")
     args = ap.parse_args()
     if args.quick:
         args.queries, args.gallery = 300, 1500
@@ -173,12 +183,14 @@ def main() -> None:
 
     set_tf32(args.tf32 == "on")
     torch.manual_seed(0)
-    cfg = HRNetConfig.from_row("HRNet", backbone=None, feat_dim=d, pretrained=False)
+    head_over = {"pr_head": args.pr_head} if args.pr_head else {}
+    cfg = HRNetConfig.from_row("HRNet", backbone=None, feat_dim=d, pretrained=False, **head_over)
     model = HRNet(cfg, num_classes=751, rerank_config=RerankConfig(shortlist=shortlist)).eval()
     qf, gf, q_ids, g_ids = make_features(nq, ng, d, num_ids=751, seed=0, with_ids=True)
     load0 = os.getloadavg()
     where = f"{dev} ({torch.cuda.get_device_name(dev)})" if cuda else "CPU"
-    print(f"relational re-ranking (HRNet: IR k={cfg.k} + PR + IGP), {nq} queries x {ng} gallery, "
+    print(f"relational re-ranking (HRNet: IR k={cfg.k} + PR + IGP, {cfg.pr_head} verification head), "
+          f"{nq} queries x {ng} gallery, "
           f"d={d}, top-{shortlist}; k-reciprocal k1=20 k2=6 lambda=0.3; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {where}, {repeats} timed round(s), "
           f"TF32 matmuls {'on' if args.tf32 == 'on' else 'off'}")
@@ -256,7 +268,8 @@ def main() -> None:
           f"{err_rr:.1e} (relational_rerank) -> {'MATCH' if ok else 'MISMATCH'} "
           f"(d={d}: float32 sums of 2048 products; the tests check 1e-5 at small d)")
 
-    flops = useful_flops(nq, ng, d, shortlist, cfg.k)
+    head = model.verifier
+    flops = useful_flops(nq, ng, d, shortlist, cfg.k, head.hidden_channels if head.projection else 0)
     total = sum(flops.values())
     mm_rate = mm_flop / med["mm"]
     rel_rate = total / med["rel"]

@@ -277,11 +277,30 @@ class RelationHead(nn.Module):
             nodes = self.image_nodes(f, v)
             if nodes is not None and v is not None:  # v = V' (graph dependent): the per-graph GEMM
                 pr_proj = pr_proj._replace(nodes=self.pr.project_nodes(nodes, rows=query))
-            u = self.pr.forward_dense(f, mask=self.pair_mask(f), rows=query, proj=pr_proj)[:, 0]  # (B, M, d)
-            logit = self.verifier(u[:, 1:])  # (B, M - 1)
-            out["pr_logit"] = logit
-            out["pr_prob"] = torch.sigmoid(logit)  # t_hat(q, g)
+            out.update(self.pair_terms(f, pr_proj))
         return out
+
+    @torch.no_grad()
+    def pair_terms(self, f: Tensor, pr_proj: PairProjection) -> dict[str, Tensor]:
+        r"""The PR module's similarities of each query graph's node 0 to its other nodes: the pair
+        graph of the query (Eq. 6-9) and :math:`\hat{t}` (Eq. 13).
+
+        Args:
+            f: (B, M, d) image features F of B query graphs, node 0 of each the query.
+            pr_proj: :meth:`project`'s pair terms gathered per graph (``rows=[0]``), with the image
+                nodes' terms of the inter-graph propagation (``nodes``) already in place when the
+                layer has IGP: those of the graph's own V' (:meth:`score_terms`), or of V' computed
+                once for every image (the gallery-graph protocol, :mod:`hrnet_pyg.gallery`).
+
+        Returns:
+            ``{"pr_logit", "pr_prob"}``, each (B, M - 1).
+        """
+        if self.pr is None or self.verifier is None:
+            raise ValueError(f"{type(self).__name__}.pair_terms needs the pairwise layer and its verifier")
+        query = torch.zeros(1, dtype=torch.long, device=f.device)  # the pair graph of node 0
+        u = self.pr.forward_dense(f, mask=self.pair_mask(f), rows=query, proj=pr_proj)[:, 0]  # (B, M, d)
+        logit = self.verifier(u[:, 1:])  # (B, M - 1)
+        return {"pr_logit": logit, "pr_prob": torch.sigmoid(logit)}  # t_hat(q, g)
 
     def __repr__(self) -> str:
         parts = [f"{name}={module}" for name, module in

@@ -6,6 +6,9 @@
   ties towards the lower index (k-reciprocal neighbour lists, ranked lists of ``search``).
 * :func:`merge_topk` -- a running top-k over column blocks (blocked passes that never hold a
   whole distance or similarity matrix: k-reciprocal re-ranking, the gallery index shortlist).
+* :func:`k_smallest_sorted`, :func:`merge_k_smallest` -- the same pair with the tie rule of
+  :func:`k_smallest_mask` (lower column first) at every step, so that a blocked pass gives exactly
+  the neighbours of the dense one (the kNN tables of :mod:`hrnet_pyg.neighbours`).
 
 A leaf module: torch only.
 """
@@ -63,3 +66,63 @@ def merge_topk(
     ci = torch.cat([best_i, i], 1)
     nv, pos = torch.topk(cv, min(k, cv.size(1)), dim=1, largest=largest, sorted=True)
     return nv, ci.gather(1, pos)
+
+
+def _lexsort(v: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row of ``(v, i)`` (R, c) sorted by value, equal values by index (two stable sorts)."""
+    order = i.argsort(dim=1, stable=True)
+    v, i = v.gather(1, order), i.gather(1, order)
+    order = v.argsort(dim=1, stable=True)
+    return v.gather(1, order), i.gather(1, order)
+
+
+def _fix_ties(v: Tensor, i: Tensor, cand_v: Tensor, cand_i: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``(v, i)`` (R, k + 1): the ``k + 1`` smallest of the candidates ``(cand_v, cand_i)`` by
+    :func:`torch.topk`, whose order among equal values is unspecified. Rows where two of them are
+    equal (finite) are redone by (value, index) from the candidates; returns the first ``k``."""
+    tied = ((v[:, 1:] == v[:, :-1]) & torch.isfinite(v[:, 1:])).any(1)
+    v, i = v[:, :k], i[:, :k]
+    if bool(tied.any()):  # rare with real-valued features: a sort of those rows only
+        rows = tied.nonzero().squeeze(1)
+        tv, ti = _lexsort(cand_v[rows], cand_i[rows])
+        v, i = v.clone(), i.clone()
+        v[rows], i[rows] = tv[:, :k], ti[:, :k]
+    return v, i
+
+
+def k_smallest_sorted(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` smallest entries of each row of ``dist`` (R, C) and their columns, both (R, k),
+    sorted by value, equal values by column: exactly the entries of :func:`k_smallest_mask`
+    (ties towards the lower column index), in a deterministic order.
+
+    :func:`torch.topk` picks ``k + 1`` entries; where the ``k``-th and ``(k+1)``-th values differ the
+    ``k`` smallest are settled, and only rows with equal values among them are redone: by the mask
+    where the tie sits at the boundary (an equal entry may have been left out), by a sort of the
+    ``k + 1`` otherwise. With real-valued features such rows are rare.
+    """
+    kk = min(k + 1, dist.size(1))
+    vals, idx = torch.topk(dist, kk, dim=1, largest=False, sorted=True)
+    if kk <= k:  # every column is taken
+        return _lexsort(vals, idx)
+    edge = (vals[:, k] == vals[:, k - 1]) & torch.isfinite(vals[:, k])
+    out_v, out_i = _fix_ties(vals, idx, vals, idx, k)
+    if bool(edge.any()):
+        rows = edge.nonzero().squeeze(1)
+        keep = torch.full((rows.numel(),), k, dtype=torch.long, device=dist.device)
+        fixed = k_smallest_mask(dist[rows], keep, k).nonzero()[:, 1].view(-1, k)
+        out_v, out_i = out_v.clone(), out_i.clone()
+        out_v[rows], out_i[rows] = _lexsort(dist[rows].gather(1, fixed), fixed)
+    return out_v, out_i
+
+
+def merge_k_smallest(best_v: Tensor, best_i: Tensor, v: Tensor, i: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`merge_topk` (smallest first) with the tie rule of :func:`k_smallest_mask`: the best
+    ``k`` of both candidate sets by (value, index), so a running merge over blocks of columns keeps
+    the same entries as one pass over the whole row. The two sets must not share an index."""
+    cv, ci = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
+    kk = min(k + 1, cv.size(1))
+    nv, pos = torch.topk(cv, kk, dim=1, largest=False, sorted=True)
+    ni = ci.gather(1, pos)
+    if kk <= k:
+        return _lexsort(nv, ni)
+    return _fix_ties(nv, ni, cv, ci, k)

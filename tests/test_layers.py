@@ -680,6 +680,28 @@ def test_individual_bipartite_and_size_match_dense_restatement(normalize):
     torch.testing.assert_close(conv((x, x), ei, size=(6, 6)), conv(x, ei))
 
 
+@pytest.mark.parametrize("normalize", ["all", "neighbors"])
+def test_individual_forward_from_given_projections(normalize):
+    """forward(..., proj=project(x)) is forward(x): the per-node terms a caller computed once (e.g.
+    for many target blocks of one source set); bipartite input takes one projection per side."""
+    torch.manual_seed(24)
+    conv = IndividualRelationConv(4, 3, normalize=normalize).double()
+    x = torch.randn(9, 4, dtype=torch.float64)
+    ei = knn_edges(x, 3)
+    torch.testing.assert_close(conv(x, ei, proj=conv.project(x)), conv(x, ei))
+    x_src, x_dst = x, torch.randn(5, 4, dtype=torch.float64)
+    ei_b = torch.stack([torch.randint(0, 9, (12,)), torch.arange(5).repeat(3)[:12]])
+    ref = conv((x_src, x_dst), ei_b)
+    torch.testing.assert_close(conv((x_src, x_dst), ei_b, proj=(conv.project(x_src), conv.project(x_dst))), ref)
+    # the projections are what is read: other projections give other outputs
+    other = conv.project(x_src + 1.0)
+    assert not torch.allclose(conv((x_src, x_dst), ei_b, proj=(other, conv.project(x_dst))), ref)
+    with pytest.raises(ValueError, match="pair"):
+        conv((x_src, x_dst), ei_b, proj=conv.project(x_src))
+    with pytest.raises(ValueError, match=r"lin \(9, 3\)"):
+        conv(x, ei, proj=conv.project(x[:4]))
+
+
 def ref_pairwise_mp(x_src, x_dst, edge_index, v, left, right, conv):
     """Eq. 6-9 by message passing on any (bipartite) pair graph, one target at a time."""
     sl = conv.negative_slope

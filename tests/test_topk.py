@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hrnet_pyg.topk import k_smallest_mask, merge_topk, stable_k_smallest
+from hrnet_pyg.topk import k_smallest_mask, k_smallest_sorted, merge_k_smallest, merge_topk, stable_k_smallest
 
 
 def ranked(row):
@@ -46,3 +46,29 @@ def test_merge_topk_over_blocks_equals_one_topk(largest):
         best_v, best_i = merge_topk(best_v, best_i, v, i + c0, k, largest=largest)
     ref_v, ref_i = torch.topk(x, k, dim=1, largest=largest, sorted=True)
     assert torch.equal(best_v, ref_v) and torch.equal(best_i, ref_i)
+
+
+def test_k_smallest_sorted_and_merge_follow_the_mask_tie_rule():
+    """The k smallest of each row by (value, column), whatever torch.topk picks among equal values;
+    a merge of two column halves gives the whole row's (the blocked kNN tables rely on both)."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(150):
+        rows, cols = int(torch.randint(1, 8, (), generator=gen)), int(torch.randint(1, 30, (), generator=gen))
+        k = int(torch.randint(1, cols + 1, (), generator=gen))
+        dist = torch.randint(0, 4, (rows, cols), generator=gen).float()  # mostly ties
+        if trial % 3 == 0:
+            dist[:, 0] = float("inf")  # an excluded entry (a node's own distance)
+        vals, idx = k_smallest_sorted(dist, k)
+        mask = k_smallest_mask(dist, torch.full((rows,), k))
+        for r in range(rows):
+            ref = sorted((float(dist[r, c]), c) for c in range(cols))[:k]
+            assert idx[r].tolist() == [c for _, c in ref]
+            assert vals[r].tolist() == [v for v, _ in ref]
+            assert set(mask[r].nonzero().flatten().tolist()) == set(idx[r].tolist())
+        half = cols // 2
+        if 1 <= half < cols:
+            kk = min(k, half, cols - half)
+            a, b = k_smallest_sorted(dist[:, :half], kk), k_smallest_sorted(dist[:, half:], kk)
+            _, merged = merge_k_smallest(a[0], a[1], b[0], b[1] + half, kk)
+            for r in range(rows):
+                assert merged[r].tolist() == [c for _, c in sorted((float(dist[r, c]), c) for c in range(cols))[:kk]]

@@ -254,6 +254,7 @@ class IndividualRelationConv(MessagePassing):
         batch: Tensor | PairTensor | None = None,
         return_attention_weights: bool | None = None,
         size: Size = None,
+        proj: IndividualProjection | tuple[IndividualProjection, IndividualProjection] | None = None,
     ):
         r"""Runs the forward pass of the module.
 
@@ -270,6 +271,10 @@ class IndividualRelationConv(MessagePassing):
             return_attention_weights (bool, optional): If true, also return
                 ``(edge_index, attention_weights)``. (default: :obj:`None`)
             size ((int, int), optional): ``(num_src, num_dst)``. (default: :obj:`None`)
+            proj (IndividualProjection, optional): :meth:`project` of ``x`` (a pair
+                ``(project(x_src), project(x_dst))`` for bipartite input) when already known: a
+                caller that runs the layer on many target blocks of one large source set projects
+                each node once instead of once per block. (default: computed from ``x``)
         """
         where = type(self).__name__
         x_src, x_dst, bipartite = split_pair(x, where, "x")
@@ -279,9 +284,10 @@ class IndividualRelationConv(MessagePassing):
         num_src, num_dst = x_src.size(0), x_dst.size(0)
         check_size(size, num_src, num_dst, where)
         batch_src, batch_dst = self._batches(batch, num_src, num_dst, bipartite, where)
+        p_src, p_dst = self._split_proj(proj, num_src, num_dst, bipartite, where)
 
-        s_dst = x_dst @ self.att_dst  # (N_dst,)
-        s_src = x_src @ self.att_src  # (N_src,)
+        s_dst = x_dst @ self.att_dst if p_dst is None else p_dst.dots[:, 0]  # (N_dst,)
+        s_src = x_src @ self.att_src if p_src is None else p_src.dots[:, 1]  # (N_src,)
         lse = None
         if self.normalize == "all":
             lse = all_node_logsumexp(s_dst, s_src, batch_dst, self.negative_slope, batch_src=batch_src)
@@ -289,11 +295,11 @@ class IndividualRelationConv(MessagePassing):
         if lse is not None and batch is None and not bipartite:  # after MessagePassing's index checks
             self._warn_missing_batch(edge_index, num_dst, where)
 
-        h = self.lin(x_src)  # (N_src, d'): X W_s
+        h = self.lin(x_src) if p_src is None else p_src.lin  # (N_src, d'): X W_s
         if bipartite:
             out = self.propagate(edge_index, x=(h, None), alpha=alpha, size=(num_src, num_dst))
             if self.add_identity:
-                out = out + self.lin(x_dst)
+                out = out + (self.lin(x_dst) if p_dst is None else p_dst.lin)
         else:
             out = self.propagate(edge_index, x=h, alpha=alpha, size=(num_src, num_dst))
             if self.add_identity:
@@ -316,6 +322,27 @@ class IndividualRelationConv(MessagePassing):
             f"batch of several graphs does, but no batch vector was given: Eq. 2's all-node "
             f"denominator spans all {num_nodes} nodes; pass batch= (zeros for one graph)",
             UserWarning, stacklevel=3)
+
+    def _split_proj(self, proj, num_src: int, num_dst: int, bipartite: bool, where: str):
+        """``proj`` of :meth:`forward` -> (projection of the sources, of the targets), each checked
+        against the node counts; ``(None, None)`` when not given."""
+        if proj is None:
+            return None, None
+        if bipartite:
+            if isinstance(proj, IndividualProjection) or not isinstance(proj, (tuple, list)) or len(proj) != 2:
+                raise ValueError(f"{where}: with bipartite x, proj must be a pair (project(x_src), project(x_dst))")
+            pairs: tuple[tuple[object, int, str], ...] = ((proj[0], num_src, "proj[0]"), (proj[1], num_dst, "proj[1]"))
+        else:
+            if not isinstance(proj, IndividualProjection):
+                raise ValueError(f"{where}: proj must be the IndividualProjection of x "
+                                 f"(IndividualRelationConv.project)")
+            pairs = ((proj, num_src, "proj"),)
+        for p, n, name in pairs:
+            if (not isinstance(p, IndividualProjection) or tuple(p.lin.shape) != (n, self.out_channels)
+                    or tuple(p.dots.shape) != (n, 2)):
+                raise ValueError(f"{where}: {name} must be an IndividualProjection with lin ({n}, "
+                                 f"{self.out_channels}) and dots ({n}, 2)")
+        return (proj[0], proj[1]) if bipartite else (proj, proj)
 
     @staticmethod
     def _batches(batch, num_src: int, num_dst: int, bipartite: bool, where: str):

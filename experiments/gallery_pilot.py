@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Pilot of the gallery-graph protocol (hrnet_pyg.gallery) at the efficacy study's feature level.
+
+The feature world and the training of ``experiments/efficacy.py --level feature`` (the HRNet row,
+lr 1e-3, 20 epochs; 1,000 queries x 5,000 gallery images, d = 64), seeds 0, 1, 2. Each trained
+model is scored with its own cosine, the paper's per-query relational re-ranking
+(``relational_rerank``), k-reciprocal re-ranking of BN(F), and the gallery-graph protocol under
+each open choice: k of the test graph, whether queries feed other nodes, Eq. 2's normalisation,
+one or two rounds, the PR re-score, k-reciprocal on BN(V'). It prints mAP / rank-1 seed by seed,
+mean ± std over seeds and the paired differences against k-reciprocal of BN(F) and the own cosine.
+
+A pilot to pick defaults: the full study at every level belongs in ``experiments/efficacy.py``.
+
+    python experiments/gallery_pilot.py                      # ~1 min training per seed, then scoring
+    python experiments/gallery_pilot.py --scratch /tmp/pilot  # weights and per-seed JSON there
+
+The weights of each seed are kept under ``--scratch`` (``hrnet-s<seed>.pt``): a second run scores
+them again without training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(EXPERIMENTS_DIR.parent))
+sys.path.insert(0, str(EXPERIMENTS_DIR))
+
+import efficacy  # noqa: E402
+import torch  # noqa: E402
+
+# label -> gallery_rerank options (besides output="distances")
+GALLERY: dict[str, dict[str, Any]] = {
+    **{f"gallery k={k}": dict(k=k) for k in (3, 5, 10, 20)},
+    **{f"gallery k={k}, queries see only the gallery": dict(k=k, neighbours="gallery") for k in (3, 5, 10, 20)},
+    **{f"gallery k={k}, normalize=all": dict(k=k, normalize="all") for k in (5, 10)},
+    **{f"gallery k={k}, 2 rounds": dict(k=k, rounds=2) for k in (5, 10)},
+    "gallery k=5, 2 rounds, same graph": dict(k=5, rounds=2, reuse_graph=True),
+    **{f"gallery k={k} + PR re-score (top-120)": dict(k=k, pr_top_k=120) for k in (5, 10)},
+    **{f"gallery k={k} + k-reciprocal on BN(V')": dict(k=k, kreciprocal=True) for k in (3, 5, 10, 20)},
+    "gallery k=5, queries see only the gallery, + k-reciprocal on BN(V')":
+        dict(k=5, neighbours="gallery", kreciprocal=True),
+}
+
+
+def model_of(seed: int, data: dict[str, Any], scratch: Path):
+    """The HRNet row of the study at ``seed``: trained once, its weights kept in ``scratch``."""
+    from hrnet_pyg import HRNet
+    from hrnet_pyg.runtime import atomic_save
+
+    cfg = efficacy._model_config("feature", "HRNet", seed, {})
+    weights = scratch / f"hrnet-s{seed}.pt"
+    if weights.is_file():
+        model = HRNet(cfg, num_classes=data["num_classes"])
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return model.eval(), 0.0
+    t0 = time.perf_counter()
+    model = efficacy.train_feature_row(cfg, data, seed)
+    atomic_save(model.state_dict(), weights)
+    return model.eval(), time.perf_counter() - t0
+
+
+def score(model, q: tuple, g: tuple) -> dict[str, dict[str, float]]:
+    """name -> {mAP, rank1, seconds} of every protocol on one trained model."""
+    from hrnet_pyg.evaluation import cosine_distance
+    from hrnet_pyg.gallery import gallery_rerank
+    from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
+    from hrnet_pyg.rerank import relational_rerank
+
+    qb, gb = model.retrieval_features(q[0]), model.retrieval_features(g[0])
+    runs = {
+        "own cosine": lambda: cosine_distance(qb, gb),
+        "paper: per-query graphs (top-120)": lambda: relational_rerank(
+            model, q[0], g[0], top_k=model.config.top_k_rerank, device="cpu", progress=False),
+        "k-reciprocal of BN(F)": lambda: k_reciprocal_rerank_features(qb, gb, progress=False),
+        **{label: (lambda o=opts: gallery_rerank(model, q[0], g[0], output="distances", progress=False, **o))
+           for label, opts in GALLERY.items()},
+    }
+    out = {}
+    for label, run in runs.items():
+        t0 = time.perf_counter()
+        dist = run()
+        seconds = time.perf_counter() - t0
+        out[label] = {**efficacy._rank(dist, q, g), "seconds": seconds}
+        print(f"  {label}: mAP {100 * out[label]['mAP']:.2f} R1 {100 * out[label]['rank1']:.2f} "
+              f"({seconds:.1f} s)", flush=True)
+    return out
+
+
+def _mean_std(values: list[float], sign: str = "") -> str:
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return f"{m:{sign}.1f} ± {sd:.1f}"
+
+
+def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
+    seeds = sorted(results)
+    labels = list(next(iter(results.values())))
+    head = " | ".join(f"seed {s} mAP / R1" for s in seeds)
+    lines = [f"| protocol | {head} | mAP mean ± std | R1 mean ± std | mAP - k-recip. BN(F), paired | "
+             "mAP - own cosine, paired | s (seed 0) |", "|---|" + "---|" * (len(seeds) + 5)]
+    for label in labels:
+        maps = [100 * results[s][label]["mAP"] for s in seeds]
+        r1s = [100 * results[s][label]["rank1"] for s in seeds]
+        vs_kr = [m - 100 * results[s]["k-reciprocal of BN(F)"]["mAP"] for m, s in zip(maps, seeds, strict=True)]
+        vs_cos = [m - 100 * results[s]["own cosine"]["mAP"] for m, s in zip(maps, seeds, strict=True)]
+        cells = " | ".join(f"{m:.1f} / {r:.1f}" for m, r in zip(maps, r1s, strict=True))
+        paired = [" ".join(f"{d:+.1f}" for d in diffs) + f" ({_mean_std(diffs, '+')})" for diffs in (vs_kr, vs_cos)]
+        lines.append(f"| {label} | {cells} | {_mean_std(maps)} | {_mean_std(r1s)} | {paired[0]} | {paired[1]} | "
+                     f"{results[seeds[0]][label]['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--scratch", type=Path, default=Path("results/gallery_pilot"),
+                   help="weights and per-seed JSON (default: results/gallery_pilot)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        data = efficacy.feature_level_data(seed)
+        model, train_s = model_of(seed, data, args.scratch)
+        how = f"trained in {train_s:.0f} s" if train_s else "loaded"
+        print(f"seed {seed}: HRNet row {how}", flush=True)
+        with torch.no_grad():
+            results[seed] = score(model, data["query"], data["gallery"])
+        (args.scratch / f"scores-s{seed}.json").write_text(json.dumps(results[seed], indent=1))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Exact k-nearest-neighbour tables of large feature sets, in blocks (Eq. 1 over a whole gallery).
+
+:func:`~hrnet_pyg.graphs.knn_edges` builds the kNN graph C of Eq. 1 for re-ID batches and query
+graphs. Over a whole query + gallery set (19,281 images for Market-1501, 93,820 for MSMT17) the
+(N, N) distance matrix must not exist, and the pairwise products dominate the cost, so
+:func:`knn_table` walks square blocks of the pairs: each block is computed once and serves its rows
+and, through its transpose, its columns (half the products of a row-by-row pass), and each row keeps
+a running top-k. The neighbours are exactly those of :func:`~hrnet_pyg.graphs.knn_edges`' dense
+path: the same ranking score :math:`\\lVert x_j \\rVert^2 - 2 x_i^\\top x_j` and the same tie rule
+(lower index first) at every step (:func:`~hrnet_pyg.topk.k_smallest_sorted`,
+:func:`~hrnet_pyg.topk.merge_k_smallest`).
+
+* :func:`knn_table` -- the (T, k) neighbour indices of every target, nearest first.
+* :func:`table_edges` -- such a table as an ``edge_index`` (neighbour -> target).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hrnet_pyg.runtime import progress as progress_of
+from hrnet_pyg.topk import k_smallest_sorted, merge_k_smallest
+
+# Side of the square blocks of pairs: a 2048 x 2048 fp32 block (16 MiB) and its transpose. Large
+# enough that each block is one efficient matrix product at d = 2048, small enough to stay below
+# glibc's mmap threshold for the per-block temporaries of the top-k.
+DEFAULT_BLOCK = 2048
+
+
+def _sq_norms(x: Tensor) -> Tensor:
+    rows = max(1, (1 << 18) // max(1, x.size(1)))
+    return torch.cat([(c * c).sum(-1) for c in x.split(rows)]) if x.size(0) else x.new_zeros(0)
+
+
+def _cuts(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + size, stop)) for a in range(start, stop, size)]
+
+
+def _check(x: Tensor, name: str) -> Tensor:
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"knn_table: {name} must be a 2-D tensor (num_nodes, channels), got {shape}")
+    x = x.detach()
+    return x if x.is_floating_point() and x.dtype not in (torch.float16, torch.bfloat16) else x.float()
+
+
+def knn_table(
+    x: Tensor,
+    k: int,
+    sources: Tensor | None = None,
+    *,
+    sources_from: int = 0,
+    loop: bool = False,
+    block_size: int = DEFAULT_BLOCK,
+    progress: bool = False,
+) -> Tensor:
+    r"""The :math:`k` nearest sources (Euclidean distance) of every row of ``x``: Eq. 1's
+    :math:`r(m(v_i, v_j)) \le k`, as a table.
+
+    Two forms:
+
+    * one node set (``sources=None``): the neighbours of each node :math:`i` of ``x`` among the
+      nodes :math:`j \ge` ``sources_from`` of ``x`` (all of them by default), :math:`j \ne i` unless
+      ``loop`` (then :math:`i` always counts among its own :math:`k`, as in
+      :func:`~hrnet_pyg.graphs.knn_edges`). ``sources_from = Q`` on a query + gallery stack gives
+      every node its neighbours in the gallery alone.
+    * two sets (``sources`` given): the neighbours of each row of ``x`` (targets) among the rows of
+      ``sources`` (a query attached to a stored gallery); no node is both.
+
+    The (N, N) distance matrix is never formed: square blocks of ``block_size`` rows and columns,
+    each used for its rows and its columns, and a running top-k per row (memory: the (T, k) table
+    and a few blocks).
+
+    Args:
+        x (torch.Tensor): :math:`(N, d)` node features (the targets).
+        k (int): Neighbours per target.
+        sources (torch.Tensor, optional): :math:`(N_s, d)` source features of the two-set form.
+        sources_from (int, optional): First source row of the one-set form. (default: :obj:`0`)
+        loop (bool, optional): One-set form: count each node among its own neighbours.
+            (default: :obj:`False`)
+        block_size (int, optional): Rows (and columns) per block. (default: :obj:`2048`)
+        progress (bool, optional): A progress bar or lines over the blocks. (default: :obj:`False`)
+
+    Returns:
+        torch.LongTensor: :math:`(N, k)`; row :math:`i` lists its neighbours' rows (of ``x``, or of
+        ``sources``), nearest first, ties towards the lower index.
+    """
+    x = _check(x, "x")
+    two_sets = sources is not None
+    src = _check(sources, "sources").to(x.device, x.dtype) if sources is not None else x
+    if two_sets and src.size(1) != x.size(1):
+        raise ValueError(f"knn_table: x has {x.size(1)} channels, sources {src.size(1)}")
+    num, num_src = x.size(0), src.size(0)
+    first = 0 if two_sets else int(sources_from)
+    if not 0 <= first <= num_src:
+        raise ValueError(f"knn_table: sources_from must lie in [0, {num_src}], got {sources_from}")
+    avail = num_src - first - (0 if two_sets or loop else 1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (num > 0 and k > avail):
+        raise ValueError(f"knn_table: k must be an integer in [1, {avail}] (the sources each node can "
+                         f"choose from), got k={k!r}")
+    if int(block_size) < 1:
+        raise ValueError(f"knn_table: block_size must be >= 1, got {block_size}")
+    sq_x = _sq_norms(x)
+    sq_s = _sq_norms(src) if two_sets else sq_x
+    if not bool(torch.isfinite(sq_x).all()) or not bool(torch.isfinite(sq_s).all()):
+        raise ValueError("knn_table: the features hold NaN or infinite values (or rows whose squared norm "
+                         "overflows); Euclidean distances are undefined")
+    best_v = x.new_full((num, k), float("inf"))
+    best_i = torch.full((num, k), num_src, dtype=torch.long, device=x.device)  # index N_s: loses every tie
+    with torch.no_grad():
+        for (a0, a1), (b0, b1), rows, cols in progress_of(
+                _block_pairs(num, num_src, first, int(block_size), two_sets), "kNN table", show=progress,
+                unit="blocks"):
+            g = x[a0:a1] @ src[b0:b1].T  # (R, C) inner products, shared by both uses of the block
+            if rows:  # targets a0:a1 choose among the sources b0:b1: score ||x_j||^2 - 2 x_i.x_j
+                score = torch.add(sq_s[b0:b1].unsqueeze(0), g, alpha=-2.0)
+                if not two_sets and a0 == b0:
+                    score.diagonal().fill_(float("-inf") if loop else float("inf"))
+                v, i = k_smallest_sorted(score, min(k, b1 - b0))
+                best_v[a0:a1], best_i[a0:a1] = merge_k_smallest(best_v[a0:a1], best_i[a0:a1], v, i + b0, k)
+            if cols:  # the same block, transposed: targets b0:b1 choose among the sources a0:a1
+                score = torch.add(sq_x[a0:a1].unsqueeze(0), g.T, alpha=-2.0).contiguous()
+                v, i = k_smallest_sorted(score, min(k, a1 - a0))
+                best_v[b0:b1], best_i[b0:b1] = merge_k_smallest(best_v[b0:b1], best_i[b0:b1], v, i + a0, k)
+    return best_i
+
+
+def _block_pairs(num: int, num_src: int, first: int, size: int, two_sets: bool):
+    """``((a0, a1), (b0, b1), rows, cols)`` for every block of pairs to compute: rows ``a0:a1`` of
+    ``x`` against rows ``b0:b1`` of the sources; ``rows``: the block serves its rows as targets,
+    ``cols``: its transpose serves its columns (one-set form, each unordered block pair once)."""
+    if two_sets:
+        return [(a, b, True, False) for a in _cuts(0, num, size) for b in _cuts(0, num_src, size)]
+    # Blocks never straddle ``first``, so each block is wholly a source block or not.
+    blocks = _cuts(0, first, size) + _cuts(first, num, size)
+    pairs = []
+    for ai, a in enumerate(blocks):
+        for b in blocks[ai:]:
+            rows, cols = b[0] >= first, a != b and a[0] >= first
+            if rows or cols:
+                pairs.append((a, b, rows, cols))
+    return pairs
+
+
+def table_edges(table: Tensor) -> Tensor:
+    """A :func:`knn_table` (T, k) as ``edge_index`` (2, T k): ``edge_index[0]`` the neighbour
+    :math:`j` (source), ``edge_index[1]`` the target :math:`i` (PyG's ``source_to_target`` flow, as
+    :func:`~hrnet_pyg.graphs.knn_edges`), ordered by target, then nearest first."""
+    t, k = table.shape
+    return torch.stack([table.reshape(-1), torch.arange(t, device=table.device).repeat_interleave(k)])
+
+
+__all__ = ["DEFAULT_BLOCK", "knn_table", "table_edges"]
