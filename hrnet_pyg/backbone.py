@@ -40,6 +40,14 @@ def _arch(depth: int | str) -> str:
     return f"resnet{depth}" if isinstance(depth, int) else str(depth)
 
 # The torchvision children kept, in forward order (fc and avgpool are dropped).
+def _check_trunk_args(pretrained: object, last_stride: object) -> None:
+    """The arguments every torchvision trunk takes, checked the same way."""
+    if last_stride not in (1, 2):
+        raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+    if not isinstance(pretrained, (bool, str, os.PathLike)):
+        raise TypeError(f"pretrained must be True, False or a path to a .pth file, got {type(pretrained).__name__}")
+
+
 _TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -78,12 +86,7 @@ class ResNetBackbone(nn.Module):
         if depth not in _RESNETS:
             raise ValueError(
                 f"depth must be one of {', '.join(map(str, _RESNETS))}, got {depth!r}")
-        if last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
-        if not isinstance(pretrained, (bool, str, os.PathLike)):
-            raise TypeError(
-                "pretrained must be True, False or a path to a .pth file, "
-                f"got {type(pretrained).__name__}")
+        _check_trunk_args(pretrained, last_stride)
         self.depth = depth
         self.last_stride = last_stride
         self.pretrained = pretrained
@@ -201,12 +204,7 @@ class MobileNetV2Backbone(nn.Module):
 
     def __init__(self, pretrained: bool | str = False, last_stride: int = 1) -> None:
         super().__init__()
-        if last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
-        if not isinstance(pretrained, (bool, str, os.PathLike)):
-            raise TypeError(
-                "pretrained must be True, False or a path to a .pth file, "
-                f"got {type(pretrained).__name__}")
+        _check_trunk_args(pretrained, last_stride)
         self.last_stride = last_stride
         self.pretrained = pretrained
         net = torchvision.models.mobilenet_v2(weights=None)
