@@ -473,10 +473,11 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
 
     key = _key(level, row, seed, overrides)
     path, weights = results / f"{key}.json", results / "models" / f"{key}.pt"
+    previous: dict[str, Any] = {}
     if path.is_file():
-        record = json.loads(path.read_text())
-        if _current(record, overrides):
-            return record
+        previous = json.loads(path.read_text())
+        if _current(previous, overrides):
+            return previous
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     cfg = _model_config(level, row, seed, overrides)
     if (level, seed) not in cache:
@@ -519,10 +520,14 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
                   test_protocol=_test_protocol(cfg), scores=scores, **sizes,
                   data=data["summary"], seconds=t2 - t0, how=how)
     if level == "real":  # what the schedule cost: wall and CPU (process) seconds, the machine's load
-        record.update(timing=dict(train_seconds=t1 - t0, train_cpu_seconds=c1 - c0, eval_seconds=t2 - t1,
-                                  eval_cpu_seconds=c2 - c1, threads=torch.get_num_threads(),
-                                  loadavg_start=load0, loadavg_end=os.getloadavg()[0]),
-                      history=history, **extra)
+        timing = dict(train_seconds=t1 - t0, train_cpu_seconds=c1 - c0, eval_seconds=t2 - t1,
+                      eval_cpu_seconds=c2 - c1, threads=torch.get_num_threads(),
+                      loadavg_start=load0, loadavg_end=os.getloadavg()[0])
+        if how != "trained" and "timing" in previous:  # a re-scored model keeps its training's figures
+            for name in ("train_seconds", "train_cpu_seconds", "loadavg_start"):
+                timing[name] = previous["timing"][name]
+            history = previous.get("history", history)
+        record.update(timing=timing, history=history, **extra)
     atomic_write(path, lambda fh: fh.write(json.dumps(record, indent=1, default=str)), mode="w")
     first = scores[REAL_TEST_SETS[0]] if level == "real" else scores
     print(f"{level} {row} seed {seed} {overrides or ''}: cosine {first['cosine']['mAP']:.3f} "
@@ -778,7 +783,7 @@ def _real_timing(records) -> str:
              "s per epoch (wall) | load average |", "|---|---|---|---|---|---|---|---|"]
     total = dict(tw=0.0, tc=0.0, ew=0.0, ec=0.0, n=0)
     for row in ROWS:
-        sel = [r for r in _select(records, "real", row, {}) if "timing" in r and r["how"] == "trained"]
+        sel = [r for r in _select(records, "real", row, {}) if "timing" in r]
         if not sel:
             continue
         t = {k: sum(r["timing"][k] for r in sel) for k in

@@ -140,6 +140,20 @@ def test_quick_real_level_scores_each_test_set_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert eff.main(args) == 0  # everything on disk: nothing is trained again
     assert "real HRNet seed 0" not in capsys.readouterr().out
+    # a record of another test protocol is re-scored from the kept weights and keeps what its
+    # training cost and how its loss went
+    path = tmp_path / "res" / f"{hrnet['key']}.json"
+    stale = dict(hrnet, test_protocol=dict(hrnet["test_protocol"], rerank_pr_weight=1.0))
+    path.write_text(json.dumps(stale))
+    assert eff.main(args) == 0
+    assert "real HRNet seed 0" in capsys.readouterr().out
+    again = json.loads(path.read_text())
+    assert again["how"].startswith("re-scored") and again["test_protocol"] == hrnet["test_protocol"]
+    assert again["history"] == hrnet["history"]
+    assert again["timing"]["train_seconds"] == hrnet["timing"]["train_seconds"]
+    for name in eff.REAL_TEST_SETS:
+        assert again["scores"][name]["cosine"] == hrnet["scores"][name]["cosine"]
+        assert again["per_query_ap"][name]["relational"] == hrnet["per_query_ap"][name]["relational"]
 
 
 def test_real_level_without_shared_data_says_what_is_missing(tmp_path, capsys):
