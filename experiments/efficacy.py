@@ -84,8 +84,8 @@ REAL_TITLES = {"viper": "VIPeR", "prid2011": "PRID 2011", "grid": "GRID", "cavia
 REAL_WEIGHTS = "weights/mobilenet_v2_imagenet_torchvision.pth"  # under the shared data folder
 LEVELS["real"] = dict(
     model=dict(backbone="mobilenet_v2", pretrained=f"../shared/data/{REAL_WEIGHTS}", feat_dim=1280,
-               image_size=(128, 64), last_stride=1, num_identities=16, num_instances=4, lr=3.5e-4, epochs=10,
-               milestones=(7, 9)),
+               image_size=(128, 64), last_stride=1, num_identities=16, num_instances=4, lr=3.5e-4, epochs=6,
+               milestones=(4, 5)),
     data=dict(name="reid_small_joint", root="reid-small", test_sets=REAL_TEST_SETS),
 )
 # Where the real level reads ../shared/data from (main() sets it from --shared-data).
