@@ -7,8 +7,13 @@ re-ranking (Sec. 4.2) as the config sets it, each module's similarity alone, oth
 two, k-reciprocal re-ranking of the same features, and relational re-ranking after k-reciprocal.
 Results are mean ± std over seeds, on at least 1,000 queries.
 
-Two levels:
+Three levels:
 
+* ``real``: real pedestrians, VIPeR, PRID 2011, GRID and CAVIAR4REID as ``../shared/data/reid-small``
+  holds them (``--shared-data`` or ``HRNET_PYG_SHARED_DATA`` name another ``shared/data``
+  folder). Each row trains once on their joint training set (``reid_small_joint``, split ``seed``)
+  from the ImageNet MobileNetV2 of ``../shared/data/weights`` and is scored on each of the four
+  test sets of that split.
 * ``feature``: the generated feature world of :mod:`hrnet_pyg.data.synthetic_features` (no
   backbone, ``backbone=None``); the graph modules and the BNNeck train on fixed features.
 * ``image``: the synthetic image dataset (:mod:`hrnet_pyg.data.synthetic`), ResNet-18 from
@@ -16,7 +21,9 @@ Two levels:
 
 Examples (from the repository root)::
 
-    # the defaults' table at the feature level (4 rows x 3 seeds), then docs/efficacy.md
+    # the defaults' table on real pedestrians (4 rows x 3 splits), then docs/efficacy.md
+    python experiments/efficacy.py --level real --study main
+    # the same at the feature level (4 rows x 3 seeds)
     python experiments/efficacy.py --level feature --study main
     # every study of the document (what docs/efficacy.md says, regenerated)
     python experiments/efficacy.py --level feature --study all
@@ -36,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +75,25 @@ LEVELS: dict[str, dict[str, Any]] = {
                   data=dict(DEMO_DATA)),
 }
 
+# The real level: the joint training set of the four small data sets (split ``seed``), scored on
+# each member's test set. The weights are named relative to the repository root as the committed
+# configs name them, so that a run's key does not depend on where ../shared sits; they are read from
+# the shared data folder (SHARED_DATA) at training time. The schedule fits the four rows x three
+# splits into about two hours of two CPU cores (docs/efficacy.md, "Real level: the schedule").
+REAL_TEST_SETS = ("viper", "prid2011", "grid", "caviar4reid")
+REAL_TITLES = {"viper": "VIPeR", "prid2011": "PRID 2011", "grid": "GRID", "caviar4reid": "CAVIAR4REID"}
+REAL_WEIGHTS = "weights/mobilenet_v2_imagenet_torchvision.pth"  # under the shared data folder
+LEVELS["real"] = dict(
+    model=dict(backbone="mobilenet_v2", pretrained=f"../shared/data/{REAL_WEIGHTS}", feat_dim=1280,
+               image_size=(128, 64), last_stride=1, num_identities=16, num_instances=4, lr=3.5e-4, epochs=6,
+               milestones=(4, 5)),
+    data=dict(name="reid_small_joint", root="reid-small", test_sets=REAL_TEST_SETS),
+)
+# Where the real level reads ../shared/data from (main() sets it from --shared-data).
+SHARED_DATA = Path(os.environ.get("HRNET_PYG_SHARED_DATA", EXPERIMENTS_DIR.parent.parent / "shared" / "data"))
+# Training loop settings that are not part of a run's key (smoke-test sizes cut epochs short).
+TRAIN_LIMITS: dict[str, Any] = {"max_steps_per_epoch": None}
+
 # --quick: the same code path at smoke-test sizes (tests, dry runs); its numbers mean nothing. A
 # level's "rerank" entry changes its test protocol (RerankConfig; default: RerankConfig()).
 QUICK_LEVELS: dict[str, dict[str, Any]] = {
@@ -78,7 +105,15 @@ QUICK_LEVELS: dict[str, dict[str, Any]] = {
                   data=dict(num_train_ids=8, num_test_ids=6, imgs_per_id=6, queries_per_id=2,
                             num_distractors=2, num_junk=1),
                   rerank=dict(shortlist=20)),
+    # ResNet-18: a MobileNetV2 from random initialisation gives every image the same features in
+    # eval mode until its BatchNorm statistics settle (dozens of steps), and k-reciprocal
+    # re-ranking then has no neighbourhoods; the weights file's path is tests/test_weights.py's.
+    "real": dict(model=dict(LEVELS["real"]["model"], backbone="resnet18", feat_dim=512, pretrained=False,
+                            image_size=(32, 16), epochs=1, milestones=(1, 2), k=3,
+                            num_identities=4, num_instances=2),
+                 data=dict(LEVELS["real"]["data"]), rerank=dict(shortlist=20)),
 }
+QUICK_TRAIN_LIMITS = {"max_steps_per_epoch": 3}
 
 # Studies: name -> (what it varies, rows, {variant label: model overrides at training time, and
 # under "rerank" the variant's test protocol, RerankConfig fields}).
@@ -100,6 +135,10 @@ STUDIES: dict[str, tuple[str, Sequence[str], dict[str, dict[str, Any]]]] = {
     "igp": ("IGP itself", ("CNN+PR+IGP",), {"no IGP (CNN+PR)": dict(use_igp=False)}),
     "graph": ("the individual graph: kNN (Eq. 1) or fully connected (Table 1's IR*)", ("CNN+IR",),
               {"kNN (CNN+IR)": {}, "fully connected (CNN+IR*)": dict(ir_graph="full")}),
+    # Real level only (elsewhere the backbone starts from random initialisation already, so the
+    # variant is the defaults' run): what the ImageNet weights are worth.
+    "scratch": ("the ImageNet pretraining's share: the backbone from random initialisation", ("CNN", "HRNet"),
+                {"random init": dict(pretrained=False)}),
 }
 
 # Test-time variants scored on every trained model: label -> RerankConfig fields at test time.
@@ -134,6 +173,30 @@ def image_level_data(seed: int, root: Path) -> dict[str, Any]:
     kwargs = dict(LEVELS["image"]["data"], seed=seed, progress=False)
     ds = build_dataset("synthetic", str(root), **kwargs)
     return dict(dataset=ds, num_classes=ds.num_train_pids, summary=ds.summary())
+
+
+def real_level_data(seed: int) -> dict[str, Any]:
+    """Split ``seed`` of the joint training set and the four test sets of that split."""
+    from hrnet_pyg.data import build_dataset
+
+    spec = LEVELS["real"]["data"]
+    ds = build_dataset(spec["name"], str(SHARED_DATA / spec["root"]), split_id=seed)
+    return dict(dataset=ds, num_classes=ds.num_train_pids, summary=ds.summary(),
+                tests={name: ds.test_set(name) for name in spec["test_sets"]})
+
+
+def check_shared_data(level: str) -> str | None:
+    """What the real level lacks in ``SHARED_DATA`` (one line), or ``None``."""
+    if level != "real":
+        return None
+    need = [SHARED_DATA / LEVELS["real"]["data"]["root"]]
+    if isinstance(LEVELS["real"]["model"]["pretrained"], str):
+        need.append(SHARED_DATA / REAL_WEIGHTS)
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        return (f"--level real needs {' and '.join(missing)}: put ../shared beside the repository, or name "
+                f"its data folder with --shared-data or HRNET_PYG_SHARED_DATA")
+    return None
 
 
 # ------------------------------------------------------------------------------------ training
@@ -183,7 +246,10 @@ def image_features(model, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_image_row(cfg, data: dict[str, Any], seed: int):
+def train_image_row(cfg, data: dict[str, Any], seed: int, num_workers: int = 2, history: list | None = None):
+    """``num_workers=0`` decodes in this process (the real level: its images decode in about 1.5
+    CPU seconds an epoch, and the run's CPU time then counts everything); ``history`` receives
+    the per-epoch rows of ``fit``."""
     from torch.utils.data import DataLoader
 
     from hrnet_pyg import HRNet
@@ -194,18 +260,49 @@ def train_image_row(cfg, data: dict[str, Any], seed: int):
     loader = DataLoader(ImageDataset(ds.train, build_transforms(*cfg.image_size, is_train=True)),
                         batch_sampler=PKSampler([r.pid for r in ds.train], P=cfg.num_identities,
                                                 K=cfg.num_instances, seed=seed),
-                        num_workers=2, persistent_workers=True)
+                        num_workers=num_workers, persistent_workers=num_workers > 0)
     model = HRNet(cfg, num_classes=data["num_classes"])
-    model.fit(loader, device="cpu", progress=False)
+    result = model.fit(loader, device="cpu", progress=False, print_freq=1000, **TRAIN_LIMITS)
+    if history is not None:
+        history.extend(result.history)
     return model.eval()
 
 
+def real_features(model, records: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(F, pids, camids) of ``records`` at the model's test transform."""
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg.data import ImageDataset, build_transforms
+
+    loader = DataLoader(ImageDataset(records, build_transforms(*model.config.image_size, is_train=False)),
+                        batch_size=128, num_workers=0)
+    return model.extract(loader, device="cpu", progress=False)
+
+
 # ------------------------------------------------------------------------------------ scoring
-def _rank(dist, q, g) -> dict[str, float]:
+def _rank(dist, q, g) -> dict[str, Any]:
+    """mAP, rank-1 and (under ``"ap"``, popped before a record is written: ``_split_ap``) the AP of
+    every query."""
     from hrnet_pyg.evaluation import evaluate_rank
 
     r = evaluate_rank(dist, q[1].numpy(), g[1].numpy(), q[2].numpy(), g[2].numpy())
-    return {"mAP": float(r.mAP), "rank1": float(r.cmc[0])}
+    return {"mAP": float(r.mAP), "rank1": float(r.cmc[0]), "ap": r.all_AP}
+
+
+# The protocols whose per-query APs a real-level record keeps (paired differences between
+# protocols and rows, query by query); the APs of the others are dropped.
+PER_QUERY_PROTOCOLS = ("cosine", "relational", "k-reciprocal", "relational after k-reciprocal")
+
+
+def _split_ap(scores: dict[str, dict[str, Any]], keep: Sequence[str] = ()) -> dict[str, list[float | None]]:
+    """Pops every ``"ap"`` of ``scores``; returns those of ``keep`` as lists (5 decimals; None
+    for a query without a true match)."""
+    out: dict[str, list[float | None]] = {}
+    for name, value in scores.items():
+        ap = value.pop("ap", None)
+        if ap is not None and name in keep:
+            out[name] = [None if math.isnan(a) else round(float(a), 5) for a in ap]
+    return out
 
 
 def score_model(model, q: tuple, g: tuple, extended: bool = True) -> dict[str, dict[str, float]]:
@@ -353,11 +450,21 @@ def _test_protocol(cfg, protocol: RerankConfig) -> dict[str, Any]:
     return out
 
 
+_KEYS: dict[str, str] = {}  # memo of _key: the report asks for the same keys many times
+
+
 def _key(level: str, row: str, seed: int, overrides: dict[str, Any]) -> str:
     # Keyed by the resolved training config, so a variant that equals the defaults reuses their run;
     # the test protocol is left out: it re-scores a saved model (_test_protocol). HRNetConfig.to_dict()
     # holds no test-protocol field, so it is exactly the dict the key has always hashed (the former
     # HRNetConfig.to_dict() less top_k_rerank and rerank_*): the records on disk keep their keys.
+    memo = json.dumps([level, row, seed, overrides, LEVELS[level]], sort_keys=True, default=str)
+    if memo not in _KEYS:
+        _KEYS[memo] = _compute_key(level, row, seed, overrides)
+    return _KEYS[memo]
+
+
+def _compute_key(level: str, row: str, seed: int, overrides: dict[str, Any]) -> str:
     resolved = _model_config(level, row, seed, overrides).to_dict()
     blob = json.dumps({"level": level, "model": resolved, "setup": LEVELS[level]},
                       sort_keys=True, default=str)
@@ -381,44 +488,86 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
 
     key = _key(level, row, seed, overrides)
     path, weights = results / f"{key}.json", results / "models" / f"{key}.pt"
+    previous: dict[str, Any] = {}
     if path.is_file():
-        record = json.loads(path.read_text())
-        if _current(record, overrides):
-            return record
-    t0 = time.perf_counter()
+        previous = json.loads(path.read_text())
+        if _current(previous, overrides):
+            return previous
+    t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     cfg, protocol = _model_config(level, row, seed, overrides), _rerank_config(level, overrides)
     if (level, seed) not in cache:
         cache[(level, seed)] = (feature_level_data(seed) if level == "feature"
+                                else real_level_data(seed) if level == "real"
                                 else image_level_data(seed, results / "data" / f"seed{seed}"))
     data = cache[(level, seed)]
-    if weights.is_file():
-        model = HRNet(cfg, num_classes=data["num_classes"])
+    history: list[dict[str, float]] = []
+    if weights.is_file():  # the state dict holds the backbone: no ImageNet file to read first
+        model = HRNet(dataclasses.replace(cfg, pretrained=False), num_classes=data["num_classes"])
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         model.eval()
         how = f"re-scored from {weights.name}"
     else:
-        model = (train_feature_row if level == "feature" else train_image_row)(cfg, data, seed)
+        if level == "real" and isinstance(cfg.pretrained, str):
+            cfg = dataclasses.replace(cfg, pretrained=str(SHARED_DATA / REAL_WEIGHTS))
+        model = (train_feature_row(cfg, data, seed) if level == "feature"
+                 else train_image_row(cfg, data, seed, num_workers=0 if level == "real" else 2, history=history))
         atomic_save(model.state_dict(), weights)
         how = "trained"
     model.rerank_config = protocol  # "relational" in the scores: the variant's own test protocol
-    if level == "feature":
-        q, g = data["query"], data["gallery"]
-    else:
-        feats = image_features(model, data)
-        q, g = feats["query"], feats["gallery"]
+    t1, c1 = time.perf_counter(), time.process_time()
+    extra: dict[str, Any] = {}
     with torch.no_grad():
-        scores = score_model(model, q, g, extended=not overrides)
-        if model.pr is not None:
-            scores.update(pr_diagnostics(model, q, g))
+        if level == "real":
+            scores, extra = _score_real(model, data, extended=not overrides)
+            sizes = extra.pop("sizes")
+        else:
+            if level == "feature":
+                q, g = data["query"], data["gallery"]
+            else:
+                feats = image_features(model, data)
+                q, g = feats["query"], feats["gallery"]
+            scores = score_model(model, q, g, extended=not overrides)
+            _split_ap(scores)
+            if model.pr is not None:
+                scores.update(pr_diagnostics(model, q, g))
+            sizes = dict(num_queries=int(q[0].size(0)), num_gallery=int(g[0].size(0)))
+    t2, c2 = time.perf_counter(), time.process_time()
     record = dict(key=key, level=level, row=row, seed=seed, overrides=overrides,
-                  test_protocol=_test_protocol(cfg, protocol), scores=scores,
-                  num_queries=int(q[0].size(0)), num_gallery=int(g[0].size(0)),
-                  data=data["summary"], seconds=time.perf_counter() - t0, how=how)
+                  test_protocol=_test_protocol(cfg, protocol), scores=scores, **sizes,
+                  data=data["summary"], seconds=t2 - t0, how=how)
+    if level == "real":  # what the schedule cost: wall and CPU (process) seconds, the machine's load
+        timing = dict(train_seconds=t1 - t0, train_cpu_seconds=c1 - c0, eval_seconds=t2 - t1,
+                      eval_cpu_seconds=c2 - c1, threads=torch.get_num_threads(),
+                      loadavg_start=load0, loadavg_end=os.getloadavg()[0])
+        if how != "trained" and "timing" in previous:  # a re-scored model keeps its training's figures
+            for name in ("train_seconds", "train_cpu_seconds", "loadavg_start"):
+                timing[name] = previous["timing"][name]
+            history = previous.get("history", history)
+        record.update(timing=timing, history=history, **extra)
     atomic_write(path, lambda fh: fh.write(json.dumps(record, indent=1, default=str)), mode="w")
-    print(f"{level} {row} seed {seed} {overrides or ''}: cosine {scores['cosine']['mAP']:.3f} "
-          f"relational {scores.get('relational', scores['cosine'])['mAP']:.3f} "
-          f"k-reciprocal {scores['k-reciprocal']['mAP']:.3f} ({how}, {record['seconds']:.0f} s)", flush=True)
+    first = scores[REAL_TEST_SETS[0]] if level == "real" else scores
+    print(f"{level} {row} seed {seed} {overrides or ''}: cosine {first['cosine']['mAP']:.3f} "
+          f"relational {first.get('relational', first['cosine'])['mAP']:.3f} "
+          f"k-reciprocal {first['k-reciprocal']['mAP']:.3f}"
+          f"{' (' + REAL_TITLES[REAL_TEST_SETS[0]] + ')' if level == 'real' else ''} "
+          f"({how}, {record['seconds']:.0f} s)", flush=True)
     return record
+
+
+def _score_real(model, data: dict[str, Any], extended: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every protocol on each test set: ``{set: {protocol: {mAP, rank1}}}``, and the per-query APs
+    of ``PER_QUERY_PROTOCOLS`` with each set's size."""
+    scores: dict[str, Any] = {}
+    per_query: dict[str, Any] = {}
+    sizes: dict[str, dict[str, int]] = {"num_queries": {}, "num_gallery": {}}
+    for name, (query, gallery) in data["tests"].items():
+        q, g = real_features(model, query), real_features(model, gallery)
+        scores[name] = score_model(model, q, g, extended=extended)
+        per_query[name] = _split_ap(scores[name], PER_QUERY_PROTOCOLS)
+        if model.pr is not None:
+            scores[name].update(pr_diagnostics(model, q, g))
+        sizes["num_queries"][name], sizes["num_gallery"][name] = int(q[0].size(0)), int(g[0].size(0))
+    return scores, {"per_query_ap": per_query, "sizes": sizes}
 
 
 def run_study(level: str, study: str, results: Path, seeds: Sequence[int],
@@ -493,7 +642,7 @@ MAIN_PROTOCOLS = [("cosine", "own cosine"), ("relational", "relational re-rankin
 
 def report(results: Path, out: Path) -> str:
     records = _load(results)
-    parts: list[str] = []
+    parts: list[str] = real_report([r for r in records if r["level"] == "real"])
     for level in ("feature", "image"):
         recs = [r for r in records if r["level"] == level]
         if not recs:
@@ -560,6 +709,185 @@ def report(results: Path, out: Path) -> str:
     return text
 
 
+# ------------------------------------------------------------------------------------ real level
+def _view(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """Real-level records as seen on test set ``name`` (their ``scores`` of that set)."""
+    return [dict(r, scores=r["scores"][name]) for r in records if name in r.get("scores", {})]
+
+
+def _across(records, row: str, over: dict[str, Any], protocols, what: str = "protocol") -> str:
+    """mAP (mean ± std over splits) of one (row, variant) under each protocol, a column per test set."""
+    sel = _select(records, "real", row, over)
+    if not sel:
+        return ""
+    lines = [f"| {what} | splits | " + " | ".join(f"{REAL_TITLES[n]} mAP" for n in REAL_TEST_SETS) + " |",
+             "|---|---|" + "---|" * len(REAL_TEST_SETS)]
+    for proto, label in protocols:
+        cells = [_cells(_view(sel, n), proto)[0] for n in REAL_TEST_SETS]
+        lines.append(f"| {label} | {len(sel)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _real_paired(records) -> str:
+    """The issue's inequalities on each test set: mean ± std over splits of the mAP difference,
+    and on how many splits it is positive."""
+    by_seed = {row: {r["seed"]: r["scores"] for r in _select(records, "real", row, {})} for row in ROWS}
+    seeds = sorted(set.intersection(*(set(v) for v in by_seed.values()))) if all(by_seed.values()) else []
+    if not seeds:
+        return ""
+    lines = ["| mAP difference (points), mean ± std over splits (splits > 0) | "
+             + " | ".join(REAL_TITLES[n] for n in REAL_TEST_SETS) + " |",
+             "|---|" + "---|" * len(REAL_TEST_SETS)]
+    for label, (row_a, proto_a), (row_b, proto_b) in PAIRED:
+        cells = []
+        for n in REAL_TEST_SETS:
+            diffs = [100 * (by_seed[row_a][s][n][proto_a]["mAP"] - by_seed[row_b][s][n][proto_b]["mAP"])
+                     for s in seeds]
+            m, sd = _mean_std(diffs)
+            cells.append(f"{m:+.2f} ± {sd:.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# Query by query, the splits pooled: (label, (row, protocol), (row, protocol)).
+PER_QUERY = [
+    ("HRNet: relational - own cosine", ("HRNet", "relational"), ("HRNet", "cosine")),
+    ("HRNet: relational - k-reciprocal", ("HRNet", "relational"), ("HRNet", "k-reciprocal")),
+    ("HRNet: relational after k-reciprocal - k-reciprocal", ("HRNet", "relational after k-reciprocal"),
+     ("HRNet", "k-reciprocal")),
+    ("CNN+IR+CNC: relational - own cosine", ("CNN+IR+CNC", "relational"), ("CNN+IR+CNC", "cosine")),
+    ("CNN+PR+IGP: relational - own cosine", ("CNN+PR+IGP", "relational"), ("CNN+PR+IGP", "cosine")),
+    ("CNN: k-reciprocal - own cosine", ("CNN", "k-reciprocal"), ("CNN", "cosine")),
+]
+
+
+def _real_per_query(records) -> str:
+    """Per-query AP differences between two protocols of the same models (the splits pooled): the
+    mean in points with a 95% interval (normal approximation over queries) and how many queries
+    gain / lose."""
+    by_seed = {row: {r["seed"]: r.get("per_query_ap", {}) for r in _select(records, "real", row, {})}
+               for row in ROWS}
+    lines = ["| AP difference, queries of all splits pooled: mean [95% interval] (queries up / down) | "
+             + " | ".join(REAL_TITLES[n] for n in REAL_TEST_SETS) + " |",
+             "|---|" + "---|" * len(REAL_TEST_SETS)]
+    for label, (row_a, proto_a), (row_b, proto_b) in PER_QUERY:
+        seeds = sorted(set(by_seed[row_a]) & set(by_seed[row_b]))
+        cells = []
+        for n in REAL_TEST_SETS:
+            diffs = []
+            for s in seeds:  # the same split's queries, in the same order
+                ap_a = by_seed[row_a][s].get(n, {}).get(proto_a)
+                ap_b = by_seed[row_b][s].get(n, {}).get(proto_b)
+                if ap_a and ap_b:
+                    diffs += [100 * (a - b) for a, b in zip(ap_a, ap_b, strict=True)
+                              if a is not None and b is not None]
+            if len(diffs) < 2:
+                cells.append("-")
+                continue
+            m, sd = _mean_std(diffs)
+            half = 1.96 * sd / math.sqrt(len(diffs))
+            up, down = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
+            cells.append(f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}] ({up} / {down})")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _real_timing(records) -> str:
+    """Wall and CPU time of the defaults' runs (the main table), per row and in all."""
+    lines = ["| row | runs | train wall (min) | train CPU (min) | eval wall (min) | eval CPU (min) | "
+             "s per epoch (wall) | load average |", "|---|---|---|---|---|---|---|---|"]
+    total = dict(tw=0.0, tc=0.0, ew=0.0, ec=0.0, n=0)
+    for row in ROWS:
+        sel = [r for r in _select(records, "real", row, {}) if "timing" in r]
+        if not sel:
+            continue
+        t = {k: sum(r["timing"][k] for r in sel) for k in
+             ("train_seconds", "train_cpu_seconds", "eval_seconds", "eval_cpu_seconds")}
+        epochs = sum(len(r.get("history", [])) for r in sel)
+        load = sum(r["timing"]["loadavg_start"] + r["timing"]["loadavg_end"] for r in sel) / (2 * len(sel))
+        lines.append(f"| {row} | {len(sel)} | {t['train_seconds'] / 60:.1f} | {t['train_cpu_seconds'] / 60:.1f} | "
+                     f"{t['eval_seconds'] / 60:.1f} | {t['eval_cpu_seconds'] / 60:.1f} | "
+                     f"{t['train_seconds'] / max(epochs, 1):.0f} | {load:.1f} |")
+        total["tw"] += t["train_seconds"]
+        total["tc"] += t["train_cpu_seconds"]
+        total["ew"] += t["eval_seconds"]
+        total["ec"] += t["eval_cpu_seconds"]
+        total["n"] += len(sel)
+    if not total["n"]:
+        return ""
+    lines.append(f"| all | {total['n']} | {total['tw'] / 60:.1f} | {total['tc'] / 60:.1f} | {total['ew'] / 60:.1f} | "
+                 f"{total['ec'] / 60:.1f} | | |")
+    hours = (total["tw"] + total["ew"]) / 3600, (total["tc"] + total["ec"]) / 3600
+    return "\n".join(lines) + f"\n\nIn all: {hours[0]:.2f} h wall, {hours[1]:.2f} h of CPU time (2 threads)."
+
+
+def real_report(records: list[dict[str, Any]]) -> list[str]:
+    """The real level's section of the document: a table per test set, then the comparisons."""
+    if not records:
+        return []
+    command = "python experiments/efficacy.py --level real --study main"
+    sample = records[0]
+    spec = LEVELS["real"]
+    parts = [f"## Real level\n\nData: `{spec['data']['name']}` (split = seed) from `../shared/data/reid-small`, "
+             f"trained once per row and split, scored on each member's test set of that split. "
+             f"Training: `{spec['model']}` on top of each row's switches (random-init rows: "
+             f"`pretrained=False`).\n"]
+    timing = _real_timing(records)
+    if timing:
+        parts.append(f"### Time of the main table (the defaults' runs)\n\n`{command}`\n\n{timing}\n")
+    variants = [(row, "defaults", {}) for row in ROWS]
+    variants += [(row, label, over) for study in ("scratch", "paper") for row in STUDIES[study][1]
+                 for label, over in STUDIES[study][2].items()]
+    for name in REAL_TEST_SETS:
+        view = _view(records, name)
+        if not view:
+            continue
+        size = f"{sample['num_queries'][name]} queries, {sample['num_gallery'][name]} gallery images"
+        body = table(view, "real", variants, MAIN_PROTOCOLS)
+        parts.append(f"### {REAL_TITLES[name]} ({size})\n\n`{command}` (random init: `--study scratch`, "
+                     f"paper-literal: `--study paper`)\n\n{body}\n")
+    terms = [("cosine", "own cosine"), ("relational", "fused (defaults)"), ("term ir_cosine", "IR cos(V')"),
+             ("term ir_bn_cosine", "IR cos(BN(V'))"), ("term pr_prob", "PR t_hat"), ("term pr_logit", "PR logit")]
+    fusions = [(f"fusion {label}", label) for label, over in TEST_TIME.items()
+               if "norm" in over and "pr_weight" not in over]
+    weights = [(f"{pr} weight {w}", f"z(cos(BN(V'))) + {w} z({nm})" + (" (IR alone)" if w == 0 else ""))
+               for pr, nm in (("pr_prob", "t_hat"), ("pr_logit", "logit of t_hat")) for w in PR_WEIGHTS]
+    shortlist = [("relational", "top-120 (paper)"), ("top-60 shortlist", "top-60"), ("top-240 shortlist", "top-240"),
+                 ("relational after k-reciprocal", "top-120 of k-reciprocal")]
+    fig4 = [("pr_edges=66 absolute", "66-nearest mask at test"),
+            ("pr_edges=66 relative", "same share at test (complete)"), ("relational", "pr_edges=None")]
+    diag = [("pr static attention", "TV of G rows from their mean"),
+            ("pr message share", "norm(u' - alpha u) / norm(alpha u)"),
+            ("pr shortlist AP, head on u'", "shortlist AP, t_hat on u'"),
+            ("pr shortlist AP, head on u", "shortlist AP, same head on u"),
+            ("pr shortlist AP, cosine", "shortlist AP, cosine")]
+    extra = [("The issue's inequalities, split by split (the defaults)", _real_paired(records)),
+             ("Query by query (the defaults' models; per-query APs of the records)", _real_per_query(records))]
+    for row in ROWS[1:]:
+        extra.append((f"Each module's similarity alone: {row}", _across(records, row, {}, terms, "similarity")))
+    extra += [
+        ("Fusion: which similarities are added, normalised how (HRNet, the two terms as equals)",
+         _across(records, "HRNet", {}, fusions, "fusion (IR term + PR term, normalisation)")),
+        ("Fusion: the PR term's weight after the z-score (HRNet; `rerank.pr_weight`)",
+         _across(records, "HRNet", {}, weights, "fusion (IR term + weight x PR term)")),
+    ]
+    for row in ROWS[1:]:
+        extra.append((f"The test graph: shortlist length and source ({row})",
+                      _across(records, row, {}, shortlist, "shortlist")))
+    for row in ("CNN+PR+IGP", "HRNet"):
+        extra.append((f"Fig. 4's end point: pr_edges = 66 at test time ({row})",
+                      _across(records, row, {}, fig4, "pair graph at test")))
+    for name in REAL_TEST_SETS:
+        pr_rows = [(r, "defaults", {}) for r in ("CNN+PR+IGP", "HRNet")]
+        extra.append((f"PR branch diagnostics on {REAL_TITLES[name]} (mean over splits; `pr_diagnostics`)",
+                      _diag_table(_view(records, name), "real", pr_rows, diag)))
+    for title, body in extra:
+        if body.count("\n") >= 2:
+            parts.append(f"### {title}\n\n`{command}`\n\n{body}\n")
+    return parts
+
+
 # The issue's inequalities seed by seed: (label, (row, protocol), (row, protocol)); seed s of one
 # row and seed s of another share the generated data of seed s (not the initialisation).
 PAIRED = [
@@ -614,7 +942,7 @@ def _transposed(records, level: str, row: str, over: dict[str, Any], protocols,
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--level", choices=tuple(LEVELS), default="feature", help="feature or image level")
+    p.add_argument("--level", choices=tuple(LEVELS), default="feature", help="feature, image or real level")
     p.add_argument(
         "--study", default="main", help=f"comma-separated studies ({', '.join(STUDIES)}) or 'all' (default: main)"
     )
@@ -627,11 +955,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="only rewrite the tables from the results on disk")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument(
+        "--shared-data", type=Path, default=None,
+        help="the real level's data folder, holding reid-small/ and weights/ "
+             "(default: $HRNET_PYG_SHARED_DATA, else ../shared/data beside the repository)",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="smoke-test sizes (the code path of the study; the numbers mean nothing)"
     )
     args = p.parse_args(argv)
+    global SHARED_DATA
     if args.quick:
         LEVELS.update(QUICK_LEVELS)
+        TRAIN_LIMITS.update(QUICK_TRAIN_LIMITS)
+    if args.shared_data is not None:
+        SHARED_DATA = args.shared_data
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.report:
@@ -641,6 +978,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error(f"unknown study {s!r}; valid: {', '.join(STUDIES)} or all")
         seeds = [int(s) for s in args.seeds.split(",")]
         rows = args.rows.split(",") if args.rows else None
+        missing = check_shared_data(args.level)
+        if missing:
+            p.error(missing)
         for s in studies:
             run_study(args.level, s, args.results, seeds, rows)
     print(report(args.results, args.doc))
