@@ -83,7 +83,9 @@ def test_yaml_strings_are_coerced():
 
 def test_unknown_keys_and_non_mappings_are_refused():
     with pytest.raises(ValueError, match=r"^rerank: unknown key\(s\) \['top_k'\]; valid keys: shortlist, ir_score, "
-                                         r"pr_score, norm, pr_weight$"):
+                                         r"pr_score, norm, pr_weight, protocol, gallery_k, gallery_neighbours, "
+                                         r"gallery_normalize, gallery_rounds, gallery_reuse_graph, "
+                                         r"gallery_pr_shortlist$"):
         RerankConfig.from_dict({"top_k": 5})
     with pytest.raises(ValueError, match="rerank must be a mapping"):
         RerankConfig.from_dict(5)  # type: ignore[arg-type]
@@ -330,3 +332,69 @@ def test_the_former_eval_option_prints_one_line_on_the_command_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == "deprecated: --top-k is now --shortlist", proc.stderr
     assert len(lines) == 2 and "missing.pth" in lines[1], proc.stderr
+
+
+# ---------------------------------------------------------------------------- the protocol switch
+def _bn_feats(model, qf: torch.Tensor, gf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN(F) with the BNNeck written out: gamma (f - mu) / sqrt(var + eps) + beta."""
+    bn = model.bnneck.bn
+
+    def of(f: torch.Tensor) -> torch.Tensor:
+        return bn.weight.detach() * (f - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) + bn.bias.detach()
+
+    return of(qf), of(gf)
+
+
+def test_the_protocol_field_defaults_to_the_paper_and_lists_its_values():
+    from hrnet_pyg.nn.individual import NORMALIZE
+    from hrnet_pyg.protocol import DEFAULT_PROTOCOL
+
+    assert DEFAULT_PROTOCOL == "paper" and RerankConfig().protocol == "paper" and LITERAL.protocol == "paper"
+    assert RerankConfig.choices("protocol") == ("paper", "gallery", "gallery+kreciprocal", "kreciprocal", "none")
+    assert RerankConfig.choices("gallery_neighbours") == ("all", "gallery")
+    assert set(RerankConfig.choices("gallery_normalize")) == set(NORMALIZE)  # the layer's own normalisations
+    cfg = RerankConfig(protocol="gallery", gallery_k=5)
+    assert (cfg.gallery_k, cfg.gallery_neighbours, cfg.gallery_normalize, cfg.gallery_rounds) == (5, "all", None, 1)
+    assert RerankConfig().used_fields() == ("shortlist", "ir_score", "pr_score", "norm", "pr_weight", "protocol")
+    assert RerankConfig(protocol="none").used_fields() == ("protocol",)
+    assert cfg.used_fields()[:2] == ("protocol", "gallery_k") and "shortlist" not in cfg.used_fields()
+    assert "pr_weight" in cfg.replace(gallery_pr_shortlist=10).used_fields()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"protocol": "both"}, "rerank.protocol: expected one of 'paper', 'gallery', 'gallery+kreciprocal', "
+                           "'kreciprocal', 'none', got 'both'"),
+    ({"gallery_k": 0}, "rerank.gallery_k: must be at least 1, got 0"),
+    ({"gallery_k": "many"}, "rerank.gallery_k: expected int or null, got 'many'"),
+    ({"gallery_rounds": 3}, "rerank.gallery_rounds: must be at most 2, got 3"),
+    ({"gallery_neighbours": "queries"}, "rerank.gallery_neighbours: expected one of 'all', 'gallery', got 'queries'"),
+    ({"gallery_normalize": "sum"}, "rerank.gallery_normalize: expected one of 'all', 'neighbors' or null, "
+                                   "got 'sum'"),
+    ({"gallery_pr_shortlist": -1}, "rerank.gallery_pr_shortlist: must be at least 0, got -1"),
+    ({"protocol": "gallery+kreciprocal", "gallery_pr_shortlist": 20},
+     "rerank.gallery_pr_shortlist: 20 re-scores BN(V') by the PR module, and rerank.protocol='gallery+kreciprocal' "
+     "re-ranks it by k-reciprocal: choose one (gallery_pr_shortlist=0, or protocol='gallery')"),
+])
+def test_a_bad_protocol_value_names_its_key(values, message):
+    with pytest.raises(ConfigError) as err:
+        RerankConfig(**values)
+    assert str(err.value) == message
+    with pytest.raises(ValueError) as err:
+        RerankConfig.from_dict(values, where="exp.yaml: rerank")
+    assert str(err.value) == "exp.yaml: " + message
+
+
+def test_the_protocol_in_yaml_and_on_the_command_line(tmp_path):
+    path = write(tmp_path / "exp.yaml", f"_base_: {ROOT / 'experiments' / 'base.yaml'}\n"
+                                        "rerank: {protocol: gallery, gallery_k: 5, gallery_normalize: neighbors}\n")
+    exp = load_experiment(path)
+    assert exp.rerank == RerankConfig(protocol="gallery", gallery_k=5, gallery_normalize="neighbors")
+    assert load_experiment(path, parse_overrides(["rerank.gallery_k=null"])).rerank.gallery_k is None
+    assert load_experiment(None, parse_overrides(["rerank.protocol=gallery"])).rerank.protocol == "gallery"
+    assert load_experiment(None, parse_overrides(["rerank.protocol=gallery+kreciprocal"])).rerank.protocol == \
+        "gallery+kreciprocal"
+    with pytest.raises(ValueError, match=r"^--set rerank.protocol: expected one of 'paper', 'gallery', "):
+        load_experiment(None, parse_overrides(["rerank.protocol=both"]))
+    write(path, "rerank: {protocol: gallery, gallery_k: -2}\n")
+    with pytest.raises(ValueError, match=rf"^{path}: rerank.gallery_k: must be at least 1, got -2$"):
+        load_experiment(path)
