@@ -521,3 +521,36 @@ def test_the_protocol_through_evaluate_and_search():
                           progress=False)
     plain = search_features(model, q, g, topk=8, rerank=False, device="cpu", progress=False)
     assert torch.equal(res.indices, plain.indices) and not res.reranked
+
+
+def test_protocol_on_the_command_line():
+    from hrnet_pyg.cli import build_parser
+    from hrnet_pyg.cli.args import protocol_from_args
+    from hrnet_pyg.cli.search import _search_options
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--checkpoint", "x.pth", "--protocol", "gallery", "--set", "rerank.gallery_k=5"])
+    exp = load_experiment(None, parse_overrides(args.overrides))
+    assert protocol_from_args(args, exp, LITERAL) == LITERAL.replace(protocol="gallery", gallery_k=5)
+    # --protocol is --set rerank.protocol=..., and wins over it as --shortlist does
+    args = parser.parse_args(["eval", "--checkpoint", "x.pth", "--set", "rerank.protocol=gallery"])
+    assert protocol_from_args(args, load_experiment(None, parse_overrides(args.overrides)), LITERAL).protocol == \
+        "gallery"
+    args = parser.parse_args(["eval", "--checkpoint", "x.pth", "--set", "rerank.protocol=none",
+                              "--protocol", "kreciprocal"])
+    assert protocol_from_args(args, load_experiment(None, parse_overrides(args.overrides)), LITERAL).protocol == \
+        "kreciprocal"
+    model = _model(LITERAL)
+    args = parser.parse_args(["search", "--checkpoint", "x", "--query", "q", "--gallery", "g",
+                              "--protocol", "gallery+kreciprocal"])
+    assert _search_options(args, model)["rerank_config"] == LITERAL.replace(protocol="gallery+kreciprocal")
+    args = parser.parse_args(["search", "--checkpoint", "x", "--query", "q", "--gallery", "g"])
+    assert _search_options(args, model)["rerank_config"] is None  # the checkpoint's
+    args = parser.parse_args(["search", "--checkpoint", "x", "--query", "q", "--gallery", "g", "--no-rerank",
+                              "--protocol", "gallery"])
+    with pytest.raises(ValueError, match="^--no-rerank ranks by cosine, --protocol gallery re-ranks"):
+        _search_options(args, model)
+    for verb in (["eval", "--checkpoint", "x.pth"], ["search", "--checkpoint", "x", "--query", "q"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([*verb, "--protocol", "both"])
+        assert exc.value.code == 2
