@@ -43,7 +43,8 @@ class HRNet(HRNetModule):
     def evaluate(self, query_loader: Iterable, gallery_loader: Iterable, **kwargs: Any) -> EvalReport | None:
         """CNN-only and relational re-ranking metrics side by side (Sec. 4.2 "Testing"):
         :func:`~hrnet_pyg.engine.evaluate`; ``rerank_config=RerankConfig(...)`` scores under
-        another test protocol than the model's."""
+        another test protocol than the model's (``RerankConfig(protocol="gallery")``: another
+        re-ranking, :mod:`hrnet_pyg.protocol`)."""
         return engine.evaluate(self, query_loader, gallery_loader, **kwargs)
 
     def save(self, path: str | Path) -> None:

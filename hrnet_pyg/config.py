@@ -234,6 +234,8 @@ def validate_dataclass(obj: Any, section: str | None = None) -> None:
     for f in dataclasses.fields(obj):
         low, high = f.metadata.get("bounds", (None, None))
         value = getattr(obj, f.name)
+        if value is None:  # an optional field left unset (its annotation allowed it)
+            continue
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f.name, f"must be a finite number, got {value}", section)
         if low is not None and value < low:
@@ -243,8 +245,12 @@ def validate_dataclass(obj: Any, section: str | None = None) -> None:
 
 
 def literal_values(cls: Any, name: str) -> tuple[Any, ...]:
-    """The values a ``Literal``-typed field ``name`` of the dataclass ``cls`` takes."""
+    """The values a ``Literal``-typed field ``name`` of the dataclass ``cls`` takes (of an optional
+    one, ``Literal[...] | None``, the values besides ``None``)."""
     hint = _type_hints(cls)[name]
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = members[0] if len(members) == 1 else hint
     if typing.get_origin(hint) is not typing.Literal:
         raise TypeError(f"{cls.__name__}.{name} is not a Literal-typed field")
     return typing.get_args(hint)

@@ -39,6 +39,7 @@ from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
 from hrnet_pyg.neighbours import DEFAULT_BLOCK, knn_table, table_edges
 from hrnet_pyg.nn import IndividualProjection, IndividualRelationConv, PairProjection, gather_rows
 from hrnet_pyg.nn.individual import NORMALIZE
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.runtime import progress as progress_of
 from hrnet_pyg.runtime import resolve_device
 from hrnet_pyg.scoring import RERANK_SCORES, fuse_scores
@@ -46,7 +47,7 @@ from hrnet_pyg.scoring import RERANK_SCORES, fuse_scores
 if TYPE_CHECKING:  # pragma: no cover
     from hrnet_pyg.model import HRNetModule
 
-NEIGHBOURS = ("all", "gallery")
+NEIGHBOURS = RerankConfig.choices("gallery_neighbours")
 OUTPUTS = ("topk", "distances")
 # Scalars of one block of the layer's messages (targets x k x d'): 4M floats = 16 MiB in fp32, below
 # glibc's mmap threshold, so the blocks' message tensors reuse freed memory instead of page-faulting.
@@ -85,17 +86,43 @@ class GalleryState:
     reuse_graph: bool
 
 
+# ------------------------------------------------------------------------------------ the protocol
+def options_of(rerank_config: RerankConfig) -> dict:
+    """The keyword arguments of :func:`gallery_rerank` that a test protocol names (its ``gallery_*``
+    fields; its ``pr_score``, ``norm`` and ``pr_weight`` fuse the PR re-score)."""
+    return dict(**state_options_of(rerank_config), neighbours=rerank_config.gallery_neighbours,
+                kreciprocal=rerank_config.protocol == "gallery+kreciprocal",
+                pr_top_k=rerank_config.gallery_pr_shortlist, pr_score=rerank_config.pr_score,
+                pr_norm=rerank_config.norm, pr_weight=rerank_config.pr_weight)
+
+
+def state_options_of(rerank_config: RerankConfig) -> dict:
+    """The options of :func:`gallery_state` that a test protocol names: those that change the
+    gallery's V' (``k``, ``normalize``, ``rounds``, ``reuse_graph``)."""
+    return dict(k=rerank_config.gallery_k, normalize=rerank_config.gallery_normalize,
+                rounds=rerank_config.gallery_rounds, reuse_graph=rerank_config.gallery_reuse_graph)
+
+
+def unavailable(model: HRNetModule) -> str | None:
+    """Why ``model`` cannot run the gallery-graph protocol (one line), or ``None`` when it can."""
+    if model.ir is None:
+        return ("the gallery-graph protocol needs the IR module (a Table 1 row with IR: CNN+IR, CNN+IR+CNC or "
+                "HRNet); this model has none")
+    if model.config.ir_graph != "knn":
+        return ("the gallery-graph protocol builds a kNN graph (Eq. 1); this model's IR layer was trained on the "
+                "fully-connected graph (ir_graph='full', Table 1's IR*)")
+    return None
+
+
 # ------------------------------------------------------------------------------------ the pass
 def ir_layer(model: HRNetModule, normalize: str | None = None) -> IndividualRelationConv:
     """The model's IR layer, with Eq. 2's normalisation ``normalize`` instead of its own when given
     (a shallow copy sharing the weights); a clear error for a model without a usable one."""
+    reason = unavailable(model)
+    if reason is not None:
+        raise ValueError(reason)
     ir = model.ir
-    if ir is None:
-        raise ValueError("the gallery-graph protocol needs the IR module (a Table 1 row with IR: CNN+IR, "
-                         "CNN+IR+CNC or HRNet); this model has none")
-    if model.config.ir_graph != "knn":
-        raise ValueError("the gallery-graph protocol builds a kNN graph (Eq. 1); this model's IR layer was "
-                         "trained on the fully-connected graph (ir_graph='full', Table 1's IR*)")
+    assert ir is not None
     if normalize is None or normalize == ir.normalize:
         return ir
     if normalize not in NORMALIZE:
@@ -465,7 +492,10 @@ __all__ = [
     "gallery_state",
     "ir_layer",
     "layer_pass",
+    "options_of",
     "relational_features",
     "retrieval_of",
     "search_state",
+    "state_options_of",
+    "unavailable",
 ]

@@ -1,6 +1,13 @@
-"""The paper's test-time relational re-ranking (Sec. 4.2 "Testing").
+"""The paper's test-time relational re-ranking (Sec. 4.2 "Testing"), and the switch between it and
+the other test protocols (``RerankConfig.protocol``).
 
-For each query: the shortlist, its top gallery images by cosine similarity of the CNN features
+:func:`relational_rerank` is the one entry point: ``"paper"`` runs the per-query graphs below,
+``"gallery"`` / ``"gallery+kreciprocal"`` the IR layer over the whole gallery's kNN graph
+(:func:`hrnet_pyg.gallery.gallery_rerank`), ``"kreciprocal"`` k-reciprocal re-ranking of BN(F)
+(:func:`hrnet_pyg.kreciprocal.k_reciprocal_rerank_features`, the call of the evaluation's
+k-reciprocal row) and ``"none"`` the cosine of BN(F).
+
+The paper's protocol, for each query: the shortlist, its top gallery images by cosine similarity of the CNN features
 (120 of them), then the query and the shortlist pass as one graph through both relationship
 modules, and the IR similarity plus the PR similarity re-orders them. Gallery images outside the
 shortlist keep their cosine order after them. The test protocol (shortlist, similarities,
@@ -21,6 +28,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hrnet_pyg.distances import cosine_distance
+from hrnet_pyg.gallery import gallery_rerank, options_of
+from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
 from hrnet_pyg.model import HRNetModule
 from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.runtime import progress as progress_of
@@ -48,7 +58,8 @@ def relational_rerank(
     return_scores: bool = False,
     top_k: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Query x gallery distance matrix (lower = better) after relational re-ranking.
+    """Query x gallery distance matrix (lower = better) after re-ranking under the test protocol
+    (``rerank_config.protocol``; see the module docstring).
 
     Args:
         model: a trained :class:`~hrnet_pyg.model.HRNetModule` (its BNNeck gives the cosine
@@ -65,12 +76,15 @@ def relational_rerank(
             nothing on a quiet machine, the GEMM being large already, and lose to page faults;
             on a GPU within 128 MiB.
 
-        return_scores: also return the (Q, G) relational scores, NaN outside each shortlist.
+        return_scores: also return the (Q, G) relational scores, NaN outside each shortlist (the
+            paper's protocol only).
         top_k: the shortlist's former name (deprecated: ``RerankConfig(shortlist=...)``).
 
     Returns:
         (Q, G) float32 tensor on the CPU that :func:`~hrnet_pyg.evaluation.evaluate_rank`
-        accepts. It encodes an ordering: the shortlist (re-scored) first, the rest by cosine.
+        accepts. Under the other protocols: :func:`~hrnet_pyg.gallery.gallery_rerank`'s distances
+        (``output="distances"``), k-reciprocal's, or ``1 - cos`` of BN(F). Under the paper's, it
+        encodes an ordering: the shortlist (re-scored) first, the rest by cosine.
         Each query's scores equal :func:`~hrnet_pyg.scoring.score_query_graphs` of its graph (query, shortlist);
         a shortlisted item's distance is ``-1 - (score - lowest score of the shortlist)``, below
         every cosine distance (>= 0) of the items left in cosine order, whatever the scores' range
@@ -91,6 +105,34 @@ def relational_rerank(
             raise ValueError(f"{name} holds NaN or infinite values")
     dev = resolve_device(device)
     model = model.to(dev).eval()
+    if protocol.protocol == "paper":
+        return _paper_rerank(model, query_feats, gallery_feats, protocol, queries_per_pass, dev, progress,
+                             return_scores)
+    if return_scores:
+        raise ValueError("return_scores: the relational scores of the paper protocol's shortlist; "
+                         f"rerank.protocol={protocol.protocol!r} has none")
+    return _other_rerank(model, query_feats, gallery_feats, protocol, dev, progress)
+
+
+def _other_rerank(model: HRNetModule, query_feats: Tensor, gallery_feats: Tensor, protocol: RerankConfig,
+                  dev: torch.device, progress: bool) -> Tensor:
+    """The (Q, G) distances of the protocols other than the paper's."""
+    if protocol.uses_gallery_graph:
+        dist = gallery_rerank(model, query_feats, gallery_feats, **options_of(protocol), output="distances",
+                              device=dev, progress=progress)
+        assert isinstance(dist, Tensor)
+        return dist
+    qb = model.retrieval_features(query_feats.float().to(dev))  # BN(F), as the evaluation's rows
+    gb = model.retrieval_features(gallery_feats.float().to(dev))
+    if protocol.protocol == "kreciprocal":
+        return k_reciprocal_rerank_features(qb, gb, progress=progress).cpu()
+    return cosine_distance(qb.cpu(), gb.cpu())  # "none"
+
+
+def _paper_rerank(model: HRNetModule, query_feats: Tensor, gallery_feats: Tensor, protocol: RerankConfig,
+                  queries_per_pass: int | None, dev: torch.device, progress: bool,
+                  return_scores: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """Sec. 4.2's per-query graphs (the module docstring): the (Q, G) distances, and the scores."""
     num_q, num_g = query_feats.size(0), gallery_feats.size(0)
     k = min(protocol.shortlist, num_g)
     if queries_per_pass is None:

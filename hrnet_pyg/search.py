@@ -71,6 +71,14 @@ class SearchResult:
     q_pids: np.ndarray | None = None
     g_pids: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    protocol: str | None = "paper"  # the re-ranking's rerank.protocol when ``reranked``
+
+    @property
+    def ordered_by(self) -> str:
+        """What ordered the lists, in words."""
+        if not self.reranked:
+            return "cosine distance of BN(F)"
+        return "relational re-ranking" if self.protocol in (None, "paper") else f"rerank.protocol={self.protocol}"
 
     @property
     def topk(self) -> int:
@@ -81,7 +89,7 @@ class SearchResult:
         lines: list[str] = []
         num_q = len(self.query_paths) if max_queries is None else min(max_queries, len(self.query_paths))
         known = self.q_pids is not None and self.g_pids is not None
-        order = "relational re-ranking" if self.reranked else "cosine distance of BN(F)"
+        order = self.ordered_by
         for q in range(num_q):
             pid = f" [pid {self.q_pids[q]}]" if self.q_pids is not None else ""
             lines.append(f"query {q + 1}/{len(self.query_paths)}: {self.query_paths[q]}{pid} (ordered by {order})")
@@ -187,14 +195,19 @@ def search_features(
     inner.to(dev).eval()
     qf, gf = query.features.float(), gallery.features.float()
     cos = cosine_distance(_retrieval(inner, qf, dev), _retrieval(inner, gf, dev))  # (Q, G)
-    use_rerank = rerank and (inner.ir is not None or inner.pr is not None)
-    if rerank and not use_rerank:
+    paper = protocol.protocol == "paper"
+    use_rerank = rerank and protocol.protocol != "none" and (not paper or inner.ir is not None or inner.pr is not None)
+    if rerank and paper and not use_rerank:
         notes.append("note: this model has no IR/PR module; ranked by cosine distance of BN(F)")
     score = None
-    if use_rerank:
+    if use_rerank and paper:
         dist, score = relational_rerank(
             inner, qf, gf, protocol, device=dev, progress=progress, return_scores=True
         )  # score: NaN outside the shortlist
+    elif use_rerank:  # the other protocols give distances alone (no relational score per item)
+        ranked = relational_rerank(inner, qf, gf, protocol, device=dev, progress=progress)
+        assert isinstance(ranked, Tensor)
+        dist = ranked
     else:
         dist = cos.clone()
     num_excluded = 0
@@ -216,6 +229,7 @@ def search_features(
         cosine_distance=cos.gather(1, order),
         relational_score=score.gather(1, order) if score is not None else None,
         reranked=use_rerank,
+        protocol=protocol.protocol if use_rerank else None,
         q_pids=query.pids,
         g_pids=gallery.pids,
         notes=notes,

@@ -364,7 +364,8 @@ def listed_choices(source: str) -> list[tuple[int, list[str]]]:
     values of one of RerankConfig's Literal fields."""
     from hrnet_pyg.protocol import RerankConfig
 
-    groups = [set(RerankConfig.choices(name)) for name in ("ir_score", "pr_score", "norm")]
+    names = ("ir_score", "pr_score", "norm", "protocol", "gallery_neighbours")
+    groups = [set(RerankConfig.choices(name)) for name in names]
     out = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):

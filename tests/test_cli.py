@@ -83,6 +83,12 @@ def test_train_resume_eval_on_generated_images(tmp_path, capsys, caplog):
                "rerank.norm=none, rerank.pr_weight=0.25" in out
         notes = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
         assert notes == ([] if flag == "--shortlist" else ["deprecated: --top-k is now --shortlist"])
+    # --protocol switches the re-ranking itself (--set rerank.protocol=...), its options by --set
+    assert main(["eval", *data, "--checkpoint", str(ckpt), "--no-progress", "--protocol", "gallery",
+                 "--set", "rerank.gallery_k=2"]) == 0
+    out = capsys.readouterr().out
+    assert "| re-ranking (rerank.protocol=gallery) |" in out
+    assert "test protocol: rerank.protocol=gallery, rerank.gallery_k=2, rerank.gallery_neighbours=all," in out
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -95,6 +96,23 @@ def test_reranking_reads_only_the_shortlist(data, tmp_path, monkeypatch):
     monkeypatch.setattr(GalleryIndex, "rows", spy)
     search_index(model, tmp / "query", index, topk=3, device="cpu", progress=False)
     assert seen == [("feats", (3, 6))]  # 3 queries x their 6 shortlisted rows of F, nothing else
+
+
+def test_an_index_reranks_with_the_papers_protocol_only(data, tmp_path):
+    """The gallery protocols need the whole gallery's graph, which an index does not keep: a clear
+    error; ``protocol="none"`` is the cosine ranking."""
+    tmp, model, _, _ = data
+    index = GalleryIndex.build(tmp_path / "g.idx", model, tmp / "gallery", faiss_type="none", device="cpu",
+                               progress=False)
+    for protocol in ("gallery", "gallery+kreciprocal", "kreciprocal"):
+        with pytest.raises(ValueError, match="^" + re.escape(f"rerank.protocol='{protocol}': a gallery index "
+                                                             "re-ranks with the paper's protocol only;")):
+            search_index(model, tmp / "query", index, rerank_config=RerankConfig(protocol=protocol), device="cpu",
+                         progress=False)
+    plain = search_index(model, tmp / "query", index, topk=5, rerank=False, device="cpu", progress=False)
+    none = search_index(model, tmp / "query", index, topk=5, rerank_config=RerankConfig(protocol="none"),
+                        device="cpu", progress=False)
+    assert _ranked(none) == _ranked(plain) and not none.reranked
 
 
 def test_add_float16_and_skip_known_paths(data, tmp_path):

@@ -19,7 +19,7 @@ import yaml
 
 from hrnet_pyg.config import LEGACY_RERANK_FIELDS, ConfigError, HRNetConfig
 from hrnet_pyg.experiment import load_experiment, parse_overrides
-from hrnet_pyg.protocol import RerankConfig
+from hrnet_pyg.protocol import Protocol, RerankConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 16
@@ -83,7 +83,9 @@ def test_yaml_strings_are_coerced():
 
 def test_unknown_keys_and_non_mappings_are_refused():
     with pytest.raises(ValueError, match=r"^rerank: unknown key\(s\) \['top_k'\]; valid keys: shortlist, ir_score, "
-                                         r"pr_score, norm, pr_weight$"):
+                                         r"pr_score, norm, pr_weight, protocol, gallery_k, gallery_neighbours, "
+                                         r"gallery_normalize, gallery_rounds, gallery_reuse_graph, "
+                                         r"gallery_pr_shortlist$"):
         RerankConfig.from_dict({"top_k": 5})
     with pytest.raises(ValueError, match="rerank must be a mapping"):
         RerankConfig.from_dict(5)  # type: ignore[arg-type]
@@ -330,3 +332,225 @@ def test_the_former_eval_option_prints_one_line_on_the_command_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == "deprecated: --top-k is now --shortlist", proc.stderr
     assert len(lines) == 2 and "missing.pth" in lines[1], proc.stderr
+
+
+# ---------------------------------------------------------------------------- the protocol switch
+def _bn_feats(model, qf: torch.Tensor, gf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN(F) with the BNNeck written out: gamma (f - mu) / sqrt(var + eps) + beta."""
+    bn = model.bnneck.bn
+
+    def of(f: torch.Tensor) -> torch.Tensor:
+        return bn.weight.detach() * (f - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) + bn.bias.detach()
+
+    return of(qf), of(gf)
+
+
+def test_the_protocol_field_defaults_to_the_paper_and_lists_its_values():
+    from hrnet_pyg.nn.individual import NORMALIZE
+    from hrnet_pyg.protocol import DEFAULT_PROTOCOL
+
+    assert DEFAULT_PROTOCOL == "paper" and RerankConfig().protocol == "paper" and LITERAL.protocol == "paper"
+    assert RerankConfig.choices("protocol") == ("paper", "gallery", "gallery+kreciprocal", "kreciprocal", "none")
+    assert RerankConfig.choices("gallery_neighbours") == ("all", "gallery")
+    assert set(RerankConfig.choices("gallery_normalize")) == set(NORMALIZE)  # the layer's own normalisations
+    cfg = RerankConfig(protocol="gallery", gallery_k=5)
+    assert (cfg.gallery_k, cfg.gallery_neighbours, cfg.gallery_normalize, cfg.gallery_rounds) == (5, "all", None, 1)
+    assert RerankConfig().used_fields() == ("shortlist", "ir_score", "pr_score", "norm", "pr_weight", "protocol")
+    assert RerankConfig(protocol="none").used_fields() == ("protocol",)
+    assert cfg.used_fields()[:2] == ("protocol", "gallery_k") and "shortlist" not in cfg.used_fields()
+    assert "pr_weight" in cfg.replace(gallery_pr_shortlist=10).used_fields()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"protocol": "both"}, "rerank.protocol: expected one of 'paper', 'gallery', 'gallery+kreciprocal', "
+                           "'kreciprocal', 'none', got 'both'"),
+    ({"gallery_k": 0}, "rerank.gallery_k: must be at least 1, got 0"),
+    ({"gallery_k": "many"}, "rerank.gallery_k: expected int or null, got 'many'"),
+    ({"gallery_rounds": 3}, "rerank.gallery_rounds: must be at most 2, got 3"),
+    ({"gallery_neighbours": "queries"}, "rerank.gallery_neighbours: expected one of 'all', 'gallery', got 'queries'"),
+    ({"gallery_normalize": "sum"}, "rerank.gallery_normalize: expected one of 'all', 'neighbors' or null, "
+                                   "got 'sum'"),
+    ({"gallery_pr_shortlist": -1}, "rerank.gallery_pr_shortlist: must be at least 0, got -1"),
+    ({"protocol": "gallery+kreciprocal", "gallery_pr_shortlist": 20},
+     "rerank.gallery_pr_shortlist: 20 re-scores BN(V') by the PR module, and rerank.protocol='gallery+kreciprocal' "
+     "re-ranks it by k-reciprocal: choose one (gallery_pr_shortlist=0, or protocol='gallery')"),
+])
+def test_a_bad_protocol_value_names_its_key(values, message):
+    with pytest.raises(ConfigError) as err:
+        RerankConfig(**values)
+    assert str(err.value) == message
+    with pytest.raises(ValueError) as err:
+        RerankConfig.from_dict(values, where="exp.yaml: rerank")
+    assert str(err.value) == "exp.yaml: " + message
+
+
+def test_the_protocol_in_yaml_and_on_the_command_line(tmp_path):
+    path = write(tmp_path / "exp.yaml", f"_base_: {ROOT / 'experiments' / 'base.yaml'}\n"
+                                        "rerank: {protocol: gallery, gallery_k: 5, gallery_normalize: neighbors}\n")
+    exp = load_experiment(path)
+    assert exp.rerank == RerankConfig(protocol="gallery", gallery_k=5, gallery_normalize="neighbors")
+    assert load_experiment(path, parse_overrides(["rerank.gallery_k=null"])).rerank.gallery_k is None
+    assert load_experiment(None, parse_overrides(["rerank.protocol=gallery"])).rerank.protocol == "gallery"
+    assert load_experiment(None, parse_overrides(["rerank.protocol=gallery+kreciprocal"])).rerank.protocol == \
+        "gallery+kreciprocal"
+    with pytest.raises(ValueError, match=r"^--set rerank.protocol: expected one of 'paper', 'gallery', "):
+        load_experiment(None, parse_overrides(["rerank.protocol=both"]))
+    write(path, "rerank: {protocol: gallery, gallery_k: -2}\n")
+    with pytest.raises(ValueError, match=rf"^{path}: rerank.gallery_k: must be at least 1, got -2$"):
+        load_experiment(path)
+
+
+def test_each_protocol_equals_its_reference():
+    """relational_rerank under each protocol is the function that protocol names, with the same options."""
+    from hrnet_pyg.distances import cosine_distance
+    from hrnet_pyg.gallery import gallery_rerank
+    from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
+    from hrnet_pyg.rerank import relational_rerank
+
+    model = _model()
+    qf, gf = _feats(6, 5), _feats(30, 6)
+
+    def rerank(**fields):
+        return relational_rerank(model, qf, gf, RerankConfig(**fields), progress=False)
+
+    def whole_set(**options):
+        return gallery_rerank(model, qf, gf, output="distances", progress=False, **options)
+
+    assert torch.equal(rerank(protocol="gallery", gallery_k=5), whole_set(k=5))
+    assert torch.equal(rerank(protocol="gallery"), whole_set(k=model.config.k))  # None: the model's k
+    options = dict(gallery_k=4, gallery_neighbours="gallery", gallery_normalize="neighbors", gallery_rounds=2,
+                   gallery_reuse_graph=True, gallery_pr_shortlist=7, pr_score="pr_logit", norm="rank", pr_weight=0.5)
+    assert torch.equal(rerank(protocol="gallery", **options),
+                       whole_set(k=4, neighbours="gallery", normalize="neighbors", rounds=2, reuse_graph=True,
+                                 pr_top_k=7, pr_score="pr_logit", pr_norm="rank", pr_weight=0.5))
+    assert torch.equal(rerank(protocol="gallery+kreciprocal", gallery_k=5), whole_set(k=5, kreciprocal=True))
+    qb, gb = _bn_feats(model, qf, gf)
+    assert torch.allclose(rerank(protocol="kreciprocal"), k_reciprocal_rerank_features(qb, gb, progress=False),
+                          atol=1e-5)
+    none = rerank(protocol="none")
+    assert torch.allclose(none, 1 - unit_rows(qb) @ unit_rows(gb).T, atol=1e-6)
+    assert torch.equal(none, cosine_distance(model.retrieval_features(qf), model.retrieval_features(gf)))
+    # the paper's protocol is the default and what it was: the per-query graphs (their reference: test_rerank.py)
+    paper = rerank()
+    assert torch.equal(paper, rerank(protocol="paper")) and torch.equal(paper, relational_rerank(model, qf, gf,
+                                                                                                  progress=False))
+    results = [paper, none, rerank(protocol="kreciprocal"), rerank(protocol="gallery", gallery_k=5),
+               rerank(protocol="gallery+kreciprocal", gallery_k=5)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(results) for b in results[i + 1:])  # the switch matters
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def test_the_protocol_switch_errors_are_one_line():
+    from hrnet_pyg import HRNet
+    from hrnet_pyg.rerank import relational_rerank
+
+    qf, gf = _feats(4, 7), _feats(12, 8)
+    for row, why in (("CNN+PR", "needs the IR module"), ("CNN+IR*", "trained on the fully-connected graph")):
+        torch.manual_seed(0)
+        cfg = HRNetConfig.from_row(row, backbone=None, feat_dim=D, k=3, pretrained=False)
+        model = HRNet(cfg, num_classes=4).eval()
+        for protocol in ("gallery", "gallery+kreciprocal"):
+            with pytest.raises(ValueError, match=why) as err:
+                relational_rerank(model, qf, gf, RerankConfig(protocol=protocol), progress=False)
+            assert "\n" not in str(err.value)
+        # the protocols without the relation modules run on any model
+        assert relational_rerank(model, qf, gf, RerankConfig(protocol="none"), progress=False).shape == (4, 12)
+    model = _model()
+    for protocol in ("gallery", "kreciprocal", "none"):
+        with pytest.raises(ValueError, match=rf"^return_scores: .* rerank.protocol='{protocol}' has none$"):
+            relational_rerank(model, qf, gf, RerankConfig(protocol=protocol), return_scores=True, progress=False)
+
+
+@dataclass(frozen=True)
+class GalleryByDefault(RerankConfig):
+    """A RerankConfig whose default protocol is another than the paper's."""
+
+    protocol: Protocol = "gallery"
+
+
+def test_a_checkpoint_without_a_protocol_reranks_with_the_papers(tmp_path, monkeypatch):
+    """Written before the switch: whatever the default protocol is now, such a checkpoint re-ranks as it
+    did (``"paper"``); a checkpoint that names its protocol keeps it."""
+    from hrnet_pyg import HRNet
+    from hrnet_pyg.runtime import load_checkpoint
+
+    assert GalleryByDefault.from_dict({}).protocol == "gallery"  # what a section without it would read
+    monkeypatch.setattr("hrnet_pyg.engine.checkpoint.RerankConfig", GalleryByDefault)
+    protocol = RerankConfig(protocol="gallery", gallery_k=5, shortlist=7)
+    _model(protocol).save(tmp_path / "m.pth")
+    assert HRNet.load(tmp_path / "m.pth").rerank_config.to_dict() == protocol.to_dict()
+    payload = load_checkpoint(tmp_path / "m.pth")
+    del payload["rerank"]["protocol"]
+    torch.save(payload, tmp_path / "before.pth")
+    assert HRNet.load(tmp_path / "before.pth").rerank_config.to_dict() == protocol.replace(protocol="paper").to_dict()
+    del payload["rerank"]  # the layout before the protocol had its own entry
+    torch.save(payload, tmp_path / "older.pth")
+    assert HRNet.load(tmp_path / "older.pth").rerank_config.protocol == "paper"
+
+
+def test_the_protocol_through_evaluate_and_search():
+    from hrnet_pyg.engine import evaluate_features
+    from hrnet_pyg.evaluation import evaluate_rank
+    from hrnet_pyg.gallery import gallery_rerank
+    from hrnet_pyg.search import ImageFeatures, search_features
+    from hrnet_pyg.topk import stable_k_smallest
+
+    model = _model()
+    qf, gf = _feats(6, 3), _feats(20, 4)
+    pids, cams = torch.arange(6) % 3, torch.zeros(6, dtype=torch.long)
+    g_pids, g_cams = torch.arange(20) % 3, torch.ones(20, dtype=torch.long)
+    gallery = RerankConfig(protocol="gallery", gallery_k=4)
+    dist = gallery_rerank(model, qf, gf, k=4, output="distances", progress=False)
+    with pytest.warns(UserWarning, match="max_rank clipped"):
+        report = evaluate_features(model, qf, pids, cams, gf, g_pids, g_cams, rerank_config=gallery, progress=False)
+        ref = evaluate_rank(dist, pids.numpy(), g_pids.numpy(), cams.numpy(), g_cams.numpy())
+    assert report.rerank_config == gallery and report.hrnet.mAP == ref.mAP
+    assert "| re-ranking (rerank.protocol=gallery) |" in report.table()
+    assert report.notes == ["test protocol: rerank.protocol=gallery, rerank.gallery_k=4, "
+                            "rerank.gallery_neighbours=all, rerank.gallery_normalize=None, rerank.gallery_rounds=1, "
+                            "rerank.gallery_reuse_graph=False, rerank.gallery_pr_shortlist=0"]
+    q = ImageFeatures(qf, [f"q{i}.jpg" for i in range(6)])
+    g = ImageFeatures(gf, [f"g{i}.jpg" for i in range(20)])
+    res = search_features(model, q, g, topk=8, rerank_config=gallery, device="cpu", progress=False)
+    assert torch.equal(res.indices, stable_k_smallest(dist, 8)) and res.relational_score is None
+    assert res.reranked and "(ordered by rerank.protocol=gallery)" in res.format()
+    res = search_features(model, q, g, topk=8, rerank_config=RerankConfig(protocol="none"), device="cpu",
+                          progress=False)
+    plain = search_features(model, q, g, topk=8, rerank=False, device="cpu", progress=False)
+    assert torch.equal(res.indices, plain.indices) and not res.reranked
+
+
+def test_protocol_on_the_command_line():
+    from hrnet_pyg.cli import build_parser
+    from hrnet_pyg.cli.args import protocol_from_args
+    from hrnet_pyg.cli.search import _search_options
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--checkpoint", "x.pth", "--protocol", "gallery", "--set", "rerank.gallery_k=5"])
+    exp = load_experiment(None, parse_overrides(args.overrides))
+    assert protocol_from_args(args, exp, LITERAL) == LITERAL.replace(protocol="gallery", gallery_k=5)
+    # --protocol is --set rerank.protocol=..., and wins over it as --shortlist does
+    args = parser.parse_args(["eval", "--checkpoint", "x.pth", "--set", "rerank.protocol=gallery"])
+    assert protocol_from_args(args, load_experiment(None, parse_overrides(args.overrides)), LITERAL).protocol == \
+        "gallery"
+    args = parser.parse_args(["eval", "--checkpoint", "x.pth", "--set", "rerank.protocol=none",
+                              "--protocol", "kreciprocal"])
+    assert protocol_from_args(args, load_experiment(None, parse_overrides(args.overrides)), LITERAL).protocol == \
+        "kreciprocal"
+    model = _model(LITERAL)
+    args = parser.parse_args(["search", "--checkpoint", "x", "--query", "q", "--gallery", "g",
+                              "--protocol", "gallery+kreciprocal"])
+    assert _search_options(args, model)["rerank_config"] == LITERAL.replace(protocol="gallery+kreciprocal")
+    args = parser.parse_args(["search", "--checkpoint", "x", "--query", "q", "--gallery", "g"])
+    assert _search_options(args, model)["rerank_config"] is None  # the checkpoint's
+    args = parser.parse_args(["search", "--checkpoint", "x", "--query", "q", "--gallery", "g", "--no-rerank",
+                              "--protocol", "gallery"])
+    with pytest.raises(ValueError, match="^--no-rerank ranks by cosine, --protocol gallery re-ranks"):
+        _search_options(args, model)
+    for verb in (["eval", "--checkpoint", "x.pth"], ["search", "--checkpoint", "x", "--query", "q"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([*verb, "--protocol", "both"])
+        assert exc.value.code == 2

@@ -25,6 +25,7 @@ from hrnet_pyg.search import (
     search_features,
     write_grid,
 )
+from hrnet_pyg.topk import stable_k_smallest
 from hrnet_pyg.visualize import MATCH_COLOR, MISMATCH_COLOR
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -395,6 +396,31 @@ def test_cli_extract_images_and_search(checkpoint, gallery_dir, query_dir, tmp_p
                  str(gallery_dir), "--topk", "2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("(ordered by relational re-ranking)") == 3
+
+
+def test_cli_search_protocol(checkpoint, model, gallery_dir, query_dir, g_feats, q_feats, tmp_path, capsys):
+    """``search --protocol NAME`` ranks as ``rerank.protocol=NAME`` of the checkpoint's protocol does."""
+    from hrnet_pyg.gallery import gallery_rerank
+
+    out = tmp_path / "g.npz"
+    g_feats.save(out)
+    base = ["search", "--checkpoint", str(checkpoint), "--query", str(query_dir), "--gallery", str(out),
+            "--topk", "6", "--no-progress", "--csv"]
+    assert main([*base, str(tmp_path / "gallery.csv"), "--protocol", "gallery"]) == 0
+    assert capsys.readouterr().out.count("(ordered by rerank.protocol=gallery)") == 3
+    dist = gallery_rerank(model, q_feats.features, g_feats.features, output="distances", progress=False)
+    names = [Path(p).name for p in g_feats.paths]
+    rows = [line.split(",") for line in (tmp_path / "gallery.csv").read_text().splitlines()[1:]]
+    for q in range(3):
+        listed = [Path(r[2]).name for r in rows if Path(r[0]).name == Path(q_feats.paths[q]).name]
+        assert listed == [names[j] for j in stable_k_smallest(dist[q : q + 1], 6)[0].tolist()]
+    assert main([*base, str(tmp_path / "none.csv"), "--protocol", "none"]) == 0
+    assert main([*base, str(tmp_path / "plain.csv"), "--no-rerank"]) == 0
+    assert (tmp_path / "none.csv").read_text() == (tmp_path / "plain.csv").read_text()
+    capsys.readouterr()
+    assert main([*base, str(tmp_path / "x.csv"), "--no-rerank", "--protocol", "gallery"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "hrnet-pyg search: error: --no-rerank ranks by cosine, --protocol gallery re-ranks: give one of them"
 
 
 def test_cli_clear_errors(checkpoint, gallery_dir, tmp_path, capsys):

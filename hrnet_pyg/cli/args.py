@@ -132,9 +132,22 @@ def add_shortlist_args(p: argparse.ArgumentParser, default: str, former: str | N
                        metavar="N", help="deprecated: the former name of --shortlist")
 
 
+def add_protocol_arg(p: argparse.ArgumentParser) -> None:
+    """``--protocol NAME``, the re-ranking's ``rerank.protocol`` (its valid values: RerankConfig's)."""
+    from hrnet_pyg.protocol import RerankConfig  # no torch: --help stays light
+
+    p.add_argument(
+        "--protocol", choices=RerankConfig.choices("protocol"),
+        help="the re-ranking: paper (Sec. 4.2's per-query graphs), gallery (the IR layer over the whole gallery's "
+        "kNN graph, ranked by BN(V')), gallery+kreciprocal (k-reciprocal of those), kreciprocal (k-reciprocal of "
+        "BN(F)) or none (cosine of BN(F)); shorthand for --set rerank.protocol=NAME (default: the checkpoint's "
+        "test protocol; paper unless it names another)",
+    )
+
+
 def protocol_from_args(args: argparse.Namespace, exp: Experiment, saved: RerankConfig) -> RerankConfig:
     """The test protocol of a command that re-ranks with a checkpoint: the checkpoint's (``saved``),
-    changed by the command line's ``--set rerank.<field>=...`` and ``--shortlist``. A config file's
+    changed by the command line's ``--set rerank.<field>=...``, ``--shortlist`` and ``--protocol``. A config file's
     ``rerank:`` section describes the run that trained the checkpoint, as its ``model:`` section
     does, and is not applied."""
     from hrnet_pyg.config import LEGACY_RERANK_FIELDS
@@ -146,6 +159,8 @@ def protocol_from_args(args: argparse.Namespace, exp: Experiment, saved: RerankC
     changes = {name: getattr(exp.rerank, name) for name in given}  # load_experiment checked them
     if getattr(args, "shortlist", None) is not None:
         changes["shortlist"] = args.shortlist
+    if getattr(args, "protocol", None) is not None:
+        changes["protocol"] = args.protocol
     return saved.replace(**changes)
 
 
@@ -156,6 +171,7 @@ __all__ = [
     "add_checkpoint_arg",
     "add_experiment_args",
     "add_image_args",
+    "add_protocol_arg",
     "add_shortlist_args",
     "count",
     "experiment_from_args",

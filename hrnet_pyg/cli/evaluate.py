@@ -9,6 +9,7 @@ from hrnet_pyg.cli.args import (
     add_checkpoint_arg,
     add_experiment_args,
     add_image_args,
+    add_protocol_arg,
     add_shortlist_args,
     experiment_from_args,
     protocol_from_args,
@@ -28,6 +29,7 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_shortlist_args(p, "the checkpoint's test protocol, rerank.shortlist = 120; its other fields: "
                           "--set rerank.norm=none and the like", former="--top-k")
+    add_protocol_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 

@@ -10,6 +10,7 @@ from hrnet_pyg.cli.args import (
     DEVICE_HELP,
     add_checkpoint_arg,
     add_image_args,
+    add_protocol_arg,
     add_shortlist_args,
     positive_int,
     writable,
@@ -44,6 +45,7 @@ def add_search_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="plain cosine distance of the BNNeck features instead of the relational re-ranking",
     )
     add_shortlist_args(p, "the checkpoint's test protocol, rerank.shortlist = 120")
+    add_protocol_arg(p)
     p.add_argument(
         "--keep-self",
         action="store_true",
@@ -93,7 +95,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     writable(args.csv)
     writable(args.grid)
     model = load_model(args.checkpoint)
-    result = search(model, args.query, args.gallery, **_search_options(args))
+    result = search(model, args.query, args.gallery, **_search_options(args, model))
     return _report_search(result, args)
 
 
@@ -106,17 +108,22 @@ def _search_index(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     result = search_index(
         model, args.query, args.index, exact=args.exact, nprobe=args.nprobe, ef_search=args.ef_search,
-        **_search_options(args),
+        **_search_options(args, model),
     )
     return _report_search(result, args)
 
 
-def _search_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options ``search`` and ``search --index`` share."""
+def _search_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """The options ``search`` and ``search --index`` share; ``--protocol`` changes the protocol that
+    the checkpoint ``model`` carries."""
+    if args.no_rerank and args.protocol not in (None, "none"):
+        raise ValueError(f"--no-rerank ranks by cosine, --protocol {args.protocol} re-ranks: give one of them")
+    rerank_config = model.rerank_config.replace(protocol=args.protocol) if args.protocol is not None else None
     return dict(
         topk=args.topk,
         rerank=not args.no_rerank,
         shortlist=args.shortlist,
+        rerank_config=rerank_config,
         exclude_self=not args.keep_self,
         labels=args.labels,
         batch_size=args.batch_size,

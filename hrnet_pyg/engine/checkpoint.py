@@ -44,12 +44,18 @@ def model_from_checkpoint(
 
     A checkpoint written before the test protocol had its own entry carries it among the config's
     fields (``top_k_rerank``, ``rerank_*``): those become the model's ``rerank_config``, with one
-    deprecation line naming ``where``.
+    deprecation line naming ``where``. A checkpoint whose protocol names no ``protocol`` (written
+    before the switch) re-ranks with ``"paper"``.
     """
     values, legacy = split_legacy_rerank(dict(ckpt["config"]), where, "config")
     values["pretrained"] = False  # the checkpoint carries the weights: never download
     saved = ckpt.get("rerank")
-    rerank = RerankConfig.from_dict(saved, f"{where}: rerank") if saved is not None else RerankConfig(**legacy)
+    saved = legacy if saved is None else saved
+    if isinstance(saved, dict) and "protocol" not in saved:
+        # Written before the protocol switch existed: the model re-ranked with the paper's protocol,
+        # and keeps doing so whatever the default protocol is now.
+        saved = {**saved, "protocol": "paper"}
+    rerank = RerankConfig.from_dict(saved, f"{where}: rerank")
     model = cls(HRNetConfig.from_dict(values), num_classes=int(ckpt["num_classes"]), rerank_config=rerank)
     model.load_state_dict(ckpt["model"])
     return model

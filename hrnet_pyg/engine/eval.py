@@ -75,7 +75,9 @@ class EvalReport:
     rerank_config: RerankConfig | None = None  # the test protocol of ``hrnet`` (None if skipped)
 
     def table(self) -> str:
-        rows = [("CNN (cosine)", self.cnn), ("relational re-ranking", self.hrnet), ("k-reciprocal", self.kreciprocal)]
+        protocol = self.rerank_config.protocol if self.rerank_config is not None else "paper"
+        reranked = "relational re-ranking" if protocol == "paper" else f"re-ranking (rerank.protocol={protocol})"
+        rows = [("CNN (cosine)", self.cnn), (reranked, self.hrnet), ("k-reciprocal", self.kreciprocal)]
         lines = ["| method | mAP | rank-1 | rank-5 | rank-10 | mINP |", "|---|---|---|---|---|---|"]
         for name, r in rows:
             if r is None:
@@ -97,7 +99,8 @@ NO_RELATIONAL_MODULES = (
 
 def protocol_note(protocol: RerankConfig) -> str:
     """The line under the table that names the relational re-ranking's test protocol."""
-    return "test protocol: " + ", ".join(f"rerank.{k}={v}" for k, v in protocol.to_dict().items())
+    values = protocol.to_dict()
+    return "test protocol: " + ", ".join(f"rerank.{k}={values[k]}" for k in protocol.used_fields())
 
 
 def evaluate_features(
@@ -144,7 +147,7 @@ def evaluate_features(
         kr = evaluate_rank(k_reciprocal_rerank_features(qb.to(dev), gb.to(dev), progress=progress).cpu(), *args)
     notes = []
     if protocol is not None:  # what the relational row is: the cosine again, or which protocol
-        no_modules = inner.ir is None and inner.pr is None
+        no_modules = inner.ir is None and inner.pr is None and protocol.protocol == "paper"
         notes.append(NO_RELATIONAL_MODULES if no_modules else protocol_note(protocol))
     return EvalReport(cnn=cnn, hrnet=hr, kreciprocal=kr, notes=notes, rerank_config=protocol)
 

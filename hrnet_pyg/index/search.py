@@ -66,6 +66,11 @@ def search_index(
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     protocol = protocol_of(inner, rerank_config, shortlist=shortlist)
+    rerank = rerank and protocol.protocol != "none"  # "none": the cosine of BN(F), as rerank=False
+    if rerank and protocol.protocol != "paper":
+        raise ValueError(f"rerank.protocol={protocol.protocol!r}: a gallery index re-ranks with the paper's "
+                         "protocol only; search it with --protocol paper (or none), or search the gallery's "
+                         "features (--gallery FEATS.npz) under this protocol")
     if len(idx_obj) == 0:
         raise ValueError(f"index {idx_obj.path} holds no image")
     kw: dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device,
