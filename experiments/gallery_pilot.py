@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pilot of the gallery-graph protocol (hrnet_pyg.gallery) at the efficacy study's feature level.
+"""Pilot of the gallery-graph protocol (hrnet_pyg.gallery) at the efficacy study's feature and real levels.
 
 The feature world and the training of ``experiments/efficacy.py --level feature`` (the HRNet row,
 lr 1e-3, 20 epochs; 1,000 queries x 5,000 gallery images, d = 64), seeds 0, 1, 2. Each trained
@@ -13,6 +13,13 @@ A pilot to pick defaults: the full study at every level belongs in ``experiments
 
     python experiments/gallery_pilot.py                      # ~1 min training per seed, then scoring
     python experiments/gallery_pilot.py --scratch /tmp/pilot  # weights and per-seed JSON there
+
+``--level real`` trains nothing: it scores the models that ``experiments/efficacy.py --level real``
+kept under ``<--results>/models`` (the rows with IR, splits 0, 1, 2) on each member's test set
+(VIPeR, PRID 2011, GRID, CAVIAR4REID), with the protocols of ``REAL``; one table per row and set.
+
+    python experiments/efficacy.py --level real               # first: the trained models
+    python experiments/gallery_pilot.py --level real          # then: ~1 min of scoring per model
 
 The weights of each seed are kept under ``--scratch`` (``hrnet-s<seed>.pt``): a second run scores
 them again without training.
@@ -47,6 +54,17 @@ GALLERY: dict[str, dict[str, Any]] = {
         dict(k=5, neighbours="gallery", kreciprocal=True),
 }
 
+# The real level's protocols: the choices the feature level left open, at the sizes of these sets.
+REAL: dict[str, dict[str, Any]] = {
+    **{f"gallery k={k}": dict(k=k) for k in (3, 5, 10)},
+    "gallery k=5, queries see only the gallery": dict(k=5, neighbours="gallery"),
+    "gallery k=5, normalize=all": dict(k=5, normalize="all"),
+    "gallery k=5, 2 rounds": dict(k=5, rounds=2),
+    "gallery k=5 + PR re-score (top-120)": dict(k=5, pr_top_k=120),
+    **{f"gallery k={k} + k-reciprocal on BN(V')": dict(k=k, kreciprocal=True) for k in (3, 5)},
+}
+REAL_ROWS = ("HRNet", "CNN+IR+CNC")
+
 
 def model_of(seed: int, data: dict[str, Any], scratch: Path):
     """The HRNet row of the study at ``seed``: trained once, its weights kept in ``scratch``."""
@@ -65,7 +83,8 @@ def model_of(seed: int, data: dict[str, Any], scratch: Path):
     return model.eval(), time.perf_counter() - t0
 
 
-def score(model, q: tuple, g: tuple) -> dict[str, dict[str, float]]:
+def score(model, q: tuple, g: tuple, protocols: dict[str, dict[str, Any]] = GALLERY,
+          echo: bool = True) -> dict[str, dict[str, float]]:
     """name -> {mAP, rank1, seconds} of every protocol on one trained model."""
     from hrnet_pyg.evaluation import cosine_distance
     from hrnet_pyg.gallery import gallery_rerank
@@ -76,10 +95,10 @@ def score(model, q: tuple, g: tuple) -> dict[str, dict[str, float]]:
     runs = {
         "own cosine": lambda: cosine_distance(qb, gb),
         "paper: per-query graphs (top-120)": lambda: relational_rerank(
-            model, q[0], g[0], top_k=model.config.top_k_rerank, device="cpu", progress=False),
+            model, q[0], g[0], device="cpu", progress=False),
         "k-reciprocal of BN(F)": lambda: k_reciprocal_rerank_features(qb, gb, progress=False),
         **{label: (lambda o=opts: gallery_rerank(model, q[0], g[0], output="distances", progress=False, **o))
-           for label, opts in GALLERY.items()},
+           for label, opts in protocols.items() if model.pr is not None or not opts.get("pr_top_k")},
     }
     out = {}
     for label, run in runs.items():
@@ -87,8 +106,10 @@ def score(model, q: tuple, g: tuple) -> dict[str, dict[str, float]]:
         dist = run()
         seconds = time.perf_counter() - t0
         out[label] = {**efficacy._rank(dist, q, g), "seconds": seconds}
-        print(f"  {label}: mAP {100 * out[label]['mAP']:.2f} R1 {100 * out[label]['rank1']:.2f} "
-              f"({seconds:.1f} s)", flush=True)
+        out[label].pop("ap", None)
+        if echo:
+            print(f"  {label}: mAP {100 * out[label]['mAP']:.2f} R1 {100 * out[label]['rank1']:.2f} "
+                  f"({seconds:.1f} s)", flush=True)
     return out
 
 
@@ -116,16 +137,70 @@ def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def real_model(row: str, seed: int, data: dict[str, Any], results: Path):
+    """The real level's ``row`` at split ``seed`` as ``experiments/efficacy.py`` kept it."""
+    import dataclasses
+
+    from hrnet_pyg import HRNet
+
+    weights = results / "models" / f"{efficacy._key('real', row, seed, {})}.pt"
+    if not weights.is_file():
+        raise SystemExit(f"gallery_pilot: {weights} is missing: run experiments/efficacy.py --level real "
+                         f"--seeds {seed} --rows {row} first (or name its --results)")
+    cfg = dataclasses.replace(efficacy._model_config("real", row, seed, {}), pretrained=False)
+    model = HRNet(cfg, num_classes=data["num_classes"])
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def real_level(seeds: list[int], results: Path, scratch: Path) -> str:
+    """Scores of every REAL protocol on the kept real-level models; one table per row and test set."""
+    scores: dict[str, dict[str, dict[int, Any]]] = {}  # row -> set -> seed -> protocol -> score
+    for seed in seeds:
+        data = efficacy.real_level_data(seed)
+        for row in REAL_ROWS:
+            model = real_model(row, seed, data, results)
+            out = scratch / f"real-{row.lower().replace('+', '_')}-s{seed}.json"
+            per_set = json.loads(out.read_text()) if out.is_file() else {}
+            for name, (query, gallery) in data["tests"].items():
+                if name not in per_set:
+                    with torch.no_grad():
+                        q, g = efficacy.real_features(model, query), efficacy.real_features(model, gallery)
+                        per_set[name] = score(model, q, g, REAL, echo=False)
+                out.write_text(json.dumps(per_set, indent=1))
+                scores.setdefault(row, {}).setdefault(name, {})[seed] = per_set[name]
+            print(f"split {seed}: {row} scored on {', '.join(per_set)}", flush=True)
+    parts = []
+    for row, sets in scores.items():
+        for name, by_seed in sets.items():
+            parts.append(f"### {row} on {efficacy.REAL_TITLES[name]}\n\n{table(by_seed)}\n")
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
     p.add_argument("--scratch", type=Path, default=Path("results/gallery_pilot"),
                    help="weights and per-seed JSON (default: results/gallery_pilot)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--level", choices=("feature", "real"), default="feature",
+                   help="feature: train and score the feature level's HRNet; real: score the real level's kept models")
+    p.add_argument("--results", type=Path, default=Path("results/efficacy"),
+                   help="the real level's records and models/ (experiments/efficacy.py --results)")
+    p.add_argument("--shared-data", type=Path, default=None,
+                   help="the real level's data folder (as experiments/efficacy.py --shared-data)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.scratch.mkdir(parents=True, exist_ok=True)
+    if args.level == "real":
+        if args.shared_data is not None:
+            efficacy.SHARED_DATA = args.shared_data
+        missing = efficacy.check_shared_data("real")
+        if missing:
+            p.error(missing)
+        print(real_level([int(s) for s in args.seeds.split(",")], args.results, args.scratch))
+        return 0
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         data = efficacy.feature_level_data(seed)
