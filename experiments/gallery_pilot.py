@@ -17,6 +17,8 @@ A pilot to pick defaults: the full study at every level belongs in ``experiments
 ``--level real`` trains nothing: it scores the models that ``experiments/efficacy.py --level real``
 kept under ``<--results>/models`` (the rows with IR, splits 0, 1, 2) on each member's test set
 (VIPeR, PRID 2011, GRID, CAVIAR4REID), with the protocols of ``REAL``; one table per row and set.
+``--level image`` does the same with the image level's models, training (and keeping) a missing
+one exactly as the study does.
 
     python experiments/efficacy.py --level real               # first: the trained models
     python experiments/gallery_pilot.py --level real          # then: ~1 min of scoring per model
@@ -54,7 +56,7 @@ GALLERY: dict[str, dict[str, Any]] = {
         dict(k=5, neighbours="gallery", kreciprocal=True),
 }
 
-# The real level's protocols: the choices the feature level left open, at the sizes of these sets.
+# The image and real levels' protocols: the choices the feature level left open.
 REAL: dict[str, dict[str, Any]] = {
     **{f"gallery k={k}": dict(k=k) for k in (3, 5, 10)},
     "gallery k=5, queries see only the gallery": dict(k=5, neighbours="gallery"),
@@ -137,44 +139,62 @@ def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def real_model(row: str, seed: int, data: dict[str, Any], results: Path):
-    """The real level's ``row`` at split ``seed`` as ``experiments/efficacy.py`` kept it."""
+def kept_model(level: str, row: str, seed: int, data: dict[str, Any], results: Path):
+    """The study's ``row`` at ``seed`` from its kept weights (``<results>/models``). The real level
+    only reads them (experiments/efficacy.py trains it); the image level trains a missing one as
+    the study does and keeps it there."""
     import dataclasses
 
     from hrnet_pyg import HRNet
+    from hrnet_pyg.runtime import atomic_save
 
-    weights = results / "models" / f"{efficacy._key('real', row, seed, {})}.pt"
+    weights = results / "models" / f"{efficacy._key(level, row, seed, {})}.pt"
+    cfg = efficacy._model_config(level, row, seed, {})
+    if not weights.is_file() and level == "image":
+        t0 = time.perf_counter()
+        model = efficacy.train_image_row(cfg, data, seed)
+        atomic_save(model.state_dict(), weights)
+        print(f"seed {seed}: {row} trained in {time.perf_counter() - t0:.0f} s", flush=True)
+        return model.eval()
     if not weights.is_file():
-        raise SystemExit(f"gallery_pilot: {weights} is missing: run experiments/efficacy.py --level real "
+        raise SystemExit(f"gallery_pilot: {weights} is missing: run experiments/efficacy.py --level {level} "
                          f"--seeds {seed} --rows {row} first (or name its --results)")
-    cfg = dataclasses.replace(efficacy._model_config("real", row, seed, {}), pretrained=False)
-    model = HRNet(cfg, num_classes=data["num_classes"])
+    model = HRNet(dataclasses.replace(cfg, pretrained=False), num_classes=data["num_classes"])
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval()
 
 
-def real_level(seeds: list[int], results: Path, scratch: Path) -> str:
-    """Scores of every REAL protocol on the kept real-level models; one table per row and test set."""
+def _test_sets(level: str, data: dict[str, Any], model) -> dict[str, tuple[tuple, tuple]]:
+    """name -> (query, gallery) (F, pids, camids) of the level's test sets under ``model``."""
+    if level == "image":
+        feats = efficacy.image_features(model, data)
+        return {"synthetic": (feats["query"], feats["gallery"])}
+    return {name: (efficacy.real_features(model, query), efficacy.real_features(model, gallery))
+            for name, (query, gallery) in data["tests"].items()}
+
+
+def kept_level(level: str, seeds: list[int], results: Path, scratch: Path) -> str:
+    """Scores of every REAL protocol on the study's models of the rows with IR (the image or the
+    real level); one table per row and test set."""
     scores: dict[str, dict[str, dict[int, Any]]] = {}  # row -> set -> seed -> protocol -> score
     for seed in seeds:
-        data = efficacy.real_level_data(seed)
+        data = (efficacy.real_level_data(seed) if level == "real"
+                else efficacy.image_level_data(seed, results / "data" / f"seed{seed}"))
         for row in REAL_ROWS:
-            model = real_model(row, seed, data, results)
-            out = scratch / f"real-{row.lower().replace('+', '_')}-s{seed}.json"
+            out = scratch / f"{level}-{row.lower().replace('+', '_')}-s{seed}.json"
             per_set = json.loads(out.read_text()) if out.is_file() else {}
-            for name, (query, gallery) in data["tests"].items():
-                if name not in per_set:
-                    with torch.no_grad():
-                        q, g = efficacy.real_features(model, query), efficacy.real_features(model, gallery)
-                        per_set[name] = score(model, q, g, REAL, echo=False)
+            if not per_set:
+                model = kept_model(level, row, seed, data, results)
+                with torch.no_grad():
+                    per_set = {name: score(model, q, g, REAL, echo=False)
+                               for name, (q, g) in _test_sets(level, data, model).items()}
                 out.write_text(json.dumps(per_set, indent=1))
-                scores.setdefault(row, {}).setdefault(name, {})[seed] = per_set[name]
-            print(f"split {seed}: {row} scored on {', '.join(per_set)}", flush=True)
-    parts = []
-    for row, sets in scores.items():
-        for name, by_seed in sets.items():
-            parts.append(f"### {row} on {efficacy.REAL_TITLES[name]}\n\n{table(by_seed)}\n")
-    return "\n".join(parts)
+            for name, by_protocol in per_set.items():
+                scores.setdefault(row, {}).setdefault(name, {})[seed] = by_protocol
+            print(f"seed {seed}: {row} scored on {', '.join(per_set)}", flush=True)
+    titles = {**efficacy.REAL_TITLES, "synthetic": "the synthetic images"}
+    return "\n".join(f"### {row} on {titles[name]}\n\n{table(by_seed)}\n"
+                     for row, sets in scores.items() for name, by_seed in sets.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scratch", type=Path, default=Path("results/gallery_pilot"),
                    help="weights and per-seed JSON (default: results/gallery_pilot)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--level", choices=("feature", "real"), default="feature",
-                   help="feature: train and score the feature level's HRNet; real: score the real level's kept models")
+    p.add_argument("--level", choices=("feature", "image", "real"), default="feature",
+                   help="feature: train and score the feature level's HRNet; image / real: score the study's "
+                        "models of the rows with IR (image: trained here when missing)")
     p.add_argument("--results", type=Path, default=Path("results/efficacy"),
                    help="the real level's records and models/ (experiments/efficacy.py --results)")
     p.add_argument("--shared-data", type=Path, default=None,
@@ -193,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    if args.level == "real":
+    if args.level != "feature":
         if args.shared_data is not None:
             efficacy.SHARED_DATA = args.shared_data
-        missing = efficacy.check_shared_data("real")
+        missing = efficacy.check_shared_data(args.level)
         if missing:
             p.error(missing)
-        print(real_level([int(s) for s in args.seeds.split(",")], args.results, args.scratch))
+        print(kept_level(args.level, [int(s) for s in args.seeds.split(",")], args.results, args.scratch))
         return 0
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
