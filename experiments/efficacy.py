@@ -819,7 +819,10 @@ def _real_timing(records) -> str:
     lines.append(f"| all | {total['n']} | {total['tw'] / 60:.1f} | {total['tc'] / 60:.1f} | {total['ew'] / 60:.1f} | "
                  f"{total['ec'] / 60:.1f} | | |")
     hours = (total["tw"] + total["ew"]) / 3600, (total["tc"] + total["ec"]) / 3600
-    return "\n".join(lines) + f"\n\nIn all: {hours[0]:.2f} h wall, {hours[1]:.2f} h of CPU time (2 threads)."
+    threads = sorted({r["timing"]["threads"] for row in ROWS for r in _select(records, "real", row, {})
+                      if "timing" in r})
+    return "\n".join(lines) + (f"\n\nIn all, run after run: {hours[0]:.2f} h wall, {hours[1]:.2f} h of CPU time "
+                                f"(torch threads per run: {', '.join(map(str, threads))}).")
 
 
 def real_report(records: list[dict[str, Any]]) -> list[str]:

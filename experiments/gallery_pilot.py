@@ -173,14 +173,14 @@ def _test_sets(level: str, data: dict[str, Any], model) -> dict[str, tuple[tuple
             for name, (query, gallery) in data["tests"].items()}
 
 
-def kept_level(level: str, seeds: list[int], results: Path, scratch: Path) -> str:
+def kept_level(level: str, seeds: list[int], results: Path, scratch: Path, rows=REAL_ROWS) -> str:
     """Scores of every REAL protocol on the study's models of the rows with IR (the image or the
     real level); one table per row and test set."""
     scores: dict[str, dict[str, dict[int, Any]]] = {}  # row -> set -> seed -> protocol -> score
     for seed in seeds:
         data = (efficacy.real_level_data(seed) if level == "real"
                 else efficacy.image_level_data(seed, results / "data" / f"seed{seed}"))
-        for row in REAL_ROWS:
+        for row in rows:
             out = scratch / f"{level}-{row.lower().replace('+', '_')}-s{seed}.json"
             per_set = json.loads(out.read_text()) if out.is_file() else {}
             if not per_set:
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--level", choices=("feature", "image", "real"), default="feature",
                    help="feature: train and score the feature level's HRNet; image / real: score the study's "
                         "models of the rows with IR (image: trained here when missing)")
+    p.add_argument("--rows", default=",".join(REAL_ROWS),
+                   help=f"image / real level: comma-separated rows with IR (default: {','.join(REAL_ROWS)})")
     p.add_argument("--results", type=Path, default=Path("results/efficacy"),
                    help="the real level's records and models/ (experiments/efficacy.py --results)")
     p.add_argument("--shared-data", type=Path, default=None,
@@ -220,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         missing = efficacy.check_shared_data(args.level)
         if missing:
             p.error(missing)
-        print(kept_level(args.level, [int(s) for s in args.seeds.split(",")], args.results, args.scratch))
+        rows = args.rows.split(",")
+        if any(r not in efficacy.ROWS or "IR" not in r and r != "HRNet" for r in rows):
+            p.error(f"--rows: each of {args.rows!r} must be a Table 1 row with IR ({', '.join(REAL_ROWS)})")
+        print(kept_level(args.level, [int(s) for s in args.seeds.split(",")], args.results, args.scratch, rows))
         return 0
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
