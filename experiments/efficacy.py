@@ -155,6 +155,23 @@ TEST_TIME: dict[str, dict[str, Any]] = {
     "top-240 shortlist": dict(shortlist=240),
 }
 
+# The report's test-time tables: (protocol key in a record's scores, column or row label).
+REPORT_TERMS = [("relational", "fused (defaults)"), ("term ir_cosine", "IR cos(V')"),
+                ("term ir_bn_cosine", "IR cos(BN(V'))"), ("term pr_prob", "PR t_hat"), ("term pr_logit", "PR logit")]
+REPORT_FUSIONS = [(f"fusion {label}", label) for label, over in TEST_TIME.items()
+                  if "norm" in over and "pr_weight" not in over]
+REPORT_WEIGHTS = [(f"{pr} weight {w}", f"z(cos(BN(V'))) + {w} z({name})" + (" (IR alone)" if w == 0 else ""))
+                  for pr, name in (("pr_prob", "t_hat"), ("pr_logit", "logit of t_hat")) for w in PR_WEIGHTS]
+REPORT_SHORTLIST = [("relational", "top-120 (paper)"), ("top-60 shortlist", "top-60"),
+                    ("top-240 shortlist", "top-240"), ("relational after k-reciprocal", "top-120 of k-reciprocal")]
+REPORT_FIG4 = [("pr_edges=66 absolute", "66-nearest mask at test"),
+               ("pr_edges=66 relative", "same share at test (complete)"), ("relational", "pr_edges=None")]
+REPORT_DIAG = [("pr static attention", "TV of G rows from their mean"),
+               ("pr message share", "norm(u' - alpha u) / norm(alpha u)"),
+               ("pr shortlist AP, head on u'", "shortlist AP, t_hat on u'"),
+               ("pr shortlist AP, head on u", "shortlist AP, same head on u"),
+               ("pr shortlist AP, cosine", "shortlist AP, cosine")]
+
 
 # ------------------------------------------------------------------------------------ data
 def feature_level_data(seed: int) -> dict[str, Any]:
@@ -664,23 +681,8 @@ def report(results: Path, out: Path) -> str:
             body = table(recs, level, spec, MAIN_PROTOCOLS)
             parts.append(f"### {what}\n\n`python experiments/efficacy.py --level {level} --study {study}`\n\n{body}\n")
         main = [(row, "defaults", {}) for row in ROWS]
-        terms = [("relational", "fused (defaults)"), ("term ir_cosine", "IR cos(V')"),
-                 ("term ir_bn_cosine", "IR cos(BN(V'))"), ("term pr_prob", "PR t_hat"),
-                 ("term pr_logit", "PR logit")]
-        fusions = [(f"fusion {label}", label) for label, over in TEST_TIME.items()
-                   if "norm" in over and "pr_weight" not in over]
-        weights = [(f"{pr} weight {w}", f"z(cos(BN(V'))) + {w} z({name})" + (" (IR alone)" if w == 0 else ""))
-                   for pr, name in (("pr_prob", "t_hat"), ("pr_logit", "logit of t_hat")) for w in PR_WEIGHTS]
-        shortlist = [("relational", "top-120 (paper)"), ("top-60 shortlist", "top-60"),
-                     ("top-240 shortlist", "top-240"),
-                     ("relational after k-reciprocal", "top-120 of k-reciprocal")]
-        fig4 = [("pr_edges=66 absolute", "66-nearest mask at test"),
-                ("pr_edges=66 relative", "same share at test (complete)"), ("relational", "pr_edges=None")]
-        diag = [("pr static attention", "TV of G rows from their mean"),
-                ("pr message share", "norm(u' - alpha u) / norm(alpha u)"),
-                ("pr shortlist AP, head on u'", "shortlist AP, t_hat on u'"),
-                ("pr shortlist AP, head on u", "shortlist AP, same head on u"),
-                ("pr shortlist AP, cosine", "shortlist AP, cosine")]
+        terms, fusions, weights = REPORT_TERMS, REPORT_FUSIONS, REPORT_WEIGHTS
+        shortlist, fig4, diag = REPORT_SHORTLIST, REPORT_FIG4, REPORT_DIAG
         pr_rows = [(r, "defaults", {}) for r in ("CNN+PR+IGP", "HRNet")]
         literal = [(r, "paper-literal", STUDIES["paper"][2]["paper-literal"]) for r in ("CNN+PR+IGP", "HRNet")]
         extra = [
@@ -850,21 +852,8 @@ def real_report(records: list[dict[str, Any]]) -> list[str]:
         body = table(view, "real", variants, MAIN_PROTOCOLS)
         parts.append(f"### {REAL_TITLES[name]} ({size})\n\n`{command}` (random init: `--study scratch`, "
                      f"paper-literal: `--study paper`)\n\n{body}\n")
-    terms = [("cosine", "own cosine"), ("relational", "fused (defaults)"), ("term ir_cosine", "IR cos(V')"),
-             ("term ir_bn_cosine", "IR cos(BN(V'))"), ("term pr_prob", "PR t_hat"), ("term pr_logit", "PR logit")]
-    fusions = [(f"fusion {label}", label) for label, over in TEST_TIME.items()
-               if "norm" in over and "pr_weight" not in over]
-    weights = [(f"{pr} weight {w}", f"z(cos(BN(V'))) + {w} z({nm})" + (" (IR alone)" if w == 0 else ""))
-               for pr, nm in (("pr_prob", "t_hat"), ("pr_logit", "logit of t_hat")) for w in PR_WEIGHTS]
-    shortlist = [("relational", "top-120 (paper)"), ("top-60 shortlist", "top-60"), ("top-240 shortlist", "top-240"),
-                 ("relational after k-reciprocal", "top-120 of k-reciprocal")]
-    fig4 = [("pr_edges=66 absolute", "66-nearest mask at test"),
-            ("pr_edges=66 relative", "same share at test (complete)"), ("relational", "pr_edges=None")]
-    diag = [("pr static attention", "TV of G rows from their mean"),
-            ("pr message share", "norm(u' - alpha u) / norm(alpha u)"),
-            ("pr shortlist AP, head on u'", "shortlist AP, t_hat on u'"),
-            ("pr shortlist AP, head on u", "shortlist AP, same head on u"),
-            ("pr shortlist AP, cosine", "shortlist AP, cosine")]
+    terms = [("cosine", "own cosine"), *REPORT_TERMS]
+    fusions, weights, shortlist, fig4, diag = REPORT_FUSIONS, REPORT_WEIGHTS, REPORT_SHORTLIST, REPORT_FIG4, REPORT_DIAG
     extra = [("The issue's inequalities, split by split (the defaults)", _real_paired(records)),
              ("Query by query (the defaults' models; per-query APs of the records)", _real_per_query(records))]
     for row in ROWS[1:]:
