@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from hrnet_pyg.runtime import is_main_process, resolve_device, unwrap_model
 log = logging.getLogger("hrnet_pyg")
 
 GRAPH_SCOPES = ("local", "global")  # graphs per rank | over the batch of all ranks
+_GLOO_RELEASE_S = 0.25  # how long the exit hook leaves the GIL to gloo's workers
 
 
 # ---------------------------------------------------------------------------- process group
@@ -179,8 +181,16 @@ def main_process_first() -> Iterator[None]:
 
 
 def _destroy_at_exit() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gloo = dist.get_backend() == "gloo"
+    dist.destroy_process_group()
+    if gloo:
+        # gloo's worker threads drop a collective's tensors just after it returns, and dropping
+        # a tensor that Python created takes the GIL. A thread that asks for the GIL once the
+        # interpreter finalises aborts the process ("terminate called without an active
+        # exception"), so the workers get the GIL here, while the interpreter is whole.
+        time.sleep(_GLOO_RELEASE_S)
 
 
 def _comm_device(x: Tensor) -> torch.device:
