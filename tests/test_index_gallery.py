@@ -26,7 +26,7 @@ from hrnet_pyg.gallery import (
 )
 from hrnet_pyg.image_features import feature_fingerprint
 from hrnet_pyg.index import GalleryIndex, GalleryIndexError, search_index
-from hrnet_pyg.neighbours import knn_table, knn_table_blocks
+from hrnet_pyg.neighbours import knn_table, knn_table_blocks, squared_norms
 from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.search import ImageFeatures, extract_images
 
@@ -94,6 +94,8 @@ def test_knn_table_blocks_equals_knn_table():
     assert torch.equal(knn_table_blocks(x, 5, blocks), knn_table(x, 5, src))
     half = ((s, src[s : s + 30].half()) for s in range(0, 100, 30))  # float16 rows are read as float32
     assert torch.equal(knn_table_blocks(x, 5, half), knn_table(x, 5, src.half().float()))
+    kept = ((s, src[s : s + 40], squared_norms(src[s : s + 40])) for s in range(0, 100, 40))  # norms kept
+    assert torch.equal(knn_table_blocks(x, 5, kept), knn_table(x, 5, src))
     with pytest.raises(ValueError, match="k=5 neighbours asked of 3 source rows"):
         knn_table_blocks(x, 5, [(0, src[:3])])
 
@@ -112,6 +114,9 @@ def test_index_search_equals_the_inductive_protocol(tmp_path, normalize):
     state = gallery_state(model, gallery.features, k=4, normalize=normalize)
     torch.testing.assert_close(torch.from_numpy(index.rows(np.arange(G), "relational")), state.retrieval,
                                atol=1e-5, rtol=1e-5)
+    terms = torch.from_numpy(index.whole("graph"))  # per image: Eq. 2's source score, ||F||^2
+    torch.testing.assert_close(terms[:, 0], source_scores(state), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(terms[:, 1], (gallery.features ** 2).sum(1), atol=1e-4, rtol=1e-5)
 
     got = search_index(model, query, index, topk=12, device="cpu", progress=False)
     ref = gallery_rerank(model, query.features, gallery.features, k=4, neighbours="gallery", normalize=normalize,

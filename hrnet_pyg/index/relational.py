@@ -3,8 +3,9 @@
 Beyond the paper (:mod:`hrnet_pyg.gallery`). At ``index build`` (or ``hrnet-pyg index relational``)
 the trained IR layer runs once over the gallery-only kNN graph (Eq. 1, exact, in blocks:
 :func:`~hrnet_pyg.gallery.gallery_state`), and each shard stores BN(V') / ||BN(V')||
-(``relational_*.npy``, the index's dtype) and each image's source score ``F H_s[d:]`` of Eq. 2
-(``attention_*.npy``, float32: the all-node denominator of an attached image sums over them).
+(``relational_*.npy``, the index's dtype) and, per image, what attaching to it reads (``graph_*.npy``,
+(N_s, 2) float32): its source score ``F H_s[d:]`` of Eq. 2, which the all-node denominator of an
+attached image sums over, and ``||F||^2`` of Eq. 1's distance, so the kNN pass of a query reads F once.
 ``meta.json`` records the options (``k``, ``normalize``, ``rounds`` = 1, ``reuse_graph``) and a
 fingerprint of the IR layer and its BNNeck; a search under other options, or with another IR layer,
 is refused in one line.
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from hrnet_pyg import gallery
 from hrnet_pyg.index.layout import GalleryIndexError
-from hrnet_pyg.neighbours import DEFAULT_BLOCK, knn_table_blocks
+from hrnet_pyg.neighbours import DEFAULT_BLOCK, knn_table_blocks, squared_norms
 from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.runtime import resolve_device, unwrap_model
 
@@ -78,7 +79,7 @@ def build_part(
     """(Re)compute the relational part: the gallery's V' over its own kNN graph (Eq. 1, exact,
     in blocks; :func:`~hrnet_pyg.gallery.gallery_state`) under ``rerank_config``'s gallery
     options (``None``: the model's), stored per shard as BN(V') / ||BN(V')|| (``relational``)
-    and each image's source score of Eq. 2 (``attention``). Reads the whole of F into memory
+    and each image's source score of Eq. 2 and ``||F||^2`` (``graph``). Reads the whole of F into memory
     (G x d float32) for the kNN graph. A former part is dropped from ``meta.json`` first, so an
     interrupted run leaves an index without one, never a mixed one."""
     index.check_model(model)
@@ -95,13 +96,13 @@ def build_part(
     feats = torch.from_numpy(index.whole("feats"))
     state = gallery.gallery_state(inner, feats.to(dev), **opts, block_size=block_size, progress=progress)
     retrieval = state.retrieval.cpu().numpy().astype(np.dtype(index.dtype))
-    scores = gallery.source_scores(state).float().cpu().numpy()
+    terms = torch.stack([gallery.source_scores(state).float(), squared_norms(feats.to(dev))], dim=1).cpu().numpy()
     del state, feats
     if index.meta.get("relational"):
         index.write_meta({**index.meta, "relational": None})
     for s, shard in enumerate(index.shards):
         a, b = int(index.offsets[s]), int(index.offsets[s + 1])
-        for kind, arr in (("relational", retrieval[a:b]), ("attention", scores[a:b])):
+        for kind, arr in (("relational", retrieval[a:b]), ("graph", terms[a:b])):
             with open(index.path / f"{kind}_{shard.name}.npy", "wb") as fh:
                 np.save(fh, arr)
     part = {**opts, "dim": int(retrieval.shape[1]), "self_in_knn": bool(inner.config.ir_self_in_knn),
@@ -111,7 +112,7 @@ def build_part(
 
 @torch.no_grad()
 def attach(index: GalleryIndex, model: HRNet, feats: Tensor, *, device: str | torch.device | None = None,
-           per_pass: int = 1024, block: int = 8192) -> Tensor:
+           per_pass: int = 256, block: int = 32768) -> Tensor:
     """V' (T, d') of images ``feats`` (T, d) attached to the indexed gallery (the inductive form
     of the gallery protocol, :func:`~hrnet_pyg.gallery.attach_gathered`): each image's k nearest
     indexed images by Euclidean distance of F (Eq. 1; exact, blocks of the memory-mapped F)
@@ -125,23 +126,25 @@ def attach(index: GalleryIndex, model: HRNet, feats: Tensor, *, device: str | to
                                 f"k={part['k']} neighbours")
     inner = unwrap_model(model)
     dev = resolve_device(device) if device is not None else feats.device
-    scores = None
-    if part["normalize"] == "all":  # Eq. 2's denominator runs over every indexed image
-        scores = torch.from_numpy(index.whole("attention")).to(dev)
+    terms = torch.from_numpy(index.whole("graph"))  # (G, 2): source scores, ||F||^2
+    scores = terms[:, 0].to(dev) if part["normalize"] == "all" else None  # Eq. 2's all-node denominator
     out = []
     for t0 in range(0, feats.size(0), per_pass):
         x = feats[t0 : t0 + per_pass].float().to(dev)
-        blocks = ((o, torch.from_numpy(np.ascontiguousarray(r))) for o, r in index.blocks("feats", block))
+        blocks = ((o, torch.from_numpy(np.ascontiguousarray(r)), terms[o : o + len(r), 1])
+                  for o, r in index.blocks("feats", block))
         table = knn_table_blocks(x, int(part["k"]), blocks)  # (T, k) indexed rows
         nbr = torch.from_numpy(index.rows(table.cpu().numpy(), "feats")).to(dev)  # (T, k, d): those rows only
         out.append(gallery.attach_gathered(inner, x, nbr, scores, normalize=part["normalize"]))
     return torch.cat(out) if out else feats.new_zeros(0, int(part["dim"]))
 
 
-def source_scores_of(model: HRNet, feats: Tensor) -> Tensor:
-    """(N,) each image's source score of Eq. 2 (the layer's own projection)."""
+def graph_terms(model: HRNet, feats: Tensor) -> np.ndarray:
+    """(N, 2) float32 what attaching to each image reads: its source score of Eq. 2 (the layer's own
+    projection) and ``||F||^2`` (:func:`~hrnet_pyg.neighbours.squared_norms`)."""
     layer = gallery.ir_layer(unwrap_model(model))
-    return layer.project(feats).dots[:, 1]
+    x = feats.float()
+    return torch.stack([layer.project(x).dots[:, 1], squared_norms(x)], dim=1).cpu().numpy()
 
 
 def relational_unavailable(model: HRNet, rerank_config: RerankConfig | None = None) -> str | None:
@@ -204,5 +207,5 @@ __all__ = [
     "relational_fingerprint",
     "relational_options",
     "relational_unavailable",
-    "source_scores_of",
+    "graph_terms",
 ]

@@ -5,6 +5,10 @@ against the gallery's, a shortlist of ``rerank.shortlist`` = 120 by cosine from 
 (:meth:`~hrnet_pyg.index.GalleryIndex.shortlist`), then the query and its shortlist pass as one
 graph through the IR and PR modules (:func:`~hrnet_pyg.scoring.score_query_graphs`), reading
 only those rows of F.
+
+Under ``rerank.protocol="gallery"``: the gallery protocol's inductive form over the index's
+relational part (:mod:`hrnet_pyg.index.relational`), each query attached to its k nearest indexed
+images and the index ranked by the cosine of BN(V').
 """
 from __future__ import annotations
 
@@ -61,6 +65,12 @@ def search_index(
     the rest of the ``topk`` listed in cosine order; only the shortlist's rows of F are read.
     ``exact=True`` takes the exact blocked product even when the index has a faiss part;
     ``nprobe`` overrides an IVF index's, ``ef_search`` an HNSW index's.
+
+    Under ``rerank.protocol="gallery"`` (``rerank_config`` or the model's) the ranking is the
+    gallery protocol's inductive form: each query attached to its k nearest indexed images through
+    the IR layer's bipartite input (:meth:`GalleryIndex.attach`), the index ranked by the cosine of
+    BN(V') against the stored relational part, which must have been computed with the protocol's
+    ``gallery_*`` options (one line otherwise); ``relational_score`` then holds that cosine.
     """
     idx_obj = index if isinstance(index, GalleryIndex) else GalleryIndex(index)
     inner = unwrap_model(model)

@@ -159,7 +159,7 @@ class GalleryIndex:
         part = self.relational
         if kind not in KINDS or part is None:
             raise GalleryIndexError(f"index {self.path} has no {kind!r} part")
-        return (count, int(part["dim"])) if kind == "relational" else (count,)
+        return (count, int(part["dim"])) if kind == "relational" else (count, 2)
 
     def _open(self, kind: str, shard: _Shard) -> np.ndarray:
         key = (kind, shard.name)
@@ -177,7 +177,7 @@ class GalleryIndex:
 
     def whole(self, kind: str) -> np.ndarray:
         """Every row of ``kind`` as one float32 array in memory (F for the gallery's kNN graph, the
-        relational part's source scores for Eq. 2's denominator)."""
+        relational part's per-image terms)."""
         return np.concatenate([np.asarray(self._open(kind, s), dtype=np.float32) for s in self.shards])
 
     def blocks(self, kind: str = "retrieval", block: int = 32768) -> Iterator[tuple[int, np.ndarray]]:
@@ -457,9 +457,8 @@ class GalleryIndex:
         if self.relational is not None:  # attached to the index as it stands (this add's images: not each other)
             with torch.no_grad():
                 v = self.attach(model, feats.features, device=dev)
-                scores = relational_part.source_scores_of(model, feats.features.float().to(dev))
                 arrays += [("relational", gallery.retrieval_of(model, v).cpu().numpy().astype(dt)),
-                           ("attention", scores.float().cpu().numpy())]
+                           ("graph", relational_part.graph_terms(model, feats.features.float().to(dev)))]
         for kind, arr in arrays:
             with open(self.path / f"{kind}_{name}.npy", "wb") as fh:
                 np.save(fh, arr)
@@ -504,7 +503,7 @@ class GalleryIndex:
         """Replace ``meta.json`` (atomically) and forget the memory-mapped relational part."""
         write_json(self.path / "meta.json", meta)
         self.meta = meta
-        for key in [key for key in self._arrays if key[0] in ("relational", "attention")]:
+        for key in [key for key in self._arrays if key[0] in ("relational", "graph")]:
             del self._arrays[key]
 
     def build_faiss(self, faiss_type: str, *, nlist: int | None = None) -> None:
