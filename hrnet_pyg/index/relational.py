@@ -203,9 +203,9 @@ __all__ = [
     "build_part",
     "check_part",
     "describe",
+    "graph_terms",
     "least_images",
     "relational_fingerprint",
     "relational_options",
     "relational_unavailable",
-    "graph_terms",
 ]
