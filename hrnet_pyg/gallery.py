@@ -17,6 +17,9 @@ neighbourhoods of every image, not only those of a query's shortlist.
   gallery that grows: the gallery's V' from the gallery-only graph, computed once and kept; each
   query attaches to its k gallery neighbours through the layer's bipartite input, so only the
   query's own node is updated (equal to the transductive form with ``neighbours="gallery"``).
+* :func:`source_scores`, :func:`attach_gathered` -- the same attachment from the rows of the
+  query's k neighbours alone and the gallery's source scores (what a gallery index stores): no
+  gallery node is projected at query time but the k neighbours.
 
 Nothing of size (Q+G)^2 exists at any point: the kNN graph comes from
 :func:`~hrnet_pyg.neighbours.knn_table` (square blocks, running top-k), the layer runs on blocks of
@@ -38,7 +41,7 @@ from torch import Tensor
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features
 from hrnet_pyg.neighbours import DEFAULT_BLOCK, knn_table, table_edges
 from hrnet_pyg.nn import IndividualProjection, IndividualRelationConv, PairProjection, gather_rows
-from hrnet_pyg.nn.individual import NORMALIZE
+from hrnet_pyg.nn.individual import NORMALIZE, all_node_logsumexp
 from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.runtime import progress as progress_of
 from hrnet_pyg.runtime import resolve_device
@@ -472,6 +475,50 @@ def attach_queries(model: HRNetModule, state: GalleryState, query_feats: Tensor,
     return x
 
 
+def source_scores(state: GalleryState) -> Tensor:
+    """(G,) the source half of Eq. 2's logit, ``F H_s[d:]``, of every gallery node in the first
+    round: what the all-node denominator (``normalize="all"``) of an attached query sums over. An
+    index stores them beside the retrieval features (:func:`attach_gathered` reads them)."""
+    return state.proj[0].dots[:, 1]
+
+
+@torch.no_grad()
+def attach_gathered(model: HRNetModule, query_feats: Tensor, neighbour_feats: Tensor, scores: Tensor | None,
+                    *, normalize: str | None = None) -> Tensor:
+    """V' of queries (T, d) attached to a stored gallery from the rows of F of their neighbours
+    alone, gathered as (T, k, d): one round of :func:`attach_queries` without the gallery in
+    memory. Only the gathered rows are projected (the layer's own
+    :meth:`~hrnet_pyg.nn.IndividualRelationConv.project`); Eq. 2's all-node denominator
+    (``normalize="all"``) runs over ``scores`` (G,), every gallery node's
+    :func:`source_scores`, through :func:`~hrnet_pyg.nn.individual.all_node_logsumexp`.
+
+    Equals :func:`attach_queries` with ``rounds=1`` when ``neighbour_feats[i]`` are the rows of
+    query ``i``'s k nearest gallery nodes (in any order) and ``scores`` the gallery's."""
+    layer = ir_layer(model, normalize)
+    if neighbour_feats.dim() != 3 or neighbour_feats.shape[0] != query_feats.size(0) \
+            or neighbour_feats.shape[2] != query_feats.size(1):
+        raise ValueError(f"neighbour_feats must be (T, k, d) = ({query_feats.size(0)}, k, {query_feats.size(1)}), "
+                         f"got {tuple(neighbour_feats.shape)}")
+    if layer.normalize == "all" and scores is None:
+        raise ValueError("normalize='all' needs scores: every gallery node's source score (source_scores)")
+    num, k, d = neighbour_feats.shape
+    x_dst = query_feats.detach().float()
+    step = max(1, _MESSAGE_BUDGET // max(1, k * max(layer.out_channels, d)))
+    out = []
+    for t0 in range(0, num, step):
+        t1 = min(num, t0 + step)
+        x_src = neighbour_feats[t0:t1].reshape(-1, d).to(x_dst)
+        proj_dst = layer.project(x_dst[t0:t1])
+        lse = None
+        if layer.normalize == "all":
+            assert scores is not None
+            lse = all_node_logsumexp(proj_dst.dots[:, 0], scores.to(x_dst), negative_slope=layer.negative_slope)
+        table = torch.arange(x_src.size(0), device=x_dst.device).view(t1 - t0, k)  # target i: rows i k ... i k + k - 1
+        out.append(layer((x_src, x_dst[t0:t1]), table_edges(table), proj=(layer.project(x_src), proj_dst),
+                         log_denominator=lse))
+    return torch.cat(out) if out else x_dst.new_zeros(0, layer.out_channels)
+
+
 @torch.no_grad()
 def search_state(model: HRNetModule, state: GalleryState, query_feats: Tensor, top_k: int = 100) -> GalleryRanking:
     """The inductive protocol end to end: queries attached (:func:`attach_queries`), the gallery
@@ -487,6 +534,7 @@ __all__ = [
     "OUTPUTS",
     "GalleryRanking",
     "GalleryState",
+    "attach_gathered",
     "attach_queries",
     "gallery_rerank",
     "gallery_state",
@@ -496,6 +544,7 @@ __all__ = [
     "relational_features",
     "retrieval_of",
     "search_state",
+    "source_scores",
     "state_options_of",
     "unavailable",
 ]

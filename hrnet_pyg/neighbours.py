@@ -11,9 +11,12 @@ path: the same ranking score :math:`\\lVert x_j \\rVert^2 - 2 x_i^\\top x_j` and
 :func:`~hrnet_pyg.topk.merge_k_smallest`).
 
 * :func:`knn_table` -- the (T, k) neighbour indices of every target, nearest first.
+* :func:`knn_table_blocks` -- the same for targets against sources read block by block (an index).
 * :func:`table_edges` -- such a table as an ``edge_index`` (neighbour -> target).
 """
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -27,7 +30,9 @@ from hrnet_pyg.topk import k_smallest_sorted, merge_k_smallest
 DEFAULT_BLOCK = 2048
 
 
-def _sq_norms(x: Tensor) -> Tensor:
+def squared_norms(x: Tensor) -> Tensor:
+    """(N,) squared norms of the rows of ``x``, as every path here computes them (a store that keeps
+    them for :func:`knn_table_blocks` computes them with this)."""
     rows = max(1, (1 << 18) // max(1, x.size(1)))
     return torch.cat([(c * c).sum(-1) for c in x.split(rows)]) if x.size(0) else x.new_zeros(0)
 
@@ -100,8 +105,8 @@ def knn_table(
                          f"choose from), got k={k!r}")
     if int(block_size) < 1:
         raise ValueError(f"knn_table: block_size must be >= 1, got {block_size}")
-    sq_x = _sq_norms(x)
-    sq_s = _sq_norms(src) if two_sets else sq_x
+    sq_x = squared_norms(x)
+    sq_s = squared_norms(src) if two_sets else sq_x
     if not bool(torch.isfinite(sq_x).all()) or not bool(torch.isfinite(sq_s).all()):
         raise ValueError("knn_table: the features hold NaN or infinite values (or rows whose squared norm "
                          "overflows); Euclidean distances are undefined")
@@ -142,6 +147,43 @@ def _block_pairs(num: int, num_src: int, first: int, size: int, two_sets: bool):
     return pairs
 
 
+def knn_table_blocks(x: Tensor, k: int, blocks: Iterable[tuple[int, Tensor] | tuple[int, Tensor, Tensor]]) -> Tensor:
+    r""":func:`knn_table`'s two-set form over sources that come in blocks ``(offset, rows)`` (a
+    memory-mapped gallery read block by block): the :math:`k` nearest source rows of every row of
+    ``x`` by the same ranking score :math:`\lVert x_j \rVert^2 - 2 x_i^\top x_j` and tie rule
+    (lower index first), with only the (T, k) table and one block's scores alive.
+
+    Args:
+        x (torch.Tensor): :math:`(T, d)` targets.
+        k (int): Neighbours per target; at most the number of source rows.
+        blocks (iterable): ``(offset, rows)`` or ``(offset, rows, sq_norms)``: ``rows`` :math:`(B, d)`
+            float tensors, ``offset`` the row of the whole source set where they start, and their
+            :func:`squared_norms` :math:`(B,)` when kept (else computed: a second pass over the rows).
+
+    Returns:
+        torch.LongTensor: :math:`(T, k)` source rows, nearest first.
+    """
+    x = _check(x, "x")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"knn_table_blocks: k must be a positive integer, got {k!r}")
+    best_v = x.new_full((x.size(0), k), float("inf"))
+    best_i = torch.full((x.size(0), k), 1 << 62, dtype=torch.long, device=x.device)  # loses every tie
+    seen = 0
+    with torch.no_grad():
+        for offset, rows, *kept in blocks:
+            src = _check(rows, "rows").to(x.device, x.dtype)
+            if src.size(1) != x.size(1):
+                raise ValueError(f"knn_table_blocks: x has {x.size(1)} channels, the sources {src.size(1)}")
+            sq = kept[0].to(x.device, x.dtype) if kept else squared_norms(src)
+            score = torch.add(sq.unsqueeze(0), x @ src.T, alpha=-2.0)
+            v, i = k_smallest_sorted(score, min(k, src.size(0)))
+            best_v, best_i = merge_k_smallest(best_v, best_i, v, i + int(offset), k)
+            seen += src.size(0)
+    if seen < k:
+        raise ValueError(f"knn_table_blocks: k={k} neighbours asked of {seen} source rows")
+    return best_i
+
+
 def table_edges(table: Tensor) -> Tensor:
     """A :func:`knn_table` (T, k) as ``edge_index`` (2, T k): ``edge_index[0]`` the neighbour
     :math:`j` (source), ``edge_index[1]`` the target :math:`i` (PyG's ``source_to_target`` flow, as
@@ -150,4 +192,4 @@ def table_edges(table: Tensor) -> Tensor:
     return torch.stack([table.reshape(-1), torch.arange(t, device=table.device).repeat_interleave(k)])
 
 
-__all__ = ["DEFAULT_BLOCK", "knn_table", "table_edges"]
+__all__ = ["DEFAULT_BLOCK", "knn_table", "knn_table_blocks", "squared_norms", "table_edges"]

@@ -98,15 +98,17 @@ def test_reranking_reads_only_the_shortlist(data, tmp_path, monkeypatch):
     assert seen == [("feats", (3, 6))]  # 3 queries x their 6 shortlisted rows of F, nothing else
 
 
-def test_an_index_reranks_with_the_papers_protocol_only(data, tmp_path):
-    """The gallery protocols need the whole gallery's graph, which an index does not keep: a clear
-    error; ``protocol="none"`` is the cosine ranking."""
+def test_an_index_reranks_with_the_paper_or_gallery_protocol_only(data, tmp_path):
+    """k-reciprocal re-ranking needs the queries and the whole gallery in one set, which an index
+    does not keep: a clear error (the gallery protocol's inductive form: tests/test_index_gallery.py);
+    ``protocol="none"`` is the cosine ranking."""
     tmp, model, _, _ = data
     index = GalleryIndex.build(tmp_path / "g.idx", model, tmp / "gallery", faiss_type="none", device="cpu",
                                progress=False)
-    for protocol in ("gallery", "gallery+kreciprocal", "kreciprocal"):
+    for protocol in ("gallery+kreciprocal", "kreciprocal"):
         with pytest.raises(ValueError, match="^" + re.escape(f"rerank.protocol='{protocol}': a gallery index "
-                                                             "re-ranks with the paper's protocol only;")):
+                                                             "re-ranks with the paper's protocol or the gallery "
+                                                             "protocol's inductive form;")):
             search_index(model, tmp / "query", index, rerank_config=RerankConfig(protocol=protocol), device="cpu",
                          progress=False)
     plain = search_index(model, tmp / "query", index, topk=5, rerank=False, device="cpu", progress=False)

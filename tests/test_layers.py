@@ -702,6 +702,28 @@ def test_individual_forward_from_given_projections(normalize):
         conv(x, ei, proj=conv.project(x[:4]))
 
 
+def test_individual_log_denominator_of_a_larger_source_set():
+    """Targets attached to a large source set pass only their neighbours' rows with Eq. 2's all-node
+    denominator over the whole set (``log_denominator``): the same output as the whole set passed,
+    checked against the dense restatement; "neighbors" takes none."""
+    torch.manual_seed(25)
+    conv = IndividualRelationConv(4, 3, normalize="all").double()
+    x_src, x_dst = torch.randn(11, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    nbrs = torch.tensor([[2, 5, 7], [0, 5, 10], [9, 1, 3]])  # (targets, k) rows of x_src
+    edge_index = torch.stack([nbrs.reshape(-1), torch.arange(3).repeat_interleave(3)])
+    full = conv((x_src, x_dst), edge_index)
+    torch.testing.assert_close(full, ref_individual_bipartite(x_src, x_dst, edge_index, conv,
+                                                              torch.zeros(11, dtype=torch.long),
+                                                              torch.zeros(3, dtype=torch.long)))
+    lse = all_node_logsumexp(x_dst @ conv.att_dst, x_src @ conv.att_src, negative_slope=conv.negative_slope)
+    part = torch.stack([torch.arange(9), torch.arange(3).repeat_interleave(3)])  # the gathered rows alone
+    got = conv((x_src[nbrs.reshape(-1)], x_dst), part, log_denominator=lse)
+    torch.testing.assert_close(got, full)
+    assert not torch.allclose(conv((x_src[nbrs.reshape(-1)], x_dst), part), full)  # their own denominator differs
+    with pytest.raises(ValueError, match="log_denominator is Eq. 2's all-node denominator"):
+        IndividualRelationConv(4, 3, normalize="neighbors").double()((x_src, x_dst), edge_index, log_denominator=lse)
+
+
 def ref_pairwise_mp(x_src, x_dst, edge_index, v, left, right, conv):
     """Eq. 6-9 by message passing on any (bipartite) pair graph, one target at a time."""
     sl = conv.negative_slope

@@ -147,7 +147,7 @@ def _report_search(result: Any, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- gallery index
 def add_index_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("index", help="persistent gallery index: build, add, info")
+    p = sub.add_parser("index", help="persistent gallery index: build, add, relational, info")
     verbs = p.add_subparsers(dest="index_verb", metavar="INDEX_VERB", required=True)
     for name, helptext in (
         ("build", "extract a gallery once and write an index folder"),
@@ -165,6 +165,12 @@ def add_index_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         q.add_argument("--device", help=DEVICE_HELP)
         q.add_argument("--no-progress", action="store_true", help="no progress bars")
         q.set_defaults(func=cmd_index)
+    q = verbs.add_parser("relational", help="(re)compute the relational features that --protocol gallery searches")
+    add_checkpoint_arg(q)
+    q.add_argument("--index", type=Path, required=True, help="the index folder")
+    q.add_argument("--device", help=DEVICE_HELP)
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.set_defaults(func=cmd_index)
     q = verbs.add_parser("info", help="describe an index")
     q.add_argument("--index", type=Path, required=True, help="the index folder")
     q.set_defaults(func=cmd_index)
@@ -191,6 +197,12 @@ def _add_build_args(q: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace an existing index (once the new one is complete)",
     )
+    q.add_argument(
+        "--no-relational",
+        action="store_true",
+        help="skip the relational features of --protocol gallery (BN(V') over the gallery's kNN graph, computed by "
+        "default when the checkpoint has an IR layer; add them later with hrnet-pyg index relational)",
+    )
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -202,6 +214,13 @@ def cmd_index(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import load_model
 
     model = load_model(args.checkpoint)
+    if args.index_verb == "relational":
+        index = GalleryIndex(args.index)
+        index.build_relational(model, device=args.device, progress=not args.no_progress)
+        part = index.relational or {}
+        print(f"wrote the relational features of {index.path}: {len(index)} images, k={part.get('k')}, "
+              f"normalize={part.get('normalize')}")
+        return 0
     kw = dict(
         labels=args.labels,
         batch_size=args.batch_size,
@@ -220,9 +239,12 @@ def cmd_index(args: argparse.Namespace) -> int:
             checkpoint=str(args.checkpoint),
             force=args.force,
             chunk=args.chunk,
+            relational=False if args.no_relational else None,
             **kw,
         )
-        print(f"wrote {index.path}: {len(index)} images, d={index.feat_dim}, {index.dtype}, faiss {index.faiss_type}")
+        rel = "relational features" if index.relational else "no relational features"
+        print(f"wrote {index.path}: {len(index)} images, d={index.feat_dim}, {index.dtype}, faiss {index.faiss_type}, "
+              f"{rel}")
         return 0
     index = GalleryIndex(args.index)
     added, skipped = index.add(model, args.images, chunk=args.chunk, **kw)

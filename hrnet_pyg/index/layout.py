@@ -15,6 +15,10 @@ DTYPES = ("float32", "float16")
 #: k-means cells), ``hnsw`` (HNSW-Flat graph); ``none``: no faiss part (exact blocked product).
 FAISS_TYPES = ("flat", "ivf", "hnsw", "none")
 FAISS_FILE = "faiss.index"
+#: The ``.npy`` kinds of a shard: F, BN(F) / ||BN(F)||, and the relational part: BN(V') / ||BN(V')||
+#: of the gallery protocol's inductive form, and per image what attaching to it reads, the source
+#: score F H_s[d:] of Eq. 2 and ||F||^2 of Eq. 1's distance (``graph``).
+KINDS = ("feats", "retrieval", "relational", "graph")
 
 
 class GalleryIndexError(ValueError):
@@ -37,4 +41,4 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
-__all__ = ["DTYPES", "FAISS_FILE", "FAISS_TYPES", "INDEX_FORMAT", "GalleryIndexError", "naming", "write_json"]
+__all__ = ["DTYPES", "FAISS_FILE", "KINDS", "FAISS_TYPES", "INDEX_FORMAT", "GalleryIndexError", "naming", "write_json"]

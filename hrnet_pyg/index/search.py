@@ -5,6 +5,10 @@ against the gallery's, a shortlist of ``rerank.shortlist`` = 120 by cosine from 
 (:meth:`~hrnet_pyg.index.GalleryIndex.shortlist`), then the query and its shortlist pass as one
 graph through the IR and PR modules (:func:`~hrnet_pyg.scoring.score_query_graphs`), reading
 only those rows of F.
+
+Under ``rerank.protocol="gallery"``: the gallery protocol's inductive form over the index's
+relational part (:mod:`hrnet_pyg.index.relational`), each query attached to its k nearest indexed
+images and the index ranked by the cosine of BN(V').
 """
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor
 
+from hrnet_pyg.gallery import retrieval_of
 from hrnet_pyg.image_features import ImageFeatures, features_of
 from hrnet_pyg.index.layout import GalleryIndexError
+from hrnet_pyg.index.shortlist import exact_shortlist
 from hrnet_pyg.index.store import GalleryIndex
 from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.runtime import progress as progress_of
@@ -59,6 +65,12 @@ def search_index(
     the rest of the ``topk`` listed in cosine order; only the shortlist's rows of F are read.
     ``exact=True`` takes the exact blocked product even when the index has a faiss part;
     ``nprobe`` overrides an IVF index's, ``ef_search`` an HNSW index's.
+
+    Under ``rerank.protocol="gallery"`` (``rerank_config`` or the model's) the ranking is the
+    gallery protocol's inductive form: each query attached to its k nearest indexed images through
+    the IR layer's bipartite input (:meth:`GalleryIndex.attach`), the index ranked by the cosine of
+    BN(V') against the stored relational part, which must have been computed with the protocol's
+    ``gallery_*`` options (one line otherwise); ``relational_score`` then holds that cosine.
     """
     idx_obj = index if isinstance(index, GalleryIndex) else GalleryIndex(index)
     inner = unwrap_model(model)
@@ -67,12 +79,19 @@ def search_index(
         raise ValueError(f"topk must be >= 1, got {topk}")
     protocol = protocol_of(inner, rerank_config, shortlist=shortlist)
     rerank = rerank and protocol.protocol != "none"  # "none": the cosine of BN(F), as rerank=False
-    if rerank and protocol.protocol != "paper":
-        raise ValueError(f"rerank.protocol={protocol.protocol!r}: a gallery index re-ranks with the paper's "
-                         "protocol only; search it with --protocol paper (or none), or search the gallery's "
-                         "features (--gallery FEATS.npz) under this protocol")
+    gallery_graph = rerank and protocol.protocol == "gallery"
+    if rerank and protocol.protocol != "paper" and not gallery_graph:
+        raise ValueError(f"rerank.protocol={protocol.protocol!r}: a gallery index re-ranks with the paper's protocol "
+                         "or the gallery protocol's inductive form; search it with --protocol paper, gallery or none, "
+                         "or search the gallery's features (--gallery FEATS.npz) under this protocol")
+    if gallery_graph and protocol.gallery_pr_shortlist:
+        raise ValueError(f"rerank.gallery_pr_shortlist={protocol.gallery_pr_shortlist}: a gallery index ranks the "
+                         "gallery protocol by BN(V') alone; set gallery_pr_shortlist=0, or search the gallery's "
+                         "features (--gallery FEATS.npz)")
     if len(idx_obj) == 0:
         raise ValueError(f"index {idx_obj.path} holds no image")
+    if gallery_graph:
+        idx_obj.check_relational(inner, protocol)
     kw: dict[str, Any] = dict(labels=labels, batch_size=batch_size, num_workers=num_workers, device=device,
                               progress=progress)
     q = features_of(inner, query, **kw)
@@ -83,6 +102,8 @@ def search_index(
         )
     dev = resolve_device(device)
     inner.to(dev).eval()
+    if gallery_graph:
+        return _search_relational(inner, idx_obj, q, protocol, topk, exclude_self, dev)
     notes: list[str] = []
     use_rerank = rerank and (inner.ir is not None or inner.pr is not None)
     if rerank and not use_rerank:
@@ -108,6 +129,39 @@ def search_index(
     notes.append(f"note: shortlist from {how} over {len(idx_obj)} indexed images ({idx_obj.path})")
     return _result(q, idx_obj, sims, rows, order[:, : min(topk, rows.size(1))], score if use_rerank else None,
                    notes)
+
+
+def _search_relational(
+    model: HRNet, index: GalleryIndex, q: ImageFeatures, protocol: RerankConfig, topk: int, exclude_self: bool,
+    dev: torch.device,
+) -> SearchResult:
+    """The gallery protocol's inductive form: each query attached to its k nearest indexed images
+    (:meth:`GalleryIndex.attach`), the index ranked by the cosine of BN(V') against the stored
+    relational features (exact blocked product). The query's own file, when indexed, stays among
+    the graph's nodes (as in ``search --gallery``) and is dropped from the ranking only."""
+    part = index.relational
+    assert part is not None
+    v = index.attach(model, q.features.float(), device=dev)
+    q_rel = retrieval_of(model, v).float().cpu()  # (Q, d') BN(V') / ||BN(V')||
+    want = min(topk, len(index))
+    sims, rows = exact_shortlist(q_rel, index.blocks("relational"), want + (1 if exclude_self else 0))
+    paths = index.paths
+    if exclude_self:
+        sims, rows = _without_self(sims, rows, q.paths, paths, want)
+    if rows.size(1) < 1:
+        raise ValueError("the index holds only the query image itself; nothing to rank")
+    q_ret = Fn.normalize(_retrieval(model, q.features.float(), dev), dim=1).cpu()  # BN(F): the listed cosine
+    cos = torch.einsum("qd,qkd->qk", q_ret, torch.from_numpy(index.rows(rows.numpy(), "retrieval")))
+    notes = [f"note: gallery protocol, inductive form: each query attached to its k={part['k']} nearest of "
+             f"{len(index)} indexed images (normalize={part['normalize']!r}), ranked by the cosine of BN(V') "
+             f"({index.path})"]
+    if protocol.gallery_neighbours == "all":
+        notes.append("note: an index attaches queries to the gallery alone (gallery_neighbours='gallery'); "
+                     "gallery_neighbours='all' joins the queries' own graph: search the gallery's features")
+    order = torch.arange(rows.size(1)).expand_as(rows)
+    result = _result(q, index, cos, rows, order, sims, notes)
+    result.protocol = "gallery"
+    return result
 
 
 def _without_self(

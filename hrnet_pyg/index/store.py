@@ -20,13 +20,16 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor
 
+from hrnet_pyg import gallery
 from hrnet_pyg.image_features import ImageFeatures, extract_images, feature_fingerprint
 from hrnet_pyg.image_files import ImageList, _label_array, is_feature_file, list_images
+from hrnet_pyg.index import relational as relational_part
 from hrnet_pyg.index.layout import (
     DTYPES,
     FAISS_FILE,
     FAISS_TYPES,
     INDEX_FORMAT,
+    KINDS,
     GalleryIndexError,
     naming,
     write_json,
@@ -39,6 +42,7 @@ from hrnet_pyg.index.shortlist import (
     new_faiss_index,
     write_faiss_index,
 )
+from hrnet_pyg.protocol import RerankConfig
 from hrnet_pyg.runtime import resolve_device, unwrap_model
 from hrnet_pyg.search import _retrieval
 
@@ -77,8 +81,7 @@ class GalleryIndex:
         self.meta: dict[str, Any] = meta
         self.shards = [_Shard(s["name"], int(s["count"])) for s in meta["shards"]]
         self.offsets = np.cumsum([0] + [s.count for s in self.shards])
-        self._feats: dict[str, np.ndarray] = {}
-        self._retrieval: dict[str, np.ndarray] = {}
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}  # (kind, shard) -> memory-mapped array
         self._paths: list[str] | None = None
         self._pids: np.ndarray | None = None
         self._camids: np.ndarray | None = None
@@ -102,6 +105,13 @@ class GalleryIndex:
         return str(self.meta["dtype"])
 
     @property
+    def relational(self) -> dict[str, Any] | None:
+        """The options the relational part was computed with (``k``, ``normalize``, ``rounds``,
+        ``reuse_graph``, ...), or ``None`` when the index has none."""
+        part = self.meta.get("relational")
+        return dict(part) if part else None
+
+    @property
     def faiss_type(self) -> str:
         part = self.meta.get("faiss")
         return "none" if not part else str(part["type"])
@@ -121,6 +131,9 @@ class GalleryIndex:
             else "  shortlist   exact blocked matrix product",
             f"  checkpoint  {self.meta.get('checkpoint') or '?'} (fingerprint {self.fingerprint})",
             f"  labels      {'pids' if self.meta.get('has_pids') else 'none'}",
+            "  relational  " + ("none (the gallery protocol needs it: hrnet-pyg index relational)"
+                                if not self.relational else
+                                "BN(V') over the gallery-only kNN graph, " + relational_part.describe(self.relational)),
         ])
 
     # ------------------------------------------------------------------ checks
@@ -139,20 +152,33 @@ class GalleryIndex:
             raise GalleryIndexError(f"index {self.path} has d={self.feat_dim}, the model d={inner.feat_dim}")
 
     # ------------------------------------------------------------------ arrays
+    def _shape(self, kind: str, count: int) -> tuple[int, ...]:
+        """The shape of a shard's array of ``kind`` (:data:`KINDS`)."""
+        if kind in ("feats", "retrieval"):
+            return (count, self.feat_dim)
+        part = self.relational
+        if kind not in KINDS or part is None:
+            raise GalleryIndexError(f"index {self.path} has no {kind!r} part")
+        return (count, int(part["dim"])) if kind == "relational" else (count, 2)
+
     def _open(self, kind: str, shard: _Shard) -> np.ndarray:
-        cache = self._feats if kind == "feats" else self._retrieval
-        if shard.name not in cache:
+        key = (kind, shard.name)
+        if key not in self._arrays:
             file = self.path / f"{kind}_{shard.name}.npy"
+            shape = self._shape(kind, shard.count)
             try:
                 arr = np.load(file, mmap_mode="c")  # copy-on-write: writable views for torch, never written
             except (OSError, ValueError) as exc:
                 raise GalleryIndexError(f"cannot read {file} ({type(exc).__name__}: {exc})") from exc
-            if arr.shape != (shard.count, self.feat_dim):
-                raise GalleryIndexError(
-                    f"{file} has shape {arr.shape}, meta.json says ({shard.count}, {self.feat_dim})"
-                )
-            cache[shard.name] = arr
-        return cache[shard.name]
+            if arr.shape != shape:
+                raise GalleryIndexError(f"{file} has shape {arr.shape}, meta.json says {shape}")
+            self._arrays[key] = arr
+        return self._arrays[key]
+
+    def whole(self, kind: str) -> np.ndarray:
+        """Every row of ``kind`` as one float32 array in memory (F for the gallery's kNN graph, the
+        relational part's per-image terms)."""
+        return np.concatenate([np.asarray(self._open(kind, s), dtype=np.float32) for s in self.shards])
 
     def blocks(self, kind: str = "retrieval", block: int = 32768) -> Iterator[tuple[int, np.ndarray]]:
         """``(offset, rows)`` of at most ``block`` rows, memory-mapped, in index order."""
@@ -162,13 +188,14 @@ class GalleryIndex:
                 yield int(self.offsets[s]) + start, arr[start : start + block]
 
     def rows(self, index: np.ndarray | Tensor, kind: str = "feats") -> np.ndarray:
-        """float32 rows ``index`` (any shape) of F (``"feats"``) or of the retrieval features;
-        reads only those rows of the memory-mapped files."""
+        """float32 rows ``index`` (any shape) of F (``"feats"``), of the retrieval features
+        (``"retrieval"``) or of the relational ones; reads only those rows of the memory-mapped files."""
         idx = np.asarray(index, dtype=np.int64)
         flat = idx.reshape(-1)
         if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
             raise GalleryIndexError(f"row index outside 0..{len(self) - 1}")
-        out = np.empty((flat.size, self.feat_dim), dtype=np.float32)
+        width = self._shape(kind, 0)[1:]
+        out = np.empty((flat.size, *width), dtype=np.float32)
         shard_of = np.searchsorted(self.offsets, flat, side="right") - 1
         for s in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == s)
@@ -176,7 +203,7 @@ class GalleryIndex:
             order = np.argsort(local, kind="stable")  # ascending offsets: sequential page reads
             arr = self._open(kind, self.shards[int(s)])
             out[sel[order]] = arr[local[order]]
-        return out.reshape(*idx.shape, self.feat_dim)
+        return out.reshape(*idx.shape, *width)
 
     def _load_metadata(self) -> None:
         if self._paths is not None:
@@ -277,6 +304,8 @@ class GalleryIndex:
         checkpoint: str | None = None,
         force: bool = False,
         chunk: int = 50000,
+        relational: bool | None = None,
+        rerank_config: RerankConfig | None = None,
         **extract_kw: Any,
     ) -> GalleryIndex:
         """Extract the features of ``images`` and write a new index at ``path``.
@@ -292,6 +321,11 @@ class GalleryIndex:
             checkpoint: the checkpoint's path, recorded for messages.
             force: replace an existing index at ``path`` (only once the new one is complete).
             chunk: images extracted and written per shard.
+            relational: also store the relational part that the gallery protocol searches
+                (:meth:`build_relational`); ``None``: when the model can run that protocol (an IR
+                layer on a kNN graph) and its options name one round. (default: ``None``)
+            rerank_config: the test protocol whose ``gallery_*`` options the relational part is
+                computed with. (default: the model's ``rerank_config``)
             **extract_kw: passed to :func:`~hrnet_pyg.image_features.extract_images` (labels, batch_size,
                 num_workers, device, progress).
         """
@@ -330,6 +364,12 @@ class GalleryIndex:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             index = cls(tmp)
             index._append(model, images, chunk=chunk, **extract_kw)
+            if relational is None:  # when the protocol can run, and the gallery has k neighbours per image
+                relational = relational_part.relational_unavailable(inner, rerank_config) is None and len(index) > \
+                    relational_part.least_images(inner, relational_part.relational_options(inner, rerank_config)["k"])
+            if relational:
+                index.build_relational(model, rerank_config, device=extract_kw.get("device"),
+                                       progress=bool(extract_kw.get("progress", False)))
             if path.exists():  # force: swap in the complete new index, then drop the old one
                 old = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".old", dir=path.parent))
                 os.replace(path, old / "index")
@@ -351,6 +391,8 @@ class GalleryIndex:
         self.check_model(model)
         if self.faiss_type != "none":
             import_faiss()
+        if self.relational is not None:  # before any extraction: the new images attach to the stored part
+            self.check_relational(model, None, what="add", compare_options=False)
         with naming(self.path):  # before any extraction: a read-only index fails at once
             with tempfile.TemporaryFile(dir=self.path):
                 pass
@@ -411,9 +453,15 @@ class GalleryIndex:
         model.to(dev).eval()
         retrieval = Fn.normalize(_retrieval(model, feats.features.float(), dev), dim=1)
         dt = np.dtype(self.dtype)
-        for kind, arr in (("feats", feats.features.float()), ("retrieval", retrieval)):
+        arrays = [("feats", feats.features.float().numpy().astype(dt)), ("retrieval", retrieval.numpy().astype(dt))]
+        if self.relational is not None:  # attached to the index as it stands (this add's images: not each other)
+            with torch.no_grad():
+                v = self.attach(model, feats.features, device=dev)
+                arrays += [("relational", gallery.retrieval_of(model, v).cpu().numpy().astype(dt)),
+                           ("graph", relational_part.graph_terms(model, feats.features.float().to(dev)))]
+        for kind, arr in arrays:
             with open(self.path / f"{kind}_{name}.npy", "wb") as fh:
-                np.save(fh, arr.numpy().astype(dt))
+                np.save(fh, arr)
         import pandas as pd
 
         n = len(feats)
@@ -435,6 +483,28 @@ class GalleryIndex:
         write_json(self.path / "meta.json", meta)
         self.meta = meta
         self._faiss = None
+
+    # ------------------------------------------------------------------ relational part
+    def check_relational(self, model: HRNet, rerank_config: RerankConfig | None, what: str = "search",
+                         compare_options: bool = True) -> dict[str, Any]:
+        """:func:`hrnet_pyg.index.relational.check_part` of this index."""
+        return relational_part.check_part(self, model, rerank_config, what, compare_options)
+
+    def build_relational(self, model: HRNet, rerank_config: RerankConfig | None = None, **kw: Any) -> None:
+        """:func:`hrnet_pyg.index.relational.build_part` of this index (``device``, ``block_size``,
+        ``progress``)."""
+        relational_part.build_part(self, model, rerank_config, **kw)
+
+    def attach(self, model: HRNet, feats: Tensor, **kw: Any) -> Tensor:
+        """:func:`hrnet_pyg.index.relational.attach` to this index (``device``, ``per_pass``, ``block``)."""
+        return relational_part.attach(self, model, feats, **kw)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Replace ``meta.json`` (atomically) and forget the memory-mapped relational part."""
+        write_json(self.path / "meta.json", meta)
+        self.meta = meta
+        for key in [key for key in self._arrays if key[0] in ("relational", "graph")]:
+            del self._arrays[key]
 
     def build_faiss(self, faiss_type: str, *, nlist: int | None = None) -> None:
         """(Re)build the faiss part over every image of the index (``flat``, ``ivf``, ``hnsw``),

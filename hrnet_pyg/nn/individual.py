@@ -255,6 +255,7 @@ class IndividualRelationConv(MessagePassing):
         return_attention_weights: bool | None = None,
         size: Size = None,
         proj: IndividualProjection | tuple[IndividualProjection, IndividualProjection] | None = None,
+        log_denominator: Tensor | None = None,
     ):
         r"""Runs the forward pass of the module.
 
@@ -275,6 +276,11 @@ class IndividualRelationConv(MessagePassing):
                 ``(project(x_src), project(x_dst))`` for bipartite input) when already known: a
                 caller that runs the layer on many target blocks of one large source set projects
                 each node once instead of once per block. (default: computed from ``x``)
+            log_denominator (torch.Tensor, optional): :math:`(N_{dst},)` log of Eq. 2's all-node
+                denominator per target (``normalize="all"`` only), when the sources passed are a
+                part of the targets' graph: a target attached to a large stored graph passes only
+                its neighbours' rows, and :func:`all_node_logsumexp` over the source scores of the
+                whole graph gives the denominator. (default: computed over the sources passed)
         """
         where = type(self).__name__
         x_src, x_dst, bipartite = split_pair(x, where, "x")
@@ -289,7 +295,13 @@ class IndividualRelationConv(MessagePassing):
         s_dst = x_dst @ self.att_dst if p_dst is None else p_dst.dots[:, 0]  # (N_dst,)
         s_src = x_src @ self.att_src if p_src is None else p_src.dots[:, 1]  # (N_src,)
         lse = None
-        if self.normalize == "all":
+        if log_denominator is not None:
+            if self.normalize != "all" or log_denominator.shape != (num_dst,):
+                raise ValueError(f"{where}: log_denominator is Eq. 2's all-node denominator of normalize='all' "
+                                 f"(normalize={self.normalize!r}), one entry per target ({num_dst}); got shape "
+                                 f"{tuple(log_denominator.shape)}")
+            lse = log_denominator
+        elif self.normalize == "all":
             lse = all_node_logsumexp(s_dst, s_src, batch_dst, self.negative_slope, batch_src=batch_src)
         alpha = self.edge_updater(edge_index, s=(s_src, s_dst), lse=lse, size=(num_src, num_dst))
         if lse is not None and batch is None and not bipartite:  # after MessagePassing's index checks
