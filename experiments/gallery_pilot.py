@@ -25,6 +25,13 @@ one exactly as the study does.
 
 The weights of each seed are kept under ``--scratch`` (``hrnet-s<seed>.pt``): a second run scores
 them again without training.
+
+``--study NAME`` scores the training variants of an efficacy study (its rows with IR) beside the
+defaults, at any level, and adds each variant's paired difference from the defaults; the feature
+and image levels train (and keep under ``<--results>/models``) a model that is missing, the real
+level reads the models of ``experiments/efficacy.py --level real --study NAME``:
+
+    python experiments/gallery_pilot.py --level feature --study negatives   # IR graphs with hard negatives
 """
 from __future__ import annotations
 
@@ -139,25 +146,33 @@ def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def kept_model(level: str, row: str, seed: int, data: dict[str, Any], results: Path):
-    """The study's ``row`` at ``seed`` from its kept weights (``<results>/models``). The real level
-    only reads them (experiments/efficacy.py trains it); the image level trains a missing one as
-    the study does and keeps it there."""
+def kept_model(level: str, row: str, seed: int, data: dict[str, Any], results: Path,
+               overrides: dict[str, Any] | None = None):
+    """The study's ``row`` at ``seed``, trained with ``overrides`` (a variant of an efficacy study),
+    from its kept weights (``<results>/models``). The real level only reads them
+    (experiments/efficacy.py trains it); the feature and image levels train a missing one as the
+    study does and keep it there."""
     import dataclasses
 
     from hrnet_pyg import HRNet
     from hrnet_pyg.runtime import atomic_save
 
-    weights = results / "models" / f"{efficacy._key(level, row, seed, {})}.pt"
-    cfg = efficacy._model_config(level, row, seed, {})
-    if not weights.is_file() and level == "image":
+    overrides = overrides or {}
+    weights = results / "models" / f"{efficacy._key(level, row, seed, overrides)}.pt"
+    cfg = efficacy._model_config(level, row, seed, overrides)
+    if not weights.is_file() and level in ("feature", "image"):
         t0 = time.perf_counter()
-        model = efficacy.train_image_row(cfg, data, seed)
+        model = (efficacy.train_feature_row(cfg, data, seed) if level == "feature"
+                 else efficacy.train_image_row(cfg, data, seed))
+        weights.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(model.state_dict(), weights)
-        print(f"seed {seed}: {row} trained in {time.perf_counter() - t0:.0f} s", flush=True)
+        what = f"{row} {overrides}" if overrides else row
+        print(f"seed {seed}: {what} trained in {time.perf_counter() - t0:.0f} s", flush=True)
         return model.eval()
     if not weights.is_file():
-        raise SystemExit(f"gallery_pilot: {weights} is missing: run experiments/efficacy.py --level {level} "
+        study = next((f" --study {name}" for name, (_, _, variants) in efficacy.STUDIES.items()
+                      if overrides and overrides in variants.values()), "")
+        raise SystemExit(f"gallery_pilot: {weights} is missing: run experiments/efficacy.py --level {level}{study} "
                          f"--seeds {seed} --rows {row} first (or name its --results)")
     model = HRNet(dataclasses.replace(cfg, pretrained=False), num_classes=data["num_classes"])
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -166,6 +181,8 @@ def kept_model(level: str, row: str, seed: int, data: dict[str, Any], results: P
 
 def _test_sets(level: str, data: dict[str, Any], model) -> dict[str, tuple[tuple, tuple]]:
     """name -> (query, gallery) (F, pids, camids) of the level's test sets under ``model``."""
+    if level == "feature":
+        return {"features": (data["query"], data["gallery"])}
     if level == "image":
         feats = efficacy.image_features(model, data)
         return {"synthetic": (feats["query"], feats["gallery"])}
@@ -173,28 +190,62 @@ def _test_sets(level: str, data: dict[str, Any], model) -> dict[str, tuple[tuple
             for name, (query, gallery) in data["tests"].items()}
 
 
-def kept_level(level: str, seeds: list[int], results: Path, scratch: Path, rows=REAL_ROWS) -> str:
-    """Scores of every REAL protocol on the study's models of the rows with IR (the image or the
-    real level); one table per row and test set."""
-    scores: dict[str, dict[str, dict[int, Any]]] = {}  # row -> set -> seed -> protocol -> score
+def kept_level(level: str, seeds: list[int], results: Path, scratch: Path, rows=REAL_ROWS,
+               variants: dict[str, dict[str, Any]] | None = None) -> str:
+    """Scores of every protocol (REAL; GALLERY at the feature level) on the study's models of the
+    rows with IR; one table per variant, row and test set. ``variants``: label -> training overrides
+    (an efficacy study's, the defaults first); with more than the defaults, a last table per row and
+    set gives each variant's paired difference from the defaults."""
+    variants = variants or {"defaults": {}}
+    protocols = GALLERY if level == "feature" else REAL
+    scratch.mkdir(parents=True, exist_ok=True)
+    scores: dict[str, dict[str, dict[str, dict[int, Any]]]] = {}  # variant -> row -> set -> seed -> scores
     for seed in seeds:
         data = (efficacy.real_level_data(seed) if level == "real"
+                else efficacy.feature_level_data(seed) if level == "feature"
                 else efficacy.image_level_data(seed, results / "data" / f"seed{seed}"))
-        for row in rows:
-            out = scratch / f"{level}-{row.lower().replace('+', '_')}-s{seed}.json"
-            per_set = json.loads(out.read_text()) if out.is_file() else {}
-            if not per_set:
-                model = kept_model(level, row, seed, data, results)
-                with torch.no_grad():
-                    per_set = {name: score(model, q, g, REAL, echo=False)
-                               for name, (q, g) in _test_sets(level, data, model).items()}
-                out.write_text(json.dumps(per_set, indent=1))
-            for name, by_protocol in per_set.items():
-                scores.setdefault(row, {}).setdefault(name, {})[seed] = by_protocol
-            print(f"seed {seed}: {row} scored on {', '.join(per_set)}", flush=True)
-    titles = {**efficacy.REAL_TITLES, "synthetic": "the synthetic images"}
-    return "\n".join(f"### {row} on {titles[name]}\n\n{table(by_seed)}\n"
-                     for row, sets in scores.items() for name, by_seed in sets.items())
+        for label, overrides in variants.items():
+            for row in rows:
+                key = efficacy._key(level, row, seed, overrides)  # the training config's key names the file
+                out = scratch / (f"{level}-{row.lower().replace('+', '_')}-s{seed}.json" if not overrides
+                                 else f"{key}.json")
+                per_set = json.loads(out.read_text()) if out.is_file() else {}
+                if not per_set:
+                    model = kept_model(level, row, seed, data, results, overrides)
+                    with torch.no_grad():
+                        per_set = {name: score(model, q, g, protocols, echo=False)
+                                   for name, (q, g) in _test_sets(level, data, model).items()}
+                    out.write_text(json.dumps(per_set, indent=1))
+                for name, by_protocol in per_set.items():
+                    scores.setdefault(label, {}).setdefault(row, {}).setdefault(name, {})[seed] = by_protocol
+                print(f"seed {seed}: {row} ({label}) scored on {', '.join(per_set)}", flush=True)
+    titles = {**efficacy.REAL_TITLES, "synthetic": "the synthetic images", "features": "the feature world"}
+    parts = [f"### {row} on {titles[name]}{'' if label == 'defaults' else f' ({label})'}\n\n{table(by_seed)}\n"
+             for label, by_row in scores.items() for row, sets in by_row.items() for name, by_seed in sets.items()]
+    base = scores.get("defaults", {})
+    for label, by_row in scores.items():
+        if label == "defaults":
+            continue
+        for row, sets in by_row.items():
+            for name, by_seed in sets.items():
+                if name in base.get(row, {}):
+                    parts.append(f"### {row} on {titles[name]}: {label} - defaults, paired\n\n"
+                                 f"{paired_table(by_seed, base[row][name])}\n")
+    return "\n".join(parts)
+
+
+def paired_table(variant: dict[int, dict[str, dict[str, float]]],
+                 defaults: dict[int, dict[str, dict[str, float]]]) -> str:
+    """Per protocol: mAP and rank-1 of a training variant minus those of the defaults, seed by seed
+    (the seeds both hold), with mean ± std."""
+    seeds = sorted(set(variant) & set(defaults))
+    lines = ["| protocol | " + " | ".join(f"seed {s} mAP / R1" for s in seeds)
+             + " | mAP mean ± std | R1 mean ± std |", "|---|" + "---|" * (len(seeds) + 2)]
+    for label in variant[seeds[0]]:
+        diffs = {m: [100 * (variant[s][label][m] - defaults[s][label][m]) for s in seeds] for m in ("mAP", "rank1")}
+        cells = " | ".join(f"{a:+.1f} / {r:+.1f}" for a, r in zip(diffs["mAP"], diffs["rank1"], strict=True))
+        lines.append(f"| {label} | {cells} | {_mean_std(diffs['mAP'], '+')} | {_mean_std(diffs['rank1'], '+')} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,11 +263,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="the real level's records and models/ (experiments/efficacy.py --results)")
     p.add_argument("--shared-data", type=Path, default=None,
                    help="the real level's data folder (as experiments/efficacy.py --shared-data)")
+    p.add_argument("--study", default=None,
+                   help="an experiments/efficacy.py study whose training variants are scored beside the defaults, "
+                        f"on its rows with IR (e.g. negatives; one of {', '.join(efficacy.STUDIES)})")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    if args.level != "feature":
+    variants = None
+    if args.study is not None:
+        if args.study not in efficacy.STUDIES:
+            p.error(f"--study: unknown study {args.study!r}; valid: {', '.join(efficacy.STUDIES)}")
+        _, study_rows, study_variants = efficacy.STUDIES[args.study]
+        variants = {"defaults": {}, **{label: over for label, over in study_variants.items() if over}}
+        if args.rows == ",".join(REAL_ROWS):  # not given: the study's rows with IR
+            args.rows = ",".join(r for r in study_rows if r in REAL_ROWS)
+    if args.level != "feature" or variants is not None:
         if args.shared_data is not None:
             efficacy.SHARED_DATA = args.shared_data
         missing = efficacy.check_shared_data(args.level)
@@ -225,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = args.rows.split(",")
         if any(r not in efficacy.ROWS or "IR" not in r and r != "HRNet" for r in rows):
             p.error(f"--rows: each of {args.rows!r} must be a Table 1 row with IR ({', '.join(REAL_ROWS)})")
-        print(kept_level(args.level, [int(s) for s in args.seeds.split(",")], args.results, args.scratch, rows))
+        print(kept_level(args.level, [int(s) for s in args.seeds.split(",")], args.results, args.scratch, rows,
+                         variants))
         return 0
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):

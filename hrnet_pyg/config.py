@@ -90,6 +90,11 @@ class HRNetConfig:
     # "projected" (through W_h); initialised "glorot" or as a squared "distance" (measured)
     pr_head: str = "projected"
     pr_head_init: str = "distance"
+    # Training graphs closer to the test graph (not in the paper; docs/efficacy.md): the IR layer's
+    # training graph is the batch plus up to ir_hard_negatives of its hardest negatives, mined from
+    # a memory of the last ir_memory_size training features (no gradient); 0 = the P x K batch alone
+    ir_hard_negatives: int = 0
+    ir_memory_size: int = 2048
     # resnet18/34/50/101, mobilenet_v2 (torchvision) or timm:<name>; None: graph modules on
     # pre-extracted features
     backbone: str | None = "resnet50"
@@ -115,8 +120,10 @@ class HRNetConfig:
             check(getattr(self, name) in valid, name, f"must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
         for name in ("k", "num_identities", "num_instances", "epochs", "feat_dim"):
             at_least(self, name, 1)
-        for name in ("warmup_epochs", "seed"):  # seed: numpy's generators take no negative seed
+        # seed: numpy's generators take no negative seed
+        for name in ("warmup_epochs", "seed", "ir_hard_negatives"):
             at_least(self, name, 0)
+        at_least(self, "ir_memory_size", 1)
         for name in ("alpha", "beta", "random_erasing"):
             within(self, name, 0.0, 1.0)
         check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")

@@ -40,7 +40,8 @@ class RelationOutput:
     """What the relation step produced; each field ``None`` where its module is absent."""
 
     ir_feats: Tensor | None = None  # (N, d') V' (Eq. 3): v' of Eq. 4-5
-    ir_attention: tuple[Tensor, Tensor] | None = None  # (edge_index, a_ij) of A∘C on the edges of C
+    # (edge_index, a_ij) of A∘C on the edges of C (of the batch and any mined negatives, in that order)
+    ir_attention: tuple[Tensor, Tensor] | None = None
     ir_logits: Tensor | None = None  # (N, S) ID logits on BN(V') (training only)
     pair_feats: Tensor | None = None  # u'_{n,i} (Eq. 7): (N, N, d) densely, (P, d) on a hybrid graph
     pair_logits: Tensor | None = None  # logits of t_hat(n, i) (Eq. 13), the shape of pair_feats[..., 0]
@@ -110,6 +111,11 @@ class RelationHead(nn.Module):
         self.pr = pr
         self.verifier = verifier
         self.config = config if config is not None else HRNetConfig()
+        # The feature memory of ``ir_hard_negatives`` (training only; not in the state dict): a ring
+        # of the last ``ir_memory_size`` batch features F and their identities.
+        self._memory: tuple[Tensor, Tensor] | None = None
+        self._memory_count = 0
+        self._memory_next = 0
 
     @classmethod
     def from_config(cls, cfg: HRNetConfig, channels: int, num_classes: int) -> RelationHead:
@@ -129,6 +135,46 @@ class RelationHead(nn.Module):
         for module in (self.ir, self.pr, self.verifier):
             if module is not None:
                 module.reset_parameters()
+        self._memory, self._memory_count, self._memory_next = None, 0, 0
+
+    # ------------------------------------------------------------------ hard negatives (not in the paper)
+    @torch.no_grad()
+    def hard_negatives(self, f: Tensor, pids: Tensor) -> Tensor:
+        """Up to ``ir_hard_negatives`` rows of the feature memory to join the IR layer's training graph.
+
+        The test graph holds thousands of nodes, most of them other identities; a P x K batch holds
+        ten. Each batch image takes its ceil(M / N) nearest memory features (Euclidean, as Eq. 1)
+        among the identities absent from the batch; of their union, the M nearest to the batch stay
+        (exact duplicates once). (0, d) while the memory is empty.
+        """
+        m = self.config.ir_hard_negatives
+        if self._memory is None or self._memory_count == 0 or self._memory[0].device != f.device:
+            return f.new_zeros(0, f.size(1))
+        feats, ids = (t[:self._memory_count] for t in self._memory)
+        feats = feats[~torch.isin(ids, pids)]
+        if feats.size(0) == 0:
+            return f.new_zeros(0, f.size(1))
+        dist = torch.cdist(f.detach().float(), feats)  # (N, S)
+        per = min(feats.size(0), -(-m // f.size(0)))
+        near = dist.topk(per, dim=1, largest=False).indices.flatten().unique()
+        if near.numel() > m:
+            near = near[dist[:, near].amin(dim=0).topk(m, largest=False).indices]
+        return torch.unique(feats[near], dim=0).to(f.dtype)
+
+    @torch.no_grad()
+    def remember(self, f: Tensor, pids: Tensor) -> None:
+        """Puts a batch's features F (detached) and identities into the memory, over its oldest rows."""
+        size = self.config.ir_memory_size
+        if self._memory is None or self._memory[0].shape != (size, f.size(1)) or self._memory[0].device != f.device:
+            self._memory = (f.new_zeros(size, f.size(1), dtype=torch.float32),
+                            torch.zeros(size, dtype=torch.long, device=f.device))
+            self._memory_count = self._memory_next = 0
+        f, pids = f[-size:], pids[-size:]
+        rows = (self._memory_next + torch.arange(f.size(0), device=f.device)) % size
+        self._memory[0][rows] = f.detach().float()
+        self._memory[1][rows] = pids.long()
+        self._memory_next = (self._memory_next + f.size(0)) % size
+        self._memory_count = min(size, self._memory_count + f.size(0))
 
     # ------------------------------------------------------------------ graphs (Eq. 1, Fig. 4)
     def individual_edges(self, feats: Tensor, batch: Tensor | None = None, k: int | None = None) -> Tensor:
@@ -182,7 +228,9 @@ class RelationHead(nn.Module):
     # ------------------------------------------------------------------ training (dense)
     def forward(self, f: Tensor, pids: Tensor) -> RelationOutput:
         """The relation step on one training batch ``f`` (N, d) with identities ``pids`` (N,): every
-        graph spans the batch; the loss terms of Eq. 14 that the head's modules give."""
+        graph spans the batch; the loss terms of Eq. 14 that the head's modules give. With
+        ``ir_hard_negatives`` (in training mode) the IR layer's graph also holds the batch's
+        :meth:`hard_negatives`, which feed the batch's nodes and carry no loss themselves."""
         cfg = self.config
         n = f.size(0)
         if self.ir is not None and cfg.ir_graph == "knn" and n < cfg.k + 1:
@@ -194,9 +242,14 @@ class RelationHead(nn.Module):
         out = RelationOutput()
         v = None
         if self.ir is not None:
-            one_graph = torch.zeros(n, dtype=torch.long, device=f.device)  # Eq. 2 spans the batch
-            v, out.ir_attention = self.ir(f, self.individual_edges(f), batch=one_graph,
+            graph = f
+            if self.training and cfg.ir_hard_negatives > 0:  # the batch first, then its mined negatives
+                graph = torch.cat([f, self.hard_negatives(f, pids)])
+                self.remember(f, pids)
+            one_graph = torch.zeros(graph.size(0), dtype=torch.long, device=f.device)  # Eq. 2 spans the graph
+            v, out.ir_attention = self.ir(graph, self.individual_edges(graph), batch=one_graph,
                                           return_attention_weights=True)
+            v = v[:n]  # the loss terms read the batch's nodes
             out.ir_feats = v
             if self.ir_neck is not None:
                 _, out.ir_logits = self.ir_neck(v)

@@ -184,3 +184,40 @@ def test_real_level_trains_what_experiments_real_configures():
         differ = [f.name for f in dataclasses.fields(HRNetConfig)
                   if getattr(exp.model, f.name) != getattr(study, f.name)]
         assert differ == [], (row, differ)
+
+
+def test_committed_records_keep_their_keys_when_config_fields_are_added():
+    eff = _load()
+    records = [json.loads(p.read_text()) for p in sorted((ROOT / "results" / "efficacy").glob("feature-hrnet-s*.json"))]
+    defaults = [r for r in records if not r["overrides"]]
+    assert defaults, "the feature level's HRNet records are committed"
+    for r in defaults:
+        assert eff._key(r["level"], r["row"], r["seed"], r["overrides"]) == r["key"]
+    # a variant that sets a new field away from its default gets a key of its own
+    assert eff._key("feature", "HRNet", 0, {"ir_hard_negatives": 66}) != defaults[0]["key"]
+
+
+def test_gallery_pilot_scores_a_study_variant_beside_the_defaults(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    path = ROOT / "experiments" / "gallery_pilot.py"
+    spec = importlib.util.spec_from_file_location("experiments_gallery_pilot", path)
+    pilot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pilot)
+    eff = pilot.efficacy
+    monkeypatch.setitem(eff.LEVELS, "feature", eff.QUICK_LEVELS["feature"])
+    monkeypatch.setattr(pilot, "GALLERY", {"gallery k=3": dict(k=3)})
+    variants = {"defaults": {}, "hard negatives": {"ir_hard_negatives": 8}}
+    text = pilot.kept_level("feature", [0], tmp_path / "res", tmp_path / "scratch", ("HRNet",), variants)
+    assert "### HRNet on the feature world (hard negatives)" in text
+    paired = text.split("hard negatives - defaults, paired")[1]
+    for label in ("own cosine", "paper: per-query graphs (top-120)", "k-reciprocal of BN(F)", "gallery k=3"):
+        assert f"| {label} | " in paired, label
+    weights = sorted((tmp_path / "res" / "models").glob("*.pt"))
+    assert len(weights) == 2  # the defaults and the variant, each trained once and kept
+    a, b = (torch.load(w, weights_only=True) for w in weights)
+    assert not torch.equal(a["head.ir.lin.weight"], b["head.ir.lin.weight"])  # the mined negatives changed training
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    assert pilot.kept_level("feature", [0], tmp_path / "res", tmp_path / "scratch", ("HRNet",), variants) == text
+    assert [w.stat().st_mtime_ns for w in weights] == stamps  # scored once: read back, not retrained

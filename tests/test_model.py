@@ -259,3 +259,81 @@ def test_the_model_module_keeps_its_old_class_name_as_a_deprecated_alias():
 
     with pytest.warns(DeprecationWarning, match="HRNetModule"):
         assert model_module.HRNet is model_module.HRNetModule
+
+
+# ---------------------------------------------------------------------------- hard negatives
+def _mined_reference(x, pids, mem_x, mem_pids, m):
+    """Each batch image's ceil(m / N) nearest memory rows among identities absent from the batch
+    (a plain loop over images), the union cut to the m nearest to the batch; a set of rows."""
+    cand = [j for j in range(mem_x.size(0)) if int(mem_pids[j]) not in set(pids.tolist())]
+    per = min(len(cand), -(-m // x.size(0)))
+    chosen = set()
+    for i in range(x.size(0)):
+        dist = {j: float(((x[i].double() - mem_x[j].double()) ** 2).sum()) for j in cand}
+        chosen |= set(sorted(cand, key=lambda j: (dist[j], j))[:per])
+    nearest = {j: min(float(((x[i].double() - mem_x[j].double()) ** 2).sum()) for i in range(x.size(0)))
+               for j in chosen}
+    kept = sorted(chosen, key=lambda j: (nearest[j], j))[:m]
+    return {tuple(mem_x[j].tolist()) for j in kept}
+
+
+def test_hard_negatives_are_off_by_default_and_need_a_filled_memory():
+    assert HRNetConfig().ir_hard_negatives == 0
+    x, pids = _batch(seed=4)
+    torch.manual_seed(5)
+    plain = HRNet(_cfg("HRNet"), num_classes=4).train()
+    mined = HRNet(_cfg("HRNet", ir_hard_negatives=6, ir_memory_size=30), num_classes=4).train()
+    mined.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(mined(x, pids).loss, plain(x, pids).loss)  # empty memory: the batch alone
+    assert plain.head._memory is None  # off: nothing is kept
+    assert mined.head._memory_count == 12
+    torch.testing.assert_close(mined.head._memory[0][:12], x)
+    with pytest.raises(ValueError, match="ir_hard_negatives"):
+        HRNetConfig(ir_hard_negatives=-1)
+    with pytest.raises(ValueError, match="ir_memory_size"):
+        HRNetConfig(ir_memory_size=0)
+
+
+def test_hard_negatives_join_the_ir_graph_and_carry_no_loss():
+    torch.manual_seed(6)
+    m = 7
+    model = HRNet(_cfg("HRNet", ir_hard_negatives=m, ir_memory_size=40), num_classes=20).train()
+    head = model.head
+    others, other_pids = _batch(seed=7)
+    x, pids = _batch(seed=8)
+    head.remember(others, other_pids + 10)  # identities absent from the next batch
+    head.remember(others, other_pids + 10)  # the same images again: a duplicate is mined once
+    head.remember(x[:3] + 0.01, pids[:3])  # an identity of the batch: never a negative
+    mem_x, mem_pids = (t[:head._memory_count] for t in head._memory)
+    rows = head.hard_negatives(x, pids)
+    assert rows.size(0) <= m and not rows.requires_grad
+    assert {tuple(r.tolist()) for r in rows} == _mined_reference(x, pids, mem_x, mem_pids, m)
+    out = model(x, pids)
+    # the IR layer on the explicit graph of the batch and its negatives (dense Eq. 1-3), batch rows kept
+    graph = torch.cat([x, rows]).unsqueeze(0)
+    dense = model.ir.forward_dense(graph, head.individual_adjacency(graph))[0]
+    torch.testing.assert_close(out.ir_feats, dense[:12], atol=1e-5, rtol=1e-5)
+    assert out.ir_logits.shape[0] == 12 and out.pair_logits.shape == (12, 12)
+    cp, cn = consistent_node_loss(x, out.ir_feats, pids, 0.3)
+    torch.testing.assert_close(out.losses["c_pos"], cp)
+    torch.testing.assert_close(out.losses["in"], cross_entropy_label_smooth(out.ir_logits, pids, 0.1))
+    # the mined rows feed the batch: without them V' differs
+    alone = model.ir.forward_dense(x.unsqueeze(0), head.individual_adjacency(x.unsqueeze(0)))[0]
+    assert not torch.allclose(out.ir_feats, alone, atol=1e-4)
+    out.loss.backward()  # gradients reach the layer through the negatives' messages, not the memory
+    assert model.ir.lin.weight.grad is not None and not head._memory[0].requires_grad
+
+
+def test_feature_memory_is_a_ring_of_the_latest_batches_and_eval_leaves_it():
+    model = HRNet(_cfg("CNN+IR", ir_hard_negatives=4, ir_memory_size=8), num_classes=4).train()
+    head = model.head
+    x, pids = _batch(seed=9)
+    head.remember(x, pids)  # 12 rows into 8: the last 8
+    torch.testing.assert_close(head._memory[0], x[4:])
+    assert head._memory_count == 8 and head._memory_next == 0
+    head.remember(x[:3] * 2, pids[:3])  # the oldest three are overwritten
+    torch.testing.assert_close(head._memory[0][:3], x[:3] * 2)
+    torch.testing.assert_close(head._memory[0][3:], x[7:])
+    before = head._memory[0].clone()
+    model.eval()(x, pids)
+    torch.testing.assert_close(head._memory[0], before)
