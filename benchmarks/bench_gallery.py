@@ -183,7 +183,7 @@ def main() -> None:
     qf, gf = make_features(nq, ng, d, num_ids=751, seed=0)
     load0 = os.getloadavg()
     print(f"gallery protocol (IR k={model.config.k}, normalize={model.ir.normalize!r}) vs the paper's per-query "
-          f"graphs (top-{model.config.top_k_rerank}) vs k-reciprocal (k1=20 k2=6 lambda=0.3), {nq} queries x {ng} "
+          f"graphs (top-{model.rerank_config.shortlist}) vs k-reciprocal (k1=20 k2=6 lambda=0.3), {nq} queries x {ng} "
           f"gallery, d={d}; torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
           f"{load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} on {os.cpu_count()} cores", flush=True)
     gallery_rerank(model, qf[:50], gf[:400], output="distances", progress=False)  # warm-up
