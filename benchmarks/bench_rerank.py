@@ -8,10 +8,14 @@ the final (Q, G) distance matrix through
   random weights: timing does not depend on them), top-120 shortlist;
 * ``hrnet_pyg.kreciprocal.k_reciprocal_rerank_features`` (k1 = 20, k2 = 6, lambda = 0.3) on the
   same features;
+* ``hrnet_pyg.gallery.gallery_rerank`` (``rerank.protocol=gallery``, not in the paper: the same
+  model's IR layer once over the kNN graph of all Q + G images, ranked by the cosine of BN(V'),
+  ``output="distances"``); torchreid-style dense k-reciprocal and the MSMT17-size memory are in
+  ``bench_gallery.py``;
 * a large fp32 ``torch.mm`` (4096^3), the machine's practical matrix-product speed right now.
 
-The three are interleaved (mm, relational, k-reciprocal, mm, ...) so that load on a shared
-machine hits all alike; medians are reported.
+The four are interleaved (mm, relational, mm, k-reciprocal, mm, gallery, ...) so that load on a
+shared machine hits all alike; medians are reported.
 
 Useful FLOPs of the relational re-ranking are the matrix products its math needs, counted at their
 minimum (``docs/performance.md``): the cosine shortlist 2 Q G d; per image X W_s and F W_p
@@ -41,7 +45,9 @@ against the features' identities) and ``RATIO rerank_tf32_speedup``.
 Prints ``RATIO rerank_flop_efficiency=<useful FLOP/s / mm FLOP/s>`` (target >= 0.5),
 ``RATIO rerank_speedup_vs_kreciprocal=<t_kreciprocal / t_relational>`` (target >= 2 at Market size:
 k-reciprocal grows with (Q+G)^2, relational re-ranking with Q, so the ratio of a smaller problem
-says little about Market's) and ``RATIO rerank_speedup_vs_per_graph``.
+says little about Market's), ``RATIO rerank_speedup_vs_per_graph``, and the gallery protocol's
+``RATIO gallery_speedup_vs_paper`` (target >= 5) and ``RATIO gallery_speedup_vs_kreciprocal``
+(target >= 1) unless ``--skip-gallery``.
 """
 from __future__ import annotations
 
@@ -63,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
 from hrnet_pyg.evaluation import evaluate_rank  # noqa: E402
+from hrnet_pyg.gallery import gallery_rerank  # noqa: E402
 from hrnet_pyg.graphs import pair_mask  # noqa: E402
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features  # noqa: E402
 from hrnet_pyg.model import HRNetModule as HRNet  # noqa: E402
@@ -157,6 +164,7 @@ def main() -> None:
     ap.add_argument("--tf32", default="off", choices=("off", "on", "both"),
                     help="TF32 matmuls on a GPU: off (default), on, or both (and their agreement)")
     ap.add_argument("--skip-kreciprocal", action="store_true", help="time the relational re-ranking only")
+    ap.add_argument("--skip-gallery", action="store_true", help="leave out the gallery protocol (gallery_rerank)")
     ap.add_argument("--mm-size", type=int, default=4096, help="side of the reference torch.mm (default 4096)")
     ap.add_argument("--quick", action="store_true", help="300 queries x 1,500 gallery (CI size)")
     ap.add_argument("--pr-head", choices=("projected", "diagonal"), default=None,
@@ -215,18 +223,24 @@ def main() -> None:
         sync()
         return out
 
+    def run_gal():
+        return gallery_rerank(model, qf_dev, gf_dev, output="distances", device=dev, progress=False)
+
     # Warm-up (small problems: allocator, MKL and OpenMP pools, CUDA kernels), then interleaved rounds.
     run_mm()
     relational_rerank(model, qf_dev[:64], gf_dev[:2000], device=dev, progress=False)
     if not args.skip_kreciprocal:
         k_reciprocal_rerank_features(qf_dev[:200], gf_dev[:800], progress=False)
+    if not args.skip_gallery:
+        gallery_rerank(model, qf_dev[:50], gf_dev[:400], output="distances", device=dev, progress=False)
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    times: dict[str, list[float]] = {"mm": [], "rel": [], "kr": []}
-    fns: dict[str, Callable] = {"mm": run_mm, "rel": run_rel, "kr": run_kr}
+    times: dict[str, list[float]] = {"mm": [], "rel": [], "kr": [], "gal": []}
+    fns: dict[str, Callable] = {"mm": run_mm, "rel": run_rel, "kr": run_kr, "gal": run_gal}
     rss: dict[str, float] = {}
-    order = ("mm", "rel") if args.skip_kreciprocal else ("mm", "rel", "mm", "kr")
+    order = ("mm", "rel") + (() if args.skip_kreciprocal else ("mm", "kr"))
+    order += () if args.skip_gallery else ("mm", "gal")
     rel_out = None
     for _ in range(repeats):
         for name in order:
@@ -284,6 +298,9 @@ def main() -> None:
     if "kr" in med:
         print(f"k-reciprocal:          median {med['kr']:.3f} s (range {min(times['kr']):.3f}-"
               f"{max(times['kr']):.3f}); peak RSS so far {rss['kr']:.0f} MiB")
+    if "gal" in med:
+        print(f"gallery protocol:      median {med['gal']:.3f} s (range {min(times['gal']):.3f}-"
+              f"{max(times['gal']):.3f}; k={cfg.k}, one round); peak RSS so far {rss['gal']:.0f} MiB")
     print(f"per-graph path on {c} query graphs: {t_pg:.3f} s vs score_query_graphs on the same "
           f"graphs {t_fast_graphs:.3f} s (image terms computed per graph node there too)")
     per_query_pg = t_pg / c
@@ -321,6 +338,10 @@ def main() -> None:
     if "kr" in med:
         print(f"RATIO rerank_speedup_vs_kreciprocal={med['kr'] / med['rel']:.2f}")
     print(f"RATIO rerank_speedup_vs_per_graph={per_query_pg * nq / med['rel']:.2f}")
+    if "gal" in med:
+        print(f"RATIO gallery_speedup_vs_paper={med['rel'] / med['gal']:.2f}")
+        if "kr" in med:
+            print(f"RATIO gallery_speedup_vs_kreciprocal={med['kr'] / med['gal']:.2f}")
     if not ok:
         raise SystemExit("fast and per-graph re-ranking scores differ")
 
