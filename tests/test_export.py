@@ -168,7 +168,7 @@ def test_cli_export(model, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"wrote {out} (torchscript)" in printed and "verified with torch.jit.load" in printed
     assert out.is_file() and out.with_name("extractor.pt.json").is_file()
-    assert main(["export", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(out)]) == 2
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(out), "--overwrite"]) == 2
     assert "missing.pth does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # argparse lists the valid choices
         main(["export", "--checkpoint", str(ckpt), "--format", "tflite", "--out", str(out)])
@@ -219,3 +219,21 @@ def test_checkpoint_of_another_format_version_is_refused_clearly(model, tmp_path
     msg = str(exc.value)
     assert str(path) in msg and f"format version {version}" in msg
     assert f"reads version {CHECKPOINT_FORMAT_VERSION}" in msg
+
+
+def test_cli_export_never_replaces_an_earlier_export_silently(model, tmp_path, capsys):
+    ckpt = tmp_path / "model.pth"
+    model.save(ckpt)
+    out = tmp_path / "extractor.pt"
+    out.write_bytes(b"the user's file")
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-verify"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {out} exists" in err[0] and "--overwrite" in err[0]
+    assert out.read_bytes() == b"the user's file"
+    out.unlink()
+    meta = tmp_path / "extractor.pt.json"
+    meta.write_text("{}")  # the metadata of an earlier export whose model file was moved away
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-verify"]) == 2
+    assert f"{meta} exists" in capsys.readouterr().err and meta.read_text() == "{}" and not out.exists()
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-verify", "--overwrite"]) == 0
+    assert out.is_file() and meta.read_text() != "{}"

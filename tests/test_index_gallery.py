@@ -295,6 +295,6 @@ def test_cli_build_relational_search(tmp_path, capsys):
     with torch.no_grad():
         other.ir.att_src.mul_(-1.0)
     other.save(tmp_path / "other.pth")
-    assert main(search_bare[:2] + [str(tmp_path / "other.pth")] + search_bare[3:]) == 2
+    assert main(search_bare[:2] + [str(tmp_path / "other.pth")] + search_bare[3:] + ["--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "relational features of another IR layer" in err

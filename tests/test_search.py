@@ -397,6 +397,20 @@ def test_cli_extract_images_and_search(checkpoint, gallery_dir, query_dir, tmp_p
     printed = capsys.readouterr().out
     assert printed.count("(ordered by relational re-ranking)") == 3
 
+    # the CSV and grid the user has are never replaced silently: one line, before any work
+    before = {p: p.read_bytes() for p in (grid, csv)}
+    again = ["search", "--checkpoint", str(checkpoint), "--query", str(query), "--gallery", str(out),
+             "--topk", "2", "--no-rerank", "--grid", str(grid), "--csv", str(csv), "--no-progress"]
+    assert main(again) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--csv {csv} exists" in err[0] and "--overwrite" in err[0]
+    assert {p: p.read_bytes() for p in (grid, csv)} == before
+    csv.unlink()
+    assert main(again) == 2 and f"--grid {grid} exists" in capsys.readouterr().err
+    assert not csv.exists()
+    assert main([*again, "--overwrite"]) == 0
+    assert len(csv.read_text().strip().splitlines()) == 1 + 2
+
 
 def test_cli_search_protocol(checkpoint, model, gallery_dir, query_dir, g_feats, q_feats, tmp_path, capsys):
     """``search --protocol NAME`` ranks as ``rerank.protocol=NAME`` of the checkpoint's protocol does."""

@@ -34,6 +34,14 @@ def count(text: str) -> int:
     return _int_at_least(text, 0, "0 or more")
 
 
+def not_replacing(path: Path | None, flag: str, overwrite: bool) -> None:
+    """Refuse, naming ``flag`` and ``path``, to replace a file the user has unless ``overwrite``
+    (``--overwrite``), before any work."""
+    if path is not None and Path(path).exists() and not overwrite:
+        what = "a folder" if Path(path).is_dir() else "a file"
+        raise ValueError(f"{flag} {path} exists ({what}); replace it with --overwrite or choose another {flag}")
+
+
 def writable(path: Path | None, folder: bool = False) -> None:
     """Fail now, naming ``path``, if it cannot be written (before minutes of work, not after).
 

@@ -12,6 +12,7 @@ from hrnet_pyg.cli.args import (
     add_image_args,
     add_protocol_arg,
     add_shortlist_args,
+    not_replacing,
     positive_int,
     writable,
 )
@@ -54,6 +55,7 @@ def add_search_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--grid", type=Path, metavar="PNG", help="also write the ranked lists as an image grid")
     p.add_argument("--grid-queries", type=positive_int, default=8, help="queries (rows) in the grid (default: 8)")
     p.add_argument("--csv", type=Path, help="also write the ranked lists as CSV")
+    p.add_argument("--overwrite", action="store_true", help="replace the --csv / --grid files when they exist")
     add_image_args(p)
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -92,11 +94,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import load_model
     from hrnet_pyg.search import search
 
-    writable(args.csv)
-    writable(args.grid)
+    _check_outputs(args)
     model = load_model(args.checkpoint)
     result = search(model, args.query, args.gallery, **_search_options(args, model))
     return _report_search(result, args)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--csv and --grid: neither replaces a file the user has (unless --overwrite), both can be written."""
+    for flag, path in (("--csv", args.csv), ("--grid", args.grid)):
+        not_replacing(path, flag, args.overwrite)
+        writable(path)
 
 
 def _search_index(args: argparse.Namespace) -> int:
@@ -105,6 +113,7 @@ def _search_index(args: argparse.Namespace) -> int:
 
     if args.gallery is not None:
         raise ValueError("give either --gallery or --index, not both")
+    _check_outputs(args)
     model = load_model(args.checkpoint)
     result = search_index(
         model, args.query, args.index, exact=args.exact, nprobe=args.nprobe, ef_search=args.ef_search,

@@ -11,6 +11,7 @@ from hrnet_pyg.cli.args import (
     add_shortlist_args,
     count,
     experiment_from_args,
+    not_replacing,
     positive_int,
     protocol_from_args,
     writable,
@@ -38,6 +39,7 @@ def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="also output F (before BNNeck), the input of the relational re-ranking",
     )
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --out file (and its JSON) when they exist")
     p.add_argument("--no-verify", action="store_true", help="skip comparing the exported model with the eager one")
     p.set_defaults(func=cmd_export)
 
@@ -105,6 +107,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hrnet_pyg.engine import load_model
     from hrnet_pyg.export import export_model
 
+    not_replacing(args.out, "--out", args.overwrite)
+    meta = args.out.with_name(args.out.name + ".json")  # export_model writes it beside --out
+    if meta.exists() and not args.overwrite:
+        raise ValueError(f"{meta} exists (the metadata of an earlier export to --out {args.out}); replace it "
+                         "with --overwrite or choose another --out")
     writable(args.out)
     model = load_model(args.checkpoint)
     try:
