@@ -82,10 +82,8 @@ def test_index_search_equals_gallery_search(data, tmp_path):
         assert got.g_pids.tolist() == g_pids and got.q_pids.tolist() == [1, 3, 5]
 
 
-def test_reranking_reads_only_the_shortlist(data, tmp_path, monkeypatch):
-    tmp, model, _, _ = data
-    index = GalleryIndex.build(tmp_path / "g.idx", model, tmp / "gallery", faiss_type="none", device="cpu",
-                               progress=False)
+def spy_rows(monkeypatch) -> list[tuple[str, tuple[int, ...]]]:
+    """(kind, shape of the row indices) of every GalleryIndex.rows call from now on."""
     seen = []
     rows = GalleryIndex.rows
 
@@ -94,6 +92,14 @@ def test_reranking_reads_only_the_shortlist(data, tmp_path, monkeypatch):
         return rows(self, idx, kind)
 
     monkeypatch.setattr(GalleryIndex, "rows", spy)
+    return seen
+
+
+def test_reranking_reads_only_the_shortlist(data, tmp_path, monkeypatch):
+    tmp, model, _, _ = data
+    index = GalleryIndex.build(tmp_path / "g.idx", model, tmp / "gallery", faiss_type="none", device="cpu",
+                               progress=False)
+    seen = spy_rows(monkeypatch)
     search_index(model, tmp / "query", index, topk=3, device="cpu", progress=False)
     assert seen == [("feats", (3, 6))]  # 3 queries x their 6 shortlisted rows of F, nothing else
 

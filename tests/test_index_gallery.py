@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_index import QUERY, tiny_model, write_images
+from test_index import QUERY, spy_rows, tiny_model, write_images
 
 from hrnet_pyg import HRNet, HRNetConfig
 from hrnet_pyg.cli import main
@@ -139,14 +139,7 @@ def test_search_reads_only_the_neighbours_rows_of_F(tmp_path, monkeypatch):
     are those of the k neighbours (the kNN pass streams the blocks)."""
     model = feature_model()
     index = build(tmp_path, model, features(G, "g", 1, model))
-    seen = []
-    rows = GalleryIndex.rows
-
-    def spy(self, idx, kind="feats"):
-        seen.append((kind, np.asarray(idx).shape))
-        return rows(self, idx, kind)
-
-    monkeypatch.setattr(GalleryIndex, "rows", spy)
+    seen = spy_rows(monkeypatch)
     search_index(model, features(Q, "q", 2, model), index, topk=5, device="cpu", progress=False)
     assert seen == [("feats", (Q, 4)), ("retrieval", (Q, 5))]
 
