@@ -41,6 +41,19 @@ def _cuts(start: int, stop: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, stop)) for a in range(start, stop, size)]
 
 
+def _fold_block(best_v: Tensor, best_i: Tensor, sq_src: Tensor, dots: Tensor, offset: int, k: int,
+                self_score: float | None = None) -> tuple[Tensor, Tensor]:
+    r"""The running top-k ``(best_v, best_i)`` of some targets merged with one block of sources
+    (``sq_src`` their squared norms, ``dots`` the (T, B) inner products, ``offset`` the block's first
+    source row), ranked by Eq. 1's :math:`\lVert x_j \rVert^2 - 2 x_i^\top x_j`; ``self_score``
+    goes on the diagonal (a block of nodes against themselves)."""
+    score = torch.add(sq_src.unsqueeze(0), dots, alpha=-2.0).contiguous()
+    if self_score is not None:
+        score.diagonal().fill_(self_score)
+    v, i = k_smallest_sorted(score, min(k, score.size(1)))
+    return merge_k_smallest(best_v, best_i, v, i + offset, k)
+
+
 def _check(x: Tensor, name: str) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 2:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -117,16 +130,11 @@ def knn_table(
                 _block_pairs(num, num_src, first, int(block_size), two_sets), "kNN table", show=progress,
                 unit="blocks"):
             g = x[a0:a1] @ src[b0:b1].T  # (R, C) inner products, shared by both uses of the block
-            if rows:  # targets a0:a1 choose among the sources b0:b1: score ||x_j||^2 - 2 x_i.x_j
-                score = torch.add(sq_s[b0:b1].unsqueeze(0), g, alpha=-2.0)
-                if not two_sets and a0 == b0:
-                    score.diagonal().fill_(float("-inf") if loop else float("inf"))
-                v, i = k_smallest_sorted(score, min(k, b1 - b0))
-                best_v[a0:a1], best_i[a0:a1] = merge_k_smallest(best_v[a0:a1], best_i[a0:a1], v, i + b0, k)
+            if rows:  # targets a0:a1 choose among the sources b0:b1
+                diag = (float("-inf") if loop else float("inf")) if not two_sets and a0 == b0 else None
+                best_v[a0:a1], best_i[a0:a1] = _fold_block(best_v[a0:a1], best_i[a0:a1], sq_s[b0:b1], g, b0, k, diag)
             if cols:  # the same block, transposed: targets b0:b1 choose among the sources a0:a1
-                score = torch.add(sq_x[a0:a1].unsqueeze(0), g.T, alpha=-2.0).contiguous()
-                v, i = k_smallest_sorted(score, min(k, a1 - a0))
-                best_v[b0:b1], best_i[b0:b1] = merge_k_smallest(best_v[b0:b1], best_i[b0:b1], v, i + a0, k)
+                best_v[b0:b1], best_i[b0:b1] = _fold_block(best_v[b0:b1], best_i[b0:b1], sq_x[a0:a1], g.T, a0, k)
     return best_i
 
 
@@ -175,9 +183,7 @@ def knn_table_blocks(x: Tensor, k: int, blocks: Iterable[tuple[int, Tensor] | tu
             if src.size(1) != x.size(1):
                 raise ValueError(f"knn_table_blocks: x has {x.size(1)} channels, the sources {src.size(1)}")
             sq = kept[0].to(x.device, x.dtype) if kept else squared_norms(src)
-            score = torch.add(sq.unsqueeze(0), x @ src.T, alpha=-2.0)
-            v, i = k_smallest_sorted(score, min(k, src.size(0)))
-            best_v, best_i = merge_k_smallest(best_v, best_i, v, i + int(offset), k)
+            best_v, best_i = _fold_block(best_v, best_i, sq, x @ src.T, int(offset), k)
             seen += src.size(0)
     if seen < k:
         raise ValueError(f"knn_table_blocks: k={k} neighbours asked of {seen} source rows")
