@@ -28,12 +28,16 @@ Examples (from the repository root)::
     # every study of the document (what docs/efficacy.md says, regenerated)
     python experiments/efficacy.py --level feature --study all
     python experiments/efficacy.py --level image --study main
+    # the gallery-graph protocol's open choices (rerank.protocol) on the models kept by the studies
+    python experiments/efficacy.py --level feature --study gallery
     # only re-write docs/efficacy.md from the results on disk
     python experiments/efficacy.py --report
 
 Each (level, study variant, row, seed) is one JSON file under ``--results``
-(``results/efficacy`` by default); a file present is not recomputed, so an interrupted study
-resumes where it stopped and ``--report`` needs no training.
+(``results/efficacy`` by default; the gallery study's under ``gallery/`` there); a file present is
+not recomputed, so an interrupted study resumes where it stopped and ``--report`` needs no
+training. Trained weights are kept under ``models/`` there, so a record of a changed test protocol
+is re-scored without training.
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ SEEDS = (0, 1, 2)
 
 from hrnet_pyg.config import LEGACY_RERANK_FIELDS, PAPER_LITERAL  # noqa: E402
 from hrnet_pyg.demo import DEMO_DATA  # noqa: E402
-from hrnet_pyg.protocol import RerankConfig  # noqa: E402
+from hrnet_pyg.protocol import DEFAULT_PROTOCOL, RerankConfig  # noqa: E402
 
 # Per level: how a row is trained. The feature level trains the graph modules from scratch on
 # fixed features: the paper's lr and schedule shape (x0.1 twice), over fewer epochs.
@@ -508,16 +512,57 @@ def _current(record: dict[str, Any], overrides: dict[str, Any]) -> bool:
     return record.get("test_protocol") == _test_protocol(cfg, _rerank_config(record["level"], overrides))
 
 
+def _level_data(level: str, seed: int, results: Path) -> dict[str, Any]:
+    """The level's data of ``seed`` (the image level's generated under ``<results>/data``)."""
+    return (feature_level_data(seed) if level == "feature"
+            else real_level_data(seed) if level == "real"
+            else image_level_data(seed, results / "data" / f"seed{seed}"))
+
+
+def kept_model(level: str, row: str, seed: int, overrides: dict[str, Any], results: Path,
+               data: dict[str, Any], history: list | None = None) -> tuple[Any, str]:
+    """The trained model of (level, row, seed, variant) in eval mode, and how it came: read from its
+    kept weights (``<results>/models/<key>.pt``), or trained and kept there. ``history``
+    receives the per-epoch rows of a training."""
+    from hrnet_pyg import HRNet
+    from hrnet_pyg.runtime import atomic_save
+
+    key = _key(level, row, seed, overrides)
+    weights = results / "models" / f"{key}.pt"
+    cfg = _model_config(level, row, seed, overrides)
+    if weights.is_file():  # the state dict holds the backbone: no ImageNet file to read first
+        model = HRNet(dataclasses.replace(cfg, pretrained=False), num_classes=data["num_classes"])
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return model.eval(), f"re-scored from {weights.name}"
+    if level == "real" and isinstance(cfg.pretrained, str):
+        cfg = dataclasses.replace(cfg, pretrained=str(SHARED_DATA / REAL_WEIGHTS))
+    model = (train_feature_row(cfg, data, seed) if level == "feature"
+             else train_image_row(cfg, data, seed, num_workers=0 if level == "real" else 2, history=history))
+    atomic_save(model.state_dict(), weights)
+    return model, "trained"
+
+
+def eval_sets(level: str, data: dict[str, Any], model) -> dict[str, tuple[tuple, tuple]]:
+    """Test set name -> (query, gallery), each (F, pids, camids) under ``model``: the feature
+    world's fixed features, the synthetic images' or each real test set's as ``model`` extracts them."""
+    if level == "feature":
+        return {"features": (data["query"], data["gallery"])}
+    if level == "image":
+        feats = image_features(model, data)
+        return {"synthetic": (feats["query"], feats["gallery"])}
+    return {name: (real_features(model, query), real_features(model, gallery))
+            for name, (query, gallery) in data["tests"].items()}
+
+
 def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results: Path,
             cache: dict[tuple[str, int], Any]) -> dict[str, Any]:
     """One (level, row, seed, variant): trained (its weights kept under ``<results>/models``) and
     scored. A record scored with today's test protocol is returned as it is; an older one is
     re-scored from the kept weights, without training."""
-    from hrnet_pyg import HRNet
-    from hrnet_pyg.runtime import atomic_save, atomic_write
+    from hrnet_pyg.runtime import atomic_write
 
     key = _key(level, row, seed, overrides)
-    path, weights = results / f"{key}.json", results / "models" / f"{key}.pt"
+    path = results / f"{key}.json"
     previous: dict[str, Any] = {}
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -526,23 +571,10 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     cfg, protocol = _model_config(level, row, seed, overrides), _rerank_config(level, overrides)
     if (level, seed) not in cache:
-        cache[(level, seed)] = (feature_level_data(seed) if level == "feature"
-                                else real_level_data(seed) if level == "real"
-                                else image_level_data(seed, results / "data" / f"seed{seed}"))
+        cache[(level, seed)] = _level_data(level, seed, results)
     data = cache[(level, seed)]
     history: list[dict[str, float]] = []
-    if weights.is_file():  # the state dict holds the backbone: no ImageNet file to read first
-        model = HRNet(dataclasses.replace(cfg, pretrained=False), num_classes=data["num_classes"])
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        model.eval()
-        how = f"re-scored from {weights.name}"
-    else:
-        if level == "real" and isinstance(cfg.pretrained, str):
-            cfg = dataclasses.replace(cfg, pretrained=str(SHARED_DATA / REAL_WEIGHTS))
-        model = (train_feature_row(cfg, data, seed) if level == "feature"
-                 else train_image_row(cfg, data, seed, num_workers=0 if level == "real" else 2, history=history))
-        atomic_save(model.state_dict(), weights)
-        how = "trained"
+    model, how = kept_model(level, row, seed, overrides, results, data, history)
     model.rerank_config = protocol  # "relational" in the scores: the variant's own test protocol
     t1, c1 = time.perf_counter(), time.process_time()
     extra: dict[str, Any] = {}
@@ -551,11 +583,7 @@ def run_one(level: str, row: str, seed: int, overrides: dict[str, Any], results:
             scores, extra = _score_real(model, data, extended=not overrides)
             sizes = extra.pop("sizes")
         else:
-            if level == "feature":
-                q, g = data["query"], data["gallery"]
-            else:
-                feats = image_features(model, data)
-                q, g = feats["query"], feats["gallery"]
+            [(q, g)] = eval_sets(level, data, model).values()
             scores = score_model(model, q, g, extended=not overrides)
             _split_ap(scores)
             if model.pr is not None:
@@ -590,8 +618,7 @@ def _score_real(model, data: dict[str, Any], extended: bool) -> tuple[dict[str, 
     scores: dict[str, Any] = {}
     per_query: dict[str, Any] = {}
     sizes: dict[str, dict[str, int]] = {"num_queries": {}, "num_gallery": {}}
-    for name, (query, gallery) in data["tests"].items():
-        q, g = real_features(model, query), real_features(model, gallery)
+    for name, (q, g) in eval_sets("real", data, model).items():
         scores[name] = score_model(model, q, g, extended=extended)
         per_query[name] = _split_ap(scores[name], PER_QUERY_PROTOCOLS)
         if model.pr is not None:
@@ -610,6 +637,123 @@ def run_study(level: str, study: str, results: Path, seeds: Sequence[int],
         for row in rows:
             for over in variants.values():
                 run_one(level, row, seed, over, results, cache)
+        cache.clear()
+
+
+# ------------------------------------------------------------------------------------ gallery protocol
+# Beyond the paper: the test protocols of ``rerank.protocol`` (hrnet_pyg.gallery), scored on the
+# kept models of the rows with IR (``--study gallery``); label -> RerankConfig fields over the
+# level's own protocol. Queries link to all Q + G images unless a label says "gallery-only
+# neighbours", which is also the inductive form a gallery index serves (equal by construction:
+# tests/test_index_gallery.py). No training of their own: one record per (level, row, seed,
+# training variant) under ``<results>/gallery``, scored on the model that ``run_one`` keeps.
+def _gallery(k: int, **fields: Any) -> dict[str, Any]:
+    return dict(protocol="gallery", gallery_k=k, **fields)
+
+
+GALLERY_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "own cosine": dict(protocol="none"),
+    "paper": dict(protocol="paper"),
+    "k-reciprocal": dict(protocol="kreciprocal"),
+    **{f"gallery k={k}": _gallery(k) for k in (3, 5, 10, 20)},
+    **{f"gallery k={k}, gallery-only neighbours": _gallery(k, gallery_neighbours="gallery") for k in (3, 5, 10, 20)},
+    "gallery k=5, normalize=all": _gallery(5, gallery_normalize="all"),
+    "gallery k=5, 2 rounds": _gallery(5, gallery_rounds=2),
+    "gallery k=5, 2 rounds, same graph": _gallery(5, gallery_rounds=2, gallery_reuse_graph=True),
+    "gallery k=5 + PR re-score (top-120)": _gallery(5, gallery_pr_shortlist=120),
+    **{f"gallery+kreciprocal k={k}": dict(protocol="gallery+kreciprocal", gallery_k=k) for k in (3, 5, 10)},
+    "gallery+kreciprocal k=5, gallery-only neighbours":
+        dict(protocol="gallery+kreciprocal", gallery_k=5, gallery_neighbours="gallery"),
+}
+GALLERY_ROWS = ("HRNet", "CNN+IR+CNC")
+# The training variants scored beside the defaults: those of the studies that train the IR layer
+# for test graphs like these ("negatives"), on their rows.
+GALLERY_TRAINING = ("negatives",)
+# The report's choices: (title, [(reference, alternative), ...]), each pair a paired difference.
+GALLERY_CHOICES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("k of the test graph", [("gallery k=5", f"gallery k={k}") for k in (3, 10, 20)]),
+    ("Queries linking to each other (Q + G) or only to the gallery; transductive against inductive",
+     [(f"gallery k={k}", f"gallery k={k}, gallery-only neighbours") for k in (3, 5, 10, 20)]),
+    ("Eq. 2's normalisation at test time (the layer's own: over the k neighbours)",
+     [("gallery k=5", "gallery k=5, normalize=all")]),
+    ("With and without the PR module (a re-score of the top-120 by BN(V'))",
+     [("gallery k=5", "gallery k=5 + PR re-score (top-120)")]),
+    ("With and without k-reciprocal on top (k-reciprocal of BN(V'))",
+     [(f"gallery k={k}", f"gallery+kreciprocal k={k}") for k in (3, 5, 10)]
+     + [("gallery k=5, gallery-only neighbours", "gallery+kreciprocal k=5, gallery-only neighbours"),
+        ("k-reciprocal", "gallery+kreciprocal k=5")]),
+    ("One round against two", [("gallery k=5", "gallery k=5, 2 rounds"),
+                               ("gallery k=5", "gallery k=5, 2 rounds, same graph")]),
+]
+
+
+def _gallery_variants(row: str) -> dict[str, dict[str, Any]]:
+    """Training variant label -> overrides of ``row`` that the gallery study scores: the defaults first."""
+    out: dict[str, dict[str, Any]] = {"defaults": {}}
+    for study in GALLERY_TRAINING:
+        _, rows, variants = STUDIES[study]
+        if row in rows:
+            out.update({label: over for label, over in variants.items() if over})
+    return out
+
+
+def _gallery_protocols(level: str) -> dict[str, dict[str, Any]]:
+    """Label -> the full RerankConfig of each protocol at ``level`` (a record is stale when they change)."""
+    base = _rerank_config(level, {})
+    return {label: base.replace(**fields).to_dict() for label, fields in GALLERY_PROTOCOLS.items()}
+
+
+def run_gallery_one(level: str, row: str, seed: int, overrides: dict[str, Any], results: Path,
+                    cache: dict[tuple[str, int], Any]) -> dict[str, Any]:
+    """Every protocol of ``GALLERY_PROTOCOLS`` on the kept model of (level, row, seed, variant),
+    on each of the level's test sets; a record of today's protocols is returned as it is."""
+    from hrnet_pyg.rerank import relational_rerank
+    from hrnet_pyg.runtime import atomic_write
+
+    key = _key(level, row, seed, overrides)
+    path = results / "gallery" / f"{key}.json"
+    protocols = _gallery_protocols(level)
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous.get("protocols") == protocols:
+            return previous
+    if (level, seed) not in cache:
+        cache[(level, seed)] = _level_data(level, seed, results)
+    data = cache[(level, seed)]
+    t0 = time.perf_counter()
+    model, how = kept_model(level, row, seed, overrides, results, data)
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    sizes: dict[str, dict[str, int]] = {"num_queries": {}, "num_gallery": {}}
+    with torch.no_grad():
+        for name, (q, g) in eval_sets(level, data, model).items():
+            scores[name] = {}
+            for label, fields in protocols.items():
+                if fields["gallery_pr_shortlist"] and model.pr is None:
+                    continue  # a re-score by the PR module: rows without it have none
+                t1 = time.perf_counter()
+                dist = relational_rerank(model, q[0], g[0], RerankConfig.from_dict(fields), device="cpu",
+                                         progress=False)
+                scores[name][label] = {**_rank(dist, q, g), "seconds": time.perf_counter() - t1}
+            _split_ap(scores[name])
+            sizes["num_queries"][name], sizes["num_gallery"][name] = int(q[0].size(0)), int(g[0].size(0))
+    record = dict(key=key, level=level, row=row, seed=seed, overrides=overrides, protocols=protocols,
+                  scores=scores, **sizes, model=how, seconds=time.perf_counter() - t0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda fh: fh.write(json.dumps(record, indent=1, default=str)), mode="w")
+    first = next(iter(scores.values()))
+    print(f"{level} {row} seed {seed} {overrides or ''}: gallery study, cosine {first['own cosine']['mAP']:.3f} "
+          f"paper {first['paper']['mAP']:.3f} gallery k=5 {first['gallery k=5']['mAP']:.3f} "
+          f"k-reciprocal {first['k-reciprocal']['mAP']:.3f} ({how}; {record['seconds']:.0f} s)", flush=True)
+    return record
+
+
+def run_gallery(level: str, results: Path, seeds: Sequence[int], only_rows: Sequence[str] | None = None) -> None:
+    rows = [r for r in only_rows if r in GALLERY_ROWS] if only_rows else list(GALLERY_ROWS)
+    cache: dict[tuple[str, int], Any] = {}
+    for seed in seeds:
+        for row in rows:
+            for over in _gallery_variants(row).values():
+                run_gallery_one(level, row, seed, over, results, cache)
         cache.clear()
 
 
@@ -716,12 +860,134 @@ def report(results: Path, out: Path) -> str:
             if body.count("\n") >= 2 and "| - |" not in body.split("\n")[2][:12]:
                 command = f"python experiments/efficacy.py --level {level} --study main"
                 parts.append(f"### {title}\n\n`{command}`\n\n{body}\n")
+    parts += gallery_report(results)
     text = "\n".join(parts)
     marker = "<!-- tables: generated by experiments/efficacy.py --report -->"
     if out.is_file() and marker in out.read_text():
         head = out.read_text().split(marker)[0]
         out.write_text(head + marker + "\n\n" + text)
     return text
+
+
+# ------------------------------------------------------------------------------------ gallery report
+GALLERY_SETS = {"features": "feature level", "synthetic": "image level",
+                **{name: f"real level, {title}" for name, title in REAL_TITLES.items()}}
+
+
+def _signed(values: Sequence[float]) -> str:
+    m, sd = _mean_std(values)
+    return f"{m:+.1f} ± {sd:.1f}"
+
+
+def _gallery_groups(results: Path) -> dict[tuple[str, str, str], dict[int, dict[str, dict[str, float]]]]:
+    """(test set, row, training variant) -> seed -> protocol -> {mAP, rank1} of the gallery study's
+    current records (today's training configs and protocols), in the report's order."""
+    records = [json.loads(p.read_text()) for p in sorted((results / "gallery").glob("*.json"))]
+    groups: dict[tuple[str, str, str], dict[int, dict[str, dict[str, float]]]] = {}
+    for name in GALLERY_SETS:
+        for row in GALLERY_ROWS:
+            for label, over in _gallery_variants(row).items():
+                for r in records:
+                    level = r["level"]
+                    if (r["row"] == row and name in r["scores"] and r.get("protocols") == _gallery_protocols(level)
+                            and r["key"] == _key(level, row, r["seed"], over)):
+                        groups.setdefault((name, row, label), {})[r["seed"]] = r["scores"][name]
+    return groups
+
+
+def _diffs(by_seed: dict[int, dict[str, dict[str, float]]], a: str, b: str,
+           other: dict[int, dict[str, dict[str, float]]] | None = None) -> list[float]:
+    """mAP of protocol ``a`` minus that of ``b`` (of ``other``'s model when given), seed by seed, in points."""
+    other = other or by_seed
+    seeds = sorted(s for s in by_seed if s in other and a in by_seed[s] and b in other[s])
+    return [100 * (by_seed[s][a]["mAP"] - other[s][b]["mAP"]) for s in seeds]
+
+
+def _default_label() -> str:
+    return next(label for label, fields in GALLERY_PROTOCOLS.items() if fields == {"protocol": DEFAULT_PROTOCOL})
+
+
+def gallery_report(results: Path) -> list[str]:
+    """The gallery study's section: the two questions, a table per choice, the training variants,
+    then every protocol seed by seed for each test set and row."""
+    groups = _gallery_groups(results)
+    if not groups:
+        return []
+    command = "python experiments/efficacy.py --level {feature,image,real} --study gallery"
+    defaults = {k: v for k, v in groups.items() if k[2] == "defaults"}
+    parts = ["## The gallery-graph protocol (`--study gallery`)\n\nEvery protocol of `GALLERY_PROTOCOLS` "
+             "(experiments/efficacy.py) on the models of the tables above (the rows with IR; seeds / splits "
+             "as listed). mAP in points; paired differences are taken seed by seed on the same model.\n"]
+    relational = [label for label in GALLERY_PROTOCOLS if label not in ("own cosine", "k-reciprocal")]
+    lines = ["| test set | row | seeds | best relational protocol (mean mAP) | mAP | - k-reciprocal, seed by seed | "
+             "mean ± std | beyond 2 std | >= +1.5 |", "|---|---|---|---|---|---|---|---|---|"]
+    for (name, row, _), by_seed in defaults.items():
+        seeds = sorted(by_seed)
+        means = {label: _mean_std([100 * by_seed[s][label]["mAP"] for s in seeds])[0] for label in relational
+                 if all(label in by_seed[s] for s in seeds)}
+        best = max(means, key=means.__getitem__)
+        d = _diffs(by_seed, best, "k-reciprocal")
+        m, sd = _mean_std(d)
+        lines.append(f"| {GALLERY_SETS[name]} | {row} | {len(seeds)} | {best} | {means[best]:.1f} | "
+                     f"{' '.join(f'{x:+.1f}' for x in d)} | {m:+.1f} ± {sd:.1f} | "
+                     f"{'yes' if m > 2 * sd else 'no'} | {'yes' if m >= 1.5 else 'no'} |")
+    parts.append("### Does the best relational protocol beat k-reciprocal of the same features?\n\n"
+                 f"`{command}`\n\n" + "\n".join(lines) + "\n")
+    default = _default_label()
+    lines = [f"| test set | row | seeds | default (`{default}`) - own cosine, seed by seed | mean ± std | "
+             "seeds below | gallery k=5 - own cosine, seed by seed | mean ± std | seeds below |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (name, row, _), by_seed in defaults.items():
+        cells = []
+        for label in (default, "gallery k=5"):
+            d = _diffs(by_seed, label, "own cosine")
+            cells += [" ".join(f"{x:+.1f}" for x in d), _signed(d), f"{sum(x < 0 for x in d)}/{len(d)}"]
+        lines.append(f"| {GALLERY_SETS[name]} | {row} | {len(by_seed)} | " + " | ".join(cells) + " |")
+    parts.append("### Does the default rank below the own cosine?\n\n"
+                 f"`{command}`\n\n" + "\n".join(lines) + "\n")
+    for title, pairs in GALLERY_CHOICES:
+        lines = ["| test set | row | seeds | " + " | ".join(f"{alt} - {ref}" for ref, alt in pairs) + " |",
+                 "|---|---|---|" + "---|" * len(pairs)]
+        for (name, row, _), by_seed in defaults.items():
+            cells = []
+            for ref, alt in pairs:
+                d = _diffs(by_seed, alt, ref)
+                cells.append(f"{_signed(d)} ({sum(x > 0 for x in d)}/{len(d)} up)" if d else "-")
+            if any(c != "-" for c in cells):
+                lines.append(f"| {GALLERY_SETS[name]} | {row} | {len(by_seed)} | " + " | ".join(cells) + " |")
+        parts.append(f"### Choice: {title}\n\nmAP difference, mean ± std over seeds (seeds up).\n\n"
+                     f"`{command}`\n\n" + "\n".join(lines) + "\n")
+    for name_row_label in sorted({(row, label) for (_, row, label) in groups if label != "defaults"}):
+        row, label = name_row_label
+        sets = [name for name in GALLERY_SETS if (name, row, label) in groups and (name, row, "defaults") in groups]
+        lines = ["| protocol | " + " | ".join(GALLERY_SETS[n] for n in sets) + " |", "|---|" + "---|" * len(sets)]
+        for proto in GALLERY_PROTOCOLS:
+            cells = [_diffs(groups[(n, row, label)], proto, proto, groups[(n, row, "defaults")]) for n in sets]
+            if any(cells):
+                lines.append(f"| {proto} | " + " | ".join(_signed(d) if d else "-" for d in cells) + " |")
+        study = next(s for s in GALLERY_TRAINING if label in STUDIES[s][2])
+        parts.append(f"### Training variant: {row}, {label} - defaults, paired\n\nmAP difference, mean ± std over "
+                     f"seeds.\n\n`python experiments/efficacy.py --level {{feature,image,real}} --study {study}` "
+                     f"(training), then `--study gallery`\n\n" + "\n".join(lines) + "\n")
+    for (name, row, label), by_seed in groups.items():
+        seeds = sorted(by_seed)
+        lines = ["| protocol | " + " | ".join(f"seed {s} mAP / R1" for s in seeds)
+                 + " | mAP mean ± std | R1 mean ± std | - k-reciprocal, paired | - own cosine, paired |",
+                 "|---|" + "---|" * (len(seeds) + 4)]
+        for proto in GALLERY_PROTOCOLS:
+            if not all(proto in by_seed[s] for s in seeds):
+                continue
+            maps = [100 * by_seed[s][proto]["mAP"] for s in seeds]
+            r1s = [100 * by_seed[s][proto]["rank1"] for s in seeds]
+            m, sd = _mean_std(maps)
+            r, rsd = _mean_std(r1s)
+            paired = [_signed(_diffs(by_seed, proto, base)) for base in ("k-reciprocal", "own cosine")]
+            lines.append(f"| {proto} | " + " | ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(maps, r1s, strict=True))
+                         + f" | {m:.1f} ± {sd:.1f} | {r:.1f} ± {rsd:.1f} | {paired[0]} | {paired[1]} |")
+        variant = "" if label == "defaults" else f", {label}"
+        parts.append(f"### Every protocol: {row}{variant}, {GALLERY_SETS[name]}\n\n`{command}`\n\n"
+                     + "\n".join(lines) + "\n")
+    return parts
 
 
 # ------------------------------------------------------------------------------------ real level
@@ -949,7 +1215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--level", choices=tuple(LEVELS), default="feature", help="feature, image or real level")
     p.add_argument(
-        "--study", default="main", help=f"comma-separated studies ({', '.join(STUDIES)}) or 'all' (default: main)"
+        "--study", default="main",
+        help=f"comma-separated studies ({', '.join(STUDIES)}, gallery) or 'all' (default: main); gallery: "
+             "the test protocols of rerank.protocol on the kept models of the rows with IR"
     )
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default: 0,1,2)")
     p.add_argument(
@@ -977,17 +1245,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.report:
-        studies = list(STUDIES) if args.study == "all" else args.study.split(",")
+        studies = [*STUDIES, "gallery"] if args.study == "all" else args.study.split(",")
         for s in studies:
-            if s not in STUDIES:
-                p.error(f"unknown study {s!r}; valid: {', '.join(STUDIES)} or all")
+            if s not in STUDIES and s != "gallery":
+                p.error(f"unknown study {s!r}; valid: {', '.join(STUDIES)}, gallery or all")
         seeds = [int(s) for s in args.seeds.split(",")]
         rows = args.rows.split(",") if args.rows else None
         missing = check_shared_data(args.level)
         if missing:
             p.error(missing)
         for s in studies:
-            run_study(args.level, s, args.results, seeds, rows)
+            if s == "gallery":
+                run_gallery(args.level, args.results, seeds, rows)
+            else:
+                run_study(args.level, s, args.results, seeds, rows)
     print(report(args.results, args.doc))
     return 0
 
