@@ -203,7 +203,7 @@ def test_resume_refuses_a_best_checkpoint(tmp_path):
     trainer.state.history = [trainer.state.row]
     trainer.hooks[0].after_epoch()
     hook = ResumeHook(tmp_path / "best.pth")
-    _trainer([hook])
+    held = _trainer([hook])  # noqa: F841 (a hook refers to its trainer weakly)
     with pytest.raises(ValueError, match="no training state.*resume from .*last.pth"):
         hook.before_train()
 
@@ -467,3 +467,28 @@ def test_a_trainer_built_by_hand_runs_fits_hooks_plus_its_own(tmp_path):
     trainer.train()
     assert len(seen) == 2 and load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
     assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "metrics.csv"))] == ["1", "2"]
+
+
+def test_a_finished_run_lets_its_loader_go_without_the_garbage_collector():
+    """Hooks refer to the trainer weakly, so once ``fit`` returns nothing but the caller holds
+    the loader: a loader with persistent workers shuts them down when the caller lets it go, not
+    at a later garbage collection (which the forked workers of a later DataLoader may run, on
+    workers that are not their children: "can only test a child process")."""
+    import gc
+    import weakref
+
+    from torch.utils.data import DataLoader
+
+    from hrnet_pyg.engine.train import fit
+
+    loader = DataLoader(_batches(), batch_size=None, num_workers=1, persistent_workers=True)
+    model = HRNet(_cfg(epochs=1), num_classes=8)
+    gc.disable()
+    try:
+        fit(model, loader, device="cpu", progress=False)
+        iterator = weakref.ref(loader._iterator)
+        assert iterator() is not None  # the workers persist while the caller keeps the loader
+        del loader
+        assert iterator() is None
+    finally:
+        gc.enable()

@@ -19,6 +19,7 @@ Hooks run in the order given; ``after_epoch`` hooks see the finished row and may
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,8 @@ class TrainState:
 
 
 class HookBase:
-    """Something done around the loop; :class:`Trainer` sets :attr:`trainer` when registering it.
+    """Something done around the loop; :class:`Trainer` sets :attr:`trainer` (a weak proxy: the
+    hook does not keep its trainer alive) when registering it.
 
     Every method does nothing unless overridden. ``after_train`` also runs when the loop stops
     with an error or Ctrl-C (``trainer.state.interrupted``).
@@ -176,7 +178,10 @@ class Trainer:
         self.state = TrainState(total_epochs=total_epochs)
         self.hooks: list[HookBase] = []
         for hook in hooks:
-            hook.trainer = self
+            # A proxy, so that hooks do not own the trainer: a trainer <-> hook cycle would keep
+            # the loader, and the workers of a persistent loader, alive after the run until the
+            # garbage collector ran, possibly inside the forked workers of a later DataLoader.
+            hook.trainer = weakref.proxy(self)
             self.hooks.append(hook)
 
     def call_hooks(self, point: str) -> None:
