@@ -4,11 +4,12 @@
 graphs. Over a whole query + gallery set (19,281 images for Market-1501, 93,820 for MSMT17) the
 (N, N) distance matrix must not exist, and the pairwise products dominate the cost, so
 :func:`knn_table` walks square blocks of the pairs: each block is computed once and serves its rows
-and, through its transpose, its columns (half the products of a row-by-row pass), and each row keeps
-a running top-k. The neighbours are exactly those of :func:`~hrnet_pyg.graphs.knn_edges`' dense
-path: the same ranking score :math:`\\lVert x_j \\rVert^2 - 2 x_i^\\top x_j` and the same tie rule
-(lower index first) at every step (:func:`~hrnet_pyg.topk.k_smallest_sorted`,
-:func:`~hrnet_pyg.topk.merge_k_smallest`).
+and, through its transpose, its columns (half the products of a row-by-row pass; a block against
+itself goes as the pairs of its quarters), and each row keeps a running top-k, into which a block
+brings only its entries at or below the row's current k-th score. The neighbours are exactly those
+of :func:`~hrnet_pyg.graphs.knn_edges`' dense path: the same ranking score
+:math:`\\lVert x_j \\rVert^2 - 2 x_i^\\top x_j` and the same tie rule (lower index first) at every
+step (:func:`~hrnet_pyg.topk.k_smallest_sorted`, :func:`~hrnet_pyg.topk.merge_k_smallest`).
 
 * :func:`knn_table` -- the (T, k) neighbour indices of every target, nearest first.
 * :func:`knn_table_blocks` -- the same for targets against sources read block by block (an index).
