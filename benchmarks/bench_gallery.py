@@ -142,19 +142,30 @@ def memory_child(num_q: int, num_g: int, d: int) -> None:
           f"vmhwm_gib={vmhwm_gib():.2f} ranking={tuple(top.index.shape)}", flush=True)
 
 
-def run_msmt17(args) -> None:
-    cmd = [sys.executable, __file__, "--child-memory", "--queries", "11659", "--gallery", "82161", "--d", str(args.d)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    print(f"MSMT17 size (11,659 x 82,161, d={args.d}), gallery protocol, output='topk' (top-100), in a child "
-          f"process ...", flush=True)
+MSMT17_SIZE = (11659, 82161)  # queries, gallery images
+
+
+def run_msmt17(d: int = 2048, threads: int = 0, size: tuple[int, int] = MSMT17_SIZE) -> float:
+    """The gallery protocol's peak memory at MSMT17 size (``output="topk"``, top-100) in a child
+    process (:func:`memory_child`); prints ``RATIO gallery_msmt17_peak_rss_gib`` and returns it.
+    ``size``: (queries, gallery images), smaller only for a smoke test of this path. Call it while
+    the calling process is small: a child's ``ru_maxrss`` starts at its parent's resident size."""
+    num_q, num_g = size
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-memory", "--queries", str(num_q),
+           "--gallery", str(num_g), "--d", str(d)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    print(f"{'MSMT17 size' if size == MSMT17_SIZE else 'NOT MSMT17 size (a smoke test)'} ({num_q:,} x {num_g:,}, "
+          f"d={d}), gallery protocol, output='topk' (top-100), in a child process ...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"the MSMT17-size child failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     fields = dict(kv.split("=", 1) for kv in line.split()[1:5])
     print(f"  {line[6:]}")
-    print(f"RATIO gallery_msmt17_peak_rss_gib={float(fields['peak_rss_gib']):.2f}")
+    peak = float(fields["peak_rss_gib"])
+    print(f"RATIO gallery_msmt17_peak_rss_gib={peak:.2f}")
+    return peak
 
 
 def main() -> None:
@@ -175,7 +186,7 @@ def main() -> None:
         memory_child(args.queries, args.gallery, args.d)
         return
     if args.msmt17:  # first, while this process is small: a child's ru_maxrss starts at its parent's size
-        run_msmt17(args)
+        run_msmt17(args.d, args.threads)
     if args.quick:
         args.queries, args.gallery = 300, 1500
     nq, ng, d = args.queries, args.gallery, args.d

@@ -48,6 +48,13 @@ k-reciprocal grows with (Q+G)^2, relational re-ranking with Q, so the ratio of a
 says little about Market's), ``RATIO rerank_speedup_vs_per_graph``, and the gallery protocol's
 ``RATIO gallery_speedup_vs_paper`` (target >= 5) and ``RATIO gallery_speedup_vs_kreciprocal``
 (target >= 1) unless ``--skip-gallery``.
+
+``--msmt17`` first measures the gallery protocol's peak memory at MSMT17 size (11,659 x 82,161,
+d = 2048, ``output="topk"``) in a child process, as ``bench_gallery.py --msmt17`` does (the same
+function, ``bench_gallery.run_msmt17``), and prints ``RATIO gallery_msmt17_peak_rss_gib`` (target
+< 16; ~10 min). ``--msmt17-size Q G`` runs that path at another size, for a smoke test.
+
+    python benchmarks/bench_rerank.py --msmt17 --skip-kreciprocal --skip-gallery   # the memory line, then Market
 """
 from __future__ import annotations
 
@@ -167,9 +174,19 @@ def main() -> None:
     ap.add_argument("--skip-gallery", action="store_true", help="leave out the gallery protocol (gallery_rerank)")
     ap.add_argument("--mm-size", type=int, default=4096, help="side of the reference torch.mm (default 4096)")
     ap.add_argument("--quick", action="store_true", help="300 queries x 1,500 gallery (CI size)")
+    ap.add_argument("--msmt17", action="store_true",
+                    help="first, the gallery protocol's peak memory at MSMT17 size in a child process (~10 min)")
+    ap.add_argument("--msmt17-size", type=int, nargs=2, metavar=("Q", "G"), default=None,
+                    help="queries and gallery images of the --msmt17 run (default: MSMT17's 11659 82161; "
+                         "smaller for a smoke test)")
     ap.add_argument("--pr-head", choices=("projected", "diagonal"), default=None,
                     help="verification head (default: the config's, projected)")
     args = ap.parse_args()
+    if args.msmt17_size is not None and not args.msmt17:
+        ap.error("--msmt17-size is the size of the --msmt17 run; pass --msmt17 too")
+    if args.msmt17:  # first, while this process is small: a child's ru_maxrss starts at its parent's size
+        from bench_gallery import MSMT17_SIZE, run_msmt17  # bench_gallery imports this module: not at the top
+        run_msmt17(args.d, args.threads, tuple(args.msmt17_size or MSMT17_SIZE))
     if args.quick:
         args.queries, args.gallery = 300, 1500
     dev = resolve_device(args.device)

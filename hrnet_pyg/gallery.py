@@ -58,6 +58,10 @@ _MESSAGE_BUDGET = 1 << 22
 # Entries of one (queries, G) block of similarities in the ranking (16 MiB in fp32: below glibc's
 # mmap threshold, so the blocks reuse freed memory instead of page-faulting).
 _RANK_BUDGET = 1 << 22
+# Gallery columns per product of the ranking on the CPU: a BLAS product whose output rows span a
+# whole large gallery runs well below the speed of square-ish tiles (1.5x slower at Market size),
+# and each entry is the same dot product either way.
+_RANK_TILE = DEFAULT_BLOCK
 # Bytes of one (queries, 1 + shortlist, d) tensor of a PR pass (as relational_rerank on the CPU).
 _PASS_TENSOR_BYTES = 24 << 20
 
@@ -234,16 +238,28 @@ def retrieval_of(model: HRNetModule, v: Tensor) -> Tensor:
 def _rank_blocks(query: Tensor, gallery: Tensor, depth: int, out: Tensor | None, progress: bool):
     """Per block of queries: ``(s, e, top_sims (B, depth), top_index (B, depth), cos (B, G))`` of
     unit-row features (cosine similarity), best first. With ``out`` (Q, G) on the features' device
-    the block is written into its rows (no copy)."""
+    the block is written into its rows (no copy); otherwise ``cos`` is a buffer that the next block
+    overwrites."""
     num_q, num_g = query.size(0), gallery.size(0)
     step = max(1, _RANK_BUDGET // max(1, num_g))
     in_place = out is not None and out.device == query.device and out.dtype == query.dtype
+    width = min(num_g, _RANK_TILE) if query.device.type == "cpu" else num_g  # tiles of gallery columns
+    tile = query.new_empty(min(step, num_q) * width) if width < num_g else None
+    block = None if in_place else query.new_empty(min(step, num_q) * num_g)
     for s in progress_of(range(0, num_q, step), "gallery ranking", show=progress, unit="blocks"):
         e = min(num_q, s + step)
         if in_place and out is not None:
-            cos = torch.mm(query[s:e], gallery.T, out=out[s:e])  # (B, G), the output's rows
+            cos = out[s:e]  # (B, G), the output's rows
         else:
-            cos = query[s:e] @ gallery.T
+            assert block is not None
+            cos = block[:(e - s) * num_g].view(e - s, num_g)
+        if tile is None:
+            torch.mm(query[s:e], gallery.T, out=cos)
+        else:
+            for c0 in range(0, num_g, width):
+                c1 = min(num_g, c0 + width)
+                part = tile[:(e - s) * (c1 - c0)].view(e - s, c1 - c0)
+                cos[:, c0:c1] = torch.mm(query[s:e], gallery[c0:c1].T, out=part)
         if depth == 0:  # the dense matrix alone: nothing to list
             yield s, e, cos.new_zeros(e - s, 0), torch.zeros(e - s, 0, dtype=torch.long), cos
             continue

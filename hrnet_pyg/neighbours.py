@@ -4,11 +4,12 @@
 graphs. Over a whole query + gallery set (19,281 images for Market-1501, 93,820 for MSMT17) the
 (N, N) distance matrix must not exist, and the pairwise products dominate the cost, so
 :func:`knn_table` walks square blocks of the pairs: each block is computed once and serves its rows
-and, through its transpose, its columns (half the products of a row-by-row pass), and each row keeps
-a running top-k. The neighbours are exactly those of :func:`~hrnet_pyg.graphs.knn_edges`' dense
-path: the same ranking score :math:`\\lVert x_j \\rVert^2 - 2 x_i^\\top x_j` and the same tie rule
-(lower index first) at every step (:func:`~hrnet_pyg.topk.k_smallest_sorted`,
-:func:`~hrnet_pyg.topk.merge_k_smallest`).
+and, through its transpose, its columns (half the products of a row-by-row pass; a block against
+itself goes as the pairs of its quarters), and each row keeps a running top-k, into which a block
+brings only its entries at or below the row's current k-th score. The neighbours are exactly those
+of :func:`~hrnet_pyg.graphs.knn_edges`' dense path: the same ranking score
+:math:`\\lVert x_j \\rVert^2 - 2 x_i^\\top x_j` and the same tie rule (lower index first) at every
+step (:func:`~hrnet_pyg.topk.k_smallest_sorted`, :func:`~hrnet_pyg.topk.merge_k_smallest`).
 
 * :func:`knn_table` -- the (T, k) neighbour indices of every target, nearest first.
 * :func:`knn_table_blocks` -- the same for targets against sources read block by block (an index).
@@ -30,6 +31,11 @@ from hrnet_pyg.topk import k_smallest_sorted, merge_k_smallest
 DEFAULT_BLOCK = 2048
 
 
+# Entries per target below which a block's candidates are merged instead of a top-k of the block
+# (:func:`_fold_block`; at least 4 k).
+_CANDIDATE_LIMIT = 64
+
+
 def squared_norms(x: Tensor) -> Tensor:
     """(N,) squared norms of the rows of ``x``, as every path here computes them (a store that keeps
     them for :func:`knn_table_blocks` computes them with this)."""
@@ -42,16 +48,58 @@ def _cuts(start: int, stop: int, size: int) -> list[tuple[int, int]]:
 
 
 def _fold_block(best_v: Tensor, best_i: Tensor, sq_src: Tensor, dots: Tensor, offset: int, k: int,
-                self_score: float | None = None) -> tuple[Tensor, Tensor]:
+                self_score: float | None = None, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     r"""The running top-k ``(best_v, best_i)`` of some targets merged with one block of sources
     (``sq_src`` their squared norms, ``dots`` the (T, B) inner products, ``offset`` the block's first
     source row), ranked by Eq. 1's :math:`\lVert x_j \rVert^2 - 2 x_i^\top x_j`; ``self_score``
-    goes on the diagonal (a block of nodes against themselves)."""
-    score = torch.add(sq_src.unsqueeze(0), dots, alpha=-2.0).contiguous()
+    goes on the diagonal (a block of nodes against themselves). ``out``: a buffer of at least T B
+    floats for the scores (a blocked pass reuses one instead of allocating a block per call).
+
+    Once every target holds k neighbours, only the block's entries at or below a target's current
+    k-th score can enter its top-k: those few are merged (:func:`_candidates`) instead of a top-k
+    of the whole block, with the same result (ties are settled by the merge)."""
+    if out is None:
+        out = dots.new_empty(dots.numel())
+    # The scores in the memory layout of ``dots`` (a block's transpose is a view): one pass, no copy.
+    flip = dots.dim() == 2 and dots.size(0) > 1 and dots.size(1) > 1 and dots.stride(0) == 1
+    base = dots.T if flip else dots
+    bias = sq_src.unsqueeze(1) if flip else sq_src.unsqueeze(0)
+    stored = torch.add(bias, base, alpha=-2.0, out=out[:base.numel()].view(base.shape))
+    score = stored.T if flip else stored  # (T, B)
     if self_score is not None:
         score.diagonal().fill_(self_score)
-    v, i = k_smallest_sorted(score, min(k, score.size(1)))
+    if best_v.size(1) == k and best_v.size(0) > 0 and bool(torch.isfinite(best_v[:, k - 1]).all()):
+        found = _candidates(stored, best_v[:, k - 1], flip, offset, best_i, limit=max(4 * k, _CANDIDATE_LIMIT))
+        if found is not None:
+            v, i = found
+            return (best_v, best_i) if v.size(1) == 0 else merge_k_smallest(best_v, best_i, v, i, k)
+    v, i = k_smallest_sorted(score.contiguous(), min(k, score.size(1)))
     return merge_k_smallest(best_v, best_i, v, i + offset, k)
+
+
+def _candidates(stored: Tensor, kth: Tensor, flip: bool, offset: int, index_like: Tensor,
+                limit: int) -> tuple[Tensor, Tensor] | None:
+    """The scores at or below each target's ``kth`` (T,): ``stored`` holds them as (T, B), or as
+    (B, T) when ``flip``. Returns (T, c) values and source rows (``offset`` + column) padded with
+    ``inf`` and an index that loses every tie, ``c`` the most of any target; ``None`` when some
+    target has more than ``limit`` of them (a top-k of the block is then cheaper)."""
+    num = kth.numel()
+    pairs = (stored <= (kth.unsqueeze(0) if flip else kth.unsqueeze(1))).nonzero()  # in the stored layout
+    values = stored[pairs[:, 0], pairs[:, 1]]
+    rows, cols = (pairs[:, 1], pairs[:, 0]) if flip else (pairs[:, 0], pairs[:, 1])
+    counts = torch.bincount(rows, minlength=num)
+    width = int(counts.max()) if rows.numel() else 0
+    if width > limit:
+        return None
+    if flip:  # nonzero lists them by source: group them by target
+        order = rows.argsort(stable=True)
+        rows, cols, values = rows[order], cols[order], values[order]
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    v = values.new_full((num, width), float("inf"))
+    i = index_like.new_full((num, width), 1 << 62)
+    v[rows, slot] = values
+    i[rows, slot] = cols + offset
+    return v, i
 
 
 def _check(x: Tensor, name: str) -> Tensor:
@@ -125,16 +173,23 @@ def knn_table(
                          "overflows); Euclidean distances are undefined")
     best_v = x.new_full((num, k), float("inf"))
     best_i = torch.full((num, k), num_src, dtype=torch.long, device=x.device)  # index N_s: loses every tie
+    # Two reused block buffers (the inner products, the scores): a fresh 16 MiB tensor per block
+    # would page-fault on every block.
+    side = min(int(block_size), max(num, num_src, 1))
+    g_buf, s_buf = x.new_empty(side * side), x.new_empty(side * side)
     with torch.no_grad():
         for (a0, a1), (b0, b1), rows, cols in progress_of(
                 _block_pairs(num, num_src, first, int(block_size), two_sets), "kNN table", show=progress,
                 unit="blocks"):
-            g = x[a0:a1] @ src[b0:b1].T  # (R, C) inner products, shared by both uses of the block
+            # (R, C) inner products, shared by both uses of the block
+            g = torch.mm(x[a0:a1], src[b0:b1].T, out=g_buf[:(a1 - a0) * (b1 - b0)].view(a1 - a0, b1 - b0))
             if rows:  # targets a0:a1 choose among the sources b0:b1
                 diag = (float("-inf") if loop else float("inf")) if not two_sets and a0 == b0 else None
-                best_v[a0:a1], best_i[a0:a1] = _fold_block(best_v[a0:a1], best_i[a0:a1], sq_s[b0:b1], g, b0, k, diag)
+                best_v[a0:a1], best_i[a0:a1] = _fold_block(best_v[a0:a1], best_i[a0:a1], sq_s[b0:b1], g, b0, k, diag,
+                                                           out=s_buf)
             if cols:  # the same block, transposed: targets b0:b1 choose among the sources a0:a1
-                best_v[b0:b1], best_i[b0:b1] = _fold_block(best_v[b0:b1], best_i[b0:b1], sq_x[a0:a1], g.T, a0, k)
+                best_v[b0:b1], best_i[b0:b1] = _fold_block(best_v[b0:b1], best_i[b0:b1], sq_x[a0:a1], g.T, a0, k,
+                                                           out=s_buf)
     return best_i
 
 
@@ -149,9 +204,14 @@ def _block_pairs(num: int, num_src: int, first: int, size: int, two_sets: bool):
     pairs = []
     for ai, a in enumerate(blocks):
         for b in blocks[ai:]:
-            rows, cols = b[0] >= first, a != b and a[0] >= first
-            if rows or cols:
-                pairs.append((a, b, rows, cols))
+            # A block against itself repeats its upper triangle below the diagonal: it goes as the
+            # pairs of its quarters, each unordered pair once (5/8 of its products instead of all).
+            subs = _cuts(a[0], a[1], max(1, size // 4)) if a == b else [a]
+            for si, sa in enumerate(subs):
+                for sb in (subs[si:] if a == b else [b]):
+                    rows, cols = sb[0] >= first, sa != sb and sa[0] >= first
+                    if rows or cols:
+                        pairs.append((sa, sb, rows, cols))
     return pairs
 
 

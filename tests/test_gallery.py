@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as Fn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hrnet_pyg import gallery
+from hrnet_pyg import gallery, neighbours
 from hrnet_pyg.config import HRNetConfig
 from hrnet_pyg.gallery import (
     GalleryRanking,
@@ -92,6 +92,30 @@ def test_blocked_knn_nearest_first_and_sources():
     q = torch.randint(0, 4, (9, 3), generator=gen).float()
     two = knn_table(q, 4, x, block_size=4)
     assert edge_set(table_edges(two)) == dense_knn(q, 4, list(range(30)), src=x)
+
+
+def test_blocked_knn_merges_candidates_or_falls_back_to_a_topk(monkeypatch):
+    """A block is folded either from its few entries at or below each target's current k-th score
+    or, when some target has more than the limit of them (ties), by a top-k of the block: the same
+    table as the dense kNN either way."""
+    used = []
+    real = neighbours._candidates
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(neighbours, "_candidates", spy)
+    monkeypatch.setattr(neighbours, "_CANDIDATE_LIMIT", 0)  # the limit is then 4 k
+    gen = torch.Generator().manual_seed(3)
+    tied = torch.randint(0, 2, (40, 1), generator=gen).float()  # two distinct rows, ~20 copies each
+    plain = torch.randn(40, 3, generator=gen)
+    for x, k in ((tied, 1), (plain, 3), (tied, 3)):
+        for loop in (False, True):
+            table = knn_table(x, k, loop=loop, block_size=16)
+            assert edge_set(table_edges(table)) == dense_knn(x, k, list(range(40)), loop=loop)
+    assert True in used and False in used
 
 
 def test_blocked_knn_errors():
@@ -231,6 +255,22 @@ def test_pr_rescore_is_the_pair_graph_on_the_whole_set_v(row):
         rest = torch.ones(25, dtype=torch.bool)
         rest[top_i] = False
         torch.testing.assert_close(dist[i, rest], 1.0 - cos[i, rest])
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(pr_top_k=6)])
+def test_ranking_in_tiles_is_the_one_product(monkeypatch, opts):
+    """The ranking's products over tiles of gallery columns and blocks of queries (the CPU path of a
+    gallery wider than a tile) give what one product of all queries and the whole gallery gives."""
+    model = make_model()
+    q, g = features(9, 21), features(40, 22)
+    whole = gallery_rerank(model, q, g, output="distances", progress=False, **opts)
+    whole_top = gallery_rerank(model, q, g, top_k=7, progress=False, **opts)
+    monkeypatch.setattr(gallery, "_RANK_TILE", 7)  # 6 tiles, the last one narrower
+    monkeypatch.setattr(gallery, "_RANK_BUDGET", 4 * 40)  # blocks of 4 queries
+    torch.testing.assert_close(gallery_rerank(model, q, g, output="distances", progress=False, **opts), whole)
+    top = gallery_rerank(model, q, g, top_k=7, progress=False, **opts)
+    torch.testing.assert_close(top.dist, whole_top.dist)
+    assert torch.equal(top.index, whole_top.index)
 
 
 def test_permuting_the_gallery_permutes_the_result():
