@@ -698,9 +698,14 @@ def _gallery_variants(row: str) -> dict[str, dict[str, Any]]:
 
 
 def _gallery_protocols(level: str) -> dict[str, dict[str, Any]]:
-    """Label -> the full RerankConfig of each protocol at ``level`` (a record is stale when they change)."""
+    """Label -> the RerankConfig fields that each protocol reads at ``level``
+    (``RerankConfig.used_fields``; a record is stale when they change)."""
     base = _rerank_config(level, {})
-    return {label: base.replace(**fields).to_dict() for label, fields in GALLERY_PROTOCOLS.items()}
+    out = {}
+    for label, fields in GALLERY_PROTOCOLS.items():
+        cfg = base.replace(**fields)
+        out[label] = {name: getattr(cfg, name) for name in cfg.used_fields()}
+    return out
 
 
 def run_gallery_one(level: str, row: str, seed: int, overrides: dict[str, Any], results: Path,
@@ -728,7 +733,7 @@ def run_gallery_one(level: str, row: str, seed: int, overrides: dict[str, Any], 
         for name, (q, g) in eval_sets(level, data, model).items():
             scores[name] = {}
             for label, fields in protocols.items():
-                if fields["gallery_pr_shortlist"] and model.pr is None:
+                if fields.get("gallery_pr_shortlist") and model.pr is None:
                     continue  # a re-score by the PR module: rows without it have none
                 t1 = time.perf_counter()
                 dist = relational_rerank(model, q[0], g[0], RerankConfig.from_dict(fields), device="cpu",

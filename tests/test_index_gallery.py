@@ -243,7 +243,7 @@ def test_cli_build_relational_search(tmp_path, capsys):
     write_images(tmp_path / "gallery", [f"{p:04d}_c{c}s1_{i:06d}_00.jpg" for p in range(1, 7) for c, i in
                                         ((1, 1), (2, 2), (3, 3))], seed=0)
     write_images(tmp_path / "query", QUERY, seed=0)
-    model = tiny_model()  # HRNet, k=3; its protocol's gallery options: the defaults
+    model = tiny_model()  # HRNet, k=3; its protocol's gallery options: the defaults (gallery_k 5)
     ckpt = tmp_path / "model.pth"
     model.save(ckpt)
     out = tmp_path / "g.idx"
@@ -260,13 +260,14 @@ def test_cli_build_relational_search(tmp_path, capsys):
     df = pd.read_csv(csv)
     g = extract_images(model, tmp_path / "gallery", device="cpu", progress=False)
     q = extract_images(model, tmp_path / "query", device="cpu", progress=False)
-    ref = gallery_rerank(model, q.features, g.features, neighbours="gallery", output="distances", progress=False)
+    ref = gallery_rerank(model, q.features, g.features, k=model.rerank_config.gallery_k, neighbours="gallery",
+                         output="distances", progress=False)
     top = ref.topk(5, dim=1, largest=False)
     assert list(df["gallery"]) == [g.paths[j] for row in top.indices.tolist() for j in row]
     torch.testing.assert_close(torch.tensor(1.0 - df["relational_score"].to_numpy()).float(),
                                top.values.reshape(-1), atol=1e-5, rtol=1e-5)
     assert main(["index", "info", "--index", str(out)]) == 0
-    assert "relational  BN(V') over the gallery-only kNN graph, k=3" in capsys.readouterr().out
+    assert "relational  BN(V') over the gallery-only kNN graph, k=5" in capsys.readouterr().out  # the default
 
     bare = tmp_path / "bare.idx"
     assert main(["index", "build", "--checkpoint", str(ckpt), "--images", str(tmp_path / "gallery"), "--out",

@@ -417,7 +417,8 @@ def test_each_protocol_equals_its_reference():
         return gallery_rerank(model, qf, gf, output="distances", progress=False, **options)
 
     assert torch.equal(rerank(protocol="gallery", gallery_k=5), whole_set(k=5))
-    assert torch.equal(rerank(protocol="gallery"), whole_set(k=model.config.k))  # None: the model's k
+    assert torch.equal(rerank(protocol="gallery"), whole_set(k=5))  # the measured default
+    assert torch.equal(rerank(protocol="gallery", gallery_k=None), whole_set(k=model.config.k))  # the model's k
     options = dict(gallery_k=4, gallery_neighbours="gallery", gallery_normalize="neighbors", gallery_rounds=2,
                    gallery_reuse_graph=True, gallery_pr_shortlist=7, pr_score="pr_logit", norm="rank", pr_weight=0.5)
     assert torch.equal(rerank(protocol="gallery", **options),

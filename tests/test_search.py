@@ -422,7 +422,8 @@ def test_cli_search_protocol(checkpoint, model, gallery_dir, query_dir, g_feats,
             "--topk", "6", "--no-progress", "--csv"]
     assert main([*base, str(tmp_path / "gallery.csv"), "--protocol", "gallery"]) == 0
     assert capsys.readouterr().out.count("(ordered by rerank.protocol=gallery)") == 3
-    dist = gallery_rerank(model, q_feats.features, g_feats.features, output="distances", progress=False)
+    dist = gallery_rerank(model, q_feats.features, g_feats.features, k=model.rerank_config.gallery_k,
+                          output="distances", progress=False)
     names = [Path(p).name for p in g_feats.paths]
     rows = [line.split(",") for line in (tmp_path / "gallery.csv").read_text().splitlines()[1:]]
     for q in range(3):
