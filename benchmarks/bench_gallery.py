@@ -7,8 +7,9 @@ non-negative, clustered by 751 identities; ``bench_rerank.make_features``) and a
 trained model's shapes (IR + CNC + PR + IGP at d = 2048, random weights: the timing does not
 depend on them) go from CNN features F to the final (Q, G) distances through
 
-* ``hrnet_pyg.gallery.gallery_rerank`` (defaults: k of the config, neighbours "all", one round,
-  ranked by the cosine of BN(V'); ``output="distances"``, what evaluation reads);
+* ``hrnet_pyg.gallery.gallery_rerank`` (``rerank.protocol=gallery`` with its defaults: k = 5,
+  neighbours "all", one round, ranked by the cosine of BN(V'); ``output="distances"``, what
+  evaluation reads);
 * ``hrnet_pyg.rerank.relational_rerank`` (the paper's top-120 query graphs, both modules);
 * ``hrnet_pyg.kreciprocal.k_reciprocal_rerank_features`` (k1 = 20, k2 = 6, lambda = 0.3);
 * :func:`torchreid_style_re_ranking` below: a re-implementation, for timing only, of the dense
@@ -49,10 +50,14 @@ from bench_rerank import make_features  # noqa: E402
 
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
 from hrnet_pyg.distances import euclidean_distance  # noqa: E402
-from hrnet_pyg.gallery import gallery_rerank  # noqa: E402
+from hrnet_pyg.gallery import gallery_rerank, options_of  # noqa: E402
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features  # noqa: E402
 from hrnet_pyg.model import HRNetModule  # noqa: E402
+from hrnet_pyg.protocol import RerankConfig  # noqa: E402
 from hrnet_pyg.rerank import relational_rerank  # noqa: E402
+
+# The gallery protocol as users select it: rerank.protocol=gallery with its measured defaults.
+GALLERY = options_of(RerankConfig(protocol="gallery"))
 
 
 def torchreid_style_re_ranking(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int = 20, k2: int = 6,
@@ -137,7 +142,7 @@ def memory_child(num_q: int, num_g: int, d: int) -> None:
     model = make_model(d)
     base = maxrss_gib()
     t0 = time.perf_counter()
-    top = gallery_rerank(model, qf, gf, output="topk", top_k=100, progress=True)
+    top = gallery_rerank(model, qf, gf, **GALLERY, output="topk", top_k=100, progress=True)
     print(f"CHILD seconds={time.perf_counter() - t0:.1f} inputs_rss_gib={base:.2f} peak_rss_gib={maxrss_gib():.2f} "
           f"vmhwm_gib={vmhwm_gib():.2f} ranking={tuple(top.index.shape)}", flush=True)
 
@@ -193,12 +198,12 @@ def main() -> None:
     model = make_model(d)
     qf, gf = make_features(nq, ng, d, num_ids=751, seed=0)
     load0 = os.getloadavg()
-    print(f"gallery protocol (IR k={model.config.k}, normalize={model.ir.normalize!r}) vs the paper's per-query "
+    print(f"gallery protocol (k={GALLERY['k']}, normalize={model.ir.normalize!r}) vs the paper's per-query "
           f"graphs (top-{model.rerank_config.shortlist}) vs k-reciprocal (k1=20 k2=6 lambda=0.3), {nq} queries x {ng} "
           f"gallery, d={d}; torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
           f"{load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} on {os.cpu_count()} cores", flush=True)
-    gallery_rerank(model, qf[:50], gf[:400], output="distances", progress=False)  # warm-up
-    runs = [("gallery", lambda: gallery_rerank(model, qf, gf, output="distances", progress=False))]
+    gallery_rerank(model, qf[:50], gf[:400], **GALLERY, output="distances", progress=False)  # warm-up
+    runs = [("gallery", lambda: gallery_rerank(model, qf, gf, **GALLERY, output="distances", progress=False))]
     if not args.skip_paper:
         runs.append(("paper", lambda: relational_rerank(model, qf, gf, device="cpu", progress=False)))
     runs.append(("kreciprocal", lambda: k_reciprocal_rerank_features(qf, gf, progress=False)))

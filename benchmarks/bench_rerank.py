@@ -55,6 +55,15 @@ function, ``bench_gallery.run_msmt17``), and prints ``RATIO gallery_msmt17_peak_
 < 16; ~10 min). ``--msmt17-size Q G`` runs that path at another size, for a smoke test.
 
     python benchmarks/bench_rerank.py --msmt17 --skip-kreciprocal --skip-gallery   # the memory line, then Market
+
+``--index N`` then measures the inductive form's query latency in a persistent index of N
+generated images (the issue's 200,000), as ``bench_index.py --gallery-protocol`` does (the same
+function, ``bench_index.gallery_protocol``: one query at a time, interleaved with the paper
+protocol's search), and prints ``RATIO index_gallery_latency_ms`` and
+``RATIO index_gallery_speedup_vs_paper``. The index is written to a temporary folder (1.6 GB at
+200,000 x 2048 in float32) and removed.
+
+    python benchmarks/bench_rerank.py --msmt17 --index 200000   # every line of the gallery protocol, one run
 """
 from __future__ import annotations
 
@@ -76,7 +85,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
 from hrnet_pyg.evaluation import evaluate_rank  # noqa: E402
-from hrnet_pyg.gallery import gallery_rerank  # noqa: E402
+from hrnet_pyg.gallery import gallery_rerank, options_of  # noqa: E402
 from hrnet_pyg.graphs import pair_mask  # noqa: E402
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features  # noqa: E402
 from hrnet_pyg.model import HRNetModule as HRNet  # noqa: E402
@@ -84,6 +93,9 @@ from hrnet_pyg.protocol import RerankConfig  # noqa: E402
 from hrnet_pyg.rerank import relational_rerank  # noqa: E402
 from hrnet_pyg.runtime import resolve_device  # noqa: E402
 from hrnet_pyg.scoring import fuse_scores, fusion_of, score_query_graphs  # noqa: E402
+
+# The gallery protocol as users select it: rerank.protocol=gallery with its measured defaults.
+GALLERY = options_of(RerankConfig(protocol="gallery"))
 
 
 def make_features(num_q: int, num_g: int, d: int, num_ids: int, seed: int, with_ids: bool = False):
@@ -155,6 +167,24 @@ def ranking_agreement(a: torch.Tensor, b: torch.Tensor, shortlist: int) -> dict[
     }
 
 
+def run_index(n: int, d: int, threads: int | None) -> None:
+    """``bench_index.py --gallery-protocol`` at ``n`` images of ``d`` dims, in a temporary folder."""
+    import shutil
+    import tempfile
+
+    from bench_index import gallery_protocol
+
+    if threads:
+        torch.set_num_threads(threads)
+    print(f"index: the gallery protocol's search in an index of {n:,} x {d}; torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench_rerank_index."))
+    try:
+        gallery_protocol(argparse.Namespace(dim=d, chunk=50000, dtype="float32", queries=40), n, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=3368)
@@ -179,6 +209,9 @@ def main() -> None:
     ap.add_argument("--msmt17-size", type=int, nargs=2, metavar=("Q", "G"), default=None,
                     help="queries and gallery images of the --msmt17 run (default: MSMT17's 11659 82161; "
                          "smaller for a smoke test)")
+    ap.add_argument("--index", type=int, default=0, metavar="N",
+                    help="also the gallery protocol's query latency in an index of N images (200000: the "
+                         "issue's size; bench_index.py --gallery-protocol's measurement)")
     ap.add_argument("--pr-head", choices=("projected", "diagonal"), default=None,
                     help="verification head (default: the config's, projected)")
     args = ap.parse_args()
@@ -187,6 +220,10 @@ def main() -> None:
     if args.msmt17:  # first, while this process is small: a child's ru_maxrss starts at its parent's size
         from bench_gallery import MSMT17_SIZE, run_msmt17  # bench_gallery imports this module: not at the top
         run_msmt17(args.d, args.threads, tuple(args.msmt17_size or MSMT17_SIZE))
+    if args.index < 0:
+        ap.error(f"--index: images in the index, at least 1, got {args.index}")
+    if args.index:
+        run_index(args.index, args.d, args.threads)
     if args.quick:
         args.queries, args.gallery = 300, 1500
     dev = resolve_device(args.device)
@@ -241,7 +278,7 @@ def main() -> None:
         return out
 
     def run_gal():
-        return gallery_rerank(model, qf_dev, gf_dev, output="distances", device=dev, progress=False)
+        return gallery_rerank(model, qf_dev, gf_dev, **GALLERY, output="distances", device=dev, progress=False)
 
     # Warm-up (small problems: allocator, MKL and OpenMP pools, CUDA kernels), then interleaved rounds.
     run_mm()
@@ -249,7 +286,7 @@ def main() -> None:
     if not args.skip_kreciprocal:
         k_reciprocal_rerank_features(qf_dev[:200], gf_dev[:800], progress=False)
     if not args.skip_gallery:
-        gallery_rerank(model, qf_dev[:50], gf_dev[:400], output="distances", device=dev, progress=False)
+        gallery_rerank(model, qf_dev[:50], gf_dev[:400], **GALLERY, output="distances", device=dev, progress=False)
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
@@ -317,7 +354,7 @@ def main() -> None:
               f"{max(times['kr']):.3f}); peak RSS so far {rss['kr']:.0f} MiB")
     if "gal" in med:
         print(f"gallery protocol:      median {med['gal']:.3f} s (range {min(times['gal']):.3f}-"
-              f"{max(times['gal']):.3f}; k={cfg.k}, one round); peak RSS so far {rss['gal']:.0f} MiB")
+              f"{max(times['gal']):.3f}; k={GALLERY['k']}, one round); peak RSS so far {rss['gal']:.0f} MiB")
     print(f"per-graph path on {c} query graphs: {t_pg:.3f} s vs score_query_graphs on the same "
           f"graphs {t_fast_graphs:.3f} s (image terms computed per graph node there too)")
     per_query_pg = t_pg / c
