@@ -47,7 +47,9 @@ Prints ``RATIO rerank_flop_efficiency=<useful FLOP/s / mm FLOP/s>`` (target >= 0
 k-reciprocal grows with (Q+G)^2, relational re-ranking with Q, so the ratio of a smaller problem
 says little about Market's), ``RATIO rerank_speedup_vs_per_graph``, and the gallery protocol's
 ``RATIO gallery_speedup_vs_paper`` (target >= 5) and ``RATIO gallery_speedup_vs_kreciprocal``
-(target >= 1) unless ``--skip-gallery``.
+(target >= 1) unless ``--skip-gallery``; with ``--torchreid`` also torchreid-style dense
+k-reciprocal re-ranking in the rounds (``bench_gallery.torchreid_style_re_ranking``) and
+``RATIO gallery_speedup_vs_torchreid_kreciprocal``.
 
 ``--msmt17`` first measures the gallery protocol's peak memory at MSMT17 size (11,659 x 82,161,
 d = 2048, ``output="topk"``) in a child process, as ``bench_gallery.py --msmt17`` does (the same
@@ -63,7 +65,7 @@ protocol's search), and prints ``RATIO index_gallery_latency_ms`` and
 ``RATIO index_gallery_speedup_vs_paper``. The index is written to a temporary folder (1.6 GB at
 200,000 x 2048 in float32) and removed.
 
-    python benchmarks/bench_rerank.py --msmt17 --index 200000   # every line of the gallery protocol, one run
+    python benchmarks/bench_rerank.py --msmt17 --index 200000 --torchreid   # every line of the gallery protocol
 """
 from __future__ import annotations
 
@@ -209,6 +211,9 @@ def main() -> None:
     ap.add_argument("--msmt17-size", type=int, nargs=2, metavar=("Q", "G"), default=None,
                     help="queries and gallery images of the --msmt17 run (default: MSMT17's 11659 82161; "
                          "smaller for a smoke test)")
+    ap.add_argument("--torchreid", action="store_true",
+                    help="also torchreid-style dense k-reciprocal re-ranking in the interleaved rounds "
+                         "(bench_gallery's re-implementation, CPU; ~10 GiB and ~1 min at Market size)")
     ap.add_argument("--index", type=int, default=0, metavar="N",
                     help="also the gallery protocol's query latency in an index of N images (200000: the "
                          "issue's size; bench_index.py --gallery-protocol's measurement)")
@@ -280,6 +285,11 @@ def main() -> None:
     def run_gal():
         return gallery_rerank(model, qf_dev, gf_dev, **GALLERY, output="distances", device=dev, progress=False)
 
+    def run_tr():
+        from bench_gallery import torchreid_style_from_features  # bench_gallery imports this module
+
+        return torchreid_style_from_features(qf, gf)
+
     # Warm-up (small problems: allocator, MKL and OpenMP pools, CUDA kernels), then interleaved rounds.
     run_mm()
     relational_rerank(model, qf_dev[:64], gf_dev[:2000], device=dev, progress=False)
@@ -290,11 +300,12 @@ def main() -> None:
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    times: dict[str, list[float]] = {"mm": [], "rel": [], "kr": [], "gal": []}
-    fns: dict[str, Callable] = {"mm": run_mm, "rel": run_rel, "kr": run_kr, "gal": run_gal}
+    times: dict[str, list[float]] = {"mm": [], "rel": [], "kr": [], "gal": [], "tr": []}
+    fns: dict[str, Callable] = {"mm": run_mm, "rel": run_rel, "kr": run_kr, "gal": run_gal, "tr": run_tr}
     rss: dict[str, float] = {}
     order = ("mm", "rel") + (() if args.skip_kreciprocal else ("mm", "kr"))
     order += () if args.skip_gallery else ("mm", "gal")
+    order += ("mm", "tr") if args.torchreid else ()
     rel_out = None
     for _ in range(repeats):
         for name in order:
@@ -355,6 +366,9 @@ def main() -> None:
     if "gal" in med:
         print(f"gallery protocol:      median {med['gal']:.3f} s (range {min(times['gal']):.3f}-"
               f"{max(times['gal']):.3f}; k={GALLERY['k']}, one round); peak RSS so far {rss['gal']:.0f} MiB")
+    if "tr" in med:
+        print(f"torchreid-style dense k-reciprocal: median {med['tr']:.3f} s (range {min(times['tr']):.3f}-"
+              f"{max(times['tr']):.3f}); peak RSS so far {rss['tr']:.0f} MiB")
     print(f"per-graph path on {c} query graphs: {t_pg:.3f} s vs score_query_graphs on the same "
           f"graphs {t_fast_graphs:.3f} s (image terms computed per graph node there too)")
     per_query_pg = t_pg / c
@@ -396,6 +410,8 @@ def main() -> None:
         print(f"RATIO gallery_speedup_vs_paper={med['rel'] / med['gal']:.2f}")
         if "kr" in med:
             print(f"RATIO gallery_speedup_vs_kreciprocal={med['kr'] / med['gal']:.2f}")
+        if "tr" in med:
+            print(f"RATIO gallery_speedup_vs_torchreid_kreciprocal={med['tr'] / med['gal']:.2f}")
     if not ok:
         raise SystemExit("fast and per-graph re-ranking scores differ")
 
