@@ -208,7 +208,8 @@ def relational_features(
     Args:
         model: a trained :class:`~hrnet_pyg.model.HRNetModule` with the IR module (in eval mode).
         feats: (N, d) CNN features F (queries first, then the gallery, for the protocols here).
-        k: neighbours per node. (default: the config's ``k``, the training graph's)
+        k: neighbours per node. (default: the config's ``k``, the training graph's; the test
+            protocol ``rerank.protocol=gallery`` passes ``RerankConfig.gallery_k``, 5 measured)
         sources_from: only rows ``sources_from:`` are neighbours (of every node); the all-node
             denominator of ``normalize="all"`` also runs over them only. (default: 0, all rows)
         normalize: Eq. 2's normalisation, ``"all"`` or ``"neighbors"``. (default: the layer's own)
@@ -395,7 +396,8 @@ def gallery_rerank(
             CNN+IR+CNC or HRNet).
         query_feats: (Q, d) CNN features F of the queries (``HRNet.extract``).
         gallery_feats: (G, d) CNN features F of the gallery.
-        k: neighbours per node of the test graph. (default: the config's ``k``, the training graph's)
+        k: neighbours per node of the test graph. (default: the config's ``k``, the training graph's;
+            ``rerank.protocol=gallery`` passes ``RerankConfig.gallery_k``, 5 measured in ``docs/efficacy.md``)
         neighbours: ``"all"``: each node's neighbours among all Q + G images (the setting of
             k-reciprocal re-ranking); ``"gallery"``: among the gallery images only, so no query
             feeds another node and each query's V' depends on the gallery alone (what
