@@ -174,6 +174,24 @@ def gallery_protocol(args: argparse.Namespace, n: int, work: Path) -> None:
     print(f"RATIO index_gallery_speedup_vs_paper={speedup:.2f}")
 
 
+def run_gallery_protocol(args: argparse.Namespace, n: int) -> None:
+    """``--gallery-protocol`` at ``n`` images (``args``: ``dim``, ``dtype``, ``chunk``, ``queries``,
+    ``threads``, ``workdir``): :func:`gallery_protocol` in ``args.workdir``, else in a temporary
+    folder that is removed after."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"gallery {n:,} x {args.dim} ({args.dtype}), {args.queries} timed queries; torch threads "
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_index."))
+    try:
+        gallery_protocol(args, n, work)
+    finally:
+        if not args.workdir:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--quick", action="store_true", help="200,000 images instead of 1,000,000")
@@ -196,19 +214,7 @@ def main() -> None:
                     help="time the gallery protocol's index search against the paper protocol's (200,000 images)")
     args = ap.parse_args()
     if args.gallery_protocol:
-        n = args.num_gallery or 200_000
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        print(f"gallery {n:,} x {args.dim} ({args.dtype}), {args.queries} timed queries; torch threads "
-              f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
-        work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_index."))
-        try:
-            gallery_protocol(args, n, work)
-        finally:
-            if not args.workdir:
-                import shutil
-
-                shutil.rmtree(work, ignore_errors=True)
+        run_gallery_protocol(args, args.num_gallery or 200_000)
         return
     if not faiss_available():
         sys.exit("bench_index.py needs faiss: pip install faiss-cpu (or hrnet_pyg[search])")

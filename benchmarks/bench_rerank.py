@@ -171,20 +171,10 @@ def ranking_agreement(a: torch.Tensor, b: torch.Tensor, shortlist: int) -> dict[
 
 def run_index(n: int, d: int, threads: int | None) -> None:
     """``bench_index.py --gallery-protocol`` at ``n`` images of ``d`` dims, in a temporary folder."""
-    import shutil
-    import tempfile
+    from bench_index import run_gallery_protocol
 
-    from bench_index import gallery_protocol
-
-    if threads:
-        torch.set_num_threads(threads)
-    print(f"index: the gallery protocol's search in an index of {n:,} x {d}; torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="bench_rerank_index."))
-    try:
-        gallery_protocol(argparse.Namespace(dim=d, chunk=50000, dtype="float32", queries=40), n, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    run_gallery_protocol(argparse.Namespace(dim=d, dtype="float32", chunk=50000, queries=40, threads=threads,
+                                            workdir=None), n)
 
 
 def main() -> None:
