@@ -888,14 +888,14 @@ def _gallery_groups(results: Path) -> dict[tuple[str, str, str], dict[int, dict[
     """(test set, row, training variant) -> seed -> protocol -> {mAP, rank1} of the gallery study's
     current records (today's training configs and protocols), in the report's order."""
     records = [json.loads(p.read_text()) for p in sorted((results / "gallery").glob("*.json"))]
+    protocols = {level: _gallery_protocols(level) for level in LEVELS}
+    records = [r for r in records if r.get("protocols") == protocols.get(r["level"])]
     groups: dict[tuple[str, str, str], dict[int, dict[str, dict[str, float]]]] = {}
     for name in GALLERY_SETS:
         for row in GALLERY_ROWS:
             for label, over in _gallery_variants(row).items():
                 for r in records:
-                    level = r["level"]
-                    if (r["row"] == row and name in r["scores"] and r.get("protocols") == _gallery_protocols(level)
-                            and r["key"] == _key(level, row, r["seed"], over)):
+                    if r["row"] == row and name in r["scores"] and r["key"] == _key(r["level"], row, r["seed"], over):
                         groups.setdefault((name, row, label), {})[r["seed"]] = r["scores"][name]
     return groups
 
@@ -982,13 +982,11 @@ def gallery_report(results: Path) -> list[str]:
         for proto in GALLERY_PROTOCOLS:
             if not all(proto in by_seed[s] for s in seeds):
                 continue
-            maps = [100 * by_seed[s][proto]["mAP"] for s in seeds]
-            r1s = [100 * by_seed[s][proto]["rank1"] for s in seeds]
-            m, sd = _mean_std(maps)
-            r, rsd = _mean_std(r1s)
+            hits = [by_seed[s][proto] for s in seeds]
             paired = [_signed(_diffs(by_seed, proto, base)) for base in ("k-reciprocal", "own cosine")]
-            lines.append(f"| {proto} | " + " | ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(maps, r1s, strict=True))
-                         + f" | {m:.1f} ± {sd:.1f} | {r:.1f} ± {rsd:.1f} | {paired[0]} | {paired[1]} |")
+            lines.append(f"| {proto} | " + " | ".join(f"{100 * h['mAP']:.1f} / {100 * h['rank1']:.1f}" for h in hits)
+                         + f" | {_fmt([h['mAP'] for h in hits])} | {_fmt([h['rank1'] for h in hits])} | "
+                         f"{paired[0]} | {paired[1]} |")
         variant = "" if label == "defaults" else f", {label}"
         parts.append(f"### Every protocol: {row}{variant}, {GALLERY_SETS[name]}\n\n`{command}`\n\n"
                      + "\n".join(lines) + "\n")
