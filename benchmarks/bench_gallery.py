@@ -46,18 +46,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_rerank import make_features  # noqa: E402
+from bench_rerank import GALLERY, make_features  # noqa: E402
 
 from hrnet_pyg.config import HRNetConfig  # noqa: E402
 from hrnet_pyg.distances import euclidean_distance  # noqa: E402
-from hrnet_pyg.gallery import gallery_rerank, options_of  # noqa: E402
+from hrnet_pyg.gallery import gallery_rerank  # noqa: E402
 from hrnet_pyg.kreciprocal import k_reciprocal_rerank_features  # noqa: E402
 from hrnet_pyg.model import HRNetModule  # noqa: E402
-from hrnet_pyg.protocol import RerankConfig  # noqa: E402
 from hrnet_pyg.rerank import relational_rerank  # noqa: E402
-
-# The gallery protocol as users select it: rerank.protocol=gallery with its measured defaults.
-GALLERY = options_of(RerankConfig(protocol="gallery"))
 
 
 def torchreid_style_re_ranking(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int = 20, k2: int = 6,
