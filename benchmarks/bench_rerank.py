@@ -10,8 +10,9 @@ the final (Q, G) distance matrix through
   same features;
 * ``hrnet_pyg.gallery.gallery_rerank`` (``rerank.protocol=gallery``, not in the paper: the same
   model's IR layer once over the kNN graph of all Q + G images, ranked by the cosine of BN(V'),
-  ``output="distances"``); torchreid-style dense k-reciprocal and the MSMT17-size memory are in
-  ``bench_gallery.py``;
+  ``output="distances"``); torchreid-style dense k-reciprocal (``--torchreid``) and the
+  MSMT17-size memory (``--msmt17``) come from ``bench_gallery.py``, the index latency
+  (``--index``) from ``bench_index.py``;
 * a large fp32 ``torch.mm`` (4096^3), the machine's practical matrix-product speed right now.
 
 The four are interleaved (mm, relational, mm, k-reciprocal, mm, gallery, ...) so that load on a
@@ -60,7 +61,7 @@ function, ``bench_gallery.run_msmt17``), and prints ``RATIO gallery_msmt17_peak_
 
 ``--index N`` then measures the inductive form's query latency in a persistent index of N
 generated images (the issue's 200,000), as ``bench_index.py --gallery-protocol`` does (the same
-function, ``bench_index.gallery_protocol``: one query at a time, interleaved with the paper
+function, ``bench_index.run_gallery_protocol``: one query at a time, interleaved with the paper
 protocol's search), and prints ``RATIO index_gallery_latency_ms`` and
 ``RATIO index_gallery_speedup_vs_paper``. The index is written to a temporary folder (1.6 GB at
 200,000 x 2048 in float32) and removed.
@@ -212,11 +213,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.msmt17_size is not None and not args.msmt17:
         ap.error("--msmt17-size is the size of the --msmt17 run; pass --msmt17 too")
+    if args.index < 0:
+        ap.error(f"--index: images in the index, at least 1, got {args.index}")
     if args.msmt17:  # first, while this process is small: a child's ru_maxrss starts at its parent's size
         from bench_gallery import MSMT17_SIZE, run_msmt17  # bench_gallery imports this module: not at the top
         run_msmt17(args.d, args.threads, tuple(args.msmt17_size or MSMT17_SIZE))
-    if args.index < 0:
-        ap.error(f"--index: images in the index, at least 1, got {args.index}")
     if args.index:
         run_index(args.index, args.d, args.threads)
     if args.quick:
